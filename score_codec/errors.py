@@ -1,0 +1,87 @@
+"""One exception hierarchy for the whole library.
+
+Every error the library raises on bad input or a damaged file is a :class:`ScoreError`; the CLI maps
+them to exit codes (2 for bad input, 1 for a failed integrity check).  Messages name the file, the record
+and the expected versus the found value.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "ScoreError",
+    "InputError",
+    "FormatError",
+    "UnsafePickleError",
+    "StoreError",
+    "StoreVersionError",
+    "CorruptRecordError",
+    "TruncatedFileError",
+    "MissingShardError",
+    "IndexMismatchError",
+    "IncompleteStoreError",
+    "CodecError",
+    "UnknownCodecError",
+    "BudgetError",
+]
+
+
+class ScoreError(Exception):
+    """Base class of every error raised by score_codec and score_select."""
+
+    exit_code = 2
+
+
+class InputError(ScoreError, ValueError):
+    """Bad user input: wrong shapes, NaN/Inf logits, wrong class count, unwritable destination."""
+
+
+class FormatError(InputError):
+    """A label dump or file does not follow the format it claims (or that was detected)."""
+
+
+class UnsafePickleError(FormatError):
+    """A pickled dump needs a global outside the allow-list; it was not loaded."""
+
+
+class StoreError(ScoreError):
+    """A label store cannot be read as specified in docs/FORMAT.md."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a format version this reader does not know."""
+
+
+class CorruptRecordError(StoreError):
+    """A record's checksum or internal sizes disagree with the index."""
+
+    exit_code = 1
+
+
+class TruncatedFileError(CorruptRecordError):
+    """A shard or record is shorter than the index says."""
+
+
+class MissingShardError(CorruptRecordError):
+    """A shard named by the index is absent."""
+
+
+class IndexMismatchError(CorruptRecordError):
+    """The index disagrees with the shard it points into."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store has no manifest: it was interrupted while being written."""
+
+
+class CodecError(ScoreError):
+    """A codec was configured or called incorrectly."""
+
+
+class UnknownCodecError(CodecError, KeyError):
+    """No codec is registered under the requested id."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class BudgetError(InputError):
+    """A rate target (ratio / target_bytes) cannot be met by any allowed rank."""
