@@ -1,0 +1,113 @@
+"""The codec interface and its registry (the numcodecs pattern).
+
+A codec turns a batch of row-centred soft-label matrices of one shape, ``(n, K, C)``, into low-rank
+factors ``A (K, r)`` and ``B (r, C)`` per image, with ``Y ~ A @ B``.  Quantisation, the sparse residual,
+serialisation and rate control are shared by all codecs and live elsewhere, so adding a method means
+adding one class here and registering it, nothing more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Type
+
+import torch
+
+from ..errors import CodecError, UnknownCodecError
+
+__all__ = ["Factors", "Codec", "register_codec", "get_codec", "codec_from_config", "registered_codecs"]
+
+
+@dataclass
+class Factors:
+    """Low-rank factors of a batch of images with one shape.
+
+    ``a``: (n, K, r) float32, ``b``: (n, r, C) float32, zero-padded past each image's rank;
+    ``ranks``: (n,) int64; ``sparse``: optional (n, K, C) float32 tensor whose non-zeros the codec
+    proposes as residual positions (RPCA's sparse part); ``None`` for the others.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    ranks: torch.Tensor
+    sparse: Optional[torch.Tensor] = None
+
+
+class Codec:
+    """Base class of the factorisers.
+
+    Subclasses set ``codec_id`` and implement :meth:`factorize`.  Constructor arguments are the codec's
+    configuration and must be JSON-serialisable; :meth:`get_config` returns them with ``id`` added.
+    """
+
+    codec_id: ClassVar[str] = ""
+    #: True when images of a group share ``b`` (only ``a`` is stored per image).
+    shared_basis: ClassVar[bool] = False
+
+    def __init__(self, **config: Any) -> None:
+        self._config = dict(config)
+
+    def factorize(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
+        """Factorise ``y`` (n, K, C) float32 with per-image ``ranks`` (n,) into :class:`Factors`."""
+        raise NotImplementedError
+
+    def encode(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
+        """Alias of :meth:`factorize` with input checks (shape (n, K, C), ranks <= min(K, C))."""
+        if y.ndim != 3:
+            raise CodecError(f"{self.codec_id}: expected a (n, K, C) batch, found shape {tuple(y.shape)}")
+        kmax = min(y.shape[1], y.shape[2])
+        if ranks.numel() and (int(ranks.max()) > kmax or int(ranks.min()) < 0):
+            raise CodecError(f"{self.codec_id}: ranks must lie in [0, {kmax}], found {ranks.tolist()}")
+        return self.factorize(y, ranks.to(torch.int64))
+
+    @staticmethod
+    def decode(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``a @ b``: (n, K, r) x (n, r, C) -> (n, K, C); the same for every codec."""
+        return torch.bmm(a, b)
+
+    def get_config(self) -> Dict[str, Any]:
+        """JSON-serialisable configuration, ``{"id": codec_id, **constructor arguments}``."""
+        return {"id": self.codec_id, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Codec":
+        cfg = dict(config)
+        cfg.pop("id", None)
+        return cls(**cfg)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+
+_REGISTRY: Dict[str, Type[Codec]] = {}
+
+
+def register_codec(cls: Type[Codec]) -> Type[Codec]:
+    """Class decorator: register ``cls`` under ``cls.codec_id``."""
+    if not cls.codec_id:
+        raise CodecError(f"{cls.__name__} has no codec_id")
+    if cls.codec_id in _REGISTRY and _REGISTRY[cls.codec_id] is not cls:
+        raise CodecError(f"codec id {cls.codec_id!r} is already registered by {_REGISTRY[cls.codec_id].__name__}")
+    _REGISTRY[cls.codec_id] = cls
+    return cls
+
+
+def registered_codecs() -> List[str]:
+    """Ids of all registered codecs, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_codec(codec_id: str, **config: Any) -> Codec:
+    """Instantiate the codec registered as ``codec_id`` with ``config``."""
+    try:
+        cls = _REGISTRY[codec_id]
+    except KeyError:
+        raise UnknownCodecError(f"unknown codec {codec_id!r}; registered: {', '.join(registered_codecs())}") from None
+    return cls(**config)
+
+
+def codec_from_config(config: Dict[str, Any]) -> Codec:
+    """Rebuild a codec from :meth:`Codec.get_config` output."""
+    if "id" not in config:
+        raise CodecError(f"codec config has no 'id': {config!r}")
+    return get_codec(config["id"], **{k: v for k, v in config.items() if k != "id"})

@@ -1,0 +1,48 @@
+"""Names, dtypes and constants of the on-disk store layout (docs/FORMAT.md is normative)."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION", "INDEX_FILE", "MANIFEST_FILE", "SHARD_DIR", "shard_name", "IMAGE_INDEX_DTYPE",
+    "BASIS_INDEX_DTYPE", "RECORDS_DATASET", "is_single_file",
+]
+
+#: Version of the store format this library writes; readers accept exactly the versions they know.
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+
+INDEX_FILE = "index.h5"
+MANIFEST_FILE = "manifest.json"
+SHARD_DIR = "shards"
+RECORDS_DATASET = "records"
+SINGLE_FILE_SUFFIXES = (".h5", ".hdf5", ".score")
+
+
+def shard_name(i: int) -> str:
+    """File name of shard ``i`` inside ``shards/``."""
+    return f"shard-{i:05d}.h5"
+
+
+def is_single_file(path: str) -> bool:
+    """A store path with an HDF5 suffix is a single-file store; anything else is a directory store."""
+    return str(path).lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+#: One entry per image, indexed by image id.
+IMAGE_INDEX_DTYPE = np.dtype(
+    [
+        ("shard", "<u4"),
+        ("offset", "<u8"),
+        ("length", "<u4"),
+        ("crc32", "<u4"),
+        ("k", "<u4"),
+        ("rank", "<u2"),
+        ("nnz", "<u4"),
+        ("label", "<i4"),
+        ("basis", "<i4"),
+    ]
+)
+
+#: One entry per shared basis: its bytes in ``/bases/blob`` (quantised like the factors).
+BASIS_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("rank", "<u2"), ("crc32", "<u4")])

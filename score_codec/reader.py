@@ -1,0 +1,259 @@
+"""Read a label store: random access to one image's record, batched row decode, verification.
+
+Only paths and small index tables are kept in the object; HDF5 handles are opened lazily per process
+(reopened when the pid changes, dropped when pickled), so a store is safe to use in forked or spawned
+DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Any, Dict, List, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
+                     StoreVersionError, TruncatedFileError)
+from .layout import (BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
+                     RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
+from .quantize import dequantize
+from .record import Record, unpack_record
+from .dense import DenseFactors
+
+__all__ = ["LabelStore"]
+
+
+class LabelStore:
+    """A label store opened for reading (see docs/FORMAT.md).
+
+    ``len(store)`` images; ``store.ks`` (N,) rows per image; ``store.labels`` (N,) class or -1;
+    ``store.matrix(i)`` -> (K_i, C) float32 logits; ``store.rows(ids, augs)`` -> (B, C) batched.
+    """
+
+    def __init__(self, path: str, verify_checksums: bool = True) -> None:
+        self.path = os.fspath(path)
+        self.verify_checksums = verify_checksums
+        self.single = is_single_file(self.path)
+        if not os.path.exists(self.path):
+            raise StoreError(f"{self.path}: no such store")
+        self._pid: Optional[int] = None
+        self._files: Dict[int, Any] = {}
+        self._dense: Dict[str, DenseFactors] = {}
+        self._aug: Optional[AugMeta] = None
+        self._bases: Dict[int, torch.Tensor] = {}
+        self._load_index()
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _index_path(self) -> str:
+        return self.path if self.single else os.path.join(self.path, INDEX_FILE)
+
+    def _load_index(self) -> None:
+        if self.single:
+            try:
+                f = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+            with f:
+                if "manifest" not in f.attrs:
+                    raise IncompleteStoreError(f"{self.path}: no manifest attribute; the store was not completely written")
+                self.manifest = json.loads(f.attrs["manifest"])
+                self._read_tables(f)
+        else:
+            mf = os.path.join(self.path, MANIFEST_FILE)
+            if not os.path.isfile(mf):
+                if os.path.isfile(self._index_path()):
+                    raise IncompleteStoreError(f"{self.path}: {MANIFEST_FILE} is missing; the store was not completely written")
+                raise StoreError(f"{self.path}: not a label store (no {MANIFEST_FILE})")
+            try:
+                with open(mf) as fh:
+                    self.manifest = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{mf}: unreadable manifest ({exc})") from None
+            if not os.path.isfile(self._index_path()):
+                raise MissingShardError(f"{self._index_path()}: index file is missing")
+            try:
+                f = h5py.File(self._index_path(), "r")
+            except OSError as exc:
+                raise TruncatedFileError(f"{self._index_path()}: index is not a readable HDF5 file ({exc})") from None
+            with f:
+                self._read_tables(f)
+        version = self.manifest.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise StoreVersionError(f"{self.path}: format version {version}, this reader knows {READABLE_VERSIONS}")
+        if self.manifest.get("num_images") != len(self.index):
+            raise IndexMismatchError(f"{self.path}: manifest says {self.manifest.get('num_images')} images, index has {len(self.index)}")
+
+    def _read_tables(self, f: h5py.File) -> None:
+        def table(name: str, dtype: np.dtype) -> np.ndarray:
+            if name not in f:
+                raise StoreError(f"{self._index_path()}: dataset /{name} is missing")
+            arr = f[name][()]
+            if arr.dtype != dtype:
+                raise StoreError(f"{self._index_path()}: /{name} has dtype {arr.dtype}, expected {dtype}")
+            return arr
+
+        self.num_classes = int(f.attrs["num_classes"])
+        self.encoding: Dict[str, Any] = json.loads(f.attrs["encoding"])
+        self.index = table("images", IMAGE_INDEX_DTYPE)
+        self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
+        self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
+        self.quant: str = self.encoding.get("quant", "fp16")
+        self.ks = self.index["k"].astype(np.int64)
+        self.labels = self.index["label"].astype(np.int64)
+        self.row_start = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(np.int64)
+        nshards = len(self.manifest.get("shards", []))
+        if len(self.index) and (self.index["shard"].max() >= nshards):
+            raise IndexMismatchError(f"{self._index_path()}: index names shard {self.index['shard'].max()}, manifest lists {nshards}")
+        for s, entry in enumerate(self.manifest.get("shards", [])):
+            sel = self.index["shard"] == s
+            if sel.any() and int((self.index["offset"][sel] + self.index["length"][sel]).max()) > int(entry["bytes"]):
+                raise IndexMismatchError(f"{self._index_path()}: records of shard {s} extend past its {entry['bytes']} bytes")
+
+    def _shard(self, s: int):
+        if self._pid != os.getpid():
+            # inherited handles are not safe to use after fork: reopen in this process
+            self._files, self._pid = {}, os.getpid()
+        ds = self._files.get(s)
+        if ds is None:
+            name = shard_name(s)
+            if self.single:
+                f = h5py.File(self.path, "r")
+                key = f"{SHARD_DIR}/{name}"
+                if key not in f:
+                    raise MissingShardError(f"{self.path}: shard dataset /{key} is missing")
+                ds = f[key]
+            else:
+                fn = os.path.join(self.path, SHARD_DIR, name)
+                if not os.path.isfile(fn):
+                    raise MissingShardError(f"{fn}: shard file is missing")
+                try:
+                    f = h5py.File(fn, "r")
+                    ds = f[RECORDS_DATASET]
+                except (OSError, KeyError) as exc:
+                    raise TruncatedFileError(f"{fn}: shard is not readable ({exc})") from None
+            expected = int(self.manifest["shards"][s]["bytes"])
+            if ds.shape != (expected,):
+                raise TruncatedFileError(f"{fn if not self.single else self.path}: shard {s} holds {ds.shape[0]} bytes, manifest says {expected}")
+            self._files[s] = ds
+        return ds
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"], state["_dense"] = {}, None, {}
+        return state
+
+    def close(self) -> None:
+        """Close open files (they reopen on next use)."""
+        for ds in self._files.values():
+            try:
+                ds.file.close()
+            except Exception:  # pragma: no cover
+                pass
+        self._files = {}
+
+    # -- records -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _check_id(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < len(self.index):
+            raise IndexError(f"image id {i} out of range for a store of {len(self.index)} images")
+        return i
+
+    def record_bytes(self, i: int) -> bytes:
+        """The raw bytes of image ``i``'s record, checksum-verified."""
+        e = self.index[self._check_id(i)]
+        ds = self._shard(int(e["shard"]))
+        off, ln = int(e["offset"]), int(e["length"])
+        try:
+            buf = ds[off : off + ln].tobytes()
+        except OSError as exc:
+            raise TruncatedFileError(f"{self.path}: record {i} cannot be read from shard {int(e['shard'])} ({exc})") from None
+        if len(buf) != ln:
+            raise TruncatedFileError(f"{self.path}: record {i} is {len(buf)} bytes, index says {ln}")
+        if self.verify_checksums and zlib.crc32(buf) != int(e["crc32"]):
+            raise CorruptRecordError(f"{self.path}: record {i} (shard {int(e['shard'])}, offset {off}) fails its crc32 check: "
+                                     f"expected {int(e['crc32']):08x}, found {zlib.crc32(buf):08x}")
+        return buf
+
+    def record(self, i: int) -> Record:
+        """Parsed record of image ``i`` (factors, means, residual)."""
+        rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}")
+        e = self.index[i]
+        if rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"]):
+            raise IndexMismatchError(f"{self.path}: record {i} holds K={rec.k}, C={rec.c}, rank={rec.rank}, basis={rec.basis}; "
+                                     f"index says K={int(e['k'])}, C={self.num_classes}, rank={int(e['rank'])}, basis={int(e['basis'])}")
+        return rec
+
+    def basis(self, b: int) -> torch.Tensor:
+        """Shared basis ``b`` as a (r, C) float32 tensor."""
+        t = self._bases.get(b)
+        if t is None:
+            if not 0 <= b < len(self.basis_table):
+                raise IndexMismatchError(f"{self.path}: basis {b} is not in the basis table of {len(self.basis_table)}")
+            e = self.basis_table[b]
+            off, ln = int(e["offset"]), int(e["length"])
+            buf = self._basis_blob[off : off + ln].tobytes()
+            if len(buf) != ln or zlib.crc32(buf) != int(e["crc32"]):
+                raise CorruptRecordError(f"{self.path}: shared basis {b} fails its size or crc32 check")
+            t, _ = dequantize(memoryview(buf), self.quant, int(e["rank"]), self.num_classes)
+            self._bases[b] = t
+        return t
+
+    def matrix(self, i: int) -> torch.Tensor:
+        """Decoded logits of image ``i``: (K_i, C) float32 on CPU."""
+        rec = self.record(i)
+        return rec.matrix(self.basis(rec.basis) if rec.basis >= 0 else None)
+
+    # -- batched decode ----------------------------------------------------------------------------
+    def factors(self, device: str = "cpu") -> DenseFactors:
+        """All factors as padded tensors on ``device`` (built once per process and device)."""
+        key = str(device)
+        if self._pid != os.getpid():
+            self._files, self._pid, self._dense = {}, os.getpid(), {}
+        if key not in self._dense:
+            self._dense[key] = DenseFactors.build(self, device)
+        return self._dense[key]
+
+    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
+        """Decode one row per (image, aug) pair in one batched matmul: returns (B, C) float32."""
+        return self.factors(device).rows(image_ids, aug_ids)
+
+    # -- metadata and statistics -------------------------------------------------------------------
+    @property
+    def aug(self) -> AugMeta:
+        """The store's augmentation metadata (read on first access)."""
+        if self._aug is None:
+            with h5py.File(self._index_path(), "r") as f:
+                g = f["aug"]
+                self._aug = AugMeta(
+                    rows=g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE),
+                    batches=g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE),
+                    images=g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE),
+                    attrs=json.loads(g.attrs["attrs"]),
+                )
+        return self._aug
+
+    def meta(self, i: int) -> np.ndarray:
+        """Augmentation rows of image ``i`` ordered by aug (ROW_DTYPE; empty when none were stored)."""
+        return self.aug.image_rows(self._check_id(i))
+
+    def stats(self) -> Dict[str, Any]:
+        """Sizes and ratios; ``ratio`` = fp16 label bytes (2 C per row) / stored label bytes."""
+        from .stats import store_stats
+
+        return store_stats(self)
+
+    def verify(self) -> List[str]:
+        """Check every record and basis; returns the problems found (empty list: healthy)."""
+        from .stats import verify_store
+
+        return verify_store(self)
+
+    def __repr__(self) -> str:
+        return f"LabelStore({self.path!r}, images={len(self)}, classes={self.num_classes})"

@@ -1,0 +1,263 @@
+"""Streaming store writer: records go to HDF5 shards, the index and the manifest are written last.
+
+The store is assembled in a temporary sibling (``<path>.partial-<pid>``) and renamed into place by
+:meth:`StoreWriter.close`, so a reader never sees a half-written store and a failed write leaves
+nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import h5py
+import numpy as np
+import torch
+
+from .encoder import EncodeOptions, check_matrices, encode_chunk
+from .errors import InputError
+from .layout import (BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE,
+                     RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .meta import AugMeta
+from .quantize import quantize
+
+__all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
+
+log = logging.getLogger(__name__)
+DEFAULT_SHARD_BYTES = 256 * 2**20
+MatrixInput = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _as_matrices(mats: MatrixInput) -> List[torch.Tensor]:
+    if isinstance(mats, np.ndarray):
+        mats = torch.from_numpy(mats)
+    if isinstance(mats, torch.Tensor):
+        if mats.ndim == 2:
+            mats = mats[None]
+        if mats.ndim != 3:
+            raise InputError(f"expected a (N, K, C) array or a list of (K, C) matrices, found shape {tuple(mats.shape)}")
+        return list(mats.unbind(0))
+    out = []
+    for m in mats:
+        out.append(torch.from_numpy(np.asarray(m)) if not isinstance(m, torch.Tensor) else m)
+    return out
+
+
+class StoreWriter:
+    """Write a label store incrementally.
+
+    >>> with StoreWriter("labels.store", num_classes=10, method="svd", rank=4) as w:   # doctest: +SKIP
+    ...     w.add(y_chunk)            # (n, K, C) or a list of (K_i, C) logit matrices
+    ...     w.set_meta(aug_meta)
+
+    Rate control by ``ratio`` is applied per :meth:`add` call (each chunk meets the ratio, so the
+    store does); ``rank`` and ``energy`` are per image.  ``path`` ending in ``.h5`` writes a single
+    file, anything else a directory of shards.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        num_classes: int,
+        method: str = "svd",
+        rank: Optional[int] = None,
+        energy: Optional[float] = None,
+        ratio: Optional[float] = None,
+        quant: str = "fp16",
+        residual: int = 0,
+        device: str = "cpu",
+        keep_mean: bool = False,
+        zstd_level: int = 3,
+        shuffle: bool = False,
+        overwrite: bool = False,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        codec_config: Optional[Dict[str, Any]] = None,
+        residual_score: str = "kl",
+    ) -> None:
+        self.path = os.fspath(path)
+        if num_classes <= 0:
+            raise InputError(f"num_classes must be positive, found {num_classes}")
+        self.num_classes = int(num_classes)
+        self.opts = EncodeOptions(method=method, codec_config=dict(codec_config or {}), rank=rank, energy=energy,
+                                  ratio=ratio, quant=quant, residual=residual, residual_score=residual_score,
+                                  keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle)
+        self.codec = self.opts.make_codec()  # fails early on an unknown method
+        self.device = device
+        self.single = is_single_file(self.path)
+        if os.path.exists(self.path) and not overwrite:
+            raise InputError(f"{self.path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise InputError(f"{self.path}: parent directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"{self.path}: parent directory {parent} is not writable")
+        self.tmp = f"{self.path}.partial-{os.getpid()}"
+        if os.path.exists(self.tmp):
+            shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) else os.remove(self.tmp)
+        self.shard_bytes = int(shard_bytes)
+        self._index: List[np.ndarray] = []
+        self._bases: List[bytes] = []
+        self._basis_ranks: List[int] = []
+        self._buf = bytearray()
+        self._shard = 0
+        self._shard_sizes: List[int] = []
+        self._meta = AugMeta()
+        self._closed = False
+        self._h5: Optional[h5py.File] = None
+        try:
+            if self.single:
+                self._h5 = h5py.File(self.tmp, "w")
+            else:
+                os.makedirs(os.path.join(self.tmp, SHARD_DIR))
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot create the store: {exc}") from exc
+
+    # -- writing -------------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return sum(len(x) for x in self._index)
+
+    def add(self, matrices: MatrixInput, labels: Optional[Sequence[int]] = None) -> List[int]:
+        """Encode and append images; returns their ids (consecutive, in input order)."""
+        mats = _as_matrices(matrices)
+        if not mats:
+            return []
+        first = self.num_images
+        check_matrices(mats, self.num_classes, first)
+        if labels is not None and len(labels) != len(mats):
+            raise InputError(f"got {len(labels)} labels for {len(mats)} images")
+        budget = None
+        if self.opts.ratio is not None:
+            budget = 2.0 * self.num_classes * sum(int(m.shape[0]) for m in mats) / self.opts.ratio
+        chunk = encode_chunk(mats, self.opts, labels=labels, device=self.device, budget=budget, next_basis=len(self._bases))
+        for bid in sorted(chunk.bases):
+            basis = chunk.bases[bid]
+            self._bases.append(quantize(basis, self.opts.quant))
+            self._basis_ranks.append(int(basis.shape[0]))
+        entries = np.zeros(len(mats), IMAGE_INDEX_DTYPE)
+        for j, rec in enumerate(chunk.records):
+            if self._buf and len(self._buf) + len(rec) > self.shard_bytes:
+                self._flush_shard()
+            entries[j] = (self._shard, len(self._buf), len(rec), zlib.crc32(rec), mats[j].shape[0], chunk.ranks[j],
+                          chunk.nnz[j], -1 if labels is None else int(labels[j]), chunk.basis_of[j])
+            self._buf += rec
+        self._index.append(entries)
+        return list(range(first, first + len(mats)))
+
+    def set_meta(self, meta: AugMeta) -> None:
+        """Attach the store's augmentation metadata (validated against the image row counts at close)."""
+        if not isinstance(meta, AugMeta):
+            raise InputError(f"meta must be an AugMeta, found {type(meta).__name__}")
+        self._meta = meta
+
+    def _flush_shard(self) -> None:
+        data = np.frombuffer(bytes(self._buf), dtype=np.uint8)
+        if self.single:
+            self._h5.create_dataset(f"{SHARD_DIR}/{shard_name(self._shard)}", data=data)
+        else:
+            fn = os.path.join(self.tmp, SHARD_DIR, shard_name(self._shard))
+            with h5py.File(fn, "w") as f:
+                # contiguous (unchunked) so reading one record reads only its bytes
+                f.create_dataset(RECORDS_DATASET, data=data)
+            _fsync_file(fn)
+        self._shard_sizes.append(len(data))
+        self._shard += 1
+        self._buf = bytearray()
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Write the last shard, the index and the manifest; then move the store into place."""
+        if self._closed:
+            return
+        try:
+            if self._buf or self._shard == 0:
+                self._flush_shard()
+            index = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
+            self._meta.validate(index["k"].astype(np.int64))
+            manifest = {
+                "format": "score-label-store",
+                "format_version": FORMAT_VERSION,
+                "num_images": int(len(index)),
+                "num_classes": self.num_classes,
+                "shards": [{"name": shard_name(i), "bytes": n} for i, n in enumerate(self._shard_sizes)],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            if self.single:
+                self._write_index(self._h5, index)
+                self._h5.attrs["manifest"] = json.dumps(manifest)  # written last: marks completeness
+                self._h5.close()
+                _fsync_file(self.tmp)
+            else:
+                fn = os.path.join(self.tmp, INDEX_FILE)
+                with h5py.File(fn, "w") as f:
+                    self._write_index(f, index)
+                _fsync_file(fn)
+                mf = os.path.join(self.tmp, MANIFEST_FILE)
+                with open(mf, "w") as fh:
+                    json.dump(manifest, fh, indent=1)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if os.path.exists(self.path):
+                shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+
+    def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["num_classes"] = self.num_classes
+        f.attrs["encoding"] = json.dumps({**self.opts.__dict__, "codec": self.codec.get_config()})
+        f.attrs["torch_version"] = str(torch.__version__)
+        f.create_dataset("images", data=index)
+        blob = b"".join(self._bases)
+        table = np.zeros(len(self._bases), BASIS_INDEX_DTYPE)
+        off = 0
+        for i, b in enumerate(self._bases):
+            table[i] = (off, len(b), self._basis_ranks[i], zlib.crc32(b))
+            off += len(b)
+        g = f.create_group("bases")
+        g.create_dataset("table", data=table)
+        g.create_dataset("blob", data=np.frombuffer(blob, np.uint8))
+        a = f.create_group("aug")
+        for name in ("rows", "batches", "images"):
+            arr = getattr(self._meta, name)
+            # metadata compresses well and is read whole: gzip it (chunked datasets need len > 0)
+            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
+            a.create_dataset(name, data=arr, **kw)
+        a.attrs["attrs"] = json.dumps(self._meta.attrs)
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self._closed = True
+        try:
+            if self._h5 is not None and self._h5.id.valid:
+                self._h5.close()
+        except Exception:  # pragma: no cover - best effort cleanup
+            pass
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
