@@ -139,7 +139,7 @@ class CompressedSoftLabelDataset:
 
     def _views_and_classes(self, indices: Sequence[int]) -> Tuple[torch.Tensor, List[int]]:
         plan = self.plan()
-        ids = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ids = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.num_images):
             raise InputError(f"dataset index out of range [0, {self.num_images}): {ids.min()}..{ids.max()}")
         miss = plan.missing(ids)
@@ -161,7 +161,7 @@ class CompressedSoftLabelDataset:
 
     def labels(self, indices: Sequence[int]) -> torch.Tensor:
         """Decoded logits (B, C) float32 of these indices in the current epoch, one batched decode."""
-        ids = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ids = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
         augs = np.full(len(ids), self.epoch if self.epoch_dependent else 0, dtype=np.int64)
         return self.store.rows(ids, augs)
 
