@@ -141,6 +141,10 @@ def encode_chunk(
         ranks = allocate_ranks(sv, budget=budget, unit_cost=unit, fixed_cost=fixed)
     else:
         ranks = allocate_ranks(sv, rank=opts.rank, energy=opts.energy)
+    if not shared:
+        # an image never needs more components than min(K_i, C)
+        cap = torch.tensor([min(int(y.shape[0]), c) for y in ys], dtype=torch.int64)
+        ranks = torch.minimum(ranks, cap)
     img_rank = torch.zeros(n, dtype=torch.int64)
     basis_of = [-1] * n
     new_bases: Dict[int, torch.Tensor] = {}

@@ -1,0 +1,74 @@
+"""Shared checkers and data builders for the test-suite."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "planted_low_rank_sparse", "make_meta"]
+
+
+def centred(y: torch.Tensor) -> torch.Tensor:
+    """Row-centred logits (what a store decodes unless keep_mean=True)."""
+    return y - y.mean(-1, keepdim=True)
+
+
+def kl_rows(y: torch.Tensor, yhat: torch.Tensor, t: float = 1.0) -> float:
+    """Mean over rows of KL(softmax(y/T) || softmax(yhat/T)), float64."""
+    p = torch.log_softmax(y.double().reshape(-1, y.shape[-1]) / t, -1)
+    q = torch.log_softmax(yhat.double().reshape(-1, y.shape[-1]) / t, -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def teacher_like_logits(n: int, k: int, c: int, rank: int = 4, seed: int = 0) -> torch.Tensor:
+    """(n, k, c) logits shaped like a teacher's: a dominant class per image, a few shared
+    directions varying across augmentations, and small noise.  For unit tests only; the benchmarks
+    use a real teacher."""
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.randint(0, c, (n,), generator=g)
+    base = torch.randn(n, 1, c, generator=g) * 2
+    base[torch.arange(n), 0, cls] += 8
+    coef = torch.randn(n, k, rank, generator=g) * 2
+    dirs = torch.randn(n, rank, c, generator=g)
+    return base + coef @ dirs + 0.05 * torch.randn(n, k, c, generator=g)
+
+
+def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
+    """max|a - b| <= rel * max|b| (with a floor so all-zero targets compare absolutely)."""
+    err = float((a - b).abs().max())
+    scale = max(float(b.abs().max()), 1e-12)
+    if err > rel * scale:
+        raise AssertionError(f"max abs error {err:.3e} exceeds {rel:.1e} x {scale:.3e}")
+
+
+def planted_low_rank_sparse(n: int, k: int, c: int, rank: int, density: float, seed: int = 0):
+    """(L, S, mask) float64 with L of exact rank ``rank`` and S with entries of magnitude 5-10 on ``mask``."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(n, k, rank, generator=g, dtype=torch.float64) @ torch.randn(n, rank, c, generator=g, dtype=torch.float64)
+    mask = torch.rand(n, k, c, generator=g) < density
+    vals = (torch.rand(int(mask.sum()), generator=g, dtype=torch.float64) * 5 + 5)
+    vals *= torch.sign(torch.randn(int(mask.sum()), generator=g, dtype=torch.float64))
+    sparse = torch.zeros(n, k, c, dtype=torch.float64)
+    sparse[mask] = vals
+    return low, sparse, mask
+
+
+def make_meta(n: int, k: int, batch: int = 4, seed: int = 0):
+    """An AugMeta for n images x k epochs, shuffled per epoch into batches with cutmix parameters."""
+    from score_codec.meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, ROW_DTYPE
+
+    rng = np.random.default_rng(seed)
+    rows, batches = [], []
+    for e in range(k):
+        order = rng.permutation(n)
+        for b, s in enumerate(range(0, n, batch)):
+            ids = order[s : s + batch]
+            start = len(rows)
+            perm = rng.permutation(len(ids))
+            for p, i in enumerate(ids):
+                coords = rng.random(4).astype(np.float32)
+                rows.append((i, e, e, b, p, coords, rng.integers(0, 2), perm[p]))
+            box = rng.integers(0, 28, 4)
+            batches.append((e, b, start, len(ids), MIX_CUTMIX, rng.beta(1, 1), box))
+    images = np.array([(28, 28, i % 3) for i in range(n)], IMAGE_DTYPE)
+    return AugMeta(rows=np.array(rows, ROW_DTYPE), batches=np.array(batches, BATCH_DTYPE), images=images,
+                   attrs={"input_size": 28, "source_format": "test"})
