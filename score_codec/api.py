@@ -41,6 +41,7 @@ def encode(
     codec_config: Optional[Dict[str, Any]] = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     chunk_images: int = CHUNK_IMAGES,
+    resume: bool = False,
 ) -> Dict[str, Any]:
     """Encode teacher logits into a label store at ``path`` and return its :meth:`LabelStore.stats`.
 
@@ -49,6 +50,7 @@ def encode(
     kept per image), ``ratio`` (fp16 label bytes / stored bytes, met per chunk of ``chunk_images``) or
     ``target_bytes`` (total stored label bytes); default rank 8.  ``labels`` (N,) are the classes
     (used by ``method="shared"``; stored in the index).  ``meta`` is the augmentation metadata.
+    ``resume=True`` continues an interrupted run from its last complete shard (same arguments).
     """
     if isinstance(Y, np.ndarray):
         Y = torch.from_numpy(Y)
@@ -76,8 +78,9 @@ def encode(
     step = len(mats) if method == "shared" else chunk_images
     with StoreWriter(path, c, method=method, rank=rank, energy=energy, ratio=ratio, quant=quant, residual=residual,
                      device=device, keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle, overwrite=overwrite,
-                     shard_bytes=shard_bytes, codec_config=codec_config) as w:
-        for s in tqdm(range(0, len(mats), step), desc=f"encode {method}", disable=not progress, unit="chunk"):
+                     shard_bytes=shard_bytes, codec_config=codec_config, resume=resume) as w:
+        done = w.num_images  # > 0 only when resuming
+        for s in tqdm(range(done, len(mats), step), desc=f"encode {method}", disable=not progress, unit="chunk"):
             w.add(mats[s : s + step], labels=None if labels is None else list(labels[s : s + step]))
         if meta is not None:
             w.set_meta(meta)

@@ -21,6 +21,7 @@ __all__ = [
     "CodecError",
     "UnknownCodecError",
     "BudgetError",
+    "WriteFailedError",
 ]
 
 
@@ -85,3 +86,7 @@ class UnknownCodecError(CodecError, KeyError):
 
 class BudgetError(InputError):
     """A rate target (ratio / target_bytes) cannot be met by any allowed rank."""
+
+
+class WriteFailedError(InputError):
+    """The destination could not be written (disk full, file too large, I/O error); nothing was kept."""

@@ -65,8 +65,9 @@ class LabelStore:
         else:
             mf = os.path.join(self.path, MANIFEST_FILE)
             if not os.path.isfile(mf):
-                if os.path.isfile(self._index_path()):
-                    raise IncompleteStoreError(f"{self.path}: {MANIFEST_FILE} is missing; the store was not completely written")
+                if os.path.isfile(self._index_path()) or os.path.isdir(os.path.join(self.path, SHARD_DIR)):
+                    raise IncompleteStoreError(f"{self.path}: {MANIFEST_FILE} is missing; the store was not completely written "
+                                               "(an interrupted encode can be finished with --resume)")
                 raise StoreError(f"{self.path}: not a label store (no {MANIFEST_FILE})")
             try:
                 with open(mf) as fh:

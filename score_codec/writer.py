@@ -1,8 +1,9 @@
 """Streaming store writer: records go to HDF5 shards, the index and the manifest are written last.
 
-The store is assembled in a temporary sibling (``<path>.partial-<pid>``) and renamed into place by
-:meth:`StoreWriter.close`, so a reader never sees a half-written store and a failed write leaves
-nothing behind.
+The store is assembled in a sibling directory ``<path>.partial`` and renamed into place by
+:meth:`StoreWriter.close`, so a reader never sees a half-written store.  A write that fails on bad
+input or a full disk leaves nothing behind; an interrupted one (Ctrl-C, a killed process) leaves the
+partial directory, whose completed shards ``resume=True`` picks up (see :mod:`score_codec.journal`).
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from .encoder import EncodeOptions, check_matrices, encode_chunk
-from .errors import InputError
+from .errors import InputError, WriteFailedError
 from .layout import (BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .meta import AugMeta
 from .quantize import quantize
 
@@ -85,6 +87,7 @@ class StoreWriter:
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         codec_config: Optional[Dict[str, Any]] = None,
         residual_score: str = "kl",
+        resume: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         if num_classes <= 0:
@@ -103,8 +106,10 @@ class StoreWriter:
             raise InputError(f"{self.path}: parent directory {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise InputError(f"{self.path}: parent directory {parent} is not writable")
-        self.tmp = f"{self.path}.partial-{os.getpid()}"
-        if os.path.exists(self.tmp):
+        self.tmp = f"{self.path}.partial"
+        if resume and self.single:
+            raise InputError(f"{self.path}: resume needs a directory store (single-file stores are written in one go)")
+        if os.path.exists(self.tmp) and not resume:
             shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) else os.remove(self.tmp)
         self.shard_bytes = int(shard_bytes)
         self._index: List[np.ndarray] = []
@@ -116,13 +121,22 @@ class StoreWriter:
         self._meta = AugMeta()
         self._closed = False
         self._h5: Optional[h5py.File] = None
+        options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes}
         try:
             if self.single:
                 self._h5 = h5py.File(self.tmp, "w")
+            elif resume and os.path.isdir(self.tmp):
+                state = load_journal(self.tmp, options)
+                self._index, self._shard_sizes = state.index, state.shard_sizes
+                self._bases, self._basis_ranks = state.bases, state.basis_ranks
+                self._shard = len(state.shard_sizes)
+                log.info("%s: resuming after %d complete shards (%d images)", self.path, self._shard, self.num_images)
             else:
                 os.makedirs(os.path.join(self.tmp, SHARD_DIR))
+                write_options(self.tmp, options)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot create the store: {exc}") from exc
+        self._shard_entries_from = self.num_images
 
     # -- writing -------------------------------------------------------------------------------
     @property
@@ -163,15 +177,27 @@ class StoreWriter:
         self._meta = meta
 
     def _flush_shard(self) -> None:
+        try:
+            self._write_shard()
+        except (OSError, RuntimeError) as exc:
+            # h5py reports ENOSPC / EFBIG as OSError or RuntimeError depending on where it hits
+            self.abort()
+            raise WriteFailedError(f"{self.path}: writing shard {self._shard} failed ({exc}); nothing was kept") from None
+
+    def _write_shard(self) -> None:
         data = np.frombuffer(bytes(self._buf), dtype=np.uint8)
         if self.single:
             self._h5.create_dataset(f"{SHARD_DIR}/{shard_name(self._shard)}", data=data)
         else:
             fn = os.path.join(self.tmp, SHARD_DIR, shard_name(self._shard))
-            with h5py.File(fn, "w") as f:
+            with h5py.File(fn + ".tmp", "w") as f:
                 # contiguous (unchunked) so reading one record reads only its bytes
                 f.create_dataset(RECORDS_DATASET, data=data)
-            _fsync_file(fn)
+            _fsync_file(fn + ".tmp")
+            os.replace(fn + ".tmp", fn)
+            done = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
+            write_entry(self.tmp, self._shard, len(data), done[self._shard_entries_from :], self._bases, self._basis_ranks)
+            self._shard_entries_from = len(done)
         self._shard_sizes.append(len(data))
         self._shard += 1
         self._buf = bytearray()
@@ -204,6 +230,7 @@ class StoreWriter:
                 with h5py.File(fn, "w") as f:
                     self._write_index(f, index)
                 _fsync_file(fn)
+                shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
                 mf = os.path.join(self.tmp, MANIFEST_FILE)
                 with open(mf, "w") as fh:
                     json.dump(manifest, fh, indent=1)
@@ -212,8 +239,11 @@ class StoreWriter:
             if os.path.exists(self.path):
                 shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except (OSError, RuntimeError) as exc:
             self.abort()
+            raise WriteFailedError(f"{self.path}: writing the index failed ({exc}); nothing was kept") from None
+        except BaseException as exc:
+            self.abort(keep_partial=isinstance(exc, KeyboardInterrupt))
             raise
         self._closed = True
 
@@ -240,14 +270,17 @@ class StoreWriter:
             a.create_dataset(name, data=arr, **kw)
         a.attrs["attrs"] = json.dumps(self._meta.attrs)
 
-    def abort(self) -> None:
-        """Discard everything written so far."""
+    def abort(self, keep_partial: bool = False) -> None:
+        """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""
         self._closed = True
         try:
             if self._h5 is not None and self._h5.id.valid:
                 self._h5.close()
         except Exception:  # pragma: no cover - best effort cleanup
             pass
+        if keep_partial and not self.single:
+            log.warning("%s: interrupted; completed shards kept in %s (resume with resume=True / --resume)", self.path, self.tmp)
+            return
         if os.path.isdir(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
         elif os.path.exists(self.tmp):
@@ -260,4 +293,4 @@ class StoreWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(keep_partial=issubclass(exc_type, KeyboardInterrupt))
