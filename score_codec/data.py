@@ -146,12 +146,18 @@ class TensorImages:
 
 def load_images(spec: Union[str, os.PathLike]) -> Union[ImageFolder, TensorImages]:
     """An image folder path -> :class:`ImageFolder`; ``"fashion-mnist"`` / ``"fashion-mnist:train"`` /
-    ``"fashion-mnist:test"`` -> :class:`TensorImages` of that split."""
+    ``"fashion-mnist:test"`` -> :class:`TensorImages` of that split; ``"fashion-mnist:train:500"`` keeps
+    the split's first 500 images (a quick subset for examples and benchmarks)."""
     s = os.fspath(spec)
-    name, _, split = s.partition(":")
+    name, _, rest = s.partition(":")
     if name == "fashion-mnist" and not os.path.isdir(s):
+        split, _, count = rest.partition(":")
         x, y = load_fashion_mnist(split or "train")
+        if count:
+            if not count.isdigit() or int(count) < 1:
+                raise InputError(f"image source {s!r}: the count after the split must be a positive integer")
+            x, y = x[:int(count)], y[:int(count)]
         return TensorImages(x, y, FASHION_MNIST_CLASSES)
     if os.path.isdir(s):
         return ImageFolder(s)
-    raise InputError(f"image source {s!r}: expected an image folder or 'fashion-mnist[:train|test]'")
+    raise InputError(f"image source {s!r}: expected an image folder or 'fashion-mnist[:train|test[:N]]'")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .augment import hflip, resized_crop
-from .data import ImageFolder
+from .data import load_images
 from .errors import InputError
 from .replay import BatchSizeMismatchError, EpochPlan, ReplayBatchSampler, open_store, replay_mix
 
@@ -46,8 +46,9 @@ class CompressedSoftLabelDataset:
     """Images plus a label store, replayed epoch by epoch.
 
     Args:
-        images: an image-folder path (torchvision ImageFolder order) or any indexable of
-            (float image tensor (C, H, W) in [0, 1], class); dataset index n is store image n.
+        images: an image-folder path (torchvision ImageFolder order), a ``"fashion-mnist[:split[:N]]"``
+            spec (see :func:`score_codec.data.load_images`) or any indexable of (float image tensor
+            (C, H, W) in [0, 1], class); dataset index n is store image n.
         store: a store path or LabelStore (reopened from its ``path`` in worker processes).
         epoch: the epoch to serve (row ``epoch`` of every label matrix); None means "not set yet".
         transform: applied to each final (mixed) view, e.g. normalisation for the student.
@@ -56,7 +57,7 @@ class CompressedSoftLabelDataset:
 
     def __init__(self, images: Union[str, os.PathLike, Sequence], store, epoch: Optional[int] = None,
                  transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, decode_labels: bool = True) -> None:
-        self.images = ImageFolder(images) if isinstance(images, (str, os.PathLike)) else images
+        self.images = load_images(images) if isinstance(images, (str, os.PathLike)) else images
         self._path, self._cls = _store_path(store)
         self._store = store if not isinstance(store, (str, os.PathLike)) else None
         self._pid = os.getpid() if self._store is not None else None
@@ -65,6 +66,7 @@ class CompressedSoftLabelDataset:
         self.num_images, self.num_classes = len(s), int(s.num_classes)
         if len(self.images) != self.num_images:
             raise InputError(f"{len(self.images)} images but the label store {self._path} has {self.num_images}")
+        self._check_classes(np.asarray(s.labels))
         ks = np.asarray(s.ks)
         self.epochs = int(ks.min()) if len(ks) else 0      # epochs every image has a row for
         self.epoch_dependent = bool(len(ks) and ks.max() > 1)
@@ -80,6 +82,19 @@ class CompressedSoftLabelDataset:
             self.set_epoch(epoch)
         elif not self.epoch_dependent:
             self._epoch[0] = 0
+
+    def _check_classes(self, stored: np.ndarray) -> None:
+        """Refuse images whose classes disagree with the store's (a class-order or file-order mismatch)."""
+        targets = getattr(self.images, "targets", None)
+        if targets is None:
+            return
+        targets = np.asarray(targets, dtype=np.int64)
+        bad = np.flatnonzero((stored >= 0) & (stored != targets))
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(f"image {i} has class {targets[i]} but the label store {self._path} says {stored[i]} "
+                             f"({len(bad)} of {len(stored)} images disagree): the images are not in the order "
+                             f"the store was written in")
 
     # -- per-process state -------------------------------------------------------------------------
     @property

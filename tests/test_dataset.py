@@ -169,6 +169,9 @@ def test_image_folder_source(tmp_path, images, store_path):
     assert x.shape == (3, 4, 5) and x[0].min() == 1 and x[1].max() == 0 and c == 0
 
 
-def test_size_mismatch_refused(images, store_path):
+def test_size_and_order_mismatch_refused(images, store_path):
     with pytest.raises(InputError, match="23 images"):
         CompressedSoftLabelDataset(TensorImages(images.images[:23], images.targets[:23]), store_path)
+    rev = np.arange(N)[::-1].copy()
+    with pytest.raises(InputError, match="not in the order"):
+        CompressedSoftLabelDataset(TensorImages(images.images[rev], images.targets[rev]), store_path)

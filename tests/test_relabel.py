@@ -99,3 +99,21 @@ def test_bad_arguments(tmp_path, images, teacher):
         relabel(images, teacher, str(tmp_path / "x"), 1, mix="blend", progress=False)
     with pytest.raises(InputError, match="epochs"):
         relabel(images, teacher, str(tmp_path / "x"), 0, progress=False)
+
+
+def test_train_student_refuses_batch_size_and_is_seeded(tmp_path, images, teacher):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from train_student import train_student
+    from score_codec.dataset import BatchSizeMismatchError
+
+    dst = str(tmp_path / "s.store")
+    relabel(images, teacher, dst, 2, mix="cutmix", batch_size=BATCH, rank=4, progress=False)
+    fn = lambda: ConvNet(1, 10, width=4, depth=1)  # noqa: E731
+    with pytest.raises(BatchSizeMismatchError):
+        train_student(dst, images, None, fn, epochs=1, batch_size=4, device="cpu", progress=False)
+    runs = [train_student(dst, images, images, fn, epochs=3, seed=1, device="cpu", progress=False) for _ in range(2)]
+    assert runs[0]["final_loss"] == runs[1]["final_loss"] and runs[0]["top1"] == runs[1]["top1"]
+    assert runs[0]["steps"] == 3 * 5 and 0.0 <= runs[0]["top1"] <= 1.0
+    for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters()):
+        assert torch.equal(a, b)
