@@ -1,0 +1,19 @@
+"""SCORE coding-rate selection of real images (paper Eq. 4) and its baselines.
+
+``indices, gains = score_select.select(features, labels, ipc=50, method="score", alpha=1.0, beta=0.1)``
+"""
+from __future__ import annotations
+
+from .api import DEFAULT_ALPHA, DEFAULT_BETA, select
+from .coding_rate import DEFAULT_EPS_SQ, class_coding_rate, coding_rate, label_coding_rate, objective
+from .estimator import ScoreSelection
+from .greedy import GreedyResult, budgets_from_ipc, greedy_select, sequence_gains
+from .presets import PRESETS, preset
+from .registry import SelectionTask, available_methods, get_selector, register
+
+__all__ = [
+    "select", "ScoreSelection", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_EPS_SQ",
+    "coding_rate", "class_coding_rate", "label_coding_rate", "objective",
+    "GreedyResult", "budgets_from_ipc", "greedy_select", "sequence_gains",
+    "PRESETS", "preset", "SelectionTask", "available_methods", "get_selector", "register",
+]
