@@ -1,0 +1,192 @@
+"""The ``score-select`` command line: teacher features -> SCORE selection -> JSON (+ condensed ImageFolder).
+
+Exit codes: 0 success, 2 bad input (one-line message on stderr), 1 failed integrity check.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from typing import List, Optional
+
+import torch
+
+from score_codec.errors import InputError, ScoreError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("score_select")
+
+EPILOG = """examples:
+  score-select data/imagenette/train teacher.safetensors sel_ipc10 --ipc 10 --preset imagenette --copy
+  score-select data/train teacher.safetensors sel_b0 --ipc 50 --beta 0 --features sel/features.safetensors
+  score-select fashion-mnist mypkg.models:teacher sel_rand --ipc 10 --method random --json
+  score-codec relabel sel_ipc10/images ...      # the condensed folder is ready for relabelling
+
+OUT is a directory: OUT/selection.json holds the picks in order (indices, paths, labels, gains in nats),
+OUT/features.safetensors caches the teacher outputs (reused on the next run; pass --features to share one
+cache between runs with other alpha/beta), and with --copy OUT/images/<class>/ is the condensed ImageFolder.
+eps_sq is eps squared (MCR^2's convention, default 0.5).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="score-select",
+        description="Select IPC real images per class by the SCORE coding-rate criterion "
+                    "R(Z_S) - alpha Rc(Z_S) - beta R(Y_x), or by a baseline method.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", metavar="IMAGES",
+                   help="The candidate pool: an ImageFolder root (root/<class>/<file>) or 'fashion-mnist[:train]'.")
+    p.add_argument("teacher", metavar="TEACHER",
+                   help="The teacher: a safetensors file written by score_codec.models.save_model or "
+                        "'package.module:factory'; '-' when --features points to an existing cache.")
+    p.add_argument("out", metavar="OUT", help="The output directory (created if missing).")
+    p.add_argument("--ipc", type=int, required=True, help="The number of images to select per class.")
+    p.add_argument("--method", default="score",
+                   help="The selection method: score, coding-rate, random, herding, kcenter or rded (default score).")
+    p.add_argument("--preset", default=None, help="Take alpha, beta and the temperature from the paper's values "
+                   "for imagenet1k, tiny, imagewoof or imagenette; explicit --alpha/--beta/--temperature win.")
+    p.add_argument("--alpha", type=float, default=None, help="The weight of the class-conditional rate Rc (default 1.0).")
+    p.add_argument("--beta", type=float, default=None, help="The weight of the soft-label rate R(Y) (default 0.1).")
+    p.add_argument("--eps-sq", type=float, default=0.5, help="The squared distortion eps^2 of the rates (default 0.5).")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="The softmax temperature used for R(Y) (default 1, or the preset's).")
+    p.add_argument("--order", choices=["greedy", "round_robin"], default="greedy",
+                   help="Global greedy (default) or blocked round-robin over classes (faster on huge pools).")
+    p.add_argument("--views", type=int, default=8,
+                   help="The number of augmented views per image whose teacher logits give R(Y) (default 8; 0 disables).")
+    p.add_argument("--features", default=None,
+                   help="The feature cache to read if it exists, else to write (default OUT/features.safetensors).")
+    p.add_argument("--image-size", type=int, default=None, help="Resize images to this square size before the teacher.")
+    p.add_argument("--batch-size", type=int, default=128, help="The number of images per teacher batch (default 128).")
+    p.add_argument("--device", default="cpu", help="The torch device for the teacher and the selection (default cpu).")
+    p.add_argument("--seed", type=int, default=0, help="The seed of augmented views and of --method random.")
+    p.add_argument("--copy", action="store_true", help="Also write the selected images to OUT/images in ImageFolder layout.")
+    p.add_argument("--json", action="store_true", help="Print a machine-readable summary on stdout.")
+    p.add_argument("--quiet", action="store_true", help="Show no progress bars and log only warnings.")
+    return p
+
+
+def _features(args, out_dir: str):
+    from .features import extract, load_features, save_features
+
+    cache = args.features or os.path.join(out_dir, "features.safetensors")
+    if os.path.isfile(cache):
+        log.info("reusing teacher outputs from %s", cache)
+        return load_features(cache)
+    if args.teacher == "-":
+        raise InputError(f"TEACHER is '-' but the feature cache {cache} does not exist")
+    from score_codec.data import load_images
+    from score_codec.models import load_model
+
+    images = load_images(args.images)
+    model = load_model(args.teacher, device=args.device)
+    data = extract(model, images, batch_size=args.batch_size, device=args.device, num_views=args.views,
+                   image_size=args.image_size, seed=args.seed, progress=not args.quiet)
+    samples = getattr(images, "samples", None)
+    meta = {"images": os.path.abspath(args.images) if os.path.isdir(args.images) else args.images,
+            "teacher": args.teacher, "views": args.views, "seed": args.seed,
+            "classes": list(getattr(images, "classes", [])),
+            "paths": [s[0] for s in samples] if samples is not None else []}
+    save_features(cache, data, meta)
+    log.info("teacher outputs cached in %s", cache)
+    return data, meta
+
+
+def _copy(out_dir: str, idx: List[int], labels: List[int], meta: dict, images_spec: str) -> str:
+    dest = os.path.join(out_dir, "images")
+    classes = meta.get("classes") or []
+    paths = meta.get("paths") or []
+    names = lambda c: classes[c] if c < len(classes) else f"{c:05d}"  # noqa: E731
+    for c in sorted(set(labels)):
+        os.makedirs(os.path.join(dest, names(c)), exist_ok=True)
+    source = None
+    for i, c in zip(idx, labels):
+        if paths:
+            src = paths[i]
+            base = os.path.basename(src)
+            target = os.path.join(dest, names(c), base)
+            if os.path.exists(target):
+                target = os.path.join(dest, names(c), f"{i:08d}_{base}")
+            shutil.copy2(src, target)
+        else:  # in-memory pools (fashion-mnist) have no files: write PNGs
+            if source is None:
+                from score_codec.data import load_images
+                source = load_images(images_spec)
+            from PIL import Image
+
+            x = (source[i][0].clamp(0, 1) * 255).round().byte()
+            arr = x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+            Image.fromarray(arr).save(os.path.join(dest, names(c), f"{i:08d}.png"))
+    return dest
+
+
+def run(args) -> dict:
+    from . import select
+    from .presets import preset
+
+    alpha, beta, temperature = 1.0, 0.1, 1.0
+    if args.preset:
+        alpha, beta, temperature = preset(args.preset, args.ipc)
+    alpha = args.alpha if args.alpha is not None else alpha
+    beta = args.beta if args.beta is not None else beta
+    temperature = args.temperature if args.temperature is not None else temperature
+    if args.ipc <= 0:
+        raise InputError(f"--ipc must be positive, got {args.ipc}")
+    out_dir = args.out
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory {out_dir}: {exc}") from exc
+    data, meta = _features(args, out_dir)
+    y = data["labels"]
+    soft = data.get("soft_labels")
+    if soft is None and args.method == "rded":
+        soft = data.get("logits")
+    idx, gains = select(data["features"], y, args.ipc, method=args.method, alpha=alpha, beta=beta,
+                        eps_sq=args.eps_sq, soft_labels=soft, device=args.device, temperature=temperature,
+                        seed=args.seed, progress=not args.quiet, order=args.order)
+    idx_l, lab_l = idx.tolist(), y[idx].tolist()
+    paths = meta.get("paths") or []
+    summary = {
+        "method": args.method, "ipc": args.ipc, "alpha": alpha, "beta": beta, "eps_sq": args.eps_sq,
+        "temperature": temperature, "order": args.order, "candidates": int(y.shape[0]),
+        "selected": len(idx_l), "objective_nats": float(gains.sum()), "classes": meta.get("classes", []),
+        "indices": idx_l, "labels": lab_l, "paths": [paths[i] for i in idx_l] if paths else [],
+        "gains": gains.tolist(),
+    }
+    with open(os.path.join(out_dir, "selection.json"), "w") as f:
+        json.dump(summary, f)
+    if args.copy:
+        summary["copied_to"] = _copy(out_dir, idx_l, lab_l, meta, args.images)
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``score-select``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        summary = run(args)
+    except ScoreError as exc:
+        print(f"score-select: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("score-select: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        short = {k: v for k, v in summary.items() if k not in ("indices", "labels", "paths", "gains")}
+        short["selection"] = os.path.join(args.out, "selection.json")
+        print(json.dumps(short))
+    elif not args.quiet:
+        print(f"selected {summary['selected']} of {summary['candidates']} images ({args.method}, "
+              f"objective {summary['objective_nats']:.4f} nats) -> {os.path.join(args.out, 'selection.json')}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Teacher features and augmented soft labels for selection, with a safetensors cache.
+
+:func:`extract` runs a teacher over any indexable of ``(image, class)`` pairs (``score_codec.data``'s
+``ImageFolder``/``TensorImages`` or anything alike) and returns
+
+* ``features``: ``(N, d)`` float32 penultimate-layer features (``model.features(x)``, or ``feature_fn``);
+* ``labels``: ``(N,)`` int64 classes;
+* ``logits``: ``(N, C)`` float32 teacher logits of the un-augmented image (for ``rded``);
+* ``soft_labels``: ``(N, K, C)`` float16 logits of ``K`` random-resized-crop + flip views (for ``R(Y)``),
+  when ``num_views > 0``.  The views are drawn from a seeded generator, so the cache is reproducible.
+
+:func:`save_features`/:func:`load_features` store that dict (plus string metadata such as image paths) in
+one safetensors file, so selection can be re-run with other alpha/beta without the teacher.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from score_codec.errors import InputError
+
+__all__ = ["extract", "augment_views", "save_features", "load_features"]
+
+log = logging.getLogger(__name__)
+
+
+def augment_views(x: torch.Tensor, k: int, generator: torch.Generator, scale: Tuple[float, float] = (0.4, 1.0),
+                  ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """``k`` RandomResizedCrop(+ horizontal flip) views of each image, batched with one ``grid_sample``.
+
+    Args:
+        x: ``(B, ch, H, W)`` float images.
+        k: views per image.
+        generator: CPU generator for the crop parameters.
+        scale: crop area fraction range; ratio: aspect ratio range (log-uniform), as torchvision.
+        flip: flip each view with probability 1/2.
+
+    Returns:
+        ``(B * k, ch, H, W)``, image-major (rows ``i*k .. i*k+k-1`` are image ``i``'s views).
+    """
+    B = x.shape[0]
+    m = B * k
+    area = torch.empty(m).uniform_(scale[0], scale[1], generator=generator)
+    logr = torch.empty(m).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = logr.exp()
+    w = (area * r).sqrt().clamp(max=1.0)  # crop width / height as fractions of the image
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(m, generator=generator) * 2 - 1) * (1 - w)
+    cy = (torch.rand(m, generator=generator) * 2 - 1) * (1 - h)
+    sx = torch.where(torch.rand(m, generator=generator) < 0.5, -w, w) if flip else w
+    theta = torch.zeros(m, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    src = x.repeat_interleave(k, dim=0)
+    grid = F.affine_grid(theta, list(src.shape), align_corners=False)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _collate(image_size: Optional[int]):
+    def collate(batch):
+        imgs, ys = zip(*batch)
+        imgs = [torch.as_tensor(im, dtype=torch.float32) for im in imgs]
+        ch = max(im.shape[0] for im in imgs)
+        imgs = [im.expand(ch, -1, -1) if im.shape[0] == 1 else im for im in imgs]  # grey among RGB
+        if image_size is not None:
+            imgs = [im if im.shape[-2:] == (image_size, image_size) else
+                    F.interpolate(im[None], size=(image_size, image_size), mode="bilinear", antialias=True,
+                                  align_corners=False)[0] for im in imgs]
+        shapes = {tuple(im.shape) for im in imgs}
+        if len(shapes) > 1:
+            raise InputError(f"images have different shapes {sorted(shapes)[:3]}; pass image_size to resize")
+        return torch.stack(imgs), torch.as_tensor(ys, dtype=torch.long)
+
+    return collate
+
+
+@torch.no_grad()
+def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
+            device: Union[str, torch.device] = "cpu", feature_fn: Optional[Callable] = None,
+            num_views: int = 0, logits: bool = True, image_size: Optional[int] = None,
+            crop_scale: Tuple[float, float] = (0.4, 1.0), flip: bool = True,
+            preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, seed: int = 0,
+            num_workers: int = 0, progress: bool = True) -> Dict[str, torch.Tensor]:
+    """Teacher features (and logits / augmented soft labels) of every image in ``images``.
+
+    Args:
+        model: teacher; ``model(x)`` gives ``(B, C)`` logits.  Features come from ``feature_fn(model, x)``
+            if given, else ``model.features(x)`` (``(B, d)``; higher-rank outputs are flattened).
+        images: indexable of ``(CHW float image in [0, 1], class)`` with ``len``.
+        batch_size: images per forward pass (views multiply it by ``num_views``).
+        device: where the teacher runs.
+        num_views: K augmented views per image for ``soft_labels`` (0: none).
+        logits: also return the clean-image logits.
+        image_size: resize every image to this square size (needed when sizes differ).
+        crop_scale, flip: view augmentation (paper: RandomResizedCrop scale (0.4|0.3|0.2, 1) + flip).
+        preprocess: applied to each batch after augmentation (e.g. mean/std normalisation).
+        seed: seed of the view generator.
+        num_workers: DataLoader workers for image decoding.
+        progress: tqdm bar on stderr.
+    """
+    if feature_fn is None:
+        if not callable(getattr(model, "features", None)):
+            raise InputError("the model has no .features(x) method; pass feature_fn(model, x) -> (B, d)")
+        feature_fn = lambda m, x: m.features(x)  # noqa: E731
+    if len(images) == 0:
+        raise InputError("no images to extract features from")
+    from tqdm.auto import tqdm
+
+    model = model.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate(image_size))
+    feats, labels, clean, views = [], [], [], []
+    for x, y in tqdm(loader, desc="teacher features", unit="batch", disable=not progress, leave=False):
+        x = x.to(device)
+        px = preprocess(x) if preprocess else x
+        feats.append(feature_fn(model, px).flatten(1).float().cpu())
+        labels.append(y)
+        if logits:
+            clean.append(model(px).float().cpu())
+        if num_views > 0:
+            v = augment_views(x, num_views, gen, scale=crop_scale, flip=flip)
+            v = preprocess(v) if preprocess else v
+            out = model(v)
+            views.append(out.reshape(x.shape[0], num_views, -1).half().cpu())
+    out = {"features": torch.cat(feats), "labels": torch.cat(labels)}
+    if logits:
+        out["logits"] = torch.cat(clean)
+    if views:
+        out["soft_labels"] = torch.cat(views)
+    if not torch.isfinite(out["features"]).all():
+        raise InputError("the teacher produced NaN/Inf features")
+    return out
+
+
+def save_features(path: Union[str, os.PathLike], data: Dict[str, torch.Tensor],
+                  metadata: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``data`` (tensors) and JSON-serialisable ``metadata`` (e.g. ``paths``, ``classes``, the
+    teacher spec) to one safetensors file; written to a temporary name and renamed, so it is never partial."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in data.items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_features(path: Union[str, os.PathLike]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a cache written by :func:`save_features`: ``(tensors, metadata)``."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"feature cache {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            data = {k: f.get_tensor(k) for k in f.keys()}
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise InputError(f"feature cache {path} cannot be read: {exc}") from exc
+    if "features" not in data or "labels" not in data:
+        raise InputError(f"feature cache {path} lacks 'features' or 'labels'")
+    return data, meta
