@@ -1,0 +1,24 @@
+"""Readers and writers of existing soft-label dump formats (SRe2L, LPLD, G-VBSM, EDC, LPQLD, FKD, npy).
+
+``read_dump(path, "auto")`` -> :class:`DumpContents` (per-image matrices + AugMeta + labels);
+``write_dump(source, dst, fmt)`` writes a store or contents back; ``FORMATS`` / ``WRITERS`` are the
+registries (one class / function per format, looked up by name).
+"""
+from __future__ import annotations
+
+from .base import FORMATS, BatchRecord, DumpReader, register_format
+from .contents import DumpContents, read_dump
+from .detect import detect_format, format_names, open_reader
+from .safe_load import safe_torch_load
+from .writers import WRITERS, write_dump
+from . import sre2l, gvbsm_edc  # noqa: F401  (register readers)
+
+for _opt in ("fkd", "lpqld", "npy"):
+    try:
+        __import__(f"{__name__}.{_opt}")
+    except ModuleNotFoundError as _exc:  # a reader not built yet
+        if _exc.name != f"{__name__}.{_opt}":
+            raise
+
+__all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "register_format", "read_dump",
+           "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load"]

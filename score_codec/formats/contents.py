@@ -1,0 +1,152 @@
+"""Read a whole dump into per-image label matrices through an on-disk scratch file.
+
+Rows arrive in dump order (epoch, batch, position) but the codec wants one (K_i, C) matrix per image,
+which needs every epoch.  :func:`read_dump` streams one file at a time, appends its logits to a flat
+(R, C) scratch file (dtype of the dump) and keeps only the small metadata tables in memory; the
+:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import FormatError, InputError
+from ..meta import BATCH_DTYPE, AugMeta
+from .base import DumpReader
+from .detect import open_reader
+
+__all__ = ["DumpContents", "read_dump"]
+
+log = logging.getLogger(__name__)
+
+
+class DumpContents:
+    """A dump read into scratch: per-image matrices + AugMeta + labels (close() deletes the scratch).
+
+    Attributes:
+        format: reader name; num_classes: C; ks: int64 (N,) rows per image; labels: int64 (N,);
+        aug: AugMeta (rows in dump order, ``aug`` = occurrence of the image in dump order).
+    """
+
+    def __init__(self, reader: DumpReader, scratch_dir: str, scratch: np.ndarray, aug: AugMeta,
+                 labels: np.ndarray) -> None:
+        self.format = reader.name
+        self.summary = reader.summary()
+        self.label_note = reader.label_note
+        self.num_classes = reader.num_classes
+        self.aug = aug
+        self.labels = labels
+        self._dir = scratch_dir
+        self._y = scratch
+        n = len(labels)
+        img = aug.rows["image"]
+        self.ks = np.bincount(img, minlength=n).astype(np.int64)
+        # image-major order: row positions of (image, aug) pairs
+        self._order = np.lexsort((aug.rows["aug"], img))
+        self._start = np.concatenate([[0], np.cumsum(self.ks)])
+
+    def __len__(self) -> int:
+        return len(self.ks)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.ks)
+
+    def matrix(self, i: int) -> np.ndarray:
+        """Image ``i``'s logits, (K_i, C) float32, rows ordered by aug."""
+        return np.asarray(self._y[self._order[self._start[i]:self._start[i + 1]]], dtype=np.float32)
+
+    def matrices(self, chunk_images: int = 256) -> Iterator[List[np.ndarray]]:
+        """Chunks of consecutive images' (K_i, C) float32 matrices."""
+        for s in range(0, self.num_images, chunk_images):
+            e = min(s + chunk_images, self.num_images)
+            block = np.asarray(self._y[np.sort(self._order[self._start[s]:self._start[e]])], dtype=np.float32)
+            # the sort above reads the scratch sequentially; undo it per image
+            pos = self._order[self._start[s]:self._start[e]]
+            where = np.searchsorted(np.sort(pos), pos)
+            block = block[where]
+            yield [block[self._start[i] - self._start[s]:self._start[i + 1] - self._start[s]] for i in range(s, e)]
+
+    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
+        """Logits of (image, aug) pairs: (B, C) float32 (the LabelStore.rows interface)."""
+        img = np.asarray(image_ids, dtype=np.int64)
+        aug = np.asarray(aug_ids, dtype=np.int64)
+        if np.any(aug >= self.ks[img]) or np.any(aug < 0):
+            raise InputError("rows(): an aug id is outside its image's rows")
+        pos = self._order[self._start[img] + aug]
+        return torch.from_numpy(np.asarray(self._y[pos], dtype=np.float32)).to(device)
+
+    def close(self) -> None:
+        """Delete the scratch file."""
+        self._y = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "DumpContents":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, progress: bool = False,
+              reader: Optional[DumpReader] = None, **options: Any) -> DumpContents:
+    """Stream a dump into a :class:`DumpContents`.
+
+    Args:
+        path: the dump (directory or file).
+        fmt: a name from :data:`FORMATS` or ``"auto"``.
+        scratch_dir: where the scratch directory is made (default: the system temp dir); put it beside
+            the destination so it lands on the same disk.
+        progress: show a tqdm bar on stderr.
+        options: reader options (num_classes, labels, ipc, seed, sampler_draws, ...).
+    """
+    reader = reader or open_reader(path, fmt, **options)
+    tmp = tempfile.mkdtemp(prefix=".score-scratch-", dir=scratch_dir)
+    try:
+        raw = os.path.join(tmp, "logits.bin")
+        rows_l, batches_l = [], []
+        dtype = None
+        nrows = 0
+        with open(raw, "wb") as fh:
+            for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc=f"read {reader.name}",
+                            unit="file", disable=not progress):
+                if dtype is None:
+                    dtype = rec.logits.dtype
+                elif rec.logits.dtype != dtype:
+                    raise FormatError(f"{rec.source}: logits are {rec.logits.dtype}, earlier files are {dtype} (mixed dump)")
+                fh.write(np.ascontiguousarray(rec.logits).tobytes())
+                rows_l.append(rec.rows)
+                if rec.batch is not None:
+                    b = rec.batch.copy()
+                    b["row_start"] = nrows
+                    batches_l.append(b)
+                nrows += len(rec.rows)
+        if nrows == 0:
+            raise FormatError(f"{path}: the dump holds no rows")
+        rows = np.concatenate(rows_l)
+        n = reader.num_images
+        img = rows["image"]
+        if img.max() >= n:
+            raise FormatError(f"{path}: a row names image {int(img.max())}, the dump has {n} images")
+        # aug = how many earlier rows (in dump order) belong to the same image
+        order = np.argsort(img, kind="stable")
+        ks = np.bincount(img, minlength=n)
+        starts = np.concatenate([[0], np.cumsum(ks)[:-1]])
+        aug = np.empty(len(rows), np.int64)
+        aug[order] = np.arange(len(rows)) - np.repeat(starts, ks)
+        rows["aug"] = aug
+        images = reader.images()
+        meta = AugMeta(rows=rows, batches=np.array(batches_l, BATCH_DTYPE) if batches_l else np.zeros(0, BATCH_DTYPE),
+                       images=images, attrs=reader.attrs)
+        scratch = np.memmap(raw, dtype=dtype, mode="r", shape=(nrows, reader.num_classes))
+        return DumpContents(reader, tmp, scratch, meta, images["label"].astype(np.int64))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,155 @@
+"""Write label sources (a LabelStore or a DumpContents) back as dumps.
+
+Every writer takes a *row source*: ``.aug`` (AugMeta), ``.num_classes``, ``.ks`` and
+``.rows(image_ids, aug_ids) -> (B, C) float32``.  Non-logit fields come from the AugMeta tables and the
+``attrs['style']`` recorded by the reader, so they are written back bit-exactly; only logits are lossy.
+Output is assembled in ``<dst>.partial-<pid>`` and renamed into place, so nothing half-written remains.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Callable, Dict, Iterator, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import FormatError, InputError
+from ..meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
+from .batchfile import build_head
+
+__all__ = ["WRITERS", "write_dump", "image_row_groups"]
+
+log = logging.getLogger(__name__)
+
+Writer = Callable[[Any, str, Dict[str, Any]], None]
+#: format name -> writer(src, tmp_dst, options)
+WRITERS: Dict[str, Writer] = {}
+
+_DEFAULT_STYLE = {
+    MIX_CUTMIX: {"coords": "float32", "mix_index": "int64", "mix_lam": "float", "mix_bbox": "np:int64", "logits": "float16"},
+    MIX_MIXUP: {"coords": "float32", "mix_index": "int64", "mix_lam": "float", "mix_bbox": "none", "logits": "float16"},
+    MIX_NONE: {"coords": "float32", "mix_index": "none", "mix_lam": "none", "mix_bbox": "none", "logits": "float16"},
+}
+
+
+def _writer(name: str) -> Callable[[Writer], Writer]:
+    def deco(fn: Writer) -> Writer:
+        WRITERS[name] = fn
+        return fn
+    return deco
+
+
+def image_row_groups(aug_rows: np.ndarray, n: int) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(image, its ROW_DTYPE rows ordered by aug)`` for every image in 0..n-1 (one sort, not n scans)."""
+    order = np.lexsort((aug_rows["aug"], aug_rows["image"]))
+    bounds = np.searchsorted(aug_rows["image"][order], np.arange(n + 1))
+    for i in range(n):
+        yield i, aug_rows[order[bounds[i]:bounds[i + 1]]]
+
+
+def _batches(src: Any, progress: bool, what: str) -> Iterator[Tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    aug = src.aug
+    if len(aug.batches) == 0:
+        raise FormatError(f"the store has no batch structure (it came from a "
+                          f"{aug.attrs.get('format', 'batch-less')} source); decode it with --format fkd or npy")
+    for rec in tqdm(aug.batches, desc=f"write {what}", unit="file", disable=not progress):
+        rows = aug.rows[int(rec["row_start"]):int(rec["row_start"]) + int(rec["size"])]
+        yield rows, rec, src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
+
+
+def _style(src: Any, rec: np.ndarray) -> Dict[str, str]:
+    return src.aug.attrs.get("style") or _DEFAULT_STYLE[int(rec["mix_type"])]
+
+
+def _save(obj: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(obj, path)
+
+
+def _epoch_writer(family: str) -> Writer:
+    def write(src: Any, dst: str, opts: Dict[str, Any]) -> None:
+        attrs = src.aug.attrs
+        if family == "sre2l" and attrs.get("mapping", "sampler") != "sampler":
+            log.warning("rows of this store were mapped to images by %s indices; SRe2L's loader maps them by sampler "
+                        "replay, so use --format %s to keep the mapping", attrs.get("mapping"), attrs.get("format"))
+        per_epoch: Dict[int, list] = {}
+        for rows, rec, logits in _batches(src, opts.get("progress", False), family):
+            style = _style(src, rec)
+            e, b = int(rec["epoch"]), int(rec["batch"])
+            items = build_head(rows, rec, logits, style)
+            if family in ("gvbsm", "edc"):
+                items.append(torch.from_numpy(rows["image"].astype(np.int64)).to(getattr(torch, style.get("index", "int64"))))
+            if family == "edc":
+                st = attrs.get("edc_indices_status", {}).get(f"{e}/{b}")
+                dt = getattr(torch, style.get("indices_status", "int64"))
+                tail = [int(d) for d in style.get("indices_status_shape", "2x2").split("x") if d]
+                items.append(torch.tensor(st, dtype=dt) if st is not None else torch.zeros([len(rows)] + tail, dtype=dt))
+            per_epoch.setdefault(e, []).extend(rows["image"].tolist())
+            _save(items, os.path.join(dst, f"epoch_{e}", f"batch_{b}.tar"))
+        if family == "lpld":
+            tail = attrs.get("lpld_json_tail")
+            if tail:
+                per_epoch[max(per_epoch)].extend(tail)
+            out: Dict[str, Any] = {str(e): v for e, v in sorted(per_epoch.items())}
+            out.update(attrs.get("lpld_json_extra", {}))
+            with open(os.path.join(dst, "sampler_indices_epoch.json"), "w") as fh:
+                json.dump(out, fh)
+    return write
+
+
+for _fam in ("sre2l", "lpld", "gvbsm", "edc"):
+    WRITERS[_fam] = _epoch_writer(_fam)
+
+
+@_writer("npy")
+def _write_npy(src: Any, dst: str, opts: Dict[str, Any]) -> None:
+    ks = np.asarray(src.ks)
+    if len(ks) == 0 or (ks != ks[0]).any():
+        raise FormatError(f"--format npy needs the same number of rows for every image; found K from {ks.min()} to {ks.max()}")
+    n, k, c = len(ks), int(ks[0]), int(src.num_classes)
+    out = np.lib.format.open_memmap(dst, mode="w+", dtype=np.float32, shape=(n, k, c))
+    step = max(1, 65536 // max(k, 1))
+    for s in tqdm(range(0, n, step), desc="write npy", unit="chunk", disable=not opts.get("progress", False)):
+        e = min(n, s + step)
+        img = np.repeat(np.arange(s, e), k)
+        aug = np.tile(np.arange(k), e - s)
+        out[s:e] = src.rows(img, aug).numpy().reshape(e - s, k, c)
+    out.flush()
+    del out
+
+
+def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progress: bool = False,
+               **options: Any) -> str:
+    """Write ``src`` as a ``fmt`` dump at ``dst`` atomically; returns ``dst``.
+
+    Raises InputError if ``dst`` exists (without ``overwrite``) or its parent is missing, FormatError if
+    the source lacks what the format needs (e.g. batches for SRe2L).
+    """
+    if fmt not in WRITERS:
+        raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")
+    dst = os.fspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise InputError(f"{dst}: destination exists (pass --overwrite to replace it)")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise InputError(f"{dst}: parent directory {parent} does not exist")
+    tmp = f"{dst}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if fmt != "npy":
+            os.makedirs(tmp)
+        WRITERS[fmt](src, tmp, dict(options, progress=progress))
+        if os.path.exists(dst):
+            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return dst
