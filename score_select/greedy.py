@@ -110,7 +110,10 @@ class _Sorted:
             if normalize:
                 xk = xk / xk.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self.X[s:s + chunk_size] = xk.to(storage)
-            self.norm_sq[s:s + chunk_size] = xk.to(storage).to(dtype).square().sum(1)
+            sq = xk.to(storage).to(dtype).square().sum(1)
+            if normalize:  # exactly 1 (0 for zero rows), so the first step's ties are exact ties
+                sq = (sq > 0).to(dtype)
+            self.norm_sq[s:s + chunk_size] = sq
         self.dtype = dtype
         self.chunk = chunk_size
 
