@@ -7,7 +7,8 @@
 * ``labels``: ``(N,)`` int64 classes;
 * ``logits``: ``(N, C)`` float32 teacher logits of the un-augmented image (for ``rded``);
 * ``soft_labels``: ``(N, K, C)`` float16 logits of ``K`` random-resized-crop + flip views (for ``R(Y)``),
-  when ``num_views > 0``.  The views are drawn from a seeded generator, so the cache is reproducible.
+  when ``num_views > 0``.  Each image's views come from a generator seeded by (seed, index), so the cache
+  is reproducible and independent of the batch size.
 
 :func:`save_features`/:func:`load_features` store that dict (plus string metadata such as image paths) in
 one safetensors file, so selection can be re-run with other alpha/beta without the teacher.
@@ -30,14 +31,28 @@ __all__ = ["extract", "augment_views", "save_features", "load_features"]
 log = logging.getLogger(__name__)
 
 
-def augment_views(x: torch.Tensor, k: int, generator: torch.Generator, scale: Tuple[float, float] = (0.4, 1.0),
-                  ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+def _crop_params(m: int, g: torch.Generator, scale, ratio, flip) -> torch.Tensor:
+    """``(m, 4)`` rows (x scale with flip sign, x centre, y scale, y centre) in grid units."""
+    area = torch.empty(m).uniform_(scale[0], scale[1], generator=g)
+    r = torch.empty(m).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g).exp()
+    w = (area * r).sqrt().clamp(max=1.0)  # crop width / height as fractions of the image
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(m, generator=g) * 2 - 1) * (1 - w)
+    cy = (torch.rand(m, generator=g) * 2 - 1) * (1 - h)
+    sx = torch.where(torch.rand(m, generator=g) < 0.5, -w, w) if flip else w
+    return torch.stack([sx, cx, h, cy], 1)
+
+
+def augment_views(x: torch.Tensor, k: int, generator: Union[torch.Generator, Sequence[torch.Generator]],
+                  scale: Tuple[float, float] = (0.4, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                  flip: bool = True) -> torch.Tensor:
     """``k`` RandomResizedCrop(+ horizontal flip) views of each image, batched with one ``grid_sample``.
 
     Args:
         x: ``(B, ch, H, W)`` float images.
         k: views per image.
-        generator: CPU generator for the crop parameters.
+        generator: one CPU generator for the whole batch, or one per image (then an image's views do not
+            depend on how the pool was batched).
         scale: crop area fraction range; ratio: aspect ratio range (log-uniform), as torchvision.
         flip: flip each view with probability 1/2.
 
@@ -45,17 +60,12 @@ def augment_views(x: torch.Tensor, k: int, generator: torch.Generator, scale: Tu
         ``(B * k, ch, H, W)``, image-major (rows ``i*k .. i*k+k-1`` are image ``i``'s views).
     """
     B = x.shape[0]
-    m = B * k
-    area = torch.empty(m).uniform_(scale[0], scale[1], generator=generator)
-    logr = torch.empty(m).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    r = logr.exp()
-    w = (area * r).sqrt().clamp(max=1.0)  # crop width / height as fractions of the image
-    h = (area / r).sqrt().clamp(max=1.0)
-    cx = (torch.rand(m, generator=generator) * 2 - 1) * (1 - w)
-    cy = (torch.rand(m, generator=generator) * 2 - 1) * (1 - h)
-    sx = torch.where(torch.rand(m, generator=generator) < 0.5, -w, w) if flip else w
-    theta = torch.zeros(m, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    if isinstance(generator, torch.Generator):
+        prm = _crop_params(B * k, generator, scale, ratio, flip)
+    else:
+        prm = torch.cat([_crop_params(k, g, scale, ratio, flip) for g in generator])
+    theta = torch.zeros(B * k, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = prm.unbind(1)
     theta = theta.to(device=x.device, dtype=x.dtype)
     src = x.repeat_interleave(k, dim=0)
     grid = F.affine_grid(theta, list(src.shape), align_corners=False)
@@ -113,10 +123,10 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
     from tqdm.auto import tqdm
 
     model = model.to(device).eval()
-    gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate(image_size))
     feats, labels, clean, views = [], [], [], []
+    done = 0
     for x, y in tqdm(loader, desc="teacher features", unit="batch", disable=not progress, leave=False):
         x = x.to(device)
         px = preprocess(x) if preprocess else x
@@ -125,10 +135,13 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         if logits:
             clean.append(model(px).float().cpu())
         if num_views > 0:
-            v = augment_views(x, num_views, gen, scale=crop_scale, flip=flip)
+            # one generator per image, seeded by (seed, index): views do not depend on the batch size
+            gens = [torch.Generator().manual_seed(seed * 1_000_000_007 + done + i) for i in range(x.shape[0])]
+            v = augment_views(x, num_views, gens, scale=crop_scale, flip=flip)
             v = preprocess(v) if preprocess else v
             out = model(v)
             views.append(out.reshape(x.shape[0], num_views, -1).half().cpu())
+        done += x.shape[0]
     out = {"features": torch.cat(feats), "labels": torch.cat(labels)}
     if logits:
         out["logits"] = torch.cat(clean)
