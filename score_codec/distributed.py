@@ -1,0 +1,169 @@
+"""Distributed encoding with torch.distributed (``torchrun``): each rank writes its own shards.
+
+Rank r encodes a contiguous block of images into ``<path>.partial/rank-NNNNN`` (an ordinary directory
+store); after a barrier rank 0 merges the parts: shards are renumbered and moved, index entries and
+shared bases are concatenated in image order, and the manifest is written last.  The decoded labels are
+identical to a single-process run with the same options (rank- or energy-controlled rates; with
+``ratio`` each rank meets the ratio on its own block).
+
+    torchrun --nproc_per_node=4 my_encode.py     # where my_encode.py calls encode_distributed(...)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .api import encode
+from .errors import InputError
+from .layout import (BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE,
+                     RECORDS_DATASET, SHARD_DIR, shard_name)
+from .meta import AugMeta
+from .reader import LabelStore
+from .record import HEADER
+
+__all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
+
+_BASIS_OFFSET = 20  # byte offset of the basis id in a record header (docs/FORMAT.md 5.1)
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """(rank, world size) of the current process group, initialising gloo from torchrun's env if needed."""
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0, 1
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def block_of(n: int, rank: int, world: int) -> range:
+    """The contiguous block of ``range(n)`` that ``rank`` of ``world`` handles (sizes differ by <= 1)."""
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def _patch_basis(rec: bytes, offset: int) -> bytes:
+    (basis,) = struct.unpack_from("<i", rec, _BASIS_OFFSET)
+    if basis < 0 or offset == 0:
+        return rec
+    out = bytearray(rec)
+    struct.pack_into("<i", out, _BASIS_OFFSET, basis + offset)
+    return bytes(out)
+
+
+def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None) -> None:
+    """Concatenate directory stores ``parts`` (in image order) into a new store at ``dst``.
+
+    The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases, whose ids are shifted
+    (the records are rewritten with new checksums).  The parts must share C and encoding options.
+    """
+    stores = [LabelStore(p) for p in parts]
+    if not stores:
+        raise InputError("merge_stores needs at least one part")
+    c, enc = stores[0].num_classes, stores[0].encoding
+    for s in stores[1:]:
+        if s.num_classes != c or s.encoding != enc:
+            raise InputError(f"{s.path}: part has other classes or encoding options than {stores[0].path}")
+    tmp = dst + ".merging"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, SHARD_DIR))
+    index, shards, tables, blobs = [], [], [], []
+    nb = boff = 0
+    for s in stores:
+        part_index = s.index.copy()
+        remap = {}
+        for j, entry in enumerate(s.manifest["shards"]):
+            name = shard_name(len(shards))
+            src = os.path.join(s.path, SHARD_DIR, entry["name"])
+            if len(s.basis_table) and nb:
+                with h5py.File(src, "r") as f:
+                    data = f[RECORDS_DATASET][()].tobytes()
+                sel = np.flatnonzero(part_index["shard"] == j)
+                out = bytearray(data)
+                for i in sel:
+                    off, ln = int(part_index["offset"][i]), int(part_index["length"][i])
+                    rec = _patch_basis(data[off : off + ln], nb)
+                    out[off : off + ln] = rec
+                    part_index["crc32"][i] = zlib.crc32(rec)
+                with h5py.File(os.path.join(tmp, SHARD_DIR, name), "w") as f:
+                    f.create_dataset(RECORDS_DATASET, data=np.frombuffer(bytes(out), np.uint8))
+            else:
+                os.replace(src, os.path.join(tmp, SHARD_DIR, name))
+            remap[j] = len(shards)
+            shards.append({"name": name, "bytes": int(entry["bytes"])})
+        part_index["shard"] = np.vectorize(remap.get, otypes=[np.uint32])(part_index["shard"]) if len(part_index) else part_index["shard"]
+        part_index["basis"] = np.where(part_index["basis"] >= 0, part_index["basis"] + nb, -1)
+        index.append(part_index)
+        t = s.basis_table.copy()
+        t["offset"] += boff
+        tables.append(t)
+        blobs.append(s._basis_blob.tobytes())
+        nb += len(t)
+        boff += len(blobs[-1])
+    index_arr = np.concatenate(index).astype(IMAGE_INDEX_DTYPE)
+    meta = meta or AugMeta()
+    meta.validate(index_arr["k"].astype(np.int64))
+    with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["num_classes"] = c
+        f.attrs["encoding"] = json.dumps(enc)
+        f.attrs["torch_version"] = str(torch.__version__)
+        f.create_dataset("images", data=index_arr)
+        g = f.create_group("bases")
+        g.create_dataset("table", data=np.concatenate(tables).astype(BASIS_INDEX_DTYPE))
+        g.create_dataset("blob", data=np.frombuffer(b"".join(blobs), np.uint8))
+        a = f.create_group("aug")
+        for name in ("rows", "batches", "images"):
+            arr = getattr(meta, name)
+            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
+            a.create_dataset(name, data=arr, **kw)
+        a.attrs["attrs"] = json.dumps(meta.attrs)
+    manifest = {"format": "score-label-store", "format_version": FORMAT_VERSION, "num_images": int(len(index_arr)),
+                "num_classes": c, "shards": shards, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(os.path.join(tmp, MANIFEST_FILE), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[int]] = None,
+                       meta: Optional[AugMeta] = None, overwrite: bool = False, **kwargs: Any) -> Optional[Dict[str, Any]]:
+    """:func:`score_codec.encode` across the ranks of a torch.distributed job.
+
+    Every rank passes the same arguments (``Y`` may be a lazy sequence: each rank only touches its
+    block).  Returns the store's stats on rank 0 and ``None`` elsewhere.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return encode(Y, path, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+    root = f"{path}.partial"
+    blk = block_of(len(Y), rank, world)
+    part = os.path.join(root, f"rank-{rank:05d}")
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+    dist.barrier()
+    encode([Y[i] for i in blk], part, labels=None if labels is None else [labels[i] for i in blk],
+           overwrite=True, **kwargs)
+    dist.barrier()
+    stats = None
+    if rank == 0:
+        merge_stores([os.path.join(root, f"rank-{r:05d}") for r in range(world)], path, meta)
+        shutil.rmtree(root, ignore_errors=True)
+        stats = LabelStore(path).stats()
+    dist.barrier()
+    return stats
