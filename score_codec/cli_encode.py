@@ -58,7 +58,8 @@ def reader_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = N
         from .data import ImageFolder
 
         labels = ImageFolder(args.images).targets
-    opts: Dict[str, Any] = dict(num_classes=args.num_classes, labels=labels, ipc=args.ipc,
+    opts: Dict[str, Any] = dict(num_classes=args.num_classes if args.num_classes is not None else attrs.get("num_classes"),
+                                labels=labels, ipc=args.ipc,
                                 seed=attrs.get("seed", args.seed), sampler_draws=attrs.get("sampler_draws", args.sampler_draws))
     if args.num_images is not None or attrs.get("num_images") is not None:
         opts["num_images"] = args.num_images if args.num_images is not None else attrs.get("num_images")

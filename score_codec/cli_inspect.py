@@ -123,7 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     problems: List[str] = store.verify()
     out: Dict[str, Any] = {"store": args.store, "ok": not problems, "problems": problems}
     if args.against and not problems:
-        out["fidelity"] = fidelity(store, args.against, reader_options(args, store.aug.attrs), args.src_format,
+        out["fidelity"] = fidelity(store, args.against, reader_options(args, {**store.aug.attrs, "num_classes": store.num_classes}), args.src_format,
                                    progress=not args.quiet, device=args.device)
     if args.json:
         print(json.dumps(out))
