@@ -75,6 +75,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     """Read a dump, encode every image's (K, C) matrix, attach the augmentation metadata."""
     from . import LabelStore, StoreWriter
 
+    if args.quiet:  # notes are INFO logs; warnings and errors still show
+        logging.getLogger("score_codec").setLevel(logging.WARNING)
     if os.path.exists(args.dst) and not args.overwrite:
         raise InputError(f"{args.dst}: destination exists (pass --overwrite to replace it)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.dst))):

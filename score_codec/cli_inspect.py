@@ -119,6 +119,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from . import LabelStore
     from .cli_encode import reader_options
 
+    if args.quiet:
+        logging.getLogger("score_codec").setLevel(logging.WARNING)
     store = LabelStore(args.store)
     problems: List[str] = store.verify()
     out: Dict[str, Any] = {"store": args.store, "ok": not problems, "problems": problems}
