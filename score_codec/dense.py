@@ -19,6 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DenseFactors"]
 
 
+def _ids(x, device) -> torch.Tensor:
+    """Any int sequence (list, strided numpy view, tensor) as a flat int64 tensor on ``device``."""
+    if isinstance(x, np.ndarray):
+        x = np.ascontiguousarray(x, dtype=np.int64)
+    return torch.as_tensor(x, dtype=torch.int64, device=device).reshape(-1)
+
+
 @dataclass
 class DenseFactors:
     """Padded factor tables of a whole store on one device (see module docstring)."""
@@ -78,8 +85,8 @@ class DenseFactors:
     def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
         """Logit rows for (image, aug) pairs: two (B,) index sequences -> (B, C) float32."""
         dev = self.a.device
-        img = torch.as_tensor(image_ids, dtype=torch.int64, device=dev).reshape(-1)
-        aug = torch.as_tensor(aug_ids, dtype=torch.int64, device=dev).reshape(-1)
+        img = _ids(image_ids, dev)
+        aug = _ids(aug_ids, dev)
         if img.shape != aug.shape:
             raise IndexError(f"{img.numel()} image ids but {aug.numel()} aug ids")
         n = self.b_of.numel()
@@ -99,7 +106,7 @@ class DenseFactors:
     def matrices(self, image_ids: Sequence[int]) -> torch.Tensor:
         """Full matrices of images that share one K: (B,) ids -> (B, K, C) in one batched matmul."""
         dev = self.a.device
-        img = torch.as_tensor(image_ids, dtype=torch.int64, device=dev).reshape(-1)
+        img = _ids(image_ids, dev)
         k = int(self.ks[img[0]])
         if (self.ks[img] != k).any():
             raise IndexError("matrices() needs images with equal row counts")

@@ -26,6 +26,18 @@ from .dense import DenseFactors
 
 __all__ = ["LabelStore"]
 
+#: what h5py, numpy and json raise on damaged bytes; the reader turns them into StoreError
+_LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
+
+
+def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
+    """Validate the manifest's structure before any of it is used."""
+    ok = isinstance(m, dict) and isinstance(m.get("num_images"), int) and isinstance(m.get("shards"), list)
+    ok = ok and all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and e["bytes"] >= 0 for e in m["shards"])
+    if not ok:
+        raise StoreError(f"{where}: manifest is malformed (expected num_images:int and shards:[{{name, bytes:int}}])")
+    return m
+
 
 class LabelStore:
     """A label store opened for reading (see docs/FORMAT.md).
@@ -58,10 +70,13 @@ class LabelStore:
             except OSError as exc:
                 raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
             with f:
-                if "manifest" not in f.attrs:
-                    raise IncompleteStoreError(f"{self.path}: no manifest attribute; the store was not completely written")
-                self.manifest = json.loads(f.attrs["manifest"])
-                self._read_tables(f)
+                try:
+                    if "manifest" not in f.attrs:
+                        raise IncompleteStoreError(f"{self.path}: no manifest attribute; the store was not completely written")
+                    self.manifest = _check_manifest(json.loads(f.attrs["manifest"]), self.path)
+                    self._read_tables(f)
+                except _LOW_LEVEL as exc:
+                    raise StoreError(f"{self.path}: damaged index ({type(exc).__name__}: {exc})") from None
         else:
             mf = os.path.join(self.path, MANIFEST_FILE)
             if not os.path.isfile(mf):
@@ -71,7 +86,7 @@ class LabelStore:
                 raise StoreError(f"{self.path}: not a label store (no {MANIFEST_FILE})")
             try:
                 with open(mf) as fh:
-                    self.manifest = json.load(fh)
+                    self.manifest = _check_manifest(json.load(fh), mf)
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{mf}: unreadable manifest ({exc})") from None
             if not os.path.isfile(self._index_path()):
@@ -81,7 +96,10 @@ class LabelStore:
             except OSError as exc:
                 raise TruncatedFileError(f"{self._index_path()}: index is not a readable HDF5 file ({exc})") from None
             with f:
-                self._read_tables(f)
+                try:
+                    self._read_tables(f)
+                except _LOW_LEVEL as exc:
+                    raise StoreError(f"{self._index_path()}: damaged index ({type(exc).__name__}: {exc})") from None
         version = self.manifest.get("format_version")
         if version not in READABLE_VERSIONS:
             raise StoreVersionError(f"{self.path}: format version {version}, this reader knows {READABLE_VERSIONS}")
@@ -99,6 +117,10 @@ class LabelStore:
 
         self.num_classes = int(f.attrs["num_classes"])
         self.encoding: Dict[str, Any] = json.loads(f.attrs["encoding"])
+        if self.num_classes <= 0 or not isinstance(self.encoding, dict):
+            raise StoreError(f"{self._index_path()}: num_classes {self.num_classes} or encoding attribute is invalid")
+        if self.encoding.get("quant") not in ("fp32", "fp16", "bf16", "int8"):
+            raise StoreError(f"{self._index_path()}: unknown quantisation {self.encoding.get('quant')!r}")
         self.index = table("images", IMAGE_INDEX_DTYPE)
         self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
         self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
@@ -122,11 +144,15 @@ class LabelStore:
         if ds is None:
             name = shard_name(s)
             if self.single:
-                f = h5py.File(self.path, "r")
+                fn = self.path
                 key = f"{SHARD_DIR}/{name}"
-                if key not in f:
-                    raise MissingShardError(f"{self.path}: shard dataset /{key} is missing")
-                ds = f[key]
+                try:
+                    f = h5py.File(self.path, "r")
+                    if key not in f:
+                        raise MissingShardError(f"{self.path}: shard dataset /{key} is missing")
+                    ds = f[key]
+                except _LOW_LEVEL as exc:
+                    raise TruncatedFileError(f"{self.path}: shard dataset /{key} is not readable ({exc})") from None
             else:
                 fn = os.path.join(self.path, SHARD_DIR, name)
                 if not os.path.isfile(fn):
@@ -134,11 +160,11 @@ class LabelStore:
                 try:
                     f = h5py.File(fn, "r")
                     ds = f[RECORDS_DATASET]
-                except (OSError, KeyError) as exc:
+                except _LOW_LEVEL as exc:
                     raise TruncatedFileError(f"{fn}: shard is not readable ({exc})") from None
             expected = int(self.manifest["shards"][s]["bytes"])
-            if ds.shape != (expected,):
-                raise TruncatedFileError(f"{fn if not self.single else self.path}: shard {s} holds {ds.shape[0]} bytes, manifest says {expected}")
+            if ds.shape != (expected,) or ds.dtype != np.uint8:
+                raise TruncatedFileError(f"{fn}: shard {s} holds {ds.shape} {ds.dtype}, manifest says ({expected},) uint8")
             self._files[s] = ds
         return ds
 
@@ -173,7 +199,7 @@ class LabelStore:
         off, ln = int(e["offset"]), int(e["length"])
         try:
             buf = ds[off : off + ln].tobytes()
-        except OSError as exc:
+        except _LOW_LEVEL as exc:
             raise TruncatedFileError(f"{self.path}: record {i} cannot be read from shard {int(e['shard'])} ({exc})") from None
         if len(buf) != ln:
             raise TruncatedFileError(f"{self.path}: record {i} is {len(buf)} bytes, index says {ln}")
@@ -230,14 +256,17 @@ class LabelStore:
     def aug(self) -> AugMeta:
         """The store's augmentation metadata (read on first access)."""
         if self._aug is None:
-            with h5py.File(self._index_path(), "r") as f:
-                g = f["aug"]
-                self._aug = AugMeta(
-                    rows=g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE),
-                    batches=g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE),
-                    images=g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE),
-                    attrs=json.loads(g.attrs["attrs"]),
-                )
+            try:
+                with h5py.File(self._index_path(), "r") as f:
+                    g = f["aug"]
+                    self._aug = AugMeta(
+                        rows=g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE),
+                        batches=g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE),
+                        images=g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE),
+                        attrs=json.loads(g.attrs["attrs"]),
+                    )
+            except _LOW_LEVEL as exc:
+                raise StoreError(f"{self._index_path()}: damaged augmentation metadata ({type(exc).__name__}: {exc})") from None
         return self._aug
 
     def meta(self, i: int) -> np.ndarray:
