@@ -1,0 +1,308 @@
+"""Soft-label sources for the storage-versus-accuracy benchmark: one interface the student loop consumes.
+
+A training step is one *stored batch*: ``(label_epoch, batch)`` of the relabel dump, whose image ids and
+replayed (cropped, flipped, CutMixed) views are fixed by the dump.  A :class:`LabelSource` answers two
+questions:
+
+* :meth:`LabelSource.schedule` -- which stored batches each training epoch visits (every source but
+  LPLD visits all batches of label epoch ``e % K`` in stored order; LPLD samples from its label pool);
+* :meth:`LabelSource.targets` -- the soft target ``(B, C)`` probabilities at temperature ``T`` for the
+  rows ``(label_epoch, image_ids)`` of a visited batch.
+
+Every source returns *probabilities* (not logits) so that peers whose decoders produce distributions
+directly (LPQLD MR-k, FKD marginal smoothing) and logit stores go through the same loss,
+``KL(p || softmax(student / T))`` with ``batchmean`` -- numerically the same as
+``benchmarks.train_student.kd_loss`` for ``p = softmax(teacher / T)``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+__all__ = ["LabelSource", "LogitSource", "StoreSource", "TopKSource", "PoolSource", "BatchTable", "rows_to_probs",
+           "load_views", "train_one", "kd_metrics", "soft_kd_loss"]
+
+Step = Tuple[int, int]  # (label epoch, batch index within that epoch)
+
+
+class BatchTable:
+    """The stored batch structure of a relabel dump.
+
+    Args:
+        batches: ``BATCH_DTYPE`` table (epoch, batch, row_start, size, ...) in dump order.
+        rows: ``ROW_DTYPE`` table; ``rows["image"][row_start:row_start+size]`` are a batch's image ids.
+    Attributes: ``epochs`` (K), ``per_epoch`` (nb, batches per epoch; the minimum over epochs).
+    """
+
+    def __init__(self, batches: np.ndarray, rows: np.ndarray) -> None:
+        self.batches, self.rows = batches, rows
+        self.epochs = int(batches["epoch"].max()) + 1
+        counts = np.bincount(batches["epoch"], minlength=self.epochs)
+        self.per_epoch = int(counts.min())
+        self._where = {(int(e), int(b)): k for k, (e, b) in enumerate(zip(batches["epoch"], batches["batch"]))}
+
+    def index(self, epoch: int, batch: int) -> int:
+        """Position of ``(epoch, batch)`` in the dump's batch table (the global, epoch-major batch id)."""
+        return self._where[(int(epoch), int(batch))]
+
+    def images(self, epoch: int, batch: int) -> np.ndarray:
+        """Image ids (B,) int64 of a stored batch, in stored position order."""
+        rec = self.batches[self.index(epoch, batch)]
+        s = int(rec["row_start"])
+        return self.rows["image"][s:s + int(rec["size"])].astype(np.int64)
+
+    def sizes(self) -> np.ndarray:
+        return self.batches["size"].astype(np.int64)
+
+
+def rows_to_probs(logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Logits (B, C) -> softmax(logits / T) float32 (B, C)."""
+    return torch.softmax(logits.float() / T, dim=1)
+
+
+class LabelSource:
+    """Base class: visits every stored batch of label epoch ``e % K`` in stored order.
+
+    Subclasses implement :meth:`targets`; ``label_bytes`` (stored label bytes, without metadata) and
+    ``rows_kept`` (label rows actually stored) describe the storage cost.
+    """
+
+    name: str = "source"
+    label_bytes: int = 0
+    rows_kept: int = 0
+
+    def schedule(self, table: BatchTable, train_epochs: int, seed: int) -> List[List[Step]]:
+        """Per training epoch, the list of ``(label_epoch, batch)`` steps to run."""
+        out = []
+        for e in range(train_epochs):
+            le = e % table.epochs
+            out.append([(le, b) for b in range(table.per_epoch)])
+        return out
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        """Soft targets (B, C) float32 probabilities of rows (``epoch``, ``image_ids``) at temperature T."""
+        raise NotImplementedError
+
+    def stored_mask(self, table: BatchTable) -> Optional[np.ndarray]:
+        """(N, K) bool of the rows this source stores, or None for all of them."""
+        return None
+
+
+class LogitSource(LabelSource):
+    """Uncompressed teacher logits held in memory: ``Y`` (N, K, C) (the raw fp16 dump's values).
+
+    ``label_bytes`` defaults to the fp16 size ``N * K * 2C``; pass another for a lossless re-encoding
+    of the same values (fp16 + zstd)."""
+
+    def __init__(self, Y: torch.Tensor, name: str = "raw fp16", label_bytes: Optional[int] = None) -> None:
+        self.Y, self.name = Y, name
+        n, k, c = Y.shape
+        self.rows_kept = n * k
+        self.label_bytes = int(label_bytes) if label_bytes is not None else n * k * 2 * c
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        return rows_to_probs(self.Y[torch.as_tensor(image_ids), int(epoch)], T)
+
+
+class StoreSource(LabelSource):
+    """A compressed label store (``score_codec.LabelStore``); row ``aug`` of image i is label epoch aug."""
+
+    def __init__(self, path: str, name: Optional[str] = None) -> None:
+        from score_codec import LabelStore
+
+        self.store = LabelStore(path)
+        st = self.store.stats()
+        self.name = name or os.path.basename(path)
+        self.label_bytes, self.rows_kept = int(st["label_bytes"]), int(st["rows"])
+        self.stats = st
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        ids = np.asarray(image_ids, dtype=np.int64)
+        rows = self.store.rows(ids, np.full(len(ids), int(epoch), dtype=np.int64))
+        return rows_to_probs(torch.as_tensor(rows), T)
+
+
+class TopKSource(LabelSource):
+    """Top-k peers: ``k`` fp16 values plus ``k`` int16 class indices per row (4k bytes).
+
+    * ``kind="mr"`` -- LPQLD MR-k: the top-k *logits* are stored; decoding is ``softmax(topk / T)`` over
+      the k values only, scattered into a zero C-vector (``train_FKD_LPQLD.py``).
+    * ``kind="fkd"`` -- FKD top-k with marginal smoothing: the top-k *probabilities* are stored (ours:
+      computed at the training temperature T, the most favourable choice for a T=20 student; FKD's own
+      generator uses T=1); every other class gets ``(1 - sum(topk)) / (C - k)`` (``Recover_soft_label``).
+
+    ``mask`` (N, K) bool keeps only those rows (LPQLD's pruned pool); others are never visited.
+    """
+
+    def __init__(self, Y: torch.Tensor, k: int, kind: str = "mr", T: float = 20.0,
+                 mask: Optional[np.ndarray] = None, name: Optional[str] = None) -> None:
+        if kind not in ("mr", "fkd"):
+            raise ValueError(f"kind must be 'mr' or 'fkd', found {kind!r}")
+        n, K, c = Y.shape
+        self.k, self.kind, self.T, self.C = int(k), kind, float(T), c
+        src = Y.float() if kind == "mr" else torch.softmax(Y.float() / T, dim=-1)
+        vals, idx = torch.topk(src, self.k, dim=-1)
+        self.vals, self.idx = vals.half(), idx.to(torch.int16)        # what is stored
+        self.mask = mask
+        self.rows_kept = int(mask.sum()) if mask is not None else n * K
+        self.label_bytes = self.rows_kept * 4 * self.k
+        self.name = name or f"{'LPQLD MR' if kind == 'mr' else 'FKD top'}-{self.k}"
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        ids = torch.as_tensor(np.asarray(image_ids, dtype=np.int64))
+        v = self.vals[ids, int(epoch)].float()
+        i = self.idx[ids, int(epoch)].long()
+        if self.kind == "mr":
+            p = torch.softmax(v / T, dim=1)
+            return torch.zeros(len(ids), self.C).scatter_(1, i, p)
+        if abs(T - self.T) > 1e-9:
+            raise ValueError(f"FKD labels were stored at T={self.T}, asked for T={T}")
+        rest = ((1.0 - v.sum(1, keepdim=True)).clamp_min(0) / max(self.C - self.k, 1))
+        return rest.expand(-1, self.C).clone().scatter_(1, i, v)
+
+    def stored_mask(self, table: BatchTable) -> Optional[np.ndarray]:
+        return self.mask
+
+
+class PoolSource(LabelSource):
+    """LPLD label-pool pruning (``--granularity batch_to_epoch --prune_metric random``).
+
+    The pool is the first ``int((1 - r) * E * nb)`` stored batches in epoch-major order; each training
+    epoch draws ``nb`` batches uniformly *with replacement* from the pool (``torch.randint``, seeded).
+    A drawn partial (last-of-epoch) batch is replaced by its predecessor, as LPLD does.  Labels of the
+    pooled batches are served by ``inner`` (exact fp16 logits for LPLD, MR-k for LPQLD).
+    """
+
+    def __init__(self, inner: LabelSource, table: BatchTable, prune_ratio: float, name: Optional[str] = None) -> None:
+        self.inner, self.r = inner, float(prune_ratio)
+        total = len(table.batches)
+        # LPLD: pool = range(total)[:int((1 - r) * total)]; the epsilon keeps 1 - 0.9 = 0.0999... from
+        # dropping a batch (keep exactly 1/X of them at r = 1 - 1/X)
+        self.pool = list(range(total))[:int((1.0 - self.r) * total + 1e-9)]
+        if not self.pool:
+            raise ValueError(f"prune ratio {prune_ratio} leaves an empty label pool of {total} batches")
+        sizes = table.sizes()
+        self.rows_kept = int(sizes[self.pool].sum())
+        c = getattr(inner, "C", None) or int(getattr(inner, "Y").shape[-1])
+        per_row = 4 * inner.k if isinstance(inner, TopKSource) else 2 * c
+        self.label_bytes = self.rows_kept * per_row
+        self.name = name or f"LPLD r={self.r:.3g}"
+        self._full = int(np.max(sizes))
+
+    def schedule(self, table: BatchTable, train_epochs: int, seed: int) -> List[List[Step]]:
+        g = torch.Generator().manual_seed(int(seed) + 7919)
+        out = []
+        for _ in range(train_epochs):
+            picks = torch.randint(0, len(self.pool), (table.per_epoch,), generator=g).tolist()
+            steps = []
+            for p in picks:
+                j = self.pool[p]
+                if int(table.batches["size"][j]) < self._full and j > 0:
+                    j -= 1   # LPLD replaces a partial last-of-epoch batch with its predecessor
+                rec = table.batches[j]
+                steps.append((int(rec["epoch"]), int(rec["batch"])))
+            out.append(steps)
+        return out
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        return self.inner.targets(epoch, image_ids, T)
+
+    def stored_mask(self, table: BatchTable) -> np.ndarray:
+        n = int(table.rows["image"].max()) + 1
+        m = np.zeros((n, table.epochs), dtype=bool)
+        for j in self.pool:
+            rec = table.batches[j]
+            s = int(rec["row_start"])
+            m[table.rows["image"][s:s + int(rec["size"])], int(rec["epoch"])] = True
+        return m
+
+
+# -- the student loop that consumes a LabelSource ---------------------------------------------------------
+log = logging.getLogger("benchmarks.label_sources")
+
+
+def load_views(store: str, images, idx: np.ndarray) -> List[torch.Tensor]:
+    """Every stored view, replayed once: list over label epochs of (N, C, S, S) float32 (image-id order).
+
+    ``store`` is the relabel store (its augmentation metadata); ``images[idx]`` are its N images.  The
+    views are shared by every variant and seed, so all students see bit-identical inputs."""
+    from score_codec.data import TensorImages
+    from score_codec.dataset import CompressedSoftLabelDataset
+
+    sub = TensorImages(images.images[idx], np.asarray(images.targets)[idx], images.classes)
+    ds = CompressedSoftLabelDataset(sub, store, decode_labels=False)
+    out = []
+    for e in tqdm(range(ds.epochs), desc="replay views", unit="epoch", leave=False):
+        ds.set_epoch(e)
+        out.append(ds.views(np.arange(len(sub))))
+    return out
+
+
+def soft_kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float) -> torch.Tensor:
+    """KL(p || softmax(student / T)), batchmean: ``train_student.kd_loss`` with the target given as
+    probabilities p (B, C) instead of logits (zero entries contribute 0)."""
+    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1), target_probs, reduction="batchmean")
+
+
+def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor], cfg: Any, seed: int,
+              test, num_classes: int, progress: bool = True) -> Dict[str, Any]:
+    """Train a ConvNet student on ``source``'s targets over the replayed ``views``; test top-1.
+
+    ``cfg``: needs student_width, student_depth, T, lr, wd, train_epochs (None: K).  AdamW and a cosine
+    schedule over all steps, as ``benchmarks.train_student``; ``torch.manual_seed(seed)`` before the
+    model is built, so every variant starts from the same weights and (except LPLD) runs the same steps.
+    """
+    from benchmarks.train_student import evaluate
+    from score_codec.models import ConvNet
+
+    torch.manual_seed(seed)
+    model = ConvNet(in_channels=int(views[0].shape[1]), num_classes=num_classes, width=cfg.student_width,
+                    depth=cfg.student_depth)
+    plan = source.schedule(table, cfg.train_epochs or table.epochs, seed)
+    steps = sum(len(p) for p in plan)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    last = float("nan")
+    bar = tqdm(total=steps, desc=f"student {source.name} s{seed}", unit="step", leave=False, disable=not progress)
+    for epoch_plan in plan:
+        for le, b in epoch_plan:
+            ids = table.images(le, b)
+            x = views[le][torch.as_tensor(ids)]
+            loss = soft_kd_loss(model(x), source.targets(le, ids, cfg.T), cfg.T)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = loss.item()
+            bar.update(1)
+    bar.close()
+    top1 = evaluate(model, test, int(views[0].shape[-1]), torch.device("cpu"))
+    log.info("%s seed %d: student top-1 %.4f (%d steps)", source.name, seed, top1, steps)
+    return dict(top1=top1, final_loss=last, steps=steps)
+
+
+@torch.no_grad()
+def kd_metrics(source: LabelSource, Y: torch.Tensor, table: BatchTable, T: float) -> Dict[str, float]:
+    """Fidelity of ``source`` against the raw logits Y (N, K, C) over the rows it stores:
+    ``kl`` = mean KL(softmax(Y/T) || target) in nats, ``agree`` = share of rows with the same argmax."""
+    mask = source.stored_mask(table)
+    kl_sum, agree, count = 0.0, 0, 0
+    n = Y.shape[0]
+    for e in range(Y.shape[1]):
+        ids = np.arange(n) if mask is None else np.flatnonzero(mask[:, e])
+        if len(ids) == 0:
+            continue
+        p = rows_to_probs(Y[torch.as_tensor(ids), e], T)
+        q = source.targets(e, ids, T).float()
+        kl_sum += float(torch.xlogy(p, p).sum() - (p * q.clamp_min(1e-30).log()).sum())
+        agree += int((p.argmax(1) == q.argmax(1)).sum())
+        count += len(ids)
+    return dict(kl=kl_sum / max(count, 1), agree=agree / max(count, 1))
