@@ -77,7 +77,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     if args.quiet:  # notes are INFO logs; warnings and errors still show
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    if os.path.exists(args.dst) and not args.overwrite:
+    if os.path.exists(args.dst) and not args.overwrite and not args.resume:
         raise InputError(f"{args.dst}: destination exists (pass --overwrite to replace it)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.dst))):
         raise InputError(f"{args.dst}: parent directory does not exist")
@@ -96,11 +96,20 @@ def cmd_encode(args: argparse.Namespace) -> int:
             raise InputError("--method shared needs image classes: pass --images or --ipc")
         with StoreWriter(args.dst, c.num_classes, method=args.method, rank=args.rank, energy=args.energy,
                          ratio=args.ratio, quant=args.quant, residual=args.residual, device=args.device,
-                         overwrite=args.overwrite) as w:
+                         overwrite=args.overwrite, resume=args.resume,
+                         shard_bytes=int(args.shard_mb * 2**20)) as w:
             step = c.num_images if args.method == "shared" else args.chunk_images
-            bar = tqdm(total=c.num_images, desc=f"encode {args.method}", unit="img", disable=args.quiet)
+            done = w.num_images  # images already in complete shards when resuming
+            if done:
+                _say(args, f"resuming: {done} of {c.num_images} images were already encoded")
+            bar = tqdm(total=c.num_images, initial=done, desc=f"encode {args.method}", unit="img", disable=args.quiet)
             s = 0
             for mats in c.matrices(step):
+                if s + len(mats) <= done:
+                    s += len(mats)
+                    continue
+                skip = max(done - s, 0)
+                mats, s = mats[skip:], s + skip
                 w.add(mats, labels=None if labels is None else labels[s:s + len(mats)].tolist())
                 s += len(mats)
                 bar.update(len(mats))
@@ -147,6 +156,10 @@ class _DeviceRows:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="Replace DST if it exists.")
+    p.add_argument("--shard-mb", type=float, default=256.0, help="Shard size in MiB; a resumed run restarts "
+                   "after the last complete shard.")
+    p.add_argument("--resume", action="store_true", help="Continue an interrupted encode from its last complete "
+                   "shard (kept in DST.partial); the other options must match the interrupted run.")
     p.add_argument("--quiet", action="store_true", help="No progress bars or notes on stderr.")
     p.add_argument("--json", action="store_true", help="Print a machine-readable JSON summary on stdout.")
     p.add_argument("--device", default="cpu", help="Device for the codec: cpu or cuda[:N].")

@@ -117,3 +117,19 @@ def test_unwritable_destination_is_bad_input(tmp_path):
 def test_missing_parent_directory_is_bad_input(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         sc.encode(Y, tmp_path / "no" / "such" / "x.store")
+
+
+def test_cli_encode_resumes_an_interrupted_run(tmp_path):
+    from score_codec.cli import main
+
+    src = tmp_path / "y.npy"
+    np.save(src, Y.numpy().astype(np.float16))
+    ref = tmp_path / "ref.store"
+    assert main(["encode", str(src), str(ref), "--rank", "3", "--shard-mb", "0.001", "--quiet"]) == 0
+    dst = tmp_path / "dst.store"
+    with pytest.raises(KeyboardInterrupt):
+        with sc.StoreWriter(dst, 10, rank=3, shard_bytes=int(0.001 * 2**20)) as w:
+            w.add(torch.from_numpy(np.load(src)[:24]).float())
+            raise KeyboardInterrupt
+    assert main(["encode", str(src), str(dst), "--rank", "3", "--shard-mb", "0.001", "--quiet", "--resume"]) == 0
+    assert np.array_equal(_decoded(dst), _decoded(ref))
