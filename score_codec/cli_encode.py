@@ -39,7 +39,7 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
                    help="Dump family of SRC; 'auto' detects it and says which it found.")
     p.add_argument("--num-classes", type=int, default=None, help="Expected number of classes C; a dump with "
                    "another C is refused.")
-    p.add_argument("--images", default=None, help="The ImageFolder the dump was made from; its class folders give "
+    p.add_argument("--images", default=None, help="The images the dump was made from (an ImageFolder, or 'fashion-mnist:train[:N]'); their classes give "
                    "each image's class (used to check the row-to-image mapping).")
     p.add_argument("--ipc", type=int, default=None, help="Images per class of an SRe2L synthetic set (class = "
                    "index // IPC); inferred as N / C when neither this nor --images is given.")
@@ -55,9 +55,9 @@ def reader_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = N
     attrs = attrs or {}
     labels = None
     if getattr(args, "images", None):
-        from .data import ImageFolder
+        from .data import load_images
 
-        labels = ImageFolder(args.images).targets
+        labels = np.asarray(load_images(args.images).targets, dtype=np.int64)
     opts: Dict[str, Any] = dict(num_classes=args.num_classes if args.num_classes is not None else attrs.get("num_classes"),
                                 labels=labels, ipc=args.ipc,
                                 seed=attrs.get("seed", args.seed), sampler_draws=attrs.get("sampler_draws", args.sampler_draws))
