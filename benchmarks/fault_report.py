@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import score_codec as sc  # noqa: E402
-from score_codec.errors import ScoreError  # noqa: E402
 from tests.common import make_meta, teacher_like_logits  # noqa: E402
 
 Y = teacher_like_logits(48, 12, 10, seed=61)

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .formats import FORMATS, WRITERS, format_names, open_reader, read_dump, write_dump
+from .formats import FORMATS, WRITERS, open_reader, read_dump, write_dump
 
 __all__ = ["register", "cmd_encode", "cmd_decode", "reader_options", "add_reader_arguments"]
 

@@ -10,13 +10,11 @@ identical to a single-process run with the same options (rank- or energy-control
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import struct
-import time
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -25,11 +23,10 @@ import torch.distributed as dist
 
 from .api import encode
 from .errors import InputError
-from .layout import (BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE,
-                     RECORDS_DATASET, SHARD_DIR, shard_name)
+from .indexio import make_manifest, write_index, write_manifest_file
+from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, shard_name
 from .meta import AugMeta
 from .reader import LabelStore
-from .record import HEADER
 
 __all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
 
@@ -114,26 +111,8 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     meta = meta or AugMeta()
     meta.validate(index_arr["k"].astype(np.int64))
     with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["num_classes"] = c
-        f.attrs["encoding"] = json.dumps(enc)
-        f.attrs["torch_version"] = str(torch.__version__)
-        f.create_dataset("images", data=index_arr)
-        g = f.create_group("bases")
-        g.create_dataset("table", data=np.concatenate(tables).astype(BASIS_INDEX_DTYPE))
-        g.create_dataset("blob", data=np.frombuffer(b"".join(blobs), np.uint8))
-        a = f.create_group("aug")
-        for name in ("rows", "batches", "images"):
-            arr = getattr(meta, name)
-            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
-            a.create_dataset(name, data=arr, **kw)
-        a.attrs["attrs"] = json.dumps(meta.attrs)
-    manifest = {"format": "score-label-store", "format_version": FORMAT_VERSION, "num_images": int(len(index_arr)),
-                "num_classes": c, "shards": shards, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with open(os.path.join(tmp, MANIFEST_FILE), "w") as fh:
-        json.dump(manifest, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+        write_index(f, c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE), b"".join(blobs), meta)
+    write_manifest_file(tmp, {**make_manifest(len(index_arr), c, [e["bytes"] for e in shards])})
     if os.path.exists(dst):
         shutil.rmtree(dst)
     os.replace(tmp, dst)

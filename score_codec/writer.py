@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -21,8 +20,8 @@ import torch
 
 from .encoder import EncodeOptions, check_matrices, encode_chunk
 from .errors import InputError, WriteFailedError
-from .layout import (BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE,
-                     RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .layout import IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
+from .indexio import basis_table, fsync_file, make_manifest, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .meta import AugMeta
 from .quantize import quantize
@@ -32,14 +31,6 @@ __all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
 log = logging.getLogger(__name__)
 DEFAULT_SHARD_BYTES = 256 * 2**20
 MatrixInput = Union[torch.Tensor, np.ndarray, Sequence[Any]]
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _as_matrices(mats: MatrixInput) -> List[torch.Tensor]:
@@ -193,7 +184,7 @@ class StoreWriter:
             with h5py.File(fn + ".tmp", "w") as f:
                 # contiguous (unchunked) so reading one record reads only its bytes
                 f.create_dataset(RECORDS_DATASET, data=data)
-            _fsync_file(fn + ".tmp")
+            fsync_file(fn + ".tmp")
             os.replace(fn + ".tmp", fn)
             done = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
             write_entry(self.tmp, self._shard, len(data), done[self._shard_entries_from :], self._bases, self._basis_ranks)
@@ -212,30 +203,19 @@ class StoreWriter:
                 self._flush_shard()
             index = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
             self._meta.validate(index["k"].astype(np.int64))
-            manifest = {
-                "format": "score-label-store",
-                "format_version": FORMAT_VERSION,
-                "num_images": int(len(index)),
-                "num_classes": self.num_classes,
-                "shards": [{"name": shard_name(i), "bytes": n} for i, n in enumerate(self._shard_sizes)],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
             if self.single:
                 self._write_index(self._h5, index)
                 self._h5.attrs["manifest"] = json.dumps(manifest)  # written last: marks completeness
                 self._h5.close()
-                _fsync_file(self.tmp)
+                fsync_file(self.tmp)
             else:
                 fn = os.path.join(self.tmp, INDEX_FILE)
                 with h5py.File(fn, "w") as f:
                     self._write_index(f, index)
-                _fsync_file(fn)
+                fsync_file(fn)
                 shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
-                mf = os.path.join(self.tmp, MANIFEST_FILE)
-                with open(mf, "w") as fh:
-                    json.dump(manifest, fh, indent=1)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                write_manifest_file(self.tmp, manifest)
             if os.path.exists(self.path):
                 shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
             os.replace(self.tmp, self.path)
@@ -248,27 +228,9 @@ class StoreWriter:
         self._closed = True
 
     def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["num_classes"] = self.num_classes
-        f.attrs["encoding"] = json.dumps({**self.opts.__dict__, "codec": self.codec.get_config()})
-        f.attrs["torch_version"] = str(torch.__version__)
-        f.create_dataset("images", data=index)
-        blob = b"".join(self._bases)
-        table = np.zeros(len(self._bases), BASIS_INDEX_DTYPE)
-        off = 0
-        for i, b in enumerate(self._bases):
-            table[i] = (off, len(b), self._basis_ranks[i], zlib.crc32(b))
-            off += len(b)
-        g = f.create_group("bases")
-        g.create_dataset("table", data=table)
-        g.create_dataset("blob", data=np.frombuffer(blob, np.uint8))
-        a = f.create_group("aug")
-        for name in ("rows", "batches", "images"):
-            arr = getattr(self._meta, name)
-            # metadata compresses well and is read whole: gzip it (chunked datasets need len > 0)
-            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
-            a.create_dataset(name, data=arr, **kw)
-        a.attrs["attrs"] = json.dumps(self._meta.attrs)
+        encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
+        write_index(f, self.num_classes, encoding, index, basis_table(self._bases, self._basis_ranks),
+                    b"".join(self._bases), self._meta)
 
     def abort(self, keep_partial: bool = False) -> None:
         """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""

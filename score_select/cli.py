@@ -12,7 +12,6 @@ import shutil
 import sys
 from typing import List, Optional
 
-import torch
 
 from score_codec.errors import InputError, ScoreError
 

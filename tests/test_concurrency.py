@@ -3,7 +3,6 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import sys
 import json
 
 import numpy as np

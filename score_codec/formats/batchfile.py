@@ -11,7 +11,7 @@ Common head of every list (docs: fkd-dump-formats.md section 1.3)::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch

@@ -133,8 +133,11 @@ def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, p
         rows = np.concatenate(rows_l)
         n = reader.num_images
         img = rows["image"]
-        if img.max() >= n:
-            raise FormatError(f"{path}: a row names image {int(img.max())}, the dump has {n} images")
+        if img.max() >= n or img.min() < 0:
+            raise FormatError(f"{path}: rows name images {int(img.min())}..{int(img.max())}, the dump has {n} images")
+        if n > nrows:
+            # every image needs at least one row; a larger count comes from a damaged index or json
+            raise FormatError(f"{path}: the dump claims {n} images but holds only {nrows} rows")
         # aug = how many earlier rows (in dump order) belong to the same image
         order = np.argsort(img, kind="stable")
         ks = np.bincount(img, minlength=n)

@@ -86,8 +86,8 @@ def safe_torch_load(path: str) -> Any:
         raise FormatError(f"{path}: not a readable torch.save file ({msg.splitlines()[0] if msg else 'unpickling failed'})") from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise FormatError(f"{path}: truncated or damaged torch.save file ({type(exc).__name__}: {exc})") from None
-    except RuntimeError as exc:
-        msg = str(exc)
-        if "zip archive" in msg or "PytorchStreamReader" in msg or "storage" in msg:
-            raise FormatError(f"{path}: truncated or damaged torch.save archive ({msg.split('.')[0]})") from None
-        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError,
+            OverflowError, MemoryError, OSError) as exc:
+        # torch.load has no single error for a damaged archive: anything it raises here means one
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise FormatError(f"{path}: truncated or damaged torch.save file ({type(exc).__name__}: {msg[:200]})") from None

@@ -1,0 +1,78 @@
+"""Writing the index and the manifest (docs/FORMAT.md sections 3 and 4), shared by every writer."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from typing import Any, Dict, List, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .layout import BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
+from .meta import AugMeta
+
+__all__ = ["basis_table", "write_index", "make_manifest", "write_manifest_file", "fsync_file"]
+
+
+def fsync_file(path: str) -> None:
+    """Flush a file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def basis_table(bases: Sequence[bytes], ranks: Sequence[int]) -> np.ndarray:
+    """The ``/bases/table`` entries of quantised bases laid end to end in ``/bases/blob``."""
+    table = np.zeros(len(bases), BASIS_INDEX_DTYPE)
+    off = 0
+    for i, b in enumerate(bases):
+        table[i] = (off, len(b), ranks[i], zlib.crc32(b))
+        off += len(b)
+    return table
+
+
+def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index: np.ndarray, table: np.ndarray,
+                blob: bytes, meta: AugMeta) -> None:
+    """Write the index datasets and attributes into an open HDF5 file (or the root of a single-file store)."""
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["num_classes"] = int(num_classes)
+    f.attrs["encoding"] = json.dumps(encoding)
+    f.attrs["torch_version"] = str(torch.__version__)
+    f.create_dataset("images", data=np.asarray(index, IMAGE_INDEX_DTYPE))
+    g = f.create_group("bases")
+    g.create_dataset("table", data=np.asarray(table, BASIS_INDEX_DTYPE))
+    g.create_dataset("blob", data=np.frombuffer(blob, np.uint8))
+    a = f.create_group("aug")
+    for name in ("rows", "batches", "images"):
+        arr = getattr(meta, name)
+        # metadata compresses well and is read whole: gzip it (chunked datasets need len > 0)
+        kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
+        a.create_dataset(name, data=arr, **kw)
+    a.attrs["attrs"] = json.dumps(meta.attrs)
+
+
+def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int]) -> Dict[str, Any]:
+    """The manifest object of section 3."""
+    from .layout import shard_name
+
+    return {
+        "format": "score-label-store",
+        "format_version": FORMAT_VERSION,
+        "num_images": int(num_images),
+        "num_classes": int(num_classes),
+        "shards": [{"name": shard_name(i), "bytes": int(n)} for i, n in enumerate(shard_sizes)],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_manifest_file(root: str, manifest: Dict[str, Any]) -> None:
+    """Write ``manifest.json`` durably; it must be the last file of a directory store to appear."""
+    with open(os.path.join(root, MANIFEST_FILE), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
