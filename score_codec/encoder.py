@@ -129,12 +129,15 @@ def encode_chunk(
         unit = torch.tensor([sum(_unit_cost(int(ys[i].shape[0]), c, opts.quant, True) for i in groups[g]) + c * bytes_per_value(opts.quant) for g in gkeys])
         fixed = torch.tensor([sum(_fixed_cost(int(ys[i].shape[0]), c, opts) for i in groups[g]) for g in gkeys])
     else:
-        sv = torch.zeros(n, c, dtype=torch.float64)
-        for k, idx in buckets.items():
-            s = torch.linalg.svdvals(torch.stack([ys[i] for i in idx])).cpu().double()
-            sv[idx, : s.shape[1]] = s
         q = min(c, max(buckets))
-        sv = sv[:, :q]
+        if budget is None and opts.energy is None:
+            # a fixed rank needs no spectrum: skip the full SVD (it would dominate rsvd's cost)
+            sv = torch.ones(n, q, dtype=torch.float64)
+        else:
+            sv = torch.zeros(n, q, dtype=torch.float64)
+            for k, idx in buckets.items():
+                s = torch.linalg.svdvals(torch.stack([ys[i] for i in idx])).cpu().double()
+                sv[idx, : s.shape[1]] = s
         unit = torch.tensor([_unit_cost(int(y.shape[0]), c, opts.quant, False) for y in ys])
         fixed = torch.tensor([_fixed_cost(int(y.shape[0]), c, opts) for y in ys])
     if budget is not None:

@@ -34,14 +34,24 @@ def rpca(
     tol: float = 1e-7,
     max_iter: int = 500,
     rho: float = 1.5,
+    svd_rank: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched inexact-ALM PCP: ``d`` (n, K, C) -> (L, S, iterations (n,)) with ``d ~ L + S``.
 
     L is low-rank, S sparse; computed in ``d``'s dtype (use float64 for tight tolerances).
+    ``svd_rank`` (optional) computes only that many singular triplets per iteration with a seeded
+    randomized SVD: L is then capped at that rank, which is all a rank-capped codec needs and makes
+    each iteration cost O(K C q) instead of a full SVD.
     """
     n, k, c = d.shape
     lam = 1.0 / math.sqrt(max(k, c)) if lam is None else lam
-    norm2 = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)            # (n,)
+    if svd_rank is not None and svd_rank < min(k, c):
+        # the spectral norm only scales mu's schedule: a randomized estimate saves a full SVD
+        with torch.random.fork_rng(devices=[d.device] if d.is_cuda else []):
+            torch.manual_seed(0)
+            norm2 = torch.svd_lowrank(d, q=min(4, k, c), niter=4)[1][:, 0].clamp_min(1e-30)
+    else:
+        norm2 = torch.linalg.matrix_norm(d, ord=2).clamp_min(1e-30)            # (n,)
     norm_inf = d.abs().amax(dim=(-2, -1)) / lam
     dual = d / torch.maximum(norm2, norm_inf)[:, None, None]
     mu = 1.25 / norm2
@@ -57,7 +67,14 @@ def rpca(
             break
         da, ya, la, m = d[idx], dual[idx], low[idx], mu[idx][:, None, None]
         sa = _shrink(da - la + ya / m, lam / m)
-        u, s, vh = torch.linalg.svd(da - sa + ya / m, full_matrices=False)
+        target = da - sa + ya / m
+        if svd_rank is not None and svd_rank < min(k, c):
+            with torch.random.fork_rng(devices=[d.device] if d.is_cuda else []):
+                torch.manual_seed(it)
+                u, s, v = torch.svd_lowrank(target, q=svd_rank, niter=2)
+            vh = v.transpose(-1, -2)
+        else:
+            u, s, vh = torch.linalg.svd(target, full_matrices=False)
         s = (s - 1.0 / m[:, :, 0]).clamp_min(0)
         la = (u * s[:, None, :]) @ vh
         z = da - la - sa
@@ -76,14 +93,21 @@ class RPCACodec(Codec):
 
     codec_id = "rpca"
 
-    def __init__(self, lam: Optional[float] = None, tol: float = 1e-7, max_iter: int = 100) -> None:
-        super().__init__(lam=lam, tol=tol, max_iter=max_iter)
-        self.lam, self.tol, self.max_iter = lam, tol, max_iter
+    def __init__(self, lam: Optional[float] = None, tol: float = 1e-5, max_iter: int = 50, oversample: int = 10) -> None:
+        super().__init__(lam=lam, tol=tol, max_iter=max_iter, oversample=oversample)
+        self.lam, self.tol, self.max_iter, self.oversample = lam, tol, max_iter, oversample
 
     def factorize(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
         q = int(ranks.max()) if ranks.numel() else 0
-        low, sparse, _ = rpca(y, lam=self.lam, tol=self.tol, max_iter=self.max_iter)
-        _, _, vh = torch.linalg.svd(low, full_matrices=False)
+        # only the top-q row space of L is kept, so the iterations need only q singular triplets
+        svd_rank = min(2 * q + self.oversample, min(y.shape[1], y.shape[2]))
+        low, sparse, _ = rpca(y, lam=self.lam, tol=self.tol, max_iter=self.max_iter, svd_rank=svd_rank)
+        if svd_rank < min(y.shape[1], y.shape[2]):
+            with torch.random.fork_rng(devices=[y.device] if y.is_cuda else []):
+                torch.manual_seed(0)
+                vh = torch.svd_lowrank(low, q=svd_rank, niter=2)[2].transpose(-1, -2)
+        else:
+            vh = torch.linalg.svd(low, full_matrices=False)[2]
         if vh.shape[-2] < q:  # PCP returned fewer components than asked: pad with zeros
             vh = torch.cat([vh, vh.new_zeros(vh.shape[0], q - vh.shape[-2], vh.shape[-1])], dim=-2)
         basis = vh[..., :q, :]
