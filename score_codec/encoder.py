@@ -85,7 +85,7 @@ def _unit_cost(k: int, c: int, quant: str, shared: bool) -> int:
 
 
 def _fixed_cost(k: int, c: int, opts: EncodeOptions) -> int:
-    ib = 2 if c <= 0xFFFF else 4
+    ib = 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
     res = (ib * k + (ib + 2) * k * min(opts.residual, c)) if opts.residual else 0
     return HEADER.size + (4 * k if opts.keep_mean else 0) + res
 

@@ -65,7 +65,8 @@ class Record:
 
 
 def _index_dtype(c: int) -> str:
-    return "<u2" if c <= 0xFFFF else "<u4"
+    """Residual index and count type: the narrowest that holds 0..C (counts reach C)."""
+    return "u1" if c <= 0xFF else "<u2" if c <= 0xFFFF else "<u4"
 
 
 def _shuffle(buf: bytes, itemsize: int) -> bytes:

@@ -47,6 +47,17 @@ def test_int8_error_is_at_most_half_a_step():
     assert ((roundtrip(x, "int8") - x).abs() <= step / 2 + 1e-7).all()
 
 
+@pytest.mark.parametrize("c,itemsize", [(255, 1), (256, 2), (70000, 4)])
+def test_residual_index_width_follows_the_class_count(c, itemsize):
+    res = torch.zeros(2, c)
+    res[0, c - 1] = 1.5
+    res[1, 3] = -2.0
+    buf = pack_record(torch.zeros(2, 0), torch.zeros(0, c), "fp16", residual=res, zstd_level=0)
+    assert len(buf) == HEADER.size + itemsize * (2 + 2) + 2 * 2
+    rec = unpack_record(buf)
+    assert rec.res_cols.tolist() == [c - 1, 3] and rec.res_vals.tolist() == [1.5, -2.0]
+
+
 def test_wide_class_counts_use_32_bit_indices():
     c = 70000
     res = torch.zeros(2, c)
