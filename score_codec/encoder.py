@@ -121,7 +121,8 @@ def encode_chunk(
         gkeys = sorted(groups)
         evals, bases = [], []
         for g in gkeys:
-            gram = sum(codec.gram(ys[i][None]) for i in groups[g])
+            # one Gram per group over all its rows (images of any K concatenate)
+            gram = codec.gram(torch.cat([ys[i] for i in groups[g]])[None])
             ev, basis = codec.basis_from_gram(gram)
             evals.append(ev.sqrt())
             bases.append(basis.to(torch.float32))
@@ -167,13 +168,15 @@ def encode_chunk(
         y = torch.stack([ys[i] for i in idx])
         rk = img_rank[idx]
         if shared:
-            f_a = torch.zeros(len(idx), k, int(rk.max()), device=device)
-            for j, i in enumerate(idx):
-                basis = new_bases[basis_of[i]].to(device)
-                r = basis.shape[0]
-                f_a[j, :, :r] = ys[i] @ basis.T
-            a_q = roundtrip(f_a.transpose(-1, -2), opts.quant).transpose(-1, -2)
-            approx = torch.stack([a_q[j, :, : new_bases[basis_of[i]].shape[0]] @ new_bases[basis_of[i]].to(device) for j, i in enumerate(idx)])
+            # each image's (already quantised) group basis, zero-padded to the bucket's largest rank
+            rmax = int(rk.max())
+            b_pad = torch.zeros(len(idx), rmax, c, device=device)
+            for gid in set(basis_of[i] for i in idx):
+                basis = new_bases[gid].to(device)
+                rows = [j for j, i in enumerate(idx) if basis_of[i] == gid]
+                b_pad[rows, : basis.shape[0]] = basis
+            a_q = roundtrip(torch.bmm(y, b_pad.transpose(1, 2)).transpose(-1, -2), opts.quant).transpose(-1, -2)
+            approx = torch.bmm(a_q, b_pad)
             b_q = None
         else:
             f = codec.encode(y, rk)
