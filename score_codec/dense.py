@@ -16,7 +16,47 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .reader import LabelStore
 
-__all__ = ["DenseFactors"]
+__all__ = ["DenseFactors", "dense_bytes", "rows_from_records"]
+
+
+def dense_bytes(store: "LabelStore") -> int:
+    """Memory (bytes) that :meth:`DenseFactors.build` would take for ``store``."""
+    rmax = int(store.index["rank"].max()) if len(store) else 0
+    own = int((store.index["basis"] < 0).sum())
+    rows = int(store.ks.sum())
+    smax = int(store.encoding.get("residual") or 0)
+    return 4 * rows * (rmax + 3 * smax + 1) + 4 * rmax * store.num_classes * (own + len(store.basis_table))
+
+
+def rows_from_records(store: "LabelStore", image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
+    """Decode (image, aug) pairs straight from their records, without the dense tables.
+
+    Reads and parses each distinct image's record once per call: memory stays at one batch, at the
+    cost of a record parse per image (used when the dense tables would be too large for a worker).
+    """
+    img = np.ascontiguousarray(image_ids, dtype=np.int64).reshape(-1)
+    aug = np.ascontiguousarray(aug_ids, dtype=np.int64).reshape(-1)
+    if img.shape != aug.shape:
+        raise IndexError(f"{img.size} image ids but {aug.size} aug ids")
+    out = torch.empty(len(img), store.num_classes)
+    for i in np.unique(img):
+        sel = np.flatnonzero(img == i)
+        k = int(store.ks[i]) if 0 <= i < len(store) else 0
+        if ((aug[sel] < 0) | (aug[sel] >= k)).any():
+            raise IndexError(f"aug ids {aug[sel].tolist()} out of range for image {int(i)} with {k} rows")
+        rec = store.record(int(i))
+        b = rec.b if rec.b is not None else store.basis(rec.basis)[: rec.rank]
+        rows = torch.from_numpy(aug[sel])
+        vals = rec.a[rows] @ b
+        if rec.mean is not None:
+            vals += rec.mean[rows, None]
+        if rec.res_rows.numel():
+            # residual entries of the requested rows only
+            hit = (rec.res_rows[:, None] == rows[None, :])
+            r_idx, j = hit.nonzero(as_tuple=True)
+            vals.index_put_((j, rec.res_cols[r_idx]), rec.res_vals[r_idx], accumulate=True)
+        out[torch.from_numpy(sel)] = vals
+    return out
 
 
 def _ids(x, device) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .layout import (BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_
 from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
 from .quantize import dequantize
 from .record import Record, unpack_record
-from .dense import DenseFactors
+from .dense import DenseFactors, dense_bytes, rows_from_records
 
 __all__ = ["LabelStore"]
 
@@ -46,9 +46,10 @@ class LabelStore:
     ``store.matrix(i)`` -> (K_i, C) float32 logits; ``store.rows(ids, augs)`` -> (B, C) batched.
     """
 
-    def __init__(self, path: str, verify_checksums: bool = True) -> None:
+    def __init__(self, path: str, verify_checksums: bool = True, max_dense_bytes: int = 2**30) -> None:
         self.path = os.fspath(path)
         self.verify_checksums = verify_checksums
+        self.max_dense_bytes = int(max_dense_bytes)
         self.single = is_single_file(self.path)
         if not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such store")
@@ -248,7 +249,13 @@ class LabelStore:
         return self._dense[key]
 
     def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
-        """Decode one row per (image, aug) pair in one batched matmul: returns (B, C) float32."""
+        """Decode one row per (image, aug) pair: returns (B, C) float32 on ``device``.
+
+        Uses the dense factor tables (one gather and one batched matmul) when they fit in
+        ``max_dense_bytes`` (a constructor argument, 1 GiB by default), else decodes each image's record.
+        """
+        if str(device) == "cpu" and str(device) not in self._dense and dense_bytes(self) > self.max_dense_bytes:
+            return rows_from_records(self, image_ids, aug_ids)
         return self.factors(device).rows(image_ids, aug_ids)
 
     # -- metadata and statistics -------------------------------------------------------------------

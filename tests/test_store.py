@@ -239,3 +239,18 @@ def test_forked_and_spawned_workers_read_the_store(tmp_path, logits, ctx):
     got = np.concatenate([o[0] for o in out])
     assert np.array_equal(got, parent)
     assert np.array_equal(np.concatenate([o[1] for o in out]), parent[:, 1])
+
+
+@pytest.mark.parametrize("method", ["svd", "shared"])
+@pytest.mark.parametrize("keep_mean", [False, True])
+def test_record_decode_path_equals_the_dense_path(tmp_path, logits, method, keep_mean):
+    sc.encode(logits, tmp_path / "p", method=method, rank=3, residual=2, keep_mean=keep_mean,
+              labels=[i % 3 for i in range(len(logits))])
+    dense = sc.LabelStore(tmp_path / "p")
+    lean = sc.LabelStore(tmp_path / "p", max_dense_bytes=0)  # too large for the tables: decode records
+    g = torch.Generator().manual_seed(1)
+    ids, augs = torch.randint(0, 24, (300,), generator=g), torch.randint(0, 16, (300,), generator=g)
+    assert torch.equal(lean.rows(ids, augs), dense.rows(ids, augs))
+    assert lean._dense == {} and dense._dense != {}
+    with pytest.raises(IndexError):
+        lean.rows([0], [16])
