@@ -177,10 +177,12 @@ class PoolSource(LabelSource):
     The pool is the first ``int((1 - r) * E * nb)`` stored batches in epoch-major order; each training
     epoch draws ``nb`` batches uniformly *with replacement* from the pool (``torch.randint``, seeded).
     A drawn partial (last-of-epoch) batch is replaced by its predecessor, as LPLD does.  Labels of the
-    pooled batches are served by ``inner`` (exact fp16 logits for LPLD, MR-k for LPQLD).
+    pooled batches are served by ``inner`` (exact fp16 logits for LPLD, MR-k for LPQLD, or one of our
+    stores encoding only the pooled epochs with ``inner_pooled=True``).
     """
 
-    def __init__(self, inner: LabelSource, table: BatchTable, prune_ratio: float, name: Optional[str] = None) -> None:
+    def __init__(self, inner: LabelSource, table: BatchTable, prune_ratio: float, name: Optional[str] = None,
+                 inner_pooled: bool = False) -> None:
         self.inner, self.r = inner, float(prune_ratio)
         total = len(table.batches)
         # LPLD: pool = range(total)[:int((1 - r) * total)]; the epsilon keeps 1 - 0.9 = 0.0999... from
@@ -190,9 +192,12 @@ class PoolSource(LabelSource):
             raise ValueError(f"prune ratio {prune_ratio} leaves an empty label pool of {total} batches")
         sizes = table.sizes()
         self.rows_kept = int(sizes[self.pool].sum())
-        c = getattr(inner, "C", None) or int(getattr(inner, "Y").shape[-1])
-        per_row = 4 * inner.k if isinstance(inner, TopKSource) else 2 * c
-        self.label_bytes = self.rows_kept * per_row
+        if inner_pooled:    # ``inner`` stores the pooled rows only (ours + pool): its own bytes
+            self.label_bytes = int(inner.label_bytes)
+        else:
+            c = getattr(inner, "C", None) or int(getattr(inner, "Y").shape[-1])
+            per_row = 4 * inner.k if isinstance(inner, TopKSource) else 2 * c
+            self.label_bytes = self.rows_kept * per_row
         self.name = name or f"LPLD r={self.r:.3g}"
         self._full = int(np.max(sizes))
 
@@ -255,7 +260,7 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
               test, num_classes: int, progress: bool = True) -> Dict[str, Any]:
     """Train a ConvNet student on ``source``'s targets over the replayed ``views``; test top-1.
 
-    ``cfg``: needs student_width, student_depth, T, lr, wd, train_epochs (None: K).  AdamW and a cosine
+    ``cfg``: needs student_width, student_depth, T, lr, wd, train_epochs / train_steps (both None: K epochs).  AdamW and a cosine
     schedule over all steps, as ``benchmarks.train_student``; ``torch.manual_seed(seed)`` before the
     model is built, so every variant starts from the same weights and (except LPLD) runs the same steps.
     """
@@ -265,7 +270,9 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
     torch.manual_seed(seed)
     model = ConvNet(in_channels=int(views[0].shape[1]), num_classes=num_classes, width=cfg.student_width,
                     depth=cfg.student_depth)
-    plan = source.schedule(table, cfg.train_epochs or table.epochs, seed)
+    epochs = cfg.train_epochs or (math.ceil(cfg.train_steps / table.per_epoch) if getattr(cfg, "train_steps", None)
+                                  else table.epochs)
+    plan = source.schedule(table, epochs, seed)
     steps = sum(len(p) for p in plan)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

@@ -27,7 +27,7 @@ from benchmarks.label_sources import BatchTable, LabelSource, LogitSource, PoolS
 
 log = logging.getLogger("benchmarks.peers")
 
-__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "build_peers", "ours", "storage_variants"]
+__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "build_peers", "ours", "ours_pooled", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
@@ -137,6 +137,27 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
     return PeerVariant(vid, "ours", x, src)
 
 
+def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: BatchTable, labels, path: str,
+                quant: str = "fp16") -> PeerVariant:
+    """Our codec composed with LPLD's label pool: keep the first ``inner / x`` share of the stored epochs
+    (whole epochs) and encode them at ratio ``inner``, so the total is ``x``.  Per-image low-rank factors
+    cost at least 2 bytes per row (one fp16 entry of U) plus a 32-byte header per image, so with 10
+    classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
+    from score_codec.errors import ScoreError
+
+    vid = f"{method}+pool@{x:g}"
+    keep = int(table.epochs * inner / float(x) + 1e-9)
+    if keep < 1 or x <= inner:
+        return PeerVariant(vid, "ours+pool", x, None, f"n/a: keeps {keep} of {table.epochs} epochs", name=vid)
+    sub = ours(inner, method, 0, Y[:, :keep].contiguous(), labels, path, quant)
+    if sub.source is None:
+        return PeerVariant(vid, "ours+pool", x, None, sub.note, name=f"{method}@{inner:g}x on {keep} epochs")
+    r = 1.0 - keep / table.epochs
+    src = PoolSource(sub.source, table, r, name=f"{method}@{inner:g}x on {keep}/{table.epochs} epochs",
+                     inner_pooled=True)
+    return PeerVariant(vid, "ours+pool", x, src)
+
+
 def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[PeerVariant]:
     """Every variant of the storage sweep: raw fp16, fp16 + zstd, then per target ratio in ``cfg.ratios``
     our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row) and the peers.
@@ -152,5 +173,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
         out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}_res{r}_x{x:g}"), cfg.quant))
     for x in cfg.ratios:
+        if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
+            out.append(ours_pooled(x, cfg.pool_inner, cfg.codecs[0], Y, table, cls,
+                                   os.path.join(store_dir, f"{cfg.codecs[0]}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
         out.extend(build_peers(x, Y, table, cfg.T))
     return out

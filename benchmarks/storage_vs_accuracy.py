@@ -66,25 +66,30 @@ class Config:
     ratios: Tuple[float, ...] = (1, 10, 20, 30, 100)
     codecs: Tuple[str, ...] = ("svd", "rsvd", "cur", "rpca", "shared")
     residual: int = 1                        # sparse residual entries per row for the "+res" variants
+    pool_inner: Optional[float] = 4.0        # ours + LPLD pool: encode inner/X of the epochs at this ratio
     quant: str = "fp16"
     student_width: int = 32
     student_depth: int = 3
     T: float = 20.0
     lr: float = 2e-3
     wd: float = 0.01
-    train_epochs: Optional[int] = None       # None: one pass per stored label epoch (K)
+    train_epochs: Optional[int] = None       # training epochs (label epoch e % K); None: see train_steps
+    train_steps: Optional[int] = None        # None: one pass per stored label epoch (K); else epochs =
+                                             # ceil(train_steps / batches per epoch), equal compute per IPC
     seeds: Tuple[int, ...] = (0, 1, 2)
     threads: int = 1
 
 
 PRESETS: Dict[str, Config] = {
-    "full": Config("full", sweep_ipc=10, label_epochs=100, select_label_epochs=30, threads=2),
-    "quick": Config("quick", teacher_epochs=1, pool=3000, ipcs=(10,), sweep_ipc=10, label_epochs=40,
-                    ratios=(1, 10, 20, 100), seeds=(0,), test_limit=2000, threads=2),
+    "full": Config("full", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
+                   train_steps=600, lr=1e-2, threads=2),
+    "quick": Config("quick", teacher_epochs=1, teacher_images=10000, pool=3000, ipcs=(10,), sweep_ipc=10, label_epochs=40,
+                    ratios=(1, 10, 20, 100), seeds=(0,), test_limit=2000, train_steps=300, lr=1e-2,
+                    threads=2),
     "smoke": Config("smoke", teacher_epochs=4, teacher_images=2000, teacher_width=8, pool=400,
                     select_methods=("score", "random"), ipcs=(10,), sweep_ipc=10, label_epochs=4, batch_size=25,
                     ratios=(1, 10, 100), codecs=("svd", "shared"), seeds=(0,), test_limit=500, select_views=2,
-                    train_epochs=24, lr=5e-3),
+                    train_epochs=24, lr=1e-2, T=4.0),
 }
 
 
@@ -111,6 +116,43 @@ def _images(spec: str, size: Optional[int], limit: Optional[int] = None):
     return TensorImages(torch.stack(xs), ds.targets[:n], ds.classes)
 
 
+def _train_teacher(images, model: torch.nn.Module, cfg: "Config") -> torch.nn.Module:
+    """Cross-entropy on RandomResizedCrop(``cfg.crop_scale``) + flip views (the relabel augmentation, so
+    the teacher is right on the views it labels), AdamW 2e-3, cosine, batch 128, bf16 autocast."""
+    import math
+
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from score_select.features import augment_views
+
+    x_all = images.images
+    y_all = torch.as_tensor(images.targets)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    bs = 128
+    steps = cfg.teacher_epochs * math.ceil(len(x_all) / bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    bar = tqdm(total=steps, desc="teacher", unit="step")
+    for _ in range(cfg.teacher_epochs):
+        order = torch.randperm(len(x_all), generator=g)
+        for s in range(0, len(x_all), bs):
+            b = order[s:s + bs]
+            xb = x_all[b].float() / 255.0 if x_all.dtype == torch.uint8 else x_all[b].float()
+            xb = augment_views(xb, 1, g, scale=tuple(cfg.crop_scale))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(xb), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return model.eval()
+
+
 class Pipeline:
     """The benchmark's steps over one config; every step reads its cached output when present."""
 
@@ -129,7 +171,7 @@ class Pipeline:
 
     # -- 2. teacher -----------------------------------------------------------------------------------
     def teacher(self) -> torch.nn.Module:
-        from benchmarks.train_student import evaluate, train_teacher
+        from benchmarks.train_student import evaluate
         from score_codec.data import TensorImages
         from score_codec.models import ResNet, load_model, save_model
 
@@ -141,8 +183,7 @@ class Pipeline:
             sub = TensorImages(self.train.images[:n], self.train.targets[:n], self.train.classes)
             net = ResNet(in_channels=int(sub.images.shape[1]), num_classes=self.C, width=self.cfg.teacher_width,
                          blocks=(1, 1, 1))
-            model = train_teacher(sub, net, epochs=self.cfg.teacher_epochs, lr=2e-3, batch_size=128, seed=0,
-                                  device="cpu").eval()
+            model = _train_teacher(sub, net, self.cfg)
             save_model(model, path + ".tmp.safetensors")
             os.replace(path + ".tmp.safetensors", path)
         info = os.path.join(self.dir, "teacher.json")
@@ -204,7 +245,9 @@ class Pipeline:
     def students(self, key: str, source: LabelSource, views, table: BatchTable, classes) -> List[float]:
         accs = []
         for seed in self.cfg.seeds:
-            k = f"{key}|seed{seed}"
+            c = self.cfg
+            k = (f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}|e{c.train_epochs}|s{c.train_steps}"
+                 f"|seed{seed}")
             if k not in self.done:
                 res = train_one(source, table, views, self.cfg, seed, self.test, self.C)
                 res["key"] = k

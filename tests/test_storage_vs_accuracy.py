@@ -42,7 +42,7 @@ def test_every_variant_meets_its_budget_or_says_na(smoke):
 
     cfg, rows, _ = smoke
     sto = _storage(rows)
-    assert {r["family"] for r in sto} >= {"raw", "fp16+zstd", "ours", "LPLD", "LPQLD", "FKD"}
+    assert {r["family"] for r in sto} >= {"raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"}
     measured = 0
     for r in sto:
         if r.get("label_bytes") is None:
@@ -63,7 +63,7 @@ def test_students_beat_chance_and_lossless_variants_are_exact(smoke):
     raw = sto["raw"]
     assert raw["kl"] == 0 and raw["agree"] == 1.0
     assert sto["zstd"]["top1"] == raw["top1"]                   # same labels, same seeds: same student
-    assert min(raw["top1"]) > 0.12                              # 10 classes: chance is 0.10
+    assert min(raw["top1"]) > 0.15                              # 10 classes: chance is 0.10
     for r in _storage(rows):
         if r.get("top1"):
             assert all(0.0 <= a <= 1.0 for a in r["top1"]) and len(r["top1"]) == len(cfg.seeds)
