@@ -37,7 +37,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     store = LabelStore(args.store)
     st = store.stats()
     attrs = store.aug.attrs
-    st["source_format"] = attrs.get("format")
+    st["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
     st["dump_fp16_bytes"] = int(st["rows"] * (2 * st["num_classes"] + DUMP_ROW_OVERHEAD))
     st["ratio_vs_dump"] = st["dump_fp16_bytes"] / st["disk_bytes"] if st["disk_bytes"] else float("inf")
     if args.json:
