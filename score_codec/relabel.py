@@ -77,6 +77,19 @@ def _save_raw(raw_dir: str, e: int, b: int, coords, flip, perm, lam, bbox, logit
                os.path.join(d, f"batch_{b}.tar"))
 
 
+class _ScratchImages:
+    """The scratch (N, K, C) fp16 memmap as a sequence of float32 (K, C) tensors, read on access."""
+
+    def __init__(self, scratch: np.ndarray) -> None:
+        self.scratch = scratch
+
+    def __len__(self) -> int:
+        return self.scratch.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.scratch[i], dtype=np.float32))
+
+
 def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: str, epochs: int, *,
             mix: str = "cutmix", batch_size: int = 64, method: str = "svd", rank: Optional[int] = 8,
             quant: str = "fp16", seed: int = 42, input_size: Optional[int] = None,
@@ -95,6 +108,10 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         input_size: side of the square views (default: the first image's height).
         raw_dump: also write an SRe2L-format dump there (logits fp16 unless ``raw_fp16=False``).
         writer_options: extra :class:`~score_codec.StoreWriter` keywords (energy, residual, ...).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
+    logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
+    through :func:`score_codec.distributed.encode_distributed`; the store equals a one-process run.
     Returns the store's ``stats()`` dict.
     """
     from . import LabelStore, StoreWriter
@@ -120,9 +137,23 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(n), generator=order_gen),
                                             batch_size, drop_last=False)
     nb = len(sampler)
-    fd, scratch_path = tempfile.mkstemp(prefix=".relabel-", suffix=".f16", dir=parent)
-    os.close(fd)
-    scratch = None
+    from .distributed import rank_and_world
+
+    rank_id, world = rank_and_world()
+    if world > 1:
+        # every rank draws every batch's augmentation (the RNG streams stay in step) but runs the teacher
+        # only on its own batches, writing into one scratch file on the shared file system
+        scratch_path = f"{dst}.relabel-scratch.f16"
+        with torch.no_grad():
+            c_out = int(teacher(torch.as_tensor(ds[0][0])[None, :, :size, :size].to(device).float()).shape[1])
+        if rank_id == 0:
+            np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, c_out)).flush()
+        torch.distributed.barrier()
+        scratch = np.memmap(scratch_path, dtype=np.float16, mode="r+", shape=(n, epochs, c_out))
+    else:
+        fd, scratch_path = tempfile.mkstemp(prefix=".relabel-", suffix=".f16", dir=parent)
+        os.close(fd)
+        scratch = None
     rows: List[np.ndarray] = []
     batches = np.zeros(epochs * nb, BATCH_DTYPE)
     images = np.zeros(n, IMAGE_DTYPE)
@@ -134,10 +165,12 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
                 for b, idx in enumerate(sampler):
                     x, coords, flip, perm, lam, bbox, sizes, classes = _teacher_batch(
                         ds, idx, size, scale, kind, aug_gen, lam_rng)
-                    logits = teacher(x.to(device).float()).float().cpu()
-                    if scratch is None:
-                        scratch = np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, logits.shape[1]))
-                    scratch[np.asarray(idx), e] = logits.numpy().astype(np.float16)
+                    mine = (e * nb + b) % world == rank_id
+                    if mine:
+                        logits = teacher(x.to(device).float()).float().cpu()
+                        if scratch is None:
+                            scratch = np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, logits.shape[1]))
+                        scratch[np.asarray(idx), e] = logits.numpy().astype(np.float16)
                     r = np.zeros(len(idx), ROW_DTYPE)
                     r["image"], r["aug"], r["epoch"], r["batch"] = idx, e, e, b
                     r["pos"], r["coords"], r["flip"] = np.arange(len(idx)), coords.numpy(), flip.numpy()
@@ -149,7 +182,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
                     images["height"][idx] = [s[0] for s in sizes]
                     images["width"][idx] = [s[1] for s in sizes]
                     images["label"][idx] = classes
-                    if raw_dump:
+                    if raw_dump and mine:
                         _save_raw(raw_dump, e, b, coords, flip, perm, lam, bbox, logits, raw_fp16)
                     bar.update(1)
         bar.close()
@@ -160,6 +193,14 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         meta = AugMeta(rows=np.concatenate(rows), batches=batches, images=images, attrs=attrs)
         c = scratch.shape[2]
         chunk = max(1, CHUNK_BYTES // (epochs * c * 4))
+        if world > 1:
+            from .distributed import encode_distributed
+
+            torch.distributed.barrier()  # every rank's logits are in the scratch file
+            encode_distributed(_ScratchImages(scratch), dst, labels=images["label"].tolist(), meta=meta,
+                               overwrite=overwrite, method=method, rank=rank, quant=quant, device=device,
+                               chunk_images=chunk, **(writer_options or {}))
+            return LabelStore(dst).stats()
         with StoreWriter(dst, c, method=method, rank=rank, quant=quant, device=device, overwrite=overwrite,
                          **(writer_options or {})) as w:
             for s in range(0, n, chunk):
@@ -168,7 +209,11 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             w.set_meta(meta)
     finally:
         del scratch
-        os.remove(scratch_path)
+        if world == 1 or rank_id == 0:
+            try:
+                os.remove(scratch_path)
+            except FileNotFoundError:
+                pass
     stats = LabelStore(dst).stats()
     log.info("relabelled %d images x %d epochs into %s (%.1fx smaller than fp16)", n, epochs, dst,
              stats.get("ratio", float("nan")))

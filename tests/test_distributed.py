@@ -64,3 +64,29 @@ def test_torchrun_two_gloo_ranks(tmp_path, method):
     merge_stores([str(p0), str(p1)], str(ref), make_meta(30, 8))
     assert np.array_equal(_decoded(path), _decoded(ref))
     assert store.aug.rows.tobytes() == make_meta(30, 8).rows.tobytes()
+
+
+def test_torchrun_relabel_equals_one_process(tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    from score_codec.relabel import relabel
+
+    from .dist_relabel_job import setup
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    dist_store, dist_raw = tmp_path / "dist.store", tmp_path / "dist_raw"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "tests.dist_relabel_job",
+                           str(dist_store), str(dist_raw)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images, teacher = setup()
+    one, one_raw = tmp_path / "one.store", tmp_path / "one_raw"
+    relabel(images, teacher, str(one), 3, mix="cutmix", batch_size=8, rank=3, seed=5, input_size=10, progress=False,
+            raw_dump=str(one_raw))
+    a, b = sc.LabelStore(dist_store), sc.LabelStore(one)
+    assert np.array_equal(_decoded(dist_store), _decoded(one))
+    for name in ("rows", "batches", "images"):
+        assert getattr(a.aug, name).tobytes() == getattr(b.aug, name).tobytes()
+    files = sorted(str(p.relative_to(one_raw)) for p in one_raw.rglob("*.tar"))
+    assert files == sorted(str(p.relative_to(dist_raw)) for p in dist_raw.rglob("*.tar")) and len(files) == 12
+    assert not list(tmp_path.glob("*scratch*"))
