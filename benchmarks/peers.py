@@ -169,7 +169,10 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
            PeerVariant("zstd", "fp16+zstd", 1, LogitSource(Y, "fp16 + zstd", fp16_zstd_bytes(Y, table)),
                        same_as="raw")]
     cls = [int(c) for c in classes]
-    jobs = [(x, m, r) for x in cfg.ratios for m in cfg.codecs for r in sorted({0, int(cfg.residual)})]
+    high = getattr(cfg, "codecs_high", None) or cfg.codecs
+    with_res = getattr(cfg, "residual_codecs", None) or cfg.codecs
+    jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
+            for r in sorted({0, int(cfg.residual) if m in with_res else 0})]
     for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
         out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}_res{r}_x{x:g}"), cfg.quant))
     for x in cfg.ratios:

@@ -159,7 +159,7 @@ def _plot(rows: List[Dict[str, Any]], path: str, name: str) -> Optional[str]:
         log.info("matplotlib not installed: no plot")
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for fam, mk in zip(FAMILY_ORDER, "o*sD^v"):
+    for fam, mk in zip(FAMILY_ORDER, "o*sDP^v"):
         pts = sorted((r["label_bytes"], 100 * statistics.fmean(r["top1"])) for r in rows
                      if r["family"] == fam and r.get("top1") and r.get("label_bytes"))
         if pts:

@@ -65,7 +65,10 @@ class Config:
     crop_scale: Tuple[float, float] = (0.4, 1.0)   # RandomResizedCrop area range (SCORE paper: (0.4|0.3|0.2, 1))
     ratios: Tuple[float, ...] = (1, 10, 20, 30, 100)
     codecs: Tuple[str, ...] = ("svd", "rsvd", "cur", "rpca", "shared")
+    codecs_high: Optional[Tuple[str, ...]] = None  # codecs above 10x (None: all); saves students where the
+                                             # budget leaves most images at rank 0 and the codecs coincide
     residual: int = 1                        # sparse residual entries per row for the "+res" variants
+    residual_codecs: Optional[Tuple[str, ...]] = None  # codecs tried with a residual (None: all)
     pool_inner: Optional[float] = 4.0        # ours + LPLD pool: encode inner/X of the epochs at this ratio
     quant: str = "fp16"
     student_width: int = 32
@@ -82,7 +85,8 @@ class Config:
 
 PRESETS: Dict[str, Config] = {
     "full": Config("full", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
-                   train_steps=600, lr=1e-2, threads=2),
+                   train_steps=400, lr=1e-2, test_limit=5000, codecs_high=("svd", "shared"),
+                   residual_codecs=("svd", "rpca"), threads=1),
     "quick": Config("quick", teacher_epochs=1, teacher_images=10000, pool=3000, ipcs=(10,), sweep_ipc=10, label_epochs=40,
                     ratios=(1, 10, 20, 100), seeds=(0,), test_limit=2000, train_steps=300, lr=1e-2,
                     threads=2),
