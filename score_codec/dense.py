@@ -19,12 +19,18 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DenseFactors", "dense_bytes", "rows_from_records"]
 
 
+def _rmax(store: "LabelStore") -> int:
+    """Largest rank of any record or shared basis."""
+    r = int(store.index["rank"].max()) if len(store) else 0
+    return max(r, int(store.basis_table["rank"].max()) if len(store.basis_table) else 0)
+
+
 def dense_bytes(store: "LabelStore") -> int:
     """Memory (bytes) that :meth:`DenseFactors.build` would take for ``store``."""
-    rmax = int(store.index["rank"].max()) if len(store) else 0
+    rmax = _rmax(store)
     own = int((store.index["basis"] < 0).sum())
     rows = int(store.ks.sum())
-    smax = int(store.encoding.get("residual") or 0)
+    smax = int(store.index["nnz"].max()) if len(store) else 0  # an upper bound on entries per row
     return 4 * rows * (rmax + 3 * smax + 1) + 4 * rmax * store.num_classes * (own + len(store.basis_table))
 
 
@@ -83,7 +89,7 @@ class DenseFactors:
     def build(cls, store: "LabelStore", device: str = "cpu") -> "DenseFactors":
         n, c = len(store), store.num_classes
         total = int(store.ks.sum())
-        rmax = int(store.index["rank"].max()) if n else 0
+        rmax = _rmax(store)
         nb = len(store.basis_table)
         own = np.flatnonzero(store.index["basis"] < 0)
         b_of = np.where(store.index["basis"] < 0, 0, store.index["basis"]).astype(np.int64)

@@ -1,10 +1,11 @@
 """Distributed encoding with torch.distributed (``torchrun``): each rank writes its own shards.
 
-Rank r encodes a contiguous block of images into ``<path>.partial/rank-NNNNN`` (an ordinary directory
-store); after a barrier rank 0 merges the parts: shards are renumbered and moved, index entries and
-shared bases are concatenated in image order, and the manifest is written last.  The decoded labels are
-identical to a single-process run with the same options (rank- or energy-controlled rates; with
-``ratio`` each rank meets the ratio on its own block).
+Rank r encodes a contiguous block of images into ``<path>.dist-parts/rank-NNNNN`` (an ordinary
+directory store); after a barrier rank 0 merges the parts: shards are renumbered and moved, index
+entries and shared bases are concatenated in image order, and the manifest is written last.  With
+per-image codecs and a rank or energy target the decoded labels are identical to a single-process run;
+with ``ratio`` each rank meets the ratio on its own block, and ``method="shared"`` fits one basis per
+class per rank.
 
     torchrun --nproc_per_node=4 my_encode.py     # where my_encode.py calls encode_distributed(...)
 """
@@ -22,9 +23,9 @@ import torch
 import torch.distributed as dist
 
 from .api import encode
-from .errors import InputError
+from .errors import CorruptRecordError, InputError
 from .indexio import make_manifest, write_index, write_manifest_file
-from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, shard_name
+from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
 from .reader import LabelStore
 
@@ -64,6 +65,8 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases, whose ids are shifted
     (the records are rewritten with new checksums).  The parts must share C and encoding options.
     """
+    if is_single_file(dst):
+        raise InputError(f"{dst}: a merged store is a directory; drop the .h5 suffix")
     stores = [LabelStore(p) for p in parts]
     if not stores:
         raise InputError("merge_stores needs at least one part")
@@ -89,7 +92,10 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
                 out = bytearray(data)
                 for i in sel:
                     off, ln = int(part_index["offset"][i]), int(part_index["length"][i])
-                    rec = _patch_basis(data[off : off + ln], nb)
+                    old = data[off : off + ln]
+                    if len(old) != ln or zlib.crc32(old) != int(part_index["crc32"][i]):
+                        raise CorruptRecordError(f"{s.path}: record {i} fails its crc32 check; not merged")
+                    rec = _patch_basis(old, nb)
                     out[off : off + ln] = rec
                     part_index["crc32"][i] = zlib.crc32(rec)
                 with h5py.File(os.path.join(tmp, SHARD_DIR, name), "w") as f:
@@ -130,7 +136,9 @@ def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[in
         return encode(Y, path, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: destination exists (pass overwrite=True / --overwrite to replace it)")
-    root = f"{path}.partial"
+    if is_single_file(path):
+        raise InputError(f"{path}: distributed encoding writes a directory store; drop the .h5 suffix")
+    root = f"{path}.dist-parts"
     blk = block_of(len(Y), rank, world)
     part = os.path.join(root, f"rank-{rank:05d}")
     if rank == 0:

@@ -185,6 +185,10 @@ def encode_chunk(
             approx = torch.bmm(a_q, b_q)
         # RPCA's outliers are exactly where y - approx is large, so the residual finds them unaided
         res = select_residual(y, approx, opts.residual, opts.residual_score)
+        if not (torch.isfinite(approx).all() and torch.isfinite(res).all()):
+            # fp16/bf16 factors or fp16 residual values overflowed: refuse rather than store infinities
+            raise InputError(f"logits too large for quant={opts.quant!r} factors or fp16 residual values "
+                             f"(max |logit| {float(y.abs().max()):.3g}); use quant='fp32' or rescale the logits")
         for j, i in enumerate(idx):
             r = int(rk[j])
             mean = means[i] if opts.keep_mean else None

@@ -88,6 +88,9 @@ def load_journal(root: str, options: Dict[str, Any]) -> JournalState:
             state.bases = [blob[offs[i] : offs[i + 1]] for i in range(len(lengths))]
             state.basis_ranks = [int(r) for r in z["basis_ranks"]]
         s += 1
+    # bases created for records that never reached a complete shard are dropped (ids are assigned in order)
+    used = max((int(e["basis"].max()) for e in state.index if len(e)), default=-1) + 1
+    state.bases, state.basis_ranks = state.bases[:used], state.basis_ranks[:used]
     # shards after the last journaled one were cut off mid-write
     for name in os.listdir(os.path.join(root, SHARD_DIR)):
         if name.startswith("shard-") and name[6:11].isdigit() and int(name[6:11]) >= s:

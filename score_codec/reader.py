@@ -31,11 +31,15 @@ _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError
 
 
 def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
-    """Validate the manifest's structure before any of it is used."""
-    ok = isinstance(m, dict) and isinstance(m.get("num_images"), int) and isinstance(m.get("shards"), list)
-    ok = ok and all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and e["bytes"] >= 0 for e in m["shards"])
+    """Validate the manifest's structure and version before any of it (or the index) is used."""
+    if isinstance(m, dict) and m.get("format") == "score-label-store" and m.get("format_version") not in READABLE_VERSIONS:
+        raise StoreVersionError(f"{where}: format version {m.get('format_version')}, this reader knows {READABLE_VERSIONS}")
+    ok = isinstance(m, dict) and m.get("format") == "score-label-store" and isinstance(m.get("num_images"), int) and isinstance(m.get("shards"), list)
+    ok = ok and all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and e["bytes"] >= 0
+                    and e.get("name") == shard_name(i) for i, e in enumerate(m["shards"]))
     if not ok:
-        raise StoreError(f"{where}: manifest is malformed (expected num_images:int and shards:[{{name, bytes:int}}])")
+        raise StoreError(f"{where}: manifest is malformed (expected format 'score-label-store', num_images:int and "
+                         f"shards:[{{name: shard-NNNNN.h5 in order, bytes:int}}])")
     return m
 
 
@@ -116,7 +120,12 @@ class LabelStore:
                 raise StoreError(f"{self._index_path()}: /{name} has dtype {arr.dtype}, expected {dtype}")
             return arr
 
+        if int(f.attrs["format_version"]) != self.manifest.get("format_version"):
+            raise IndexMismatchError(f"{self._index_path()}: index format_version {int(f.attrs['format_version'])}, "
+                                     f"manifest {self.manifest.get('format_version')}")
         self.num_classes = int(f.attrs["num_classes"])
+        if self.manifest.get("num_classes") != self.num_classes:
+            raise IndexMismatchError(f"{self._index_path()}: index has C={self.num_classes}, manifest {self.manifest.get('num_classes')}")
         self.encoding: Dict[str, Any] = json.loads(f.attrs["encoding"])
         if self.num_classes <= 0 or not isinstance(self.encoding, dict):
             raise StoreError(f"{self._index_path()}: num_classes {self.num_classes} or encoding attribute is invalid")
@@ -137,10 +146,13 @@ class LabelStore:
             if sel.any() and int((self.index["offset"][sel] + self.index["length"][sel]).max()) > int(entry["bytes"]):
                 raise IndexMismatchError(f"{self._index_path()}: records of shard {s} extend past its {entry['bytes']} bytes")
 
-    def _shard(self, s: int):
+    def _check_pid(self) -> None:
         if self._pid != os.getpid():
-            # inherited handles are not safe to use after fork: reopen in this process
-            self._files, self._pid = {}, os.getpid()
+            # inherited handles and caches (possibly on a GPU) are not safe after fork: rebuild in this process
+            self._files, self._dense, self._pid = {}, {}, os.getpid()
+
+    def _shard(self, s: int):
+        self._check_pid()
         ds = self._files.get(s)
         if ds is None:
             name = shard_name(s)
@@ -152,6 +164,8 @@ class LabelStore:
                     if key not in f:
                         raise MissingShardError(f"{self.path}: shard dataset /{key} is missing")
                     ds = f[key]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise TruncatedFileError(f"{self.path}: /{key} is not a dataset")
                 except _LOW_LEVEL as exc:
                     raise TruncatedFileError(f"{self.path}: shard dataset /{key} is not readable ({exc})") from None
             else:
@@ -161,6 +175,8 @@ class LabelStore:
                 try:
                     f = h5py.File(fn, "r")
                     ds = f[RECORDS_DATASET]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise TruncatedFileError(f"{fn}: /{RECORDS_DATASET} is not a dataset")
                 except _LOW_LEVEL as exc:
                     raise TruncatedFileError(f"{fn}: shard is not readable ({exc})") from None
             expected = int(self.manifest["shards"][s]["bytes"])
@@ -213,9 +229,18 @@ class LabelStore:
         """Parsed record of image ``i`` (factors, means, residual)."""
         rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}")
         e = self.index[i]
-        if rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"]):
+        if (rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"])
+                or rec.res_vals.numel() != int(e["nnz"])):
             raise IndexMismatchError(f"{self.path}: record {i} holds K={rec.k}, C={rec.c}, rank={rec.rank}, basis={rec.basis}; "
                                      f"index says K={int(e['k'])}, C={self.num_classes}, rank={int(e['rank'])}, basis={int(e['basis'])}")
+        if (rec.mean is not None) != bool(self.encoding.get("keep_mean")):
+            raise IndexMismatchError(f"{self.path}: record {i} {'has' if rec.mean is not None else 'lacks'} row means, "
+                                     f"the store's keep_mean is {bool(self.encoding.get('keep_mean'))}")
+        if rec.quant != self.quant:
+            raise IndexMismatchError(f"{self.path}: record {i} is {rec.quant}, the store's quantisation is {self.quant}")
+        if rec.basis >= 0 and (rec.basis >= len(self.basis_table) or int(self.basis_table["rank"][rec.basis]) < rec.rank):
+            raise IndexMismatchError(f"{self.path}: record {i} needs {rec.rank} rows of shared basis {rec.basis}, "
+                                     f"which the basis table does not have")
         return rec
 
     def basis(self, b: int) -> torch.Tensor:
@@ -242,8 +267,7 @@ class LabelStore:
     def factors(self, device: str = "cpu") -> DenseFactors:
         """All factors as padded tensors on ``device`` (built once per process and device)."""
         key = str(device)
-        if self._pid != os.getpid():
-            self._files, self._pid, self._dense = {}, os.getpid(), {}
+        self._check_pid()
         if key not in self._dense:
             self._dense[key] = DenseFactors.build(self, device)
         return self._dense[key]

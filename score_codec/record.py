@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import zstandard
 
-from .errors import CorruptRecordError
+from .errors import CodecError, CorruptRecordError
 from .quantize import QUANT_CODES, QUANT_NAMES, dequantize, quantize, quantized_nbytes
 
 __all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "unpack_record"]
@@ -24,6 +24,8 @@ HEADER = struct.Struct("<4sIIHBBIiII")
 FLAG_MEAN, FLAG_SHARED, FLAG_ZSTD, FLAG_SHUFFLE = 1, 2, 4, 8
 #: zstd is kept only when it saves at least this share: decompression costs time on every read
 MIN_ZSTD_GAIN = 0.03
+#: largest K x C a record may declare: bounds what a damaged header can make a reader allocate
+MAX_CELLS = 2**31
 
 _compressors = {}
 _decompressor = zstandard.ZstdDecompressor()
@@ -119,10 +121,16 @@ def pack_record(
     class count, needed only when ``b`` is None.
     """
     k, rank = a.shape
+    if rank > 0xFFFF:
+        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
     if c is None:
         if b is None:
-            raise ValueError("pack_record needs c= when the basis is shared")
+            raise CodecError("pack_record needs c= when the basis is shared")
         c = int(b.shape[1])
+    if b is not None and (b.shape[1] != c or b.shape[0] < rank):
+        raise CodecError(f"B has shape {tuple(b.shape)}, expected at least ({rank}, {c})")
+    if residual is not None and tuple(residual.shape) != (k, c):
+        raise CodecError(f"residual has shape {tuple(residual.shape)}, expected ({k}, {c})")
     flags = (FLAG_MEAN if mean is not None else 0) | (FLAG_SHARED if b is None else 0)
     parts = [quantize(a.T, quant)]
     if b is not None:
@@ -177,7 +185,9 @@ def unpack_record(buf: bytes, where: str = "record") -> Record:
     if qcode not in QUANT_NAMES:
         raise CorruptRecordError(f"{where}: unknown quantisation code {qcode}")
     quant = QUANT_NAMES[qcode]
-    if rank > min(k, c) or nnz > k * c or flags & ~0xF:
+    # shared-basis coefficients may use every basis row even when K is smaller than the rank
+    max_rank = c if flags & FLAG_SHARED else min(k, c)
+    if rank > max_rank or nnz > k * c or flags & ~0xF or k * c > MAX_CELLS:
         raise CorruptRecordError(f"{where}: header out of range (K={k}, C={c}, rank={rank}, nnz={nnz}, flags={flags})")
     if bool(flags & FLAG_SHARED) != (basis >= 0):
         raise CorruptRecordError(f"{where}: shared-basis flag disagrees with basis id {basis}")
@@ -189,7 +199,14 @@ def unpack_record(buf: bytes, where: str = "record") -> Record:
     body = bytes(buf[HEADER.size :])
     if flags & FLAG_ZSTD:
         try:
-            body = _decompressor.decompress(body, max_output_size=raw_len)
+            # the frame must declare exactly raw_len: a forged size would otherwise be allocated as is
+            declared = zstandard.frame_content_size(body)
+            if declared != raw_len:
+                raise CorruptRecordError(f"{where}: zstd frame declares {declared} bytes, header says {raw_len}")
+            dobj = _decompressor.decompressobj()
+            body = dobj.decompress(body)
+            if dobj.unused_data:
+                raise CorruptRecordError(f"{where}: {len(dobj.unused_data)} bytes follow the zstd frame")
         except zstandard.ZstdError as exc:
             raise CorruptRecordError(f"{where}: zstd body does not decompress: {exc}") from None
         if len(body) != raw_len:
@@ -223,7 +240,8 @@ def unpack_record(buf: bytes, where: str = "record") -> Record:
         pos += idt.itemsize * nnz
         vals = torch.from_numpy(np.frombuffer(body, "<f2", count=nnz, offset=pos).astype(np.float32))
         if counts.sum() != nnz or (counts > c).any():
-            raise CorruptRecordError(f"{where}: residual row counts sum to {counts.sum()}, header says {nnz}")
+            raise CorruptRecordError(f"{where}: residual row counts (sum {counts.sum()}, max {counts.max()}) disagree "
+                                     f"with nnz={nnz} or exceed C={c}")
         row_ids = np.repeat(np.arange(k), counts)
         # undo the per-row delta code: cumulative sum restarted at each row's first entry
         csum = np.cumsum(delta)

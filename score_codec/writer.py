@@ -90,6 +90,7 @@ class StoreWriter:
         self.codec = self.opts.make_codec()  # fails early on an unknown method
         self.device = device
         self.single = is_single_file(self.path)
+        self.overwrite = overwrite
         if os.path.exists(self.path) and not overwrite:
             raise InputError(f"{self.path}: destination exists (pass overwrite=True / --overwrite to replace it)")
         parent = os.path.dirname(os.path.abspath(self.path))
@@ -127,7 +128,8 @@ class StoreWriter:
                 write_options(self.tmp, options)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot create the store: {exc}") from exc
-        self._shard_entries_from = self.num_images
+        # index entries of the records in the shard being filled (journaled when it is flushed)
+        self._open_entries: List[np.ndarray] = []
 
     # -- writing -------------------------------------------------------------------------------
     @property
@@ -158,6 +160,7 @@ class StoreWriter:
             entries[j] = (self._shard, len(self._buf), len(rec), zlib.crc32(rec), mats[j].shape[0], chunk.ranks[j],
                           chunk.nnz[j], -1 if labels is None else int(labels[j]), chunk.basis_of[j])
             self._buf += rec
+            self._open_entries.append(entries[j : j + 1])
         self._index.append(entries)
         return list(range(first, first + len(mats)))
 
@@ -186,9 +189,9 @@ class StoreWriter:
                 f.create_dataset(RECORDS_DATASET, data=data)
             fsync_file(fn + ".tmp")
             os.replace(fn + ".tmp", fn)
-            done = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
-            write_entry(self.tmp, self._shard, len(data), done[self._shard_entries_from :], self._bases, self._basis_ranks)
-            self._shard_entries_from = len(done)
+            entries = np.concatenate(self._open_entries) if self._open_entries else np.zeros(0, IMAGE_INDEX_DTYPE)
+            write_entry(self.tmp, self._shard, len(data), entries, self._bases, self._basis_ranks)
+            self._open_entries = []
         self._shard_sizes.append(len(data))
         self._shard += 1
         self._buf = bytearray()
@@ -217,6 +220,8 @@ class StoreWriter:
                 shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
                 write_manifest_file(self.tmp, manifest)
             if os.path.exists(self.path):
+                if not self.overwrite:
+                    raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")
                 shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
             os.replace(self.tmp, self.path)
         except (OSError, RuntimeError) as exc:

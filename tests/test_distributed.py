@@ -54,7 +54,7 @@ def test_torchrun_two_gloo_ranks(tmp_path, method):
     assert proc.returncode == 0, proc.stderr[-3000:]
     store = sc.LabelStore(path)
     assert len(store) == 30 and store.verify() == []
-    assert len(os.listdir(path / "shards")) >= 2 and not (tmp_path / "dist.store.partial").exists()
+    assert len(os.listdir(path / "shards")) >= 2 and not (tmp_path / "dist.store.dist-parts").exists()
     y = teacher_like_logits(30, 8, 10, seed=31)
     labels = [i % 3 for i in range(30)]
     ref = tmp_path / "ref.store"
@@ -90,3 +90,19 @@ def test_torchrun_relabel_equals_one_process(tmp_path):
     files = sorted(str(p.relative_to(one_raw)) for p in one_raw.rglob("*.tar"))
     assert files == sorted(str(p.relative_to(dist_raw)) for p in dist_raw.rglob("*.tar")) and len(files) == 12
     assert not list(tmp_path.glob("*scratch*"))
+
+
+def test_merge_refuses_single_file_destinations_and_corrupt_parts(tmp_path):
+    y = teacher_like_logits(10, 4, 10, seed=3)
+    sc.encode(y[:5], tmp_path / "a", method="shared", rank=2, labels=[0] * 5)
+    sc.encode(y[5:], tmp_path / "b", method="shared", rank=2, labels=[0] * 5)
+    with pytest.raises(sc.InputError, match="directory"):
+        merge_stores([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m.h5"))
+    import h5py
+
+    st = sc.LabelStore(tmp_path / "b")
+    with h5py.File(tmp_path / "b" / "shards" / "shard-00000.h5", "r+") as f:
+        pos = int(st.index["offset"][2]) + 40
+        f["records"][pos] ^= 1
+    with pytest.raises(sc.CorruptRecordError, match="record 2"):
+        merge_stores([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m"))
