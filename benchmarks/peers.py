@@ -119,7 +119,7 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
     from score_codec import encode
     from score_codec.errors import ScoreError
 
-    tag = f"{method}{'+res' + str(residual) if residual else ''}"
+    tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
     vid = f"{tag}@{x:g}"
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         try:
@@ -145,7 +145,7 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
     from score_codec.errors import ScoreError
 
-    vid = f"{method}+pool@{x:g}"
+    vid = f"{method}{'' if quant == 'fp16' else '-' + quant}+pool@{x:g}"
     keep = int(table.epochs * inner / float(x) + 1e-9)
     if keep < 1 or x <= inner:
         return PeerVariant(vid, "ours+pool", x, None, f"n/a: keeps {keep} of {table.epochs} epochs", name=vid)
@@ -174,10 +174,11 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
             for r in sorted({0, int(cfg.residual) if m in with_res else 0})]
     for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
-        out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}_res{r}_x{x:g}"), cfg.quant))
+        qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
+        out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}{qtag}_res{r}_x{x:g}"), cfg.quant))
     for x in cfg.ratios:
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
             out.append(ours_pooled(x, cfg.pool_inner, cfg.codecs[0], Y, table, cls,
-                                   os.path.join(store_dir, f"{cfg.codecs[0]}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
+                                   os.path.join(store_dir, f"{cfg.codecs[0]}_{cfg.quant}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
         out.extend(build_peers(x, Y, table, cfg.T))
     return out

@@ -84,10 +84,10 @@ class Config:
 
 
 PRESETS: Dict[str, Config] = {
-    "full": Config("full", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
+    "full": Config("full", quant="int8", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
                    train_steps=400, lr=1e-2, test_limit=5000, codecs_high=("svd", "shared"),
                    residual_codecs=("svd", "rpca"), threads=1),
-    "quick": Config("quick", teacher_epochs=1, teacher_images=10000, pool=3000, ipcs=(10,), sweep_ipc=10, label_epochs=40,
+    "quick": Config("quick", quant="int8", teacher_epochs=1, teacher_images=10000, pool=3000, ipcs=(10,), sweep_ipc=10, label_epochs=40,
                     ratios=(1, 10, 20, 100), seeds=(0,), test_limit=2000, train_steps=300, lr=1e-2,
                     threads=2),
     "smoke": Config("smoke", teacher_epochs=4, teacher_images=2000, teacher_width=8, pool=400,
@@ -324,6 +324,7 @@ def main(argv=None) -> int:
     p.add_argument("--test", help="test images: 'fashion-mnist:test' or an ImageFolder path")
     p.add_argument("--image-size", type=int, help="resize whole images to this square side")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--quant", choices=["fp16", "bf16", "int8"], help="factor quantisation of our codecs")
     p.add_argument("--seeds", type=int, help="number of student seeds")
     p.add_argument("--name", help="output name (default: the preset's; set it when changing data)")
     p.add_argument("--cache-dir", help="step cache (default benchmarks/cache/<name>)")
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     over = {k: v for k, v in dict(data=a.data, test=a.test, image_size=a.image_size, threads=a.threads,
-                                  name=a.name).items() if v is not None}
+                                  name=a.name, quant=a.quant).items() if v is not None}
     if a.seeds:
         over["seeds"] = tuple(range(a.seeds))
     cfg = dataclasses.replace(PRESETS[a.preset], **over)

@@ -156,10 +156,6 @@ class _DeviceRows:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="Replace DST if it exists.")
-    p.add_argument("--shard-mb", type=float, default=256.0, help="Shard size in MiB; a resumed run restarts "
-                   "after the last complete shard.")
-    p.add_argument("--resume", action="store_true", help="Continue an interrupted encode from its last complete "
-                   "shard (kept in DST.partial); the other options must match the interrupted run.")
     p.add_argument("--quiet", action="store_true", help="No progress bars or notes on stderr.")
     p.add_argument("--json", action="store_true", help="Print a machine-readable JSON summary on stdout.")
     p.add_argument("--device", default="cpu", help="Device for the codec: cpu or cuda[:N].")
@@ -173,6 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ".npy array), compress every image's K x C logit matrix and keep all augmentation metadata "
                        "losslessly. Nothing is left behind if it fails.", epilog=ENCODE_EPILOG)
     p.add_argument("src", help="The dump: a directory (epoch_0/batch_0.tar ... or per-image files) or a .npy file.")
+    p.add_argument("--shard-mb", type=float, default=256.0, help="Shard size in MiB; a resumed run restarts "
+                   "after the last complete shard.")
+    p.add_argument("--resume", action="store_true", help="Continue an interrupted encode from its last complete "
+                   "shard (kept in DST.partial); the other options must match the interrupted run.")
     p.add_argument("dst", help="The label store to create (a directory, or a single file if it ends in .h5).")
     add_reader_arguments(p)
     p.add_argument("--method", default="svd", choices=["svd", "rsvd", "cur", "rpca", "shared"],

@@ -123,6 +123,16 @@ class AugMeta:
             end = self.batches["row_start"] + self.batches["size"]
             if self.batches["row_start"][0] != 0 or end[-1] != len(self.rows) or np.any(end[:-1] != self.batches["row_start"][1:]):
                 raise InputError("metadata batches must tile the rows table contiguously in order")
+            if (self.batches["size"] < 1).any() or not np.isin(self.batches["mix_type"], (MIX_NONE, MIX_CUTMIX, MIX_MIXUP)).all():
+                raise InputError("metadata batches need size >= 1 and mix_type 0 (none), 1 (cutmix) or 2 (mixup)")
+            size_of_row = np.repeat(self.batches["size"].astype(np.int64), self.batches["size"].astype(np.int64))
+            mix = self.rows["mix_index"]
+            bad = (mix < -1) | (mix >= size_of_row)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise InputError(f"metadata row {r}: mix partner position {mix[r]} outside its batch of {size_of_row[r]}")
+        if (self.rows["flip"] > 1).any():
+            raise InputError("metadata flip values must be 0 or 1")
 
     def image_rows(self, i: int) -> np.ndarray:
         """Rows of image ``i`` ordered by ``aug`` (shape (K_i,), ROW_DTYPE)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
@@ -48,7 +47,7 @@ def store_stats(store: "LabelStore") -> Dict[str, Any]:
         "quant": enc.get("quant"),
         "residual_per_row": enc.get("residual"),
         "keep_mean": enc.get("keep_mean"),
-        "methods": dict(Counter([enc.get("method")] * len(store))),
+        "methods": {enc.get("method"): len(store)},
         "rank_min": int(ranks.min()) if len(ranks) else 0,
         "rank_mean": float(ranks.mean()) if len(ranks) else 0.0,
         "rank_max": int(ranks.max()) if len(ranks) else 0,

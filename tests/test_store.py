@@ -254,3 +254,15 @@ def test_record_decode_path_equals_the_dense_path(tmp_path, logits, method, keep
     assert lean._dense == {} and dense._dense != {}
     with pytest.raises(IndexError):
         lean.rows([0], [16])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("mix_index", 9, "mix partner"), ("flip", 3, "flip"), ("aug", 7, "outside image"), ("image", 99, "image ids"),
+])
+def test_inconsistent_metadata_is_refused_before_anything_is_written(tmp_path, field, value, match):
+    y = teacher_like_logits(8, 2, 10, seed=9)
+    meta = make_meta(8, 2, batch=4)
+    meta.rows[field][3] = value
+    with pytest.raises(InputError, match=match):
+        sc.encode(y, tmp_path / "m", rank=2, meta=meta)
+    assert os.listdir(tmp_path) == []

@@ -11,14 +11,7 @@ from .contents import DumpContents, read_dump
 from .detect import detect_format, format_names, open_reader
 from .safe_load import safe_torch_load
 from .writers import WRITERS, write_dump
-from . import sre2l, gvbsm_edc  # noqa: F401  (register readers)
-
-for _opt in ("fkd", "lpqld", "npy"):
-    try:
-        __import__(f"{__name__}.{_opt}")
-    except ModuleNotFoundError as _exc:  # a reader not built yet
-        if _exc.name != f"{__name__}.{_opt}":
-            raise
+from . import sre2l, gvbsm_edc, fkd, lpqld, npy  # noqa: F401  (register readers)
 
 __all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "register_format", "read_dump",
            "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load"]
