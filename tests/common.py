@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "planted_low_rank_sparse", "make_meta"]
+__all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "planted_low_rank_sparse", "make_meta",
+           "all_files", "damage_file"]
 
 
 def centred(y: torch.Tensor) -> torch.Tensor:
@@ -72,3 +73,30 @@ def make_meta(n: int, k: int, batch: int = 4, seed: int = 0):
     images = np.array([(28, 28, i % 3) for i in range(n)], IMAGE_DTYPE)
     return AugMeta(rows=np.array(rows, ROW_DTYPE), batches=np.array(batches, BATCH_DTYPE), images=images,
                    attrs={"input_size": 28, "source_format": "test"})
+
+
+def all_files(path) -> list:
+    """Every file below ``path`` (or ``path`` itself), sorted."""
+    import os
+
+    path = str(path)
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+
+
+def damage_file(path: str, pos: float, mode: str, nbytes: int) -> None:
+    """Damage a file in place: ``mode`` flip (invert ``nbytes`` bytes), zero, truncate or garbage
+    (replace it with a short byte pattern), at relative position ``pos`` in [0, 1]."""
+    data = bytearray(open(path, "rb").read())
+    at = int(pos * max(len(data) - 1, 0))
+    if mode == "flip":
+        for j in range(at, min(at + nbytes, len(data))):
+            data[j] ^= 0xFF
+    elif mode == "zero":
+        data[at : at + nbytes] = bytes(len(data[at : at + nbytes]))
+    elif mode == "garbage":
+        data = bytearray(bytes(range(nbytes)) * 3)
+    else:
+        data = data[:at]
+    open(path, "wb").write(bytes(data))

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from score_codec.errors import ScoreError
 from score_codec.formats import read_dump
 
+from .common import all_files, damage_file
 from .dumpgen import make_epoch_dump, make_fkd_dump, make_lpqld_dump
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "40"))
@@ -30,33 +31,17 @@ def dumps(tmp_path_factory):
     return out
 
 
-def _files(path):
-    return sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-
-
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fam=st.sampled_from(FAMILIES), file_pick=st.integers(0, 1000), pos=st.floats(0, 1),
        mode=st.sampled_from(["flip", "truncate", "zero", "garbage"]), nbytes=st.integers(1, 32))
 def test_damaged_dumps_raise_only_score_errors(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes):
     work = str(tmp_path_factory.mktemp("case") / fam)
     shutil.copytree(dumps[fam], work)
-    files = _files(work)
-    victim = files[file_pick % len(files)]
-    data = bytearray(open(victim, "rb").read())
-    at = int(pos * max(len(data) - 1, 0))
-    if mode == "flip":
-        for j in range(at, min(at + nbytes, len(data))):
-            data[j] ^= 0xFF
-    elif mode == "zero":
-        data[at : at + nbytes] = bytes(len(data[at : at + nbytes]))
-    elif mode == "garbage":
-        data = bytes(range(nbytes)) * 3
-    else:
-        data = data[:at]
-    open(victim, "wb").write(bytes(data))
+    files = all_files(work)
+    damage_file(files[file_pick % len(files)], pos, mode, nbytes)
     try:
-        contents = read_dump(work, "auto", num_classes=10)
-        for _ in contents.matrices() if hasattr(contents, "matrices") else []:
-            pass
+        with read_dump(work, "auto", num_classes=10) as contents:
+            for _ in contents.matrices():
+                pass
     except ScoreError:
         pass

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import score_codec as sc
 from score_codec.errors import ScoreError
 
-from .common import make_meta, teacher_like_logits
+from .common import all_files, damage_file, make_meta, teacher_like_logits
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "60"))
 
@@ -34,12 +34,6 @@ def _read_everything(path):
     store.aug
 
 
-def _files(path):
-    if os.path.isfile(path):
-        return [path]
-    return sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-
-
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.sampled_from(["s.store", "s.h5"]), file_pick=st.integers(0, 100), pos=st.floats(0, 1),
        mode=st.sampled_from(["flip", "truncate", "zero"]), nbytes=st.integers(1, 64))
@@ -47,18 +41,8 @@ def test_damaged_store_raises_only_score_errors(pristine, tmp_path_factory, whic
     work = tmp_path_factory.mktemp("case") / which
     src = pristine / which
     shutil.copytree(src, work) if src.is_dir() else shutil.copy(src, work)
-    files = _files(str(work))
-    victim = files[file_pick % len(files)]
-    data = bytearray(open(victim, "rb").read())
-    at = int(pos * max(len(data) - 1, 0))
-    if mode == "flip":
-        for j in range(at, min(at + nbytes, len(data))):
-            data[j] ^= 0xFF
-    elif mode == "zero":
-        data[at : at + nbytes] = bytes(len(data[at : at + nbytes]))
-    else:
-        data = data[:at]
-    open(victim, "wb").write(bytes(data))
+    files = all_files(work)
+    damage_file(files[file_pick % len(files)], pos, mode, nbytes)
     try:
         _read_everything(str(work))
     except ScoreError:
