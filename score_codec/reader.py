@@ -21,7 +21,7 @@ from .layout import (BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
 from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
 from .quantize import dequantize
-from .record import Record, unpack_record
+from .record import MAX_CELLS, Record, unpack_record
 from .dense import DenseFactors, dense_bytes, rows_from_records
 
 __all__ = ["LabelStore"]
@@ -136,6 +136,9 @@ class LabelStore:
         self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
         self.quant: str = self.encoding.get("quant", "fp16")
         self.ks = self.index["k"].astype(np.int64)
+        if len(self.ks) and (self.ks.min() < 1 or int(self.ks.max()) * self.num_classes > MAX_CELLS):
+            raise StoreError(f"{self._index_path()}: image row counts must lie in [1, {MAX_CELLS // self.num_classes}], "
+                             f"found {int(self.ks.min())}..{int(self.ks.max())}")
         self.labels = self.index["label"].astype(np.int64)
         self.row_start = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(np.int64)
         nshards = len(self.manifest.get("shards", []))
