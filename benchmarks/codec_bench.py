@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks.common import cached_teacher_logits, cpu_name, load_subset, logit_quality, train_teacher  # noqa: E402
 
 from score_codec import LabelStore, encode  # noqa: E402
-from score_codec.encoder import EncodeOptions, encode_chunk  # noqa: E402
+from score_codec.store.encoder import EncodeOptions, encode_chunk  # noqa: E402
 from score_codec.errors import ScoreError  # noqa: E402
 
 __all__ = ["PRESETS", "main"]

@@ -7,7 +7,7 @@ Used by ``benchmarks/codec_bench.py`` and meant for the end-to-end benchmark too
     images, labels = load_subset("train", 500)
     y = teacher_logits(model, images, k=50, seed=0)            # (500, 50, 10) float32
 
-Views follow SRe2L relabelling (``score_codec.relabel``): per view a RandomResizedCrop (scale (0.08, 1))
+Views follow SRe2L relabelling (``score_codec.training.relabel``): per view a RandomResizedCrop (scale (0.08, 1))
 resized back to 28x28 and a flip with p = 0.5; per batch of ``mix_batch`` views one CutMix with
 lam ~ Beta(1, 1) and a random partner permutation.  Each of the K epochs draws a fresh batch order.
 The teacher runs in fp32 for labels (as ``relabel`` does); training uses bf16 autocast for speed.
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from score_codec.augment import apply_mix, crop_coords, cutmix_box, hflip, resized_crop, sample_crop
-from score_codec.data import load_fashion_mnist
-from score_codec.models import ResNet, load_model, save_model
+from score_codec.training.augment import apply_mix, crop_coords, cutmix_box, hflip, resized_crop, sample_crop
+from score_codec.training.images import load_fashion_mnist
+from score_codec.training.models import ResNet, load_model, save_model
 
 __all__ = ["CACHE_DIR", "cpu_name", "load_subset", "train_teacher", "evaluate_teacher", "teacher_logits",
            "cached_teacher_logits", "logit_quality"]

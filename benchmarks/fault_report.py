@@ -189,8 +189,8 @@ def fuzz(n: int) -> List[Row]:
     env = dict(os.environ, SCORE_FUZZ_EXAMPLES=str(n), OMP_NUM_THREADS="1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = []
-    for test, name in (("tests/test_store_fuzz.py", "fuzzed store files"), ("tests/test_formats_fuzz.py", "fuzzed dump files"),
-                       ("tests/test_record.py::test_fuzzed_records_raise_only_corrupt_record_error", "fuzzed records")):
+    for test, name in (("tests/store/test_store_fuzz.py", "fuzzed store files"), ("tests/formats/test_fuzz.py", "fuzzed dump files"),
+                       ("tests/store/test_record.py::test_fuzzed_records_raise_only_corrupt_record_error", "fuzzed records")):
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=root, env=env,
                               capture_output=True, text=True)
         cases = n if "record" not in name else 300

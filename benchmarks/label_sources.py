@@ -238,8 +238,8 @@ def load_views(store: str, images, idx: np.ndarray) -> List[torch.Tensor]:
 
     ``store`` is the relabel store (its augmentation metadata); ``images[idx]`` are its N images.  The
     views are shared by every variant and seed, so all students see bit-identical inputs."""
-    from score_codec.data import TensorImages
-    from score_codec.dataset import CompressedSoftLabelDataset
+    from score_codec.training.images import TensorImages
+    from score_codec.training.dataset import CompressedSoftLabelDataset
 
     sub = TensorImages(images.images[idx], np.asarray(images.targets)[idx], images.classes)
     ds = CompressedSoftLabelDataset(sub, store, decode_labels=False)
@@ -265,7 +265,7 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
     model is built, so every variant starts from the same weights and (except LPLD) runs the same steps.
     """
     from benchmarks.train_student import evaluate
-    from score_codec.models import ConvNet
+    from score_codec.training.models import ConvNet
 
     torch.manual_seed(seed)
     model = ConvNet(in_channels=int(views[0].shape[1]), num_classes=num_classes, width=cfg.student_width,

@@ -9,7 +9,7 @@ Steps (each cached under ``benchmarks/cache/<preset>/`` and skipped when its out
 1. images (Fashion-MNIST from ``apt-get install dataset-fashion-mnist``, or an ImageFolder);
 2. teacher: a small ResNet (test top-1 logged);
 3. selection (SCORE, random, herding, RDED-style) at each IPC from a seeded candidate pool;
-4. relabel (``score_codec.relabel``): K epochs of crop + flip + CutMix views, written as an SRe2L dump
+4. relabel (``score_codec.training.relabel``): K epochs of crop + flip + CutMix views, written as an SRe2L dump
    (the uncompressed reference) and a store holding the augmentation metadata;
 5. label variants at matched budgets (ours via ``ratio=X`` rate control; peers from ``benchmarks.peers``);
 6. students (ConvNet, KL at T, AdamW, cosine; identical seeds, views and batch order for every variant).
@@ -104,8 +104,8 @@ def _atomic_save(obj: Any, path: str) -> None:
 
 def _images(spec: str, size: Optional[int], limit: Optional[int] = None):
     """A TensorImages of ``spec`` (whole images resized to ``size`` when given); classes from the source."""
-    from score_codec.augment import resized_crop
-    from score_codec.data import TensorImages, load_images
+    from score_codec.training.augment import resized_crop
+    from score_codec.training.images import TensorImages, load_images
 
     ds = load_images(spec)
     if isinstance(ds, TensorImages) and size in (None, ds.images.shape[-1]):
@@ -176,8 +176,8 @@ class Pipeline:
     # -- 2. teacher -----------------------------------------------------------------------------------
     def teacher(self) -> torch.nn.Module:
         from benchmarks.train_student import evaluate
-        from score_codec.data import TensorImages
-        from score_codec.models import ResNet, load_model, save_model
+        from score_codec.training.images import TensorImages
+        from score_codec.training.models import ResNet, load_model, save_model
 
         path = os.path.join(self.dir, "teacher.safetensors")
         if os.path.isfile(path):
@@ -207,7 +207,7 @@ class Pipeline:
         if not os.path.isfile(path):
             g = torch.Generator().manual_seed(0)
             pool = torch.randperm(len(self.train), generator=g)[:self.cfg.pool].sort().values
-            from score_codec.data import TensorImages
+            from score_codec.training.images import TensorImages
             sub = TensorImages(self.train.images[pool], self.train.targets[pool.numpy()], self.train.classes)
             feats = extract(teacher, sub, batch_size=256, num_views=self.cfg.select_views, progress=True)
             feats["pool"] = pool
@@ -229,8 +229,8 @@ class Pipeline:
     def relabel(self, teacher, key: str, idx: np.ndarray, epochs: int) -> Tuple[str, torch.Tensor, BatchTable]:
         """(reference store path, Y (N, K, C) float32 from the SRe2L dump, batch table); K = ``epochs``."""
         from score_codec import LabelStore
-        from score_codec.data import TensorImages
-        from score_codec.relabel import relabel
+        from score_codec.training.images import TensorImages
+        from score_codec.training.relabel import relabel
 
         d = os.path.join(self.dir, "relabel", f"{key}_K{epochs}")
         ypath = os.path.join(d, "Y.pt")
@@ -325,6 +325,7 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, help="resize whole images to this square side")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--quant", choices=["fp16", "bf16", "int8"], help="factor quantisation of our codecs")
+    p.add_argument("--steps", type=int, help="optimiser steps per student (the preset's train_steps)")
     p.add_argument("--seeds", type=int, help="number of student seeds")
     p.add_argument("--name", help="output name (default: the preset's; set it when changing data)")
     p.add_argument("--cache-dir", help="step cache (default benchmarks/cache/<name>)")
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     over = {k: v for k, v in dict(data=a.data, test=a.test, image_size=a.image_size, threads=a.threads,
-                                  name=a.name, quant=a.quant).items() if v is not None}
+                                  name=a.name, quant=a.quant, train_steps=a.steps).items() if v is not None}
     if a.seeds:
         over["seeds"] = tuple(range(a.seeds))
     cfg = dataclasses.replace(PRESETS[a.preset], **over)

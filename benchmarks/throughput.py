@@ -49,8 +49,8 @@ def measure(preset: str = "quick", workers: int = 2, epochs: int = 0) -> List[st
     from torch.utils.data import DataLoader
 
     from benchmarks.storage_vs_accuracy import HERE, PRESETS, Pipeline
-    from score_codec.data import TensorImages
-    from score_codec.dataset import CompressedSoftLabelDataset, LabelDecoder, ReplayBatchSampler
+    from score_codec.training.images import TensorImages
+    from score_codec.training.dataset import CompressedSoftLabelDataset, LabelDecoder, ReplayBatchSampler
 
     cfg = PRESETS[preset]
     torch.set_num_threads(cfg.threads)

@@ -7,7 +7,7 @@ Importable (``train_student``, ``train_teacher``) and a script::
 
 Loss: ``KL(softmax(teacher / T) || softmax(student / T))`` with ``batchmean`` (SRe2L / SCORE, no T^2
 factor), AdamW, cosine learning-rate schedule over all steps.  Views and labels come from
-:class:`score_codec.dataset.CompressedSoftLabelDataset` in the dump's stored batch order, so every
+:class:`score_codec.training.dataset.CompressedSoftLabelDataset` in the dump's stored batch order, so every
 student input is exactly the teacher's input for the label it is trained on.  When training runs for
 more epochs than the dump holds, label epoch ``e % K`` is replayed (logged).
 """
@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from score_codec.augment import resized_crop
-from score_codec.data import load_images
+from score_codec.training.augment import resized_crop
+from score_codec.training.images import load_images
 from score_codec.errors import ScoreError
-from score_codec.dataset import CompressedSoftLabelDataset, LabelDecoder, ReplayBatchSampler
-from score_codec.models import ARCHITECTURES, build_model, save_model
+from score_codec.training.dataset import CompressedSoftLabelDataset, LabelDecoder, ReplayBatchSampler
+from score_codec.training.models import ARCHITECTURES, build_model, save_model
 
 __all__ = ["train_student", "train_teacher", "evaluate", "kd_loss", "main"]
 

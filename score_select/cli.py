@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGES",
                    help="The candidate pool: an ImageFolder root (root/<class>/<file>) or 'fashion-mnist[:train]'.")
     p.add_argument("teacher", metavar="TEACHER",
-                   help="The teacher: a safetensors file written by score_codec.models.save_model or "
+                   help="The teacher: a safetensors file written by score_codec.training.models.save_model or "
                         "'package.module:factory'; '-' when --features points to an existing cache.")
     p.add_argument("out", metavar="OUT", help="The output directory (created if missing).")
     p.add_argument("--ipc", type=int, required=True, help="The number of images to select per class.")
@@ -79,8 +79,8 @@ def _features(args, out_dir: str):
         return load_features(cache)
     if args.teacher == "-":
         raise InputError(f"TEACHER is '-' but the feature cache {cache} does not exist")
-    from score_codec.data import load_images
-    from score_codec.models import load_model
+    from score_codec.training.images import load_images
+    from score_codec.training.models import load_model
 
     images = load_images(args.images)
     model = load_model(args.teacher, device=args.device)
@@ -114,7 +114,7 @@ def _copy(out_dir: str, idx: List[int], labels: List[int], meta: dict, images_sp
             shutil.copy2(src, target)
         else:  # in-memory pools (fashion-mnist) have no files: write PNGs
             if source is None:
-                from score_codec.data import load_images
+                from score_codec.training.images import load_images
                 source = load_images(images_spec)
             from PIL import Image
 

@@ -1,6 +1,6 @@
 """Teacher features and augmented soft labels for selection, with a safetensors cache.
 
-:func:`extract` runs a teacher over any indexable of ``(image, class)`` pairs (``score_codec.data``'s
+:func:`extract` runs a teacher over any indexable of ``(image, class)`` pairs (``score_codec.training.images``'s
 ``ImageFolder``/``TensorImages`` or anything alike) and returns
 
 * ``features``: ``(N, d)`` float32 penultimate-layer features (``model.features(x)``, or ``feature_fn``);

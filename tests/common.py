@@ -55,7 +55,7 @@ def planted_low_rank_sparse(n: int, k: int, c: int, rank: int, density: float, s
 
 def make_meta(n: int, k: int, batch: int = 4, seed: int = 0):
     """An AugMeta for n images x k epochs, shuffled per epoch into batches with cutmix parameters."""
-    from score_codec.meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, ROW_DTYPE
+    from score_codec.store.meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, ROW_DTYPE
 
     rng = np.random.default_rng(seed)
     rows, batches = [], []

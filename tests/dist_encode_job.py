@@ -1,10 +1,10 @@
-"""Run under torchrun by tests/test_distributed.py: encode a fixed set of logits across ranks."""
+"""Run under torchrun by tests/store/test_distributed.py: encode a fixed set of logits across ranks."""
 import sys
 
 import torch
 
 torch.set_num_threads(1)
-from score_codec.distributed import encode_distributed  # noqa: E402
+from score_codec.store.distributed import encode_distributed  # noqa: E402
 from tests.common import make_meta, teacher_like_logits  # noqa: E402
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""Run under torchrun by tests/test_distributed.py: relabel a small set across ranks."""
+"""Run under torchrun by tests/store/test_distributed.py: relabel a small set across ranks."""
 import sys
 
 import torch
 
 torch.set_num_threads(1)
-from score_codec.data import TensorImages, load_fashion_mnist  # noqa: E402
-from score_codec.models import ConvNet  # noqa: E402
-from score_codec.relabel import relabel  # noqa: E402
+from score_codec.training.images import TensorImages, load_fashion_mnist  # noqa: E402
+from score_codec.training.models import ConvNet  # noqa: E402
+from score_codec.training.relabel import relabel  # noqa: E402
 
 
 def setup():

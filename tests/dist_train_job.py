@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_concurrency.py: each rank records its share of every stored batch."""
+"""Run under torchrun by tests/store/test_concurrency.py: each rank records its share of every stored batch."""
 import json
 import sys
 
@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 torch.set_num_threads(1)
-from score_codec.dataset import ReplayBatchSampler  # noqa: E402
+from score_codec.training.dataset import ReplayBatchSampler  # noqa: E402
 
 if __name__ == "__main__":
     store, out = sys.argv[1], sys.argv[2]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from score_codec.augment import apply_mix, crop_coords, cutmix_box, hflip, resized_crop, sample_crop
-from score_codec.data import load_fashion_mnist
+from score_codec.training.augment import apply_mix, crop_coords, cutmix_box, hflip, resized_crop, sample_crop
+from score_codec.training.images import load_fashion_mnist
 
 __all__ = ["synthetic_set", "teacher", "make_epoch_dump", "make_lpqld_dump", "make_fkd_dump", "old_torch_batches",
            "S", "NUM_CLASSES"]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 import numpy as np
 
 from ..errors import FormatError, InputError
-from ..meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
+from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
 
 __all__ = ["BatchRecord", "DumpReader", "FORMATS", "register_format", "numbered", "new_rows", "class_labels"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
-from ..meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
+from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from .base import new_batch, new_rows
 
 __all__ = ["parse_head", "build_head", "as_numpy", "merge_style"]

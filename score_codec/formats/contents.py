@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, InputError
-from ..meta import BATCH_DTYPE, AugMeta
+from ..store.meta import BATCH_DTYPE, AugMeta
 from .base import DumpReader
 from .detect import open_reader
 

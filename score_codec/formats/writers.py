@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, InputError
-from ..meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
+from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from .batchfile import build_head
 
 __all__ = ["WRITERS", "write_dump", "image_row_groups"]

@@ -1,0 +1,89 @@
+"""Quantisation of factor matrices: fp16, bf16, or int8 with one scale per row.
+
+Every scheme maps a float32 matrix (m, n) to bytes and back; int8 stores an fp32 scale per row
+(``max|row| / 127``) followed by the int8 values.  Callers quantise ``A^T`` (r, K) and ``B`` (r, C), so
+"per row" means per rank component for both factors.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import CodecError
+
+__all__ = ["QUANT_CODES", "QUANT_NAMES", "quantize", "dequantize", "quantized_nbytes", "bytes_per_value", "roundtrip"]
+
+QUANT_CODES: Dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
+QUANT_NAMES = {v: k for k, v in QUANT_CODES.items()}
+
+
+def _check(quant: str) -> None:
+    if quant not in QUANT_CODES:
+        raise CodecError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANT_CODES)}")
+
+
+def bytes_per_value(quant: str) -> int:
+    """Bytes one stored value takes (scales not included)."""
+    _check(quant)
+    return {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[quant]
+
+
+def quantized_nbytes(quant: str, rows: int, cols: int) -> int:
+    """Size in bytes of a quantised (rows, cols) matrix, scales included."""
+    n = rows * cols * bytes_per_value(quant)
+    return n + (4 * rows if quant == "int8" and n else 0)
+
+
+def roundtrip(x: torch.Tensor, quant: str) -> torch.Tensor:
+    """``dequantize(quantize(x))`` computed in torch on ``x``'s device; ``x`` (..., m, n) float32."""
+    _check(quant)
+    if quant == "fp32":
+        return x
+    if quant == "fp16":
+        return x.to(torch.float16).to(x.dtype)
+    if quant == "bf16":
+        return x.to(torch.bfloat16).to(x.dtype)
+    scale = (x.abs().amax(dim=-1, keepdim=True) / 127.0).to(torch.float32)
+    q = torch.where(scale > 0, torch.round(x / torch.where(scale > 0, scale, 1.0)), 0.0).clamp(-127, 127)
+    return q * scale
+
+
+def quantize(x: torch.Tensor, quant: str) -> bytes:
+    """Serialise a 2-D float32 tensor (m, n) under ``quant``; little-endian, row-major."""
+    _check(quant)
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    if quant == "fp32":
+        return x.numpy().astype("<f4").tobytes()
+    if quant == "fp16":
+        return x.numpy().astype("<f2").tobytes()
+    if quant == "bf16":
+        return x.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+    if x.numel() == 0:
+        return b""
+    scale = x.abs().amax(dim=-1) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(x / safe[:, None]).clamp(-127, 127).to(torch.int8)
+    return scale.numpy().astype("<f4").tobytes() + q.numpy().tobytes()
+
+
+def dequantize(buf: memoryview, quant: str, rows: int, cols: int) -> Tuple[torch.Tensor, int]:
+    """Inverse of :func:`quantize`: returns ((rows, cols) float32 tensor, bytes consumed)."""
+    _check(quant)
+    n = quantized_nbytes(quant, rows, cols)
+    if len(buf) < n:
+        raise CodecError(f"quantised block needs {n} bytes, found {len(buf)}")
+    if quant in ("fp32", "fp16"):
+        arr = np.frombuffer(buf, dtype="<f4" if quant == "fp32" else "<f2", count=rows * cols)
+        return torch.from_numpy(arr.astype(np.float32).reshape(rows, cols)), n
+    if quant == "bf16":
+        arr = np.frombuffer(buf, dtype="<i2", count=rows * cols).copy()
+        t = torch.from_numpy(arr).view(torch.bfloat16).to(torch.float32)
+        return t.reshape(rows, cols), n
+    if rows * cols == 0:
+        return torch.zeros(rows, cols), n
+    scale = np.frombuffer(buf, dtype="<f4", count=rows)
+    q = np.frombuffer(buf, dtype=np.int8, count=rows * cols, offset=4 * rows)
+    vals = q.reshape(rows, cols).astype(np.float32) * scale[:, None]
+    return torch.from_numpy(vals), n

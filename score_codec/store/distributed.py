@@ -1,0 +1,156 @@
+"""Distributed encoding with torch.distributed (``torchrun``): each rank writes its own shards.
+
+Rank r encodes a contiguous block of images into ``<path>.dist-parts/rank-NNNNN`` (an ordinary
+directory store); after a barrier rank 0 merges the parts: shards are renumbered and moved, index
+entries and shared bases are concatenated in image order, and the manifest is written last.  With
+per-image codecs and a rank or energy target the decoded labels are identical to a single-process run;
+with ``ratio`` each rank meets the ratio on its own block, and ``method="shared"`` fits one basis per
+class per rank.
+
+    torchrun --nproc_per_node=4 my_encode.py     # where my_encode.py calls encode_distributed(...)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import zlib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .bulk import encode
+from ..errors import CorruptRecordError, InputError
+from .indexio import make_manifest, write_index, write_manifest_file
+from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
+from .meta import AugMeta
+from .reader import LabelStore
+
+__all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
+
+_BASIS_OFFSET = 20  # byte offset of the basis id in a record header (docs/FORMAT.md 5.1)
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """(rank, world size) of the current process group, initialising gloo from torchrun's env if needed."""
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0, 1
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def block_of(n: int, rank: int, world: int) -> range:
+    """The contiguous block of ``range(n)`` that ``rank`` of ``world`` handles (sizes differ by <= 1)."""
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def _patch_basis(rec: bytes, offset: int) -> bytes:
+    (basis,) = struct.unpack_from("<i", rec, _BASIS_OFFSET)
+    if basis < 0 or offset == 0:
+        return rec
+    out = bytearray(rec)
+    struct.pack_into("<i", out, _BASIS_OFFSET, basis + offset)
+    return bytes(out)
+
+
+def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None) -> None:
+    """Concatenate directory stores ``parts`` (in image order) into a new store at ``dst``.
+
+    The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases, whose ids are shifted
+    (the records are rewritten with new checksums).  The parts must share C and encoding options.
+    """
+    if is_single_file(dst):
+        raise InputError(f"{dst}: a merged store is a directory; drop the .h5 suffix")
+    stores = [LabelStore(p) for p in parts]
+    if not stores:
+        raise InputError("merge_stores needs at least one part")
+    c, enc = stores[0].num_classes, stores[0].encoding
+    for s in stores[1:]:
+        if s.num_classes != c or s.encoding != enc:
+            raise InputError(f"{s.path}: part has other classes or encoding options than {stores[0].path}")
+    tmp = dst + ".merging"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, SHARD_DIR))
+    index, shards, tables, blobs = [], [], [], []
+    nb = boff = 0
+    for s in stores:
+        part_index = s.index.copy()
+        remap = {}
+        for j, entry in enumerate(s.manifest["shards"]):
+            name = shard_name(len(shards))
+            src = os.path.join(s.path, SHARD_DIR, entry["name"])
+            if len(s.basis_table) and nb:
+                with h5py.File(src, "r") as f:
+                    data = f[RECORDS_DATASET][()].tobytes()
+                sel = np.flatnonzero(part_index["shard"] == j)
+                out = bytearray(data)
+                for i in sel:
+                    off, ln = int(part_index["offset"][i]), int(part_index["length"][i])
+                    old = data[off : off + ln]
+                    if len(old) != ln or zlib.crc32(old) != int(part_index["crc32"][i]):
+                        raise CorruptRecordError(f"{s.path}: record {i} fails its crc32 check; not merged")
+                    rec = _patch_basis(old, nb)
+                    out[off : off + ln] = rec
+                    part_index["crc32"][i] = zlib.crc32(rec)
+                with h5py.File(os.path.join(tmp, SHARD_DIR, name), "w") as f:
+                    f.create_dataset(RECORDS_DATASET, data=np.frombuffer(bytes(out), np.uint8))
+            else:
+                os.replace(src, os.path.join(tmp, SHARD_DIR, name))
+            remap[j] = len(shards)
+            shards.append({"name": name, "bytes": int(entry["bytes"])})
+        part_index["shard"] = np.vectorize(remap.get, otypes=[np.uint32])(part_index["shard"]) if len(part_index) else part_index["shard"]
+        part_index["basis"] = np.where(part_index["basis"] >= 0, part_index["basis"] + nb, -1)
+        index.append(part_index)
+        t = s.basis_table.copy()
+        t["offset"] += boff
+        tables.append(t)
+        blobs.append(s._basis_blob.tobytes())
+        nb += len(t)
+        boff += len(blobs[-1])
+    index_arr = np.concatenate(index).astype(IMAGE_INDEX_DTYPE)
+    meta = meta or AugMeta()
+    meta.validate(index_arr["k"].astype(np.int64))
+    with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
+        write_index(f, c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE), b"".join(blobs), meta)
+    write_manifest_file(tmp, {**make_manifest(len(index_arr), c, [e["bytes"] for e in shards])})
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[int]] = None,
+                       meta: Optional[AugMeta] = None, overwrite: bool = False, **kwargs: Any) -> Optional[Dict[str, Any]]:
+    """:func:`score_codec.encode` across the ranks of a torch.distributed job.
+
+    Every rank passes the same arguments (``Y`` may be a lazy sequence: each rank only touches its
+    block).  Returns the store's stats on rank 0 and ``None`` elsewhere.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return encode(Y, path, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+    if is_single_file(path):
+        raise InputError(f"{path}: distributed encoding writes a directory store; drop the .h5 suffix")
+    root = f"{path}.dist-parts"
+    blk = block_of(len(Y), rank, world)
+    part = os.path.join(root, f"rank-{rank:05d}")
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+    dist.barrier()
+    encode([Y[i] for i in blk], part, labels=None if labels is None else [labels[i] for i in blk],
+           overwrite=True, **kwargs)
+    dist.barrier()
+    stats = None
+    if rank == 0:
+        merge_stores([os.path.join(root, f"rank-{r:05d}") for r in range(world)], path, meta)
+        shutil.rmtree(root, ignore_errors=True)
+        stats = LabelStore(path).stats()
+    dist.barrier()
+    return stats

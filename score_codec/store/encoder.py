@@ -1,0 +1,207 @@
+"""The encoding pipeline for one chunk of images: centre, allocate ranks, factorise, quantise, residual.
+
+Images are bucketed by row count K so each codec call is one batched torch computation.  The result
+is one record (bytes) per image plus any shared bases the chunk introduced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..codecs import Codec, get_codec
+from ..errors import InputError
+from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
+from ..codecs.ratecontrol import allocate_ranks
+from .record import HEADER, pack_record
+from ..codecs.residual import select_residual
+
+__all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "check_matrices"]
+
+
+@dataclass
+class EncodeOptions:
+    """Everything that decides how labels are encoded (JSON-serialisable; stored in the index)."""
+
+    method: str = "svd"
+    codec_config: Dict[str, Any] = field(default_factory=dict)
+    rank: Optional[int] = None
+    energy: Optional[float] = None
+    ratio: Optional[float] = None
+    target_bytes: Optional[int] = None
+    quant: str = "fp16"
+    residual: int = 0
+    residual_score: str = "kl"
+    keep_mean: bool = False
+    zstd_level: int = 3
+    shuffle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quant not in QUANT_CODES:
+            raise InputError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_CODES)}")
+        if sum(x is not None for x in (self.rank, self.energy, self.ratio, self.target_bytes)) > 1:
+            raise InputError("give at most one of rank, energy, ratio, target_bytes")
+        if self.rank is None and self.energy is None and self.ratio is None and self.target_bytes is None:
+            self.rank = 8
+        if self.ratio is not None and self.ratio <= 0:
+            raise InputError(f"ratio must be positive, found {self.ratio}")
+        if self.residual < 0:
+            raise InputError(f"residual entries per row must be >= 0, found {self.residual}")
+
+    def make_codec(self) -> Codec:
+        return get_codec(self.method, **self.codec_config)
+
+
+@dataclass
+class EncodedChunk:
+    """Records of one chunk, in input order, and the shared bases it created (group key -> (r, C))."""
+
+    records: List[bytes]
+    ranks: List[int]
+    nnz: List[int]
+    bases: Dict[int, torch.Tensor]
+    basis_of: List[int]
+
+
+def check_matrices(mats: Sequence[torch.Tensor], c: int, first_id: int = 0) -> None:
+    """Validate per-image matrices: 2-D, ``c`` columns, at least one row, finite."""
+    for j, m in enumerate(mats):
+        i = first_id + j
+        if m.ndim != 2:
+            raise InputError(f"image {i}: expected a (K, C) matrix, found shape {tuple(m.shape)}")
+        if m.shape[1] != c:
+            raise InputError(f"image {i}: expected C={c} classes, found {m.shape[1]}")
+        if m.shape[0] == 0:
+            raise InputError(f"image {i}: has zero rows")
+        if not torch.isfinite(m).all():
+            bad = (~torch.isfinite(m)).nonzero()[0].tolist()
+            raise InputError(f"image {i}: non-finite logit (NaN or Inf) at row {bad[0]}, class {bad[1]}")
+
+
+def _unit_cost(k: int, c: int, quant: str, shared: bool) -> int:
+    per = k + (0 if shared else c)
+    return per * bytes_per_value(quant) + ((4 if shared else 8) if quant == "int8" else 0)
+
+
+def _fixed_cost(k: int, c: int, opts: EncodeOptions) -> int:
+    ib = 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
+    res = (ib * k + (ib + 2) * k * min(opts.residual, c)) if opts.residual else 0
+    return HEADER.size + (4 * k if opts.keep_mean else 0) + res
+
+
+def encode_chunk(
+    mats: Sequence[torch.Tensor],
+    opts: EncodeOptions,
+    labels: Optional[Sequence[int]] = None,
+    device: str = "cpu",
+    budget: Optional[float] = None,
+    next_basis: int = 0,
+) -> EncodedChunk:
+    """Encode ``mats`` (list of (K_i, C) float tensors, already validated) under ``opts``.
+
+    ``budget`` (bytes) applies to this chunk when ``opts`` uses a ratio or byte target; ``next_basis``
+    is the first free shared-basis id.
+    """
+    codec = opts.make_codec()
+    n = len(mats)
+    c = int(mats[0].shape[1])
+    ys = [m.to(device=device, dtype=torch.float32) for m in mats]
+    means = [y.mean(-1) for y in ys]
+    ys = [y - mu[:, None] for y, mu in zip(ys, means)]
+    buckets: Dict[int, List[int]] = {}
+    for i, y in enumerate(ys):
+        buckets.setdefault(int(y.shape[0]), []).append(i)
+    shared = codec.shared_basis
+    if shared:
+        groups: Dict[int, List[int]] = {}
+        for i in range(n):
+            key = int(labels[i]) if (labels is not None and codec.group == "class") else -1
+            groups.setdefault(key, []).append(i)
+        gkeys = sorted(groups)
+        evals, bases = [], []
+        for g in gkeys:
+            # one Gram per group over all its rows (images of any K concatenate)
+            gram = codec.gram(torch.cat([ys[i] for i in groups[g]])[None])
+            ev, basis = codec.basis_from_gram(gram)
+            evals.append(ev.sqrt())
+            bases.append(basis.to(torch.float32))
+        sv = torch.stack(evals)  # (G, C): square roots of the Gram eigenvalues act as singular values
+        unit = torch.tensor([sum(_unit_cost(int(ys[i].shape[0]), c, opts.quant, True) for i in groups[g]) + c * bytes_per_value(opts.quant) for g in gkeys])
+        fixed = torch.tensor([sum(_fixed_cost(int(ys[i].shape[0]), c, opts) for i in groups[g]) for g in gkeys])
+    else:
+        q = min(c, max(buckets))
+        if budget is None and opts.energy is None:
+            # a fixed rank needs no spectrum: skip the full SVD (it would dominate rsvd's cost)
+            sv = torch.ones(n, q, dtype=torch.float64)
+        else:
+            sv = torch.zeros(n, q, dtype=torch.float64)
+            for k, idx in buckets.items():
+                s = torch.linalg.svdvals(torch.stack([ys[i] for i in idx])).cpu().double()
+                sv[idx, : s.shape[1]] = s
+        unit = torch.tensor([_unit_cost(int(y.shape[0]), c, opts.quant, False) for y in ys])
+        fixed = torch.tensor([_fixed_cost(int(y.shape[0]), c, opts) for y in ys])
+    if budget is not None:
+        ranks = allocate_ranks(sv, budget=budget, unit_cost=unit, fixed_cost=fixed)
+    else:
+        ranks = allocate_ranks(sv, rank=opts.rank, energy=opts.energy)
+    if not shared:
+        # an image never needs more components than min(K_i, C)
+        cap = torch.tensor([min(int(y.shape[0]), c) for y in ys], dtype=torch.int64)
+        ranks = torch.minimum(ranks, cap)
+    img_rank = torch.zeros(n, dtype=torch.int64)
+    basis_of = [-1] * n
+    new_bases: Dict[int, torch.Tensor] = {}
+    if shared:
+        for gi, g in enumerate(gkeys):
+            r = int(ranks[gi])
+            bid = next_basis + gi
+            new_bases[bid] = roundtrip(bases[gi][:r], opts.quant).cpu()
+            for i in groups[g]:
+                img_rank[i] = r
+                basis_of[i] = bid
+    else:
+        img_rank = ranks
+    records: List[Optional[bytes]] = [None] * n
+    nnz = [0] * n
+    for k, idx in buckets.items():
+        y = torch.stack([ys[i] for i in idx])
+        rk = img_rank[idx]
+        if shared:
+            # each image's (already quantised) group basis, zero-padded to the bucket's largest rank
+            rmax = int(rk.max())
+            b_pad = torch.zeros(len(idx), rmax, c, device=device)
+            for gid in set(basis_of[i] for i in idx):
+                basis = new_bases[gid].to(device)
+                rows = [j for j, i in enumerate(idx) if basis_of[i] == gid]
+                b_pad[rows, : basis.shape[0]] = basis
+            a_q = roundtrip(torch.bmm(y, b_pad.transpose(1, 2)).transpose(-1, -2), opts.quant).transpose(-1, -2)
+            approx = torch.bmm(a_q, b_pad)
+            b_q = None
+        else:
+            f = codec.encode(y, rk)
+            a_q = roundtrip(f.a.transpose(-1, -2), opts.quant).transpose(-1, -2)
+            b_q = roundtrip(f.b, opts.quant)
+            approx = torch.bmm(a_q, b_q)
+        # RPCA's outliers are exactly where y - approx is large, so the residual finds them unaided
+        res = select_residual(y, approx, opts.residual, opts.residual_score)
+        if not (torch.isfinite(approx).all() and torch.isfinite(res).all()):
+            # fp16/bf16 factors or fp16 residual values overflowed: refuse rather than store infinities
+            raise InputError(f"logits too large for quant={opts.quant!r} factors or fp16 residual values "
+                             f"(max |logit| {float(y.abs().max()):.3g}); use quant='fp32' or rescale the logits")
+        for j, i in enumerate(idx):
+            r = int(rk[j])
+            mean = means[i] if opts.keep_mean else None
+            records[i] = pack_record(
+                a_q[j, :, :r].cpu(),
+                None if shared else b_q[j, :r].cpu(),
+                opts.quant,
+                mean=None if mean is None else mean.cpu(),
+                residual=res[j].cpu() if opts.residual else None,
+                basis=basis_of[i],
+                zstd_level=opts.zstd_level,
+                shuffle=opts.shuffle,
+                c=c,
+            )
+            nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
+    return EncodedChunk(records=records, ranks=[int(r) for r in img_rank], nnz=nnz, bases=new_bases, basis_of=basis_of)

@@ -1,0 +1,98 @@
+"""Resume journal of a store being written: which shards are complete, and what they index.
+
+After each shard is durably written, ``journal/shard-NNNNN.npz`` records its index entries and the
+shared bases created so far; a shard without a journal entry is incomplete and is discarded on resume.
+The journal lives only in the ``<path>.partial`` directory and is removed when the store is finished.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..errors import InputError
+from .layout import IMAGE_INDEX_DTYPE, SHARD_DIR, shard_name
+
+__all__ = ["JOURNAL_DIR", "JournalState", "write_options", "write_entry", "load_journal"]
+
+JOURNAL_DIR = "journal"
+
+
+@dataclass
+class JournalState:
+    """What a resumed writer starts from."""
+
+    index: List[np.ndarray] = field(default_factory=list)
+    shard_sizes: List[int] = field(default_factory=list)
+    bases: List[bytes] = field(default_factory=list)
+    basis_ranks: List[int] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(x) for x in self.index)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_options(root: str, options: Dict[str, Any]) -> None:
+    """Record the writer's options so a resume with different options is refused."""
+    os.makedirs(os.path.join(root, JOURNAL_DIR), exist_ok=True)
+    _atomic_write(os.path.join(root, JOURNAL_DIR, "options.json"), json.dumps(options, sort_keys=True).encode())
+
+
+def write_entry(root: str, shard: int, size: int, entries: np.ndarray, bases: List[bytes], ranks: List[int]) -> None:
+    """Mark ``shard`` complete: its byte size, its index entries and all bases created so far."""
+    buf = io.BytesIO()
+    np.savez(buf, size=np.int64(size), entries=entries, basis_blob=np.frombuffer(b"".join(bases), np.uint8),
+             basis_lengths=np.array([len(b) for b in bases], np.int64), basis_ranks=np.array(ranks, np.int64))
+    _atomic_write(os.path.join(root, JOURNAL_DIR, f"{shard_name(shard)}.npz"), buf.getvalue())
+
+
+def load_journal(root: str, options: Dict[str, Any]) -> JournalState:
+    """Read the journal of a partial store; delete shards that were not completed."""
+    jdir = os.path.join(root, JOURNAL_DIR)
+    opt_file = os.path.join(jdir, "options.json")
+    if not os.path.isfile(opt_file):
+        raise InputError(f"{root}: has no resume journal; remove it or run without resume")
+    with open(opt_file) as fh:
+        saved = json.load(fh)
+    if saved != json.loads(json.dumps(options, sort_keys=True)):
+        diff = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+        raise InputError(f"{root}: cannot resume with different options ({', '.join(diff)} changed)")
+    state = JournalState()
+    s = 0
+    while True:
+        jf = os.path.join(jdir, f"{shard_name(s)}.npz")
+        shard_file = os.path.join(root, SHARD_DIR, shard_name(s))
+        if not (os.path.isfile(jf) and os.path.isfile(shard_file)):
+            break
+        with np.load(jf) as z:
+            entries = z["entries"]
+            if entries.dtype != IMAGE_INDEX_DTYPE:
+                raise InputError(f"{jf}: journal entries have dtype {entries.dtype}, expected {IMAGE_INDEX_DTYPE}")
+            state.index.append(entries)
+            state.shard_sizes.append(int(z["size"]))
+            blob, lengths = z["basis_blob"].tobytes(), z["basis_lengths"]
+            offs = np.concatenate([[0], np.cumsum(lengths)])
+            state.bases = [blob[offs[i] : offs[i + 1]] for i in range(len(lengths))]
+            state.basis_ranks = [int(r) for r in z["basis_ranks"]]
+        s += 1
+    # bases created for records that never reached a complete shard are dropped (ids are assigned in order)
+    used = max((int(e["basis"].max()) for e in state.index if len(e)), default=-1) + 1
+    state.bases, state.basis_ranks = state.bases[:used], state.basis_ranks[:used]
+    # shards after the last journaled one were cut off mid-write
+    for name in os.listdir(os.path.join(root, SHARD_DIR)):
+        if name.startswith("shard-") and name[6:11].isdigit() and int(name[6:11]) >= s:
+            os.remove(os.path.join(root, SHARD_DIR, name))
+    return state

@@ -1,0 +1,320 @@
+"""Read a label store: random access to one image's record, batched row decode, verification.
+
+Only paths and small index tables are kept in the object; HDF5 handles are opened lazily per process
+(reopened when the pid changes, dropped when pickled), so a store is safe to use in forked or spawned
+DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Any, Dict, List, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ..errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
+                     StoreVersionError, TruncatedFileError)
+from .layout import (BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
+                     RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
+from ..codecs.quantize import dequantize
+from .record import MAX_CELLS, Record, unpack_record
+from .dense import DenseFactors, dense_bytes, rows_from_records
+from .stats import store_stats, verify_store
+
+__all__ = ["LabelStore"]
+
+#: what h5py, numpy and json raise on damaged bytes; the reader turns them into StoreError
+_LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
+
+
+def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
+    """Validate the manifest's structure and version before any of it (or the index) is used."""
+    if isinstance(m, dict) and m.get("format") == "score-label-store" and m.get("format_version") not in READABLE_VERSIONS:
+        raise StoreVersionError(f"{where}: format version {m.get('format_version')}, this reader knows {READABLE_VERSIONS}")
+    ok = isinstance(m, dict) and m.get("format") == "score-label-store" and isinstance(m.get("num_images"), int) and isinstance(m.get("shards"), list)
+    ok = ok and all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and e["bytes"] >= 0
+                    and e.get("name") == shard_name(i) for i, e in enumerate(m["shards"]))
+    if not ok:
+        raise StoreError(f"{where}: manifest is malformed (expected format 'score-label-store', num_images:int and "
+                         f"shards:[{{name: shard-NNNNN.h5 in order, bytes:int}}])")
+    return m
+
+
+class LabelStore:
+    """A label store opened for reading (see docs/FORMAT.md).
+
+    ``len(store)`` images; ``store.ks`` (N,) rows per image; ``store.labels`` (N,) class or -1;
+    ``store.matrix(i)`` -> (K_i, C) float32 logits; ``store.rows(ids, augs)`` -> (B, C) batched.
+    """
+
+    def __init__(self, path: str, verify_checksums: bool = True, max_dense_bytes: int = 2**30) -> None:
+        self.path = os.fspath(path)
+        self.verify_checksums = verify_checksums
+        self.max_dense_bytes = int(max_dense_bytes)
+        self.single = is_single_file(self.path)
+        if not os.path.exists(self.path):
+            raise StoreError(f"{self.path}: no such store")
+        self._pid: Optional[int] = None
+        self._files: Dict[int, Any] = {}
+        self._dense: Dict[str, DenseFactors] = {}
+        self._aug: Optional[AugMeta] = None
+        self._bases: Dict[int, torch.Tensor] = {}
+        self._load_index()
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _index_path(self) -> str:
+        return self.path if self.single else os.path.join(self.path, INDEX_FILE)
+
+    def _load_index(self) -> None:
+        if self.single:
+            try:
+                f = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+            with f:
+                try:
+                    if "manifest" not in f.attrs:
+                        raise IncompleteStoreError(f"{self.path}: no manifest attribute; the store was not completely written")
+                    self.manifest = _check_manifest(json.loads(f.attrs["manifest"]), self.path)
+                    self._read_tables(f)
+                except _LOW_LEVEL as exc:
+                    raise StoreError(f"{self.path}: damaged index ({type(exc).__name__}: {exc})") from None
+        else:
+            mf = os.path.join(self.path, MANIFEST_FILE)
+            if not os.path.isfile(mf):
+                if os.path.isfile(self._index_path()) or os.path.isdir(os.path.join(self.path, SHARD_DIR)):
+                    raise IncompleteStoreError(f"{self.path}: {MANIFEST_FILE} is missing; the store was not completely written "
+                                               "(an interrupted encode can be finished with --resume)")
+                raise StoreError(f"{self.path}: not a label store (no {MANIFEST_FILE})")
+            try:
+                with open(mf) as fh:
+                    self.manifest = _check_manifest(json.load(fh), mf)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{mf}: unreadable manifest ({exc})") from None
+            if not os.path.isfile(self._index_path()):
+                raise MissingShardError(f"{self._index_path()}: index file is missing")
+            try:
+                f = h5py.File(self._index_path(), "r")
+            except OSError as exc:
+                raise TruncatedFileError(f"{self._index_path()}: index is not a readable HDF5 file ({exc})") from None
+            with f:
+                try:
+                    self._read_tables(f)
+                except _LOW_LEVEL as exc:
+                    raise StoreError(f"{self._index_path()}: damaged index ({type(exc).__name__}: {exc})") from None
+        version = self.manifest.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise StoreVersionError(f"{self.path}: format version {version}, this reader knows {READABLE_VERSIONS}")
+        if self.manifest.get("num_images") != len(self.index):
+            raise IndexMismatchError(f"{self.path}: manifest says {self.manifest.get('num_images')} images, index has {len(self.index)}")
+
+    def _read_tables(self, f: h5py.File) -> None:
+        def table(name: str, dtype: np.dtype) -> np.ndarray:
+            if name not in f:
+                raise StoreError(f"{self._index_path()}: dataset /{name} is missing")
+            arr = f[name][()]
+            if arr.dtype != dtype:
+                raise StoreError(f"{self._index_path()}: /{name} has dtype {arr.dtype}, expected {dtype}")
+            return arr
+
+        if int(f.attrs["format_version"]) != self.manifest.get("format_version"):
+            raise IndexMismatchError(f"{self._index_path()}: index format_version {int(f.attrs['format_version'])}, "
+                                     f"manifest {self.manifest.get('format_version')}")
+        self.num_classes = int(f.attrs["num_classes"])
+        if self.manifest.get("num_classes") != self.num_classes:
+            raise IndexMismatchError(f"{self._index_path()}: index has C={self.num_classes}, manifest {self.manifest.get('num_classes')}")
+        self.encoding: Dict[str, Any] = json.loads(f.attrs["encoding"])
+        if self.num_classes <= 0 or not isinstance(self.encoding, dict):
+            raise StoreError(f"{self._index_path()}: num_classes {self.num_classes} or encoding attribute is invalid")
+        if self.encoding.get("quant") not in ("fp32", "fp16", "bf16", "int8"):
+            raise StoreError(f"{self._index_path()}: unknown quantisation {self.encoding.get('quant')!r}")
+        self.index = table("images", IMAGE_INDEX_DTYPE)
+        self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
+        self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
+        self.quant: str = self.encoding.get("quant", "fp16")
+        self.ks = self.index["k"].astype(np.int64)
+        if len(self.ks) and (self.ks.min() < 1 or int(self.ks.max()) * self.num_classes > MAX_CELLS):
+            raise StoreError(f"{self._index_path()}: image row counts must lie in [1, {MAX_CELLS // self.num_classes}], "
+                             f"found {int(self.ks.min())}..{int(self.ks.max())}")
+        self.labels = self.index["label"].astype(np.int64)
+        self.row_start = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(np.int64)
+        nshards = len(self.manifest.get("shards", []))
+        if len(self.index) and (self.index["shard"].max() >= nshards):
+            raise IndexMismatchError(f"{self._index_path()}: index names shard {self.index['shard'].max()}, manifest lists {nshards}")
+        for s, entry in enumerate(self.manifest.get("shards", [])):
+            sel = self.index["shard"] == s
+            if sel.any() and int((self.index["offset"][sel] + self.index["length"][sel]).max()) > int(entry["bytes"]):
+                raise IndexMismatchError(f"{self._index_path()}: records of shard {s} extend past its {entry['bytes']} bytes")
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # inherited handles and caches (possibly on a GPU) are not safe after fork: rebuild in this process
+            self._files, self._dense, self._pid = {}, {}, os.getpid()
+
+    def _shard(self, s: int):
+        self._check_pid()
+        ds = self._files.get(s)
+        if ds is None:
+            name = shard_name(s)
+            if self.single:
+                fn = self.path
+                key = f"{SHARD_DIR}/{name}"
+                try:
+                    f = h5py.File(self.path, "r")
+                    if key not in f:
+                        raise MissingShardError(f"{self.path}: shard dataset /{key} is missing")
+                    ds = f[key]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise TruncatedFileError(f"{self.path}: /{key} is not a dataset")
+                except _LOW_LEVEL as exc:
+                    raise TruncatedFileError(f"{self.path}: shard dataset /{key} is not readable ({exc})") from None
+            else:
+                fn = os.path.join(self.path, SHARD_DIR, name)
+                if not os.path.isfile(fn):
+                    raise MissingShardError(f"{fn}: shard file is missing")
+                try:
+                    f = h5py.File(fn, "r")
+                    ds = f[RECORDS_DATASET]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise TruncatedFileError(f"{fn}: /{RECORDS_DATASET} is not a dataset")
+                except _LOW_LEVEL as exc:
+                    raise TruncatedFileError(f"{fn}: shard is not readable ({exc})") from None
+            expected = int(self.manifest["shards"][s]["bytes"])
+            if ds.shape != (expected,) or ds.dtype != np.uint8:
+                raise TruncatedFileError(f"{fn}: shard {s} holds {ds.shape} {ds.dtype}, manifest says ({expected},) uint8")
+            self._files[s] = ds
+        return ds
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"], state["_dense"] = {}, None, {}
+        return state
+
+    def close(self) -> None:
+        """Close open files (they reopen on next use)."""
+        for ds in self._files.values():
+            try:
+                ds.file.close()
+            except Exception:  # pragma: no cover
+                pass
+        self._files = {}
+
+    # -- records -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _check_id(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < len(self.index):
+            raise IndexError(f"image id {i} out of range for a store of {len(self.index)} images")
+        return i
+
+    def record_bytes(self, i: int) -> bytes:
+        """The raw bytes of image ``i``'s record, checksum-verified."""
+        e = self.index[self._check_id(i)]
+        ds = self._shard(int(e["shard"]))
+        off, ln = int(e["offset"]), int(e["length"])
+        try:
+            buf = ds[off : off + ln].tobytes()
+        except _LOW_LEVEL as exc:
+            raise TruncatedFileError(f"{self.path}: record {i} cannot be read from shard {int(e['shard'])} ({exc})") from None
+        if len(buf) != ln:
+            raise TruncatedFileError(f"{self.path}: record {i} is {len(buf)} bytes, index says {ln}")
+        if self.verify_checksums and zlib.crc32(buf) != int(e["crc32"]):
+            raise CorruptRecordError(f"{self.path}: record {i} (shard {int(e['shard'])}, offset {off}) fails its crc32 check: "
+                                     f"expected {int(e['crc32']):08x}, found {zlib.crc32(buf):08x}")
+        return buf
+
+    def record(self, i: int) -> Record:
+        """Parsed record of image ``i`` (factors, means, residual)."""
+        rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}")
+        e = self.index[i]
+        if (rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"])
+                or rec.res_vals.numel() != int(e["nnz"])):
+            raise IndexMismatchError(f"{self.path}: record {i} holds K={rec.k}, C={rec.c}, rank={rec.rank}, basis={rec.basis}; "
+                                     f"index says K={int(e['k'])}, C={self.num_classes}, rank={int(e['rank'])}, basis={int(e['basis'])}")
+        if (rec.mean is not None) != bool(self.encoding.get("keep_mean")):
+            raise IndexMismatchError(f"{self.path}: record {i} {'has' if rec.mean is not None else 'lacks'} row means, "
+                                     f"the store's keep_mean is {bool(self.encoding.get('keep_mean'))}")
+        if rec.quant != self.quant:
+            raise IndexMismatchError(f"{self.path}: record {i} is {rec.quant}, the store's quantisation is {self.quant}")
+        if rec.basis >= 0 and (rec.basis >= len(self.basis_table) or int(self.basis_table["rank"][rec.basis]) < rec.rank):
+            raise IndexMismatchError(f"{self.path}: record {i} needs {rec.rank} rows of shared basis {rec.basis}, "
+                                     f"which the basis table does not have")
+        return rec
+
+    def basis(self, b: int) -> torch.Tensor:
+        """Shared basis ``b`` as a (r, C) float32 tensor."""
+        t = self._bases.get(b)
+        if t is None:
+            if not 0 <= b < len(self.basis_table):
+                raise IndexMismatchError(f"{self.path}: basis {b} is not in the basis table of {len(self.basis_table)}")
+            e = self.basis_table[b]
+            off, ln = int(e["offset"]), int(e["length"])
+            buf = self._basis_blob[off : off + ln].tobytes()
+            if len(buf) != ln or zlib.crc32(buf) != int(e["crc32"]):
+                raise CorruptRecordError(f"{self.path}: shared basis {b} fails its size or crc32 check")
+            t, _ = dequantize(memoryview(buf), self.quant, int(e["rank"]), self.num_classes)
+            self._bases[b] = t
+        return t
+
+    def matrix(self, i: int) -> torch.Tensor:
+        """Decoded logits of image ``i``: (K_i, C) float32 on CPU."""
+        rec = self.record(i)
+        return rec.matrix(self.basis(rec.basis) if rec.basis >= 0 else None)
+
+    # -- batched decode ----------------------------------------------------------------------------
+    def factors(self, device: str = "cpu") -> DenseFactors:
+        """All factors as padded tensors on ``device`` (built once per process and device)."""
+        key = str(device)
+        self._check_pid()
+        if key not in self._dense:
+            self._dense[key] = DenseFactors.build(self, device)
+        return self._dense[key]
+
+    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
+        """Decode one row per (image, aug) pair: returns (B, C) float32 on ``device``.
+
+        Uses the dense factor tables (one gather and one batched matmul) when they fit in
+        ``max_dense_bytes`` (a constructor argument, 1 GiB by default), else decodes each image's record.
+        """
+        if str(device) == "cpu" and str(device) not in self._dense and dense_bytes(self) > self.max_dense_bytes:
+            return rows_from_records(self, image_ids, aug_ids)
+        return self.factors(device).rows(image_ids, aug_ids)
+
+    # -- metadata and statistics -------------------------------------------------------------------
+    @property
+    def aug(self) -> AugMeta:
+        """The store's augmentation metadata (read on first access)."""
+        if self._aug is None:
+            try:
+                with h5py.File(self._index_path(), "r") as f:
+                    g = f["aug"]
+                    self._aug = AugMeta(
+                        rows=g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE),
+                        batches=g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE),
+                        images=g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE),
+                        attrs=json.loads(g.attrs["attrs"]),
+                    )
+            except _LOW_LEVEL as exc:
+                raise StoreError(f"{self._index_path()}: damaged augmentation metadata ({type(exc).__name__}: {exc})") from None
+        return self._aug
+
+    def meta(self, i: int) -> np.ndarray:
+        """Augmentation rows of image ``i`` ordered by aug (ROW_DTYPE; empty when none were stored)."""
+        return self.aug.image_rows(self._check_id(i))
+
+    def stats(self) -> Dict[str, Any]:
+        """Sizes and ratios; ``ratio`` = fp16 label bytes (2 C per row) / stored label bytes."""
+        return store_stats(self)
+
+    def verify(self) -> List[str]:
+        """Check every record and basis; returns the problems found (empty list: healthy)."""
+        return verify_store(self)
+
+    def __repr__(self) -> str:
+        return f"LabelStore({self.path!r}, images={len(self)}, classes={self.num_classes})"

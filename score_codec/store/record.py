@@ -1,0 +1,253 @@
+"""One image's record: the bytes that hold its factors, row means and sparse residual.
+
+Layout (little-endian; docs/FORMAT.md section "Record" is normative): a 32-byte header followed by a
+body that is optionally byte-shuffled per section and optionally zstd-compressed as a whole.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import zstandard
+
+from ..errors import CodecError, CorruptRecordError
+from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, quantize, quantized_nbytes
+
+__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "unpack_record"]
+
+MAGIC = b"SLR1"
+#: magic, K, C, rank, quant, flags, nnz, basis id, raw body length, stored body length
+HEADER = struct.Struct("<4sIIHBBIiII")
+FLAG_MEAN, FLAG_SHARED, FLAG_ZSTD, FLAG_SHUFFLE = 1, 2, 4, 8
+#: zstd is kept only when it saves at least this share: decompression costs time on every read
+MIN_ZSTD_GAIN = 0.03
+#: largest K x C a record may declare: bounds what a damaged header can make a reader allocate
+MAX_CELLS = 2**31
+
+_compressors = {}
+_decompressor = zstandard.ZstdDecompressor()
+
+
+@dataclass
+class Record:
+    """Decoded contents of one record (all float32 on CPU).
+
+    ``a`` (K, r); ``b`` (r, C) or ``None`` for a shared basis (``basis`` names it); ``mean`` (K,) or
+    ``None``; residual entries as ``res_rows``/``res_cols`` (nnz,) int64 and ``res_vals`` (nnz,).
+    """
+
+    k: int
+    c: int
+    a: torch.Tensor
+    b: Optional[torch.Tensor]
+    mean: Optional[torch.Tensor]
+    res_rows: torch.Tensor
+    res_cols: torch.Tensor
+    res_vals: torch.Tensor
+    basis: int = -1
+    quant: str = "fp16"
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[1]
+
+    def matrix(self, basis: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoded (K, C) logits; ``basis`` (r, C) is required for shared-basis records."""
+        b = self.b if self.b is not None else basis
+        if b is None:
+            raise CorruptRecordError(f"record refers to shared basis {self.basis} but none was given")
+        out = self.a @ b[: self.rank]
+        if self.mean is not None:
+            out = out + self.mean[:, None]
+        out[self.res_rows, self.res_cols] += self.res_vals
+        return out
+
+
+def _index_dtype(c: int) -> str:
+    """Residual index and count type: the narrowest that holds 0..C (counts reach C)."""
+    return "u1" if c <= 0xFF else "<u2" if c <= 0xFFFF else "<u4"
+
+
+def _shuffle(buf: bytes, itemsize: int) -> bytes:
+    if itemsize == 1 or not buf:
+        return buf
+    return np.frombuffer(buf, np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def _unshuffle(buf: bytes, itemsize: int) -> bytes:
+    if itemsize == 1 or not buf:
+        return buf
+    return np.frombuffer(buf, np.uint8).reshape(itemsize, -1).T.tobytes()
+
+
+def _sections(k: int, c: int, rank: int, quant: str, flags: int, nnz: int) -> List[Tuple[int, int]]:
+    """(byte length, item size) of each body section, in order."""
+    isz = 2 if quant in ("fp16", "bf16") else (4 if quant == "fp32" else 1)
+    secs = []
+    if quant == "int8" and rank:
+        secs += [(4 * rank, 4), (rank * k, 1)]
+        if not flags & FLAG_SHARED:
+            secs += [(4 * rank, 4), (rank * c, 1)]
+    else:
+        secs.append((quantized_nbytes(quant, rank, k), isz))
+        if not flags & FLAG_SHARED:
+            secs.append((quantized_nbytes(quant, rank, c), isz))
+    if flags & FLAG_MEAN:
+        secs.append((4 * k, 4))
+    if nnz:
+        ib = np.dtype(_index_dtype(c)).itemsize
+        secs += [(ib * k, ib), (ib * nnz, ib), (2 * nnz, 2)]
+    return secs
+
+
+def pack_record(
+    a: torch.Tensor,
+    b: Optional[torch.Tensor],
+    quant: str,
+    mean: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    basis: int = -1,
+    zstd_level: int = 3,
+    shuffle: bool = False,
+    c: Optional[int] = None,
+) -> bytes:
+    """Serialise one image.
+
+    ``a`` (K, r) and ``b`` (r, C) float32 (``b=None`` with ``basis >= 0`` for a shared basis), ``mean``
+    (K,), ``residual`` a dense (K, C) tensor whose non-zeros are stored (values as fp16); ``c`` is the
+    class count, needed only when ``b`` is None.
+    """
+    k, rank = a.shape
+    if rank > 0xFFFF:
+        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
+    if c is None:
+        if b is None:
+            raise CodecError("pack_record needs c= when the basis is shared")
+        c = int(b.shape[1])
+    if b is not None and (b.shape[1] != c or b.shape[0] < rank):
+        raise CodecError(f"B has shape {tuple(b.shape)}, expected at least ({rank}, {c})")
+    if residual is not None and tuple(residual.shape) != (k, c):
+        raise CodecError(f"residual has shape {tuple(residual.shape)}, expected ({k}, {c})")
+    flags = (FLAG_MEAN if mean is not None else 0) | (FLAG_SHARED if b is None else 0)
+    parts = [quantize(a.T, quant)]
+    if b is not None:
+        parts.append(quantize(b[:rank], quant))
+    if mean is not None:
+        parts.append(mean.detach().cpu().numpy().astype("<f4").tobytes())
+    nnz = 0
+    if residual is not None:
+        rows, cols = torch.nonzero(residual.detach().cpu(), as_tuple=True)  # row-major order
+        nnz = int(rows.numel())
+        if nnz:
+            idt = _index_dtype(c)
+            counts = torch.bincount(rows, minlength=k).numpy().astype(idt)
+            delta = cols.clone()
+            same = torch.zeros_like(rows, dtype=torch.bool)
+            same[1:] = rows[1:] == rows[:-1]
+            delta[1:] = torch.where(same[1:], cols[1:] - cols[:-1], cols[1:])
+            vals = residual.detach().cpu()[rows, cols].numpy().astype("<f2")
+            parts += [counts.tobytes(), delta.numpy().astype(idt).tobytes(), vals.tobytes()]
+    secs = _sections(k, c, rank, quant, flags, nnz)
+    # int8 blocks are one part (scales + values) but two sections; re-split by the section table
+    raw = b"".join(parts)
+    if shuffle:
+        out, pos = [], 0
+        for ln, isz in secs:
+            out.append(_shuffle(raw[pos : pos + ln], isz))
+            pos += ln
+        raw = b"".join(out)
+        flags |= FLAG_SHUFFLE
+    body = raw
+    if zstd_level > 0 and raw:
+        comp = _compressors.get(zstd_level)
+        if comp is None:
+            comp = _compressors[zstd_level] = zstandard.ZstdCompressor(level=zstd_level)
+        z = comp.compress(raw)
+        if len(z) <= len(raw) * (1 - MIN_ZSTD_GAIN):
+            body, flags = z, flags | FLAG_ZSTD
+    head = HEADER.pack(MAGIC, k, c, rank, QUANT_CODES[quant], flags, nnz, basis, len(raw), len(body))
+    return head + body
+
+
+def unpack_record(buf: bytes, where: str = "record") -> Record:
+    """Parse and validate one record; every size is checked before use.
+
+    Raises :class:`CorruptRecordError` (naming ``where``) on any inconsistency.
+    """
+    if len(buf) < HEADER.size:
+        raise CorruptRecordError(f"{where}: {len(buf)} bytes, shorter than the {HEADER.size}-byte header")
+    magic, k, c, rank, qcode, flags, nnz, basis, raw_len, body_len = HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise CorruptRecordError(f"{where}: bad magic {magic!r}, expected {MAGIC!r}")
+    if qcode not in QUANT_NAMES:
+        raise CorruptRecordError(f"{where}: unknown quantisation code {qcode}")
+    quant = QUANT_NAMES[qcode]
+    # shared-basis coefficients may use every basis row even when K is smaller than the rank
+    max_rank = c if flags & FLAG_SHARED else min(k, c)
+    if rank > max_rank or nnz > k * c or flags & ~0xF or k * c > MAX_CELLS:
+        raise CorruptRecordError(f"{where}: header out of range (K={k}, C={c}, rank={rank}, nnz={nnz}, flags={flags})")
+    if bool(flags & FLAG_SHARED) != (basis >= 0):
+        raise CorruptRecordError(f"{where}: shared-basis flag disagrees with basis id {basis}")
+    if len(buf) - HEADER.size != body_len:
+        raise CorruptRecordError(f"{where}: body is {len(buf) - HEADER.size} bytes, header says {body_len}")
+    secs = _sections(k, c, rank, quant, flags, nnz)
+    if sum(s for s, _ in secs) != raw_len:
+        raise CorruptRecordError(f"{where}: body should hold {sum(s for s, _ in secs)} bytes, header says {raw_len}")
+    body = bytes(buf[HEADER.size :])
+    if flags & FLAG_ZSTD:
+        try:
+            # the frame must declare exactly raw_len: a forged size would otherwise be allocated as is
+            declared = zstandard.frame_content_size(body)
+            if declared != raw_len:
+                raise CorruptRecordError(f"{where}: zstd frame declares {declared} bytes, header says {raw_len}")
+            dobj = _decompressor.decompressobj()
+            body = dobj.decompress(body)
+            if dobj.unused_data:
+                raise CorruptRecordError(f"{where}: {len(dobj.unused_data)} bytes follow the zstd frame")
+        except zstandard.ZstdError as exc:
+            raise CorruptRecordError(f"{where}: zstd body does not decompress: {exc}") from None
+        if len(body) != raw_len:
+            raise CorruptRecordError(f"{where}: body decompresses to {len(body)} bytes, expected {raw_len}")
+    elif len(body) != raw_len:
+        raise CorruptRecordError(f"{where}: raw body is {len(body)} bytes, expected {raw_len}")
+    if flags & FLAG_SHUFFLE:
+        out, pos = [], 0
+        for ln, isz in secs:
+            out.append(_unshuffle(body[pos : pos + ln], isz))
+            pos += ln
+        body = b"".join(out)
+    mv = memoryview(body)
+    at, n = dequantize(mv, quant, rank, k)
+    pos = n
+    b = None
+    if not flags & FLAG_SHARED:
+        b, n = dequantize(mv[pos:], quant, rank, c)
+        pos += n
+    mean = None
+    if flags & FLAG_MEAN:
+        mean = torch.from_numpy(np.frombuffer(body, "<f4", count=k, offset=pos).astype(np.float32))
+        pos += 4 * k
+    rows = cols = torch.zeros(0, dtype=torch.int64)
+    vals = torch.zeros(0)
+    if nnz:
+        idt = np.dtype(_index_dtype(c))
+        counts = np.frombuffer(body, idt, count=k, offset=pos).astype(np.int64)
+        pos += idt.itemsize * k
+        delta = np.frombuffer(body, idt, count=nnz, offset=pos).astype(np.int64)
+        pos += idt.itemsize * nnz
+        vals = torch.from_numpy(np.frombuffer(body, "<f2", count=nnz, offset=pos).astype(np.float32))
+        if counts.sum() != nnz or (counts > c).any():
+            raise CorruptRecordError(f"{where}: residual row counts (sum {counts.sum()}, max {counts.max()}) disagree "
+                                     f"with nnz={nnz} or exceed C={c}")
+        row_ids = np.repeat(np.arange(k), counts)
+        # undo the per-row delta code: cumulative sum restarted at each row's first entry
+        csum = np.cumsum(delta)
+        base = np.repeat(np.concatenate([[0], np.cumsum(delta)])[np.cumsum(counts) - counts], counts)
+        col_ids = csum - base
+        if col_ids.size and (col_ids.min() < 0 or col_ids.max() >= c or (np.diff(col_ids)[row_ids[1:] == row_ids[:-1]] <= 0).any()):
+            raise CorruptRecordError(f"{where}: residual column indices out of range or unsorted")
+        rows, cols = torch.from_numpy(row_ids), torch.from_numpy(col_ids)
+    return Record(k=k, c=c, a=at.T.contiguous(), b=b, mean=mean, res_rows=rows, res_cols=cols, res_vals=vals, basis=basis, quant=quant)

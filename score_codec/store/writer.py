@@ -1,0 +1,263 @@
+"""Streaming store writer: records go to HDF5 shards, the index and the manifest are written last.
+
+The store is assembled in a sibling directory ``<path>.partial`` and renamed into place by
+:meth:`StoreWriter.close`, so a reader never sees a half-written store.  A write that fails on bad
+input or a full disk leaves nothing behind; an interrupted one (Ctrl-C, a killed process) leaves the
+partial directory, whose completed shards ``resume=True`` picks up (see :mod:`score_codec.store.journal`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import h5py
+import numpy as np
+import torch
+
+from .encoder import EncodeOptions, check_matrices, encode_chunk
+from ..errors import InputError, WriteFailedError
+from .layout import IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
+from .indexio import basis_table, fsync_file, make_manifest, write_index, write_manifest_file
+from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
+from .meta import AugMeta
+from ..codecs.quantize import quantize
+
+__all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
+
+log = logging.getLogger(__name__)
+DEFAULT_SHARD_BYTES = 256 * 2**20
+MatrixInput = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+def _as_matrices(mats: MatrixInput) -> List[torch.Tensor]:
+    if isinstance(mats, np.ndarray):
+        mats = torch.from_numpy(mats)
+    if isinstance(mats, torch.Tensor):
+        if mats.ndim == 2:
+            mats = mats[None]
+        if mats.ndim != 3:
+            raise InputError(f"expected a (N, K, C) array or a list of (K, C) matrices, found shape {tuple(mats.shape)}")
+        return list(mats.unbind(0))
+    out = []
+    for m in mats:
+        out.append(torch.from_numpy(np.asarray(m)) if not isinstance(m, torch.Tensor) else m)
+    return out
+
+
+class StoreWriter:
+    """Write a label store incrementally.
+
+    >>> with StoreWriter("labels.store", num_classes=10, method="svd", rank=4) as w:   # doctest: +SKIP
+    ...     w.add(y_chunk)            # (n, K, C) or a list of (K_i, C) logit matrices
+    ...     w.set_meta(aug_meta)
+
+    Rate control by ``ratio`` is applied per :meth:`add` call (each chunk meets the ratio, so the
+    store does); ``rank`` and ``energy`` are per image.  ``path`` ending in ``.h5`` writes a single
+    file, anything else a directory of shards.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        num_classes: int,
+        method: str = "svd",
+        rank: Optional[int] = None,
+        energy: Optional[float] = None,
+        ratio: Optional[float] = None,
+        quant: str = "fp16",
+        residual: int = 0,
+        device: str = "cpu",
+        keep_mean: bool = False,
+        zstd_level: int = 3,
+        shuffle: bool = False,
+        overwrite: bool = False,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        codec_config: Optional[Dict[str, Any]] = None,
+        residual_score: str = "kl",
+        resume: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        if num_classes <= 0:
+            raise InputError(f"num_classes must be positive, found {num_classes}")
+        self.num_classes = int(num_classes)
+        self.opts = EncodeOptions(method=method, codec_config=dict(codec_config or {}), rank=rank, energy=energy,
+                                  ratio=ratio, quant=quant, residual=residual, residual_score=residual_score,
+                                  keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle)
+        self.codec = self.opts.make_codec()  # fails early on an unknown method
+        self.device = device
+        self.single = is_single_file(self.path)
+        self.overwrite = overwrite
+        if os.path.exists(self.path) and not overwrite:
+            raise InputError(f"{self.path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise InputError(f"{self.path}: parent directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"{self.path}: parent directory {parent} is not writable")
+        self.tmp = f"{self.path}.partial"
+        if resume and self.single:
+            raise InputError(f"{self.path}: resume needs a directory store (single-file stores are written in one go)")
+        if os.path.exists(self.tmp) and not resume:
+            shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) else os.remove(self.tmp)
+        self.shard_bytes = int(shard_bytes)
+        self._index: List[np.ndarray] = []
+        self._bases: List[bytes] = []
+        self._basis_ranks: List[int] = []
+        self._buf = bytearray()
+        self._shard = 0
+        self._shard_sizes: List[int] = []
+        self._meta = AugMeta()
+        self._closed = False
+        self._h5: Optional[h5py.File] = None
+        options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes}
+        try:
+            if self.single:
+                self._h5 = h5py.File(self.tmp, "w")
+            elif resume and os.path.isdir(self.tmp):
+                state = load_journal(self.tmp, options)
+                self._index, self._shard_sizes = state.index, state.shard_sizes
+                self._bases, self._basis_ranks = state.bases, state.basis_ranks
+                self._shard = len(state.shard_sizes)
+                log.info("%s: resuming after %d complete shards (%d images)", self.path, self._shard, self.num_images)
+            else:
+                os.makedirs(os.path.join(self.tmp, SHARD_DIR))
+                write_options(self.tmp, options)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot create the store: {exc}") from exc
+        # index entries of the records in the shard being filled (journaled when it is flushed)
+        self._open_entries: List[np.ndarray] = []
+
+    # -- writing -------------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return sum(len(x) for x in self._index)
+
+    def add(self, matrices: MatrixInput, labels: Optional[Sequence[int]] = None) -> List[int]:
+        """Encode and append images; returns their ids (consecutive, in input order)."""
+        mats = _as_matrices(matrices)
+        if not mats:
+            return []
+        first = self.num_images
+        check_matrices(mats, self.num_classes, first)
+        if labels is not None and len(labels) != len(mats):
+            raise InputError(f"got {len(labels)} labels for {len(mats)} images")
+        budget = None
+        if self.opts.ratio is not None:
+            budget = 2.0 * self.num_classes * sum(int(m.shape[0]) for m in mats) / self.opts.ratio
+        chunk = encode_chunk(mats, self.opts, labels=labels, device=self.device, budget=budget, next_basis=len(self._bases))
+        for bid in sorted(chunk.bases):
+            basis = chunk.bases[bid]
+            self._bases.append(quantize(basis, self.opts.quant))
+            self._basis_ranks.append(int(basis.shape[0]))
+        entries = np.zeros(len(mats), IMAGE_INDEX_DTYPE)
+        for j, rec in enumerate(chunk.records):
+            if self._buf and len(self._buf) + len(rec) > self.shard_bytes:
+                self._flush_shard()
+            entries[j] = (self._shard, len(self._buf), len(rec), zlib.crc32(rec), mats[j].shape[0], chunk.ranks[j],
+                          chunk.nnz[j], -1 if labels is None else int(labels[j]), chunk.basis_of[j])
+            self._buf += rec
+            self._open_entries.append(entries[j : j + 1])
+        self._index.append(entries)
+        return list(range(first, first + len(mats)))
+
+    def set_meta(self, meta: AugMeta) -> None:
+        """Attach the store's augmentation metadata (validated against the image row counts at close)."""
+        if not isinstance(meta, AugMeta):
+            raise InputError(f"meta must be an AugMeta, found {type(meta).__name__}")
+        self._meta = meta
+
+    def _flush_shard(self) -> None:
+        try:
+            self._write_shard()
+        except (OSError, RuntimeError) as exc:
+            # h5py reports ENOSPC / EFBIG as OSError or RuntimeError depending on where it hits
+            self.abort()
+            raise WriteFailedError(f"{self.path}: writing shard {self._shard} failed ({exc}); nothing was kept") from None
+
+    def _write_shard(self) -> None:
+        data = np.frombuffer(bytes(self._buf), dtype=np.uint8)
+        if self.single:
+            self._h5.create_dataset(f"{SHARD_DIR}/{shard_name(self._shard)}", data=data)
+        else:
+            fn = os.path.join(self.tmp, SHARD_DIR, shard_name(self._shard))
+            with h5py.File(fn + ".tmp", "w") as f:
+                # contiguous (unchunked) so reading one record reads only its bytes
+                f.create_dataset(RECORDS_DATASET, data=data)
+            fsync_file(fn + ".tmp")
+            os.replace(fn + ".tmp", fn)
+            entries = np.concatenate(self._open_entries) if self._open_entries else np.zeros(0, IMAGE_INDEX_DTYPE)
+            write_entry(self.tmp, self._shard, len(data), entries, self._bases, self._basis_ranks)
+            self._open_entries = []
+        self._shard_sizes.append(len(data))
+        self._shard += 1
+        self._buf = bytearray()
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Write the last shard, the index and the manifest; then move the store into place."""
+        if self._closed:
+            return
+        try:
+            if self._buf or self._shard == 0:
+                self._flush_shard()
+            index = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
+            self._meta.validate(index["k"].astype(np.int64))
+            manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
+            if self.single:
+                self._write_index(self._h5, index)
+                self._h5.attrs["manifest"] = json.dumps(manifest)  # written last: marks completeness
+                self._h5.close()
+                fsync_file(self.tmp)
+            else:
+                fn = os.path.join(self.tmp, INDEX_FILE)
+                with h5py.File(fn, "w") as f:
+                    self._write_index(f, index)
+                fsync_file(fn)
+                shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
+                write_manifest_file(self.tmp, manifest)
+            if os.path.exists(self.path):
+                if not self.overwrite:
+                    raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")
+                shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
+            os.replace(self.tmp, self.path)
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            raise WriteFailedError(f"{self.path}: writing the index failed ({exc}); nothing was kept") from None
+        except BaseException as exc:
+            self.abort(keep_partial=isinstance(exc, KeyboardInterrupt))
+            raise
+        self._closed = True
+
+    def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
+        encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
+        write_index(f, self.num_classes, encoding, index, basis_table(self._bases, self._basis_ranks),
+                    b"".join(self._bases), self._meta)
+
+    def abort(self, keep_partial: bool = False) -> None:
+        """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""
+        self._closed = True
+        try:
+            if self._h5 is not None and self._h5.id.valid:
+                self._h5.close()
+        except Exception:  # pragma: no cover - best effort cleanup
+            pass
+        if keep_partial and not self.single:
+            log.warning("%s: interrupted; completed shards kept in %s (resume with resume=True / --resume)", self.path, self.tmp)
+            return
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(keep_partial=issubclass(exc_type, KeyboardInterrupt))

@@ -1,0 +1,216 @@
+"""``score-codec relabel``: run a teacher over augmented epochs and write a compressed label store.
+
+The pipeline is SRe2L's relabel step (docs: fkd-dump-formats.md section 1.1) in plain torch:
+for each epoch, a seeded ``RandomSampler`` / ``BatchSampler(drop_last=False)`` order; per image a
+RandomResizedCrop box (:func:`~score_codec.training.augment.sample_crop`) and a flip with p = 0.5; per batch one
+CutMix (lam ~ Beta(1, 1)) or Mixup (lam ~ Beta(0.8, 0.8)); then the teacher's fp32 logits of the mixed
+batch.  Every draw is seeded, so the same arguments give the same store.
+
+Memory: the raw dump is never held.  Rows go to an fp16 ``np.memmap`` scratch file (N, K, C) next to
+the destination, which is encoded in chunks of images through :class:`~score_codec.StoreWriter` and
+then deleted.  The augmentation parameters go into the store's :class:`~score_codec.AugMeta`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .augment import MIX_NAMES, apply_mix, crop_coords, cutmix_box, hflip, mix_type_id, resized_crop, sample_crop
+from .images import load_images
+from ..errors import InputError
+from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
+from .models import load_model
+from ..store.distributed import encode_distributed, rank_and_world
+from ..store.reader import LabelStore
+from ..store.writer import StoreWriter
+
+__all__ = ["relabel", "MIX_ALPHA"]
+
+log = logging.getLogger(__name__)
+
+#: Beta(alpha, alpha) of lam per mix type (SRe2L's generate_soft_label defaults).
+MIX_ALPHA = {MIX_CUTMIX: 1.0, MIX_MIXUP: 0.8}
+#: Scratch rows decoded per StoreWriter.add call (bytes of float32), bounding encode memory.
+CHUNK_BYTES = 64 << 20
+
+
+def _teacher_batch(ds, idx: Sequence[int], size: int, scale: Tuple[float, float], mix: int,
+                   gen: torch.Generator, lam_rng: np.random.Generator):
+    """Views and augmentation parameters of one batch: (mixed x (B,C,S,S), coords (B,4) f32,
+    flip (B,) bool, perm (B,) int64 or None, lam float or None, bbox tuple or None, sizes (B,2), classes)."""
+    views, coords, flips, sizes, classes = [], [], [], [], []
+    for i in idx:
+        img, cls = ds[int(i)]
+        img = torch.as_tensor(img)
+        H, W = img.shape[-2:]
+        box = sample_crop(H, W, scale=scale, generator=gen)
+        flip = bool(torch.rand(1, generator=gen).item() < 0.5)
+        # replay from the float32 coords (not the int box) so training sees exactly this crop
+        c = crop_coords(box, H, W)
+        v = resized_crop(img, c, size)
+        views.append(hflip(v) if flip else v)
+        coords.append(c)
+        flips.append(flip)
+        sizes.append((H, W))
+        classes.append(int(cls))
+    x = torch.stack(views)
+    perm = lam = bbox = None
+    if mix in MIX_ALPHA:
+        a = MIX_ALPHA[mix]
+        lam = float(lam_rng.beta(a, a))
+        perm = torch.randperm(len(idx), generator=gen)
+        bbox = cutmix_box(size, lam, gen) if mix == MIX_CUTMIX else None
+        x = apply_mix(x, mix, perm, lam, bbox)
+    return x, torch.stack(coords), torch.tensor(flips), perm, lam, bbox, sizes, classes
+
+
+def _save_raw(raw_dir: str, e: int, b: int, coords, flip, perm, lam, bbox, logits: torch.Tensor, fp16: bool) -> None:
+    """One SRe2L ``epoch_{e}/batch_{b}.tar`` file (a torch.save'd 6-item list)."""
+    d = os.path.join(raw_dir, f"epoch_{e}")
+    os.makedirs(d, exist_ok=True)
+    box = None if bbox is None else [np.int64(v) for v in bbox]
+    torch.save([coords, flip, perm, lam, box, logits.half() if fp16 else logits.float()],
+               os.path.join(d, f"batch_{b}.tar"))
+
+
+class _ScratchImages:
+    """The scratch (N, K, C) fp16 memmap as a sequence of float32 (K, C) tensors, read on access."""
+
+    def __init__(self, scratch: np.ndarray) -> None:
+        self.scratch = scratch
+
+    def __len__(self) -> int:
+        return self.scratch.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.scratch[i], dtype=np.float32))
+
+
+def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: str, epochs: int, *,
+            mix: str = "cutmix", batch_size: int = 64, method: str = "svd", rank: Optional[int] = 8,
+            quant: str = "fp16", seed: int = 42, input_size: Optional[int] = None,
+            scale: Tuple[float, float] = (0.08, 1.0), raw_dump: Optional[str] = None, raw_fp16: bool = True,
+            device: str = "cpu", overwrite: bool = False, progress: bool = True,
+            writer_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Relabel ``images`` with ``model`` over ``epochs`` augmented epochs into the store ``dst``.
+
+    Args:
+        images: an image source spec (see :func:`score_codec.training.images.load_images`) or a dataset of
+            (float CHW tensor in [0, 1], class).
+        model: a teacher spec (see :func:`score_codec.training.models.load_model`) or module; run in eval mode,
+            fp32, without gradients.
+        epochs: label rows per image (K).
+        mix: "cutmix", "mixup" or "none"; one mix per batch.
+        input_size: side of the square views (default: the first image's height).
+        raw_dump: also write an SRe2L-format dump there (logits fp16 unless ``raw_fp16=False``).
+        writer_options: extra :class:`~score_codec.StoreWriter` keywords (energy, residual, ...).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
+    logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
+    through :func:`score_codec.store.distributed.encode_distributed`; the store equals a one-process run.
+    Returns the store's ``stats()`` dict.
+    """
+    ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
+    teacher = load_model(model, device=device)
+    teacher.eval()
+    n = len(ds)
+    if n == 0 or epochs < 1 or batch_size < 1:
+        raise InputError(f"relabel needs images, epochs >= 1 and batch_size >= 1; found {n} images, "
+                         f"epochs={epochs}, batch_size={batch_size}")
+    kind = mix_type_id(mix)
+    size = int(input_size) if input_size else int(torch.as_tensor(ds[0][0]).shape[-2])
+    parent = os.path.dirname(os.path.abspath(dst))
+    if os.path.exists(dst) and not overwrite:
+        raise InputError(f"{dst}: destination exists (pass overwrite=True / --overwrite to replace it)")
+    if not os.path.isdir(parent):
+        raise InputError(f"{dst}: parent directory {parent} does not exist")
+
+    order_gen = torch.Generator().manual_seed(seed)     # the sampler, as SRe2L seeds it
+    aug_gen = torch.Generator().manual_seed(seed + 1)   # crops, flips, permutations, boxes
+    lam_rng = np.random.default_rng(seed)
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(n), generator=order_gen),
+                                            batch_size, drop_last=False)
+    nb = len(sampler)
+    rank_id, world = rank_and_world()
+    if world > 1:
+        # every rank draws every batch's augmentation (the RNG streams stay in step) but runs the teacher
+        # only on its own batches, writing into one scratch file on the shared file system
+        scratch_path = f"{dst}.relabel-scratch.f16"
+        with torch.no_grad():
+            c_out = int(teacher(torch.as_tensor(ds[0][0])[None, :, :size, :size].to(device).float()).shape[1])
+        if rank_id == 0:
+            np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, c_out)).flush()
+        torch.distributed.barrier()
+        scratch = np.memmap(scratch_path, dtype=np.float16, mode="r+", shape=(n, epochs, c_out))
+    else:
+        fd, scratch_path = tempfile.mkstemp(prefix=".relabel-", suffix=".f16", dir=parent)
+        os.close(fd)
+        scratch = None
+    rows: List[np.ndarray] = []
+    batches = np.zeros(epochs * nb, BATCH_DTYPE)
+    images = np.zeros(n, IMAGE_DTYPE)
+    try:
+        bar = tqdm(total=epochs * nb, desc="relabel", unit="batch", disable=not progress)
+        row_start = 0
+        with torch.no_grad():
+            for e in range(epochs):
+                for b, idx in enumerate(sampler):
+                    x, coords, flip, perm, lam, bbox, sizes, classes = _teacher_batch(
+                        ds, idx, size, scale, kind, aug_gen, lam_rng)
+                    mine = (e * nb + b) % world == rank_id
+                    if mine:
+                        logits = teacher(x.to(device).float()).float().cpu()
+                        if scratch is None:
+                            scratch = np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, logits.shape[1]))
+                        scratch[np.asarray(idx), e] = logits.numpy().astype(np.float16)
+                    r = np.zeros(len(idx), ROW_DTYPE)
+                    r["image"], r["aug"], r["epoch"], r["batch"] = idx, e, e, b
+                    r["pos"], r["coords"], r["flip"] = np.arange(len(idx)), coords.numpy(), flip.numpy()
+                    r["mix_index"] = -1 if perm is None else perm.numpy()
+                    rows.append(r)
+                    batches[e * nb + b] = (e, b, row_start, len(idx), kind, np.nan if lam is None else lam,
+                                           (-1, -1, -1, -1) if bbox is None else bbox)
+                    row_start += len(idx)
+                    images["height"][idx] = [s[0] for s in sizes]
+                    images["width"][idx] = [s[1] for s in sizes]
+                    images["label"][idx] = classes
+                    if raw_dump and mine:
+                        _save_raw(raw_dump, e, b, coords, flip, perm, lam, bbox, logits, raw_fp16)
+                    bar.update(1)
+        bar.close()
+        scratch.flush()
+        attrs = dict(input_size=size, mix=[k for k, v in MIX_NAMES.items() if v == kind][0], seed=int(seed),
+                     batch_size=int(batch_size), epochs=int(epochs), scale=list(scale), torch=torch.__version__,
+                     source="score-codec relabel")
+        meta = AugMeta(rows=np.concatenate(rows), batches=batches, images=images, attrs=attrs)
+        c = scratch.shape[2]
+        chunk = max(1, CHUNK_BYTES // (epochs * c * 4))
+        if world > 1:
+            torch.distributed.barrier()  # every rank's logits are in the scratch file
+            encode_distributed(_ScratchImages(scratch), dst, labels=images["label"].tolist(), meta=meta,
+                               overwrite=overwrite, method=method, rank=rank, quant=quant, device=device,
+                               chunk_images=chunk, **(writer_options or {}))
+            return LabelStore(dst).stats()
+        with StoreWriter(dst, c, method=method, rank=rank, quant=quant, device=device, overwrite=overwrite,
+                         **(writer_options or {})) as w:
+            for s in range(0, n, chunk):
+                w.add(torch.from_numpy(np.asarray(scratch[s:s + chunk], dtype=np.float32)),
+                      labels=images["label"][s:s + chunk].tolist())
+            w.set_meta(meta)
+    finally:
+        del scratch
+        if world == 1 or rank_id == 0:
+            try:
+                os.remove(scratch_path)
+            except FileNotFoundError:
+                pass
+    stats = LabelStore(dst).stats()
+    log.info("relabelled %d images x %d epochs into %s (%.1fx smaller than fp16)", n, epochs, dst,
+             stats.get("ratio", float("nan")))
+    return stats

@@ -1,0 +1,170 @@
+"""Replay of a dump's augmentation metadata: per-epoch lookups, batch order and mixing.
+
+These pieces are pure numpy / torch over an :class:`~score_codec.store.meta.AugMeta`; the dataset
+(:mod:`score_codec.training.dataset`) combines them with images and decoded labels.
+
+Mixing is replayed *per row*: row r's teacher input was ``mix(view_r, view_{partner(r)})`` where the
+partner is the row at position ``perm[r]`` of the same stored batch, and donors are un-mixed.  So a row
+can be rebuilt from its own view and its partner's view alone, whatever other rows share the loader
+batch; this is what lets a rank of a sharded run hold only part of a stored batch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE, AugMeta
+from ..store.reader import LabelStore
+
+__all__ = ["BatchSizeMismatchError", "EpochPlan", "replay_mix", "ReplayBatchSampler", "open_store"]
+
+
+class BatchSizeMismatchError(InputError):
+    """Training asked for a batch size other than the dump's while the dump mixes images per batch."""
+
+
+def open_store(store):
+    """A store path -> ``LabelStore(path)``; a store object is returned unchanged."""
+    if isinstance(store, (str, os.PathLike)):
+        return LabelStore(os.fspath(store))
+    return store
+
+
+class EpochPlan:
+    """What one epoch of a dump says about every image, as numpy arrays indexed by image id.
+
+    Attributes (N images, nb batches in the whole dump):
+        row: (N,) int64 index into ``meta.rows`` of the image's row with ``aug == epoch`` (-1: none).
+        coords: (N, 4) float32 crop coords; flip: (N,) bool.
+        batch: (N,) int64 index into ``meta.batches`` (-1: no batch structure).
+        partner: (N,) int64 image id of the mixing partner (-1: no mixing).
+        mix_type: (nb,) uint8; lam: (nb,) float64; bbox: (nb, 4) int32 of the batches table.
+    """
+
+    def __init__(self, meta: AugMeta, num_images: int, epoch: int) -> None:
+        rows = meta.rows
+        sel = np.flatnonzero(rows["aug"] == epoch)
+        img = rows["image"][sel]
+        self.epoch = int(epoch)
+        self.row = np.full(num_images, -1, dtype=np.int64)
+        self.row[img] = sel
+        self.coords = np.zeros((num_images, 4), dtype=np.float32)
+        self.coords[img] = rows["coords"][sel]
+        self.flip = np.zeros(num_images, dtype=bool)
+        self.flip[img] = rows["flip"][sel].astype(bool)
+        self.batch = np.full(num_images, -1, dtype=np.int64)
+        self.partner = np.full(num_images, -1, dtype=np.int64)
+        b = meta.batches
+        self.mix_type, self.lam, self.bbox = b["mix_type"], b["mix_lam"], b["mix_bbox"]
+        if len(b):
+            # batches tile the rows table in order, so a row's batch is the last one starting at or before it
+            bidx = np.searchsorted(b["row_start"], sel, side="right") - 1
+            self.batch[img] = bidx
+            mix = rows["mix_index"][sel]
+            has = (mix >= 0) & (b["mix_type"][bidx] != MIX_NONE)
+            src = b["row_start"][bidx[has]] + mix[has]
+            self.partner[img[has]] = rows["image"][src]
+
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among ``ids`` that have no row in this epoch."""
+        return ids[self.row[ids] < 0]
+
+
+def replay_mix(views: torch.Tensor, partner_views: torch.Tensor, mix_type: np.ndarray, lam: np.ndarray,
+               bbox: np.ndarray) -> torch.Tensor:
+    """Rebuild mixed teacher inputs row by row.
+
+    Args:
+        views: (B, C, S, S) each row's own cropped and flipped view.
+        partner_views: (B, C, S, S) the un-mixed view of each row's partner (any value where no mix).
+        mix_type: (B,) MIX_* ids; lam: (B,) float64; bbox: (B, 4) (row0, col0, row1, col1).
+    Returns (B, C, S, S), bit-identical to :func:`score_codec.training.augment.apply_mix` on the whole stored batch.
+    """
+    out = views.clone()
+    S0, S1 = views.shape[-2:]
+    mix_type = np.asarray(mix_type)
+    cut = np.flatnonzero(mix_type == MIX_CUTMIX)
+    if len(cut):
+        bb = torch.as_tensor(np.asarray(bbox)[cut].astype(np.int64), device=views.device)
+        r = torch.arange(S0, device=views.device)
+        c = torch.arange(S1, device=views.device)
+        inside = (((r >= bb[:, 0:1]) & (r < bb[:, 2:3]))[:, :, None]
+                  & ((c >= bb[:, 1:2]) & (c < bb[:, 3:4]))[:, None, :])           # (b, S, S)
+        ci = torch.as_tensor(cut, device=views.device)
+        out[ci] = torch.where(inside[:, None], partner_views[ci], views[ci])
+    mx = np.flatnonzero(mix_type == MIX_MIXUP)
+    if len(mx):
+        lam64 = np.asarray(lam, dtype=np.float64)[mx]
+        # same roundings as apply_mix's ``lam * x + (1 - lam) * x[perm]`` with a Python float lam:
+        # each factor is computed in float64 and rounded to the tensor dtype once
+        a = torch.as_tensor(lam64, dtype=views.dtype, device=views.device).view(-1, 1, 1, 1)
+        b = torch.as_tensor(1.0 - lam64, dtype=views.dtype, device=views.device).view(-1, 1, 1, 1)
+        mi = torch.as_tensor(mx, device=views.device)
+        out[mi] = a * views[mi] + b * partner_views[mi]
+    return out
+
+
+class ReplayBatchSampler:
+    """Yields each epoch's stored batches as lists of image ids (a DataLoader ``batch_sampler``).
+
+    Args:
+        store: a store path or LabelStore (only its ``aug`` metadata is read, in this process).
+        epoch: the epoch to replay; change it with :meth:`set_epoch`.
+        batch_size: training batch size; None means the dump's.  A different size is refused with
+            :class:`BatchSizeMismatchError` when the dump mixes images, else the stored order is
+            re-chunked.
+        num_replicas, rank: shard every stored batch across ranks: rank k takes positions
+            k, k + num_replicas, ... of each batch.  With ``pad`` (the DistributedSampler default) a
+            batch is first padded by wrapping around so every rank gets the same number of rows;
+            without it the parts are disjoint and exactly cover the batch.
+    """
+
+    def __init__(self, store, epoch: int = 0, batch_size: Optional[int] = None, num_replicas: int = 1,
+                 rank: int = 0, pad: bool = True) -> None:
+        if not 0 <= rank < num_replicas:
+            raise InputError(f"rank must lie in [0, {num_replicas}), found {rank}")
+        meta = open_store(store).aug
+        if len(meta.rows) == 0:
+            raise InputError("the store has no augmentation metadata, so it has no batch order to replay")
+        self._rows_epoch, self._rows_image = meta.rows["epoch"], meta.rows["image"]
+        self._b = meta.batches
+        self.mixes = bool(len(self._b)) and bool(np.any(self._b["mix_type"] != MIX_NONE))
+        stored = int(meta.attrs.get("batch_size", self._b["size"].max() if len(self._b) else 0))
+        self.stored_batch_size = stored
+        if batch_size is not None and int(batch_size) != stored and self.mixes:
+            raise BatchSizeMismatchError(
+                f"the dump was made with batch size {stored} and CutMix/Mixup mixes images within each stored "
+                f"batch; training batch size {batch_size} cannot replay it. Use batch size {stored} (accumulate "
+                f"gradients over micro-batches to train with smaller ones)")
+        if batch_size is None and not stored:
+            raise InputError("the store records no batches; pass batch_size")
+        self.batch_size = int(batch_size) if batch_size is not None else stored
+        self.num_replicas, self.rank, self.pad = int(num_replicas), int(rank), bool(pad)
+        self.epoch = int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _stored_batches(self) -> List[np.ndarray]:
+        if len(self._b) and self.batch_size == self.stored_batch_size:
+            sel = np.flatnonzero(self._b["epoch"] == self.epoch)
+            return [self._rows_image[s:s + n] for s, n in zip(self._b["row_start"][sel], self._b["size"][sel])]
+        order = self._rows_image[self._rows_epoch == self.epoch]
+        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        batches = self._stored_batches()
+        if not batches:
+            raise InputError(f"the store has no rows for epoch {self.epoch}")
+        for ids in batches:
+            if self.pad and len(ids) % self.num_replicas:
+                extra = self.num_replicas - len(ids) % self.num_replicas
+                ids = np.concatenate([ids, np.resize(ids, extra)])
+            yield ids[self.rank::self.num_replicas].tolist()
+
+    def __len__(self) -> int:
+        return len(self._stored_batches())

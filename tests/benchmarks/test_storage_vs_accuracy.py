@@ -1,0 +1,132 @@
+"""The storage-versus-accuracy benchmark's invariants, on its ``smoke`` preset (about a minute on one core).
+
+Runs the whole pipeline (teacher, selection, relabel with an SRe2L dump, our codecs and the peers at
+matched budgets, students) on a tiny Fashion-MNIST configuration and checks properties that must hold
+whatever the numbers: every variant's stored bytes meet its budget, unreachable budgets say so, LPLD
+visits only its label pool, lossless variants decode exactly, students beat chance, outputs exist.
+The ``quick`` and ``full`` presets run the same code at larger sizes (``-m slow`` runs ``quick``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from score_codec.training.images import FASHION_MNIST_ROOT
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")),
+                                reason="needs `apt-get install dataset-fashion-mnist`")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from benchmarks.storage_vs_accuracy import PRESETS, run
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("sva")
+    cfg = dataclasses.replace(PRESETS["smoke"], threads=1)
+    rows = run(cfg, cache_dir=str(base / "cache"), out_dir=str(base / "results"))
+    return cfg, rows, base
+
+
+def _storage(rows):
+    return [r for r in rows if r["experiment"] == "storage"]
+
+
+def test_every_variant_meets_its_budget_or_says_na(smoke):
+    from benchmarks.report import budget_bytes, meets_budget
+
+    cfg, rows, _ = smoke
+    sto = _storage(rows)
+    assert {r["family"] for r in sto} >= {"raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"}
+    measured = 0
+    for r in sto:
+        if r.get("label_bytes") is None:
+            assert r["note"].startswith(("n/a", "error")), r     # unreachable budgets are reported, not hidden
+            continue
+        measured += 1
+        if r["family"] != "fp16+zstd":
+            assert meets_budget(r), (r["name"], r["target"], r["label_bytes"], budget_bytes(r))
+    assert measured >= 6
+    # every target ratio of the preset appears for every family that can be budgeted
+    for fam in ("ours", "LPQLD", "FKD"):
+        assert {float(r["target"]) for r in sto if r["family"] == fam} == {float(x) for x in cfg.ratios}
+
+
+def test_students_beat_chance_and_lossless_variants_are_exact(smoke):
+    cfg, rows, _ = smoke
+    sto = {r["vid"]: r for r in _storage(rows)}
+    raw = sto["raw"]
+    assert raw["kl"] == 0 and raw["agree"] == 1.0
+    assert sto["zstd"]["top1"] == raw["top1"]                   # same labels, same seeds: same student
+    assert min(raw["top1"]) > 0.15                              # 10 classes: chance is 0.10
+    for r in _storage(rows):
+        if r.get("top1"):
+            assert all(0.0 <= a <= 1.0 for a in r["top1"]) and len(r["top1"]) == len(cfg.seeds)
+    ours_1x = [r for r in _storage(rows) if r["family"] == "ours" and r["target"] == 1 and r.get("top1")]
+    assert ours_1x and all(r["kl"] < 1e-2 for r in ours_1x)      # near-lossless at 1x
+    assert all(r["top1"] for r in rows if r["experiment"] == "selection")
+
+
+def test_outputs_written(smoke):
+    cfg, rows, base = smoke
+    res = base / "results"
+    md = (res / f"{cfg.name}.md").read_text()
+    assert "| target | variant |" in md and "Selection" in md and "raw fp16" in md
+    with open(res / f"{cfg.name}.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert os.path.isdir(base / "cache" / "relabel")            # resumable step cache
+    assert any(p.name == "sre2l" for p in (base / "cache" / "relabel").glob("*/*"))
+
+
+def test_lpld_pool_schedule_and_budget_mapping():
+    from benchmarks.label_sources import BatchTable, LogitSource, PoolSource, TopKSource, soft_kd_loss
+    from benchmarks.peers import lpqld_params, topk_k
+    from benchmarks.train_student import kd_loss
+    from score_codec.store.meta import BATCH_DTYPE, ROW_DTYPE
+
+    E, nb, B, n, C = 10, 4, 5, 20, 10
+    rows = np.zeros(E * n, ROW_DTYPE)
+    batches = np.zeros(E * nb, BATCH_DTYPE)
+    g = np.random.default_rng(0)
+    for e in range(E):
+        order = g.permutation(n)
+        rows["image"][e * n:(e + 1) * n], rows["epoch"][e * n:(e + 1) * n] = order, e
+        for b in range(nb):
+            batches[e * nb + b] = (e, b, e * n + b * B, B, 0, np.nan, (-1, -1, -1, -1))
+    table = BatchTable(batches, rows)
+    Y = torch.randn(n, E, C)
+    pool = PoolSource(LogitSource(Y), table, 0.9)                   # 10x: first 4 of 40 batches
+    assert pool.pool == [0, 1, 2, 3] and pool.label_bytes == 4 * B * 2 * C
+    plan = pool.schedule(table, 5, seed=0)
+    assert len(plan) == 5 and all(len(p) == nb for p in plan)
+    assert all(e == 0 for p in plan for e, _ in p)                  # only pooled batches are visited
+    assert pool.stored_mask(table).sum() == pool.rows_kept == 4 * B
+    # budget mapping: MR-k/FKD store 4k bytes per row against 2C bytes of fp16
+    assert topk_k(1000, 10) == 50 and topk_k(10, 1) == 5 and topk_k(10, 10) == 0
+    assert lpqld_params(1000, 40) == (0.0, 12) and lpqld_params(10, 10) == (0.9, 5) and lpqld_params(10, 100) is None
+    # MR-k decodes to a distribution over the top-k classes only; FKD spreads the rest uniformly
+    mr, fkd = TopKSource(Y, 3, "mr"), TopKSource(Y, 3, "fkd", T=20.0)
+    ids = np.arange(n)
+    p_mr, p_fkd = mr.targets(0, ids, 20.0), fkd.targets(0, ids, 20.0)
+    assert torch.allclose(p_mr.sum(1), torch.ones(n), atol=1e-5) and int((p_mr > 0).sum(1).max()) == 3
+    assert torch.allclose(p_fkd.sum(1), torch.ones(n), atol=1e-2) and bool((p_fkd > 0).all())
+    # the probability-target loss is train_student's kd_loss
+    s = torch.randn(n, C)
+    assert torch.allclose(soft_kd_loss(s, torch.softmax(Y[:, 0] / 20, 1), 20.0), kd_loss(s, Y[:, 0], 20.0), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_preset_runs(tmp_path):
+    from benchmarks.report import meets_budget
+    from benchmarks.storage_vs_accuracy import PRESETS, run
+
+    rows = run(PRESETS["quick"], cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "results"))
+    for r in _storage(rows):
+        assert r.get("label_bytes") is None or r["family"] == "fp16+zstd" or meets_budget(r)
+    assert min(next(r for r in rows if r.get("vid") == "raw")["top1"]) > 0.3

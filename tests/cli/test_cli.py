@@ -1,0 +1,175 @@
+"""score-codec encode / decode / info / verify on real-structure dumps."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests import dumpgen
+from tests.formats.test_sre2l import B, E, IPC, assert_same_dump, load_any, sre2l_loader_stream  # noqa: E402
+
+from score_codec import LabelStore  # noqa: E402
+from score_codec.cli import build_parser, main  # noqa: E402
+from score_codec.formats import read_dump  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli") / "FKD_cutmix_fp16")
+    dumpgen.make_epoch_dump(root, ipc=IPC, epochs=E, batch_size=B, mix="cutmix")
+    return root
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def store(dump, tmp_path_factory):
+    dst = str(tmp_path_factory.mktemp("store") / "labels.store")
+    assert main(["encode", dump, dst, "--rank", "2", "--quiet"]) == 0
+    return dst
+
+
+def test_help_on_every_command(capsys):
+    for cmd in ([], ["encode"], ["decode"], ["info"], ["verify"]):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(cmd + ["--help"])
+        assert exc.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_encode_reports_format_and_stats(dump, tmp_path, capsys):
+    dst = str(tmp_path / "s.h5")
+    code, out, err = run(["encode", dump, dst, "--rank", "3", "--json"], capsys)
+    assert code == 0 and "format: sre2l" in err
+    st = json.loads(out)
+    assert st["images"] == IPC * 10 and st["rows"] == IPC * 10 * E and st["num_classes"] == 10
+    assert st["source_format"] == "sre2l" and st["rank_max"] == 3
+    assert sorted(os.listdir(tmp_path)) == ["s.h5"]  # no scratch or partial files left
+
+
+def test_round_trip_metadata_exact_logits_within_bound(dump, store, tmp_path, capsys):
+    code, out, _ = run(["decode", store, str(tmp_path / "dec"), "--quiet"], capsys)
+    assert code == 0
+    # every non-logit field bit-exact; logits fp16 of the right shape
+    assert_same_dump(dump, str(tmp_path / "dec"), logits_exact=False)
+    st = LabelStore(store)
+    with read_dump(dump) as c:
+        for i in range(c.num_images):
+            y = torch.from_numpy(c.matrix(i)).double()
+            y = y - y.mean(1, keepdim=True)
+            s = torch.linalg.svdvals(y)
+            bound = float((s[2:] ** 2).sum())          # Eckart-Young error of the best rank-2 fit
+            err = float(((st.matrix(i).double() - y) ** 2).sum())
+            assert err <= bound * 1.01 + 1e-3 * float((y ** 2).sum()) + 1e-4
+    # the decoded dump's logits are the store's rows, in fp16
+    f = load_any(str(tmp_path / "dec" / "epoch_1" / "batch_2.tar"))
+    rows = st.aug.rows[(st.aug.rows["epoch"] == 1) & (st.aug.rows["batch"] == 2)]
+    want = st.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64)).half()
+    assert torch.equal(f[5], want)
+
+
+def test_decoded_dump_gives_same_loader_stream(dump, store, tmp_path):
+    main(["decode", store, str(tmp_path / "dec"), "--format", "sre2l", "--quiet"])
+    a = list(sre2l_loader_stream(dump, E, B))
+    b = list(sre2l_loader_stream(str(tmp_path / "dec"), E, B))
+    assert len(a) == IPC * 10 * E and a == b
+
+
+def test_decode_npy(store, tmp_path, capsys):
+    code, _, _ = run(["decode", store, str(tmp_path / "y.npy"), "--format", "npy", "--quiet"], capsys)
+    assert code == 0
+    y = np.load(str(tmp_path / "y.npy"))
+    st = LabelStore(store)
+    assert y.shape == (IPC * 10, E, 10)
+    assert np.array_equal(y[7], st.matrix(7).numpy())
+
+
+def test_info_and_verify_against(dump, store, capsys):
+    code, out, _ = run(["info", store, "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["images"] == IPC * 10 and info["k_max"] == E and info["source_format"] == "sre2l"
+    assert info["ratio"] > 0 and info["dump_fp16_bytes"] == IPC * 10 * E * (2 * 10 + 25)
+    code, out, _ = run(["info", store], capsys)
+    assert "classes (C)     10" in out
+    code, out, _ = run(["verify", store, "--against", dump, "--json", "--quiet"], capsys)
+    rep = json.loads(out)
+    assert code == 0 and rep["ok"]
+    fid = rep["fidelity"]
+    assert sorted(fid["per_epoch"]) == [str(e) for e in range(E)]
+    assert all(d["rows"] == IPC * 10 for d in fid["per_epoch"].values())
+    ov = fid["overall"]
+    assert ov["rows"] == IPC * 10 * E and 0 <= ov["kl_t1"] < 0.5 and 0 <= ov["kl_t20"] < ov["kl_t1"]
+    assert 0.5 < ov["top1_agreement"] <= 1.0
+    code, out, _ = run(["verify", store, "--against", dump, "--quiet"], capsys)
+    assert "KL T=20" in out and "all" in out
+
+
+def test_verify_detects_corruption(store, tmp_path, capsys):
+    bad = str(tmp_path / "bad.store")
+    shutil.copytree(store, bad)
+    shard = os.path.join(bad, "shards", sorted(os.listdir(os.path.join(bad, "shards")))[0])
+    with h5py.File(shard, "r") as f:
+        off = f["records"].id.get_offset()
+    with open(shard, "r+b") as fh:
+        fh.seek(off + 40)
+        b = fh.read(1)
+        fh.seek(off + 40)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    code, out, _ = run(["verify", bad, "--json"], capsys)
+    assert code == 1 and not json.loads(out)["ok"]
+
+
+def _left_behind(parent):
+    return [n for n in os.listdir(parent) if "partial" in n or "scratch" in n]
+
+
+def test_bad_input_exits_2_and_leaves_nothing(dump, tmp_path, capsys):
+    code, _, err = run(["encode", str(tmp_path / "missing"), str(tmp_path / "o1")], capsys)
+    assert code == 2 and "no such dump" in err and len(err.strip().splitlines()) == 1
+    bad = str(tmp_path / "bad")
+    shutil.copytree(dump, bad)
+    p = os.path.join(bad, "epoch_2", "batch_1.tar")
+    items = load_any(p)
+    items[5][0, 0] = float("inf")
+    torch.save(items, p)
+    out_dir = tmp_path / "outs"
+    out_dir.mkdir()
+    code, _, err = run(["encode", bad, str(out_dir / "o2"), "--quiet"], capsys)
+    assert code == 2 and "epoch_2/batch_1.tar: row 0, class 0: logit is inf" in err
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[:100])
+    code, _, err = run(["encode", bad, str(out_dir / "o3"), "--quiet"], capsys)
+    assert code == 2 and "truncated" in err
+    code, _, err = run(["encode", dump, str(out_dir / "o4"), "--num-classes", "100", "--quiet"], capsys)
+    assert code == 2 and "expected 100 classes" in err
+    assert os.listdir(out_dir) == []
+
+
+def test_unsafe_pickle_refused_by_cli(dump, tmp_path, capsys):
+    bad = str(tmp_path / "evil")
+    shutil.copytree(dump, bad)
+    p = os.path.join(bad, "epoch_0", "batch_0.tar")
+    items = load_any(p)
+    items[4] = shutil.rmtree  # a callable global: must never be unpickled
+    torch.save(items, p)
+    code, _, err = run(["encode", bad, str(tmp_path / "o"), "--format", "sre2l", "--quiet"], capsys)
+    assert code == 2 and "refused to unpickle" in err and "rmtree" in err
+    assert not os.path.exists(str(tmp_path / "o"))
+
+
+def test_gvbsm_through_cli(tmp_path, capsys):
+    root = str(tmp_path / "g")
+    dumpgen.make_epoch_dump(root, family="gvbsm", ipc=3, epochs=2, batch_size=8, mix="mixup")
+    assert main(["encode", root, str(tmp_path / "s"), "--rank", "2", "--quiet"]) == 0
+    assert main(["decode", str(tmp_path / "s"), str(tmp_path / "d"), "--quiet"]) == 0
+    assert_same_dump(root, str(tmp_path / "d"), logits_exact=False)

@@ -1,0 +1,96 @@
+"""Record serialisation: exact round trips and validation of damaged bytes."""
+import struct
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from score_codec.errors import CorruptRecordError
+from score_codec.codecs.quantize import QUANT_CODES, dequantize, quantize, roundtrip
+from score_codec.store.record import HEADER, pack_record, unpack_record
+
+
+def _parts(k=12, c=9, r=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a, b, mean = torch.randn(k, r, generator=g), torch.randn(r, c, generator=g), torch.randn(k, generator=g)
+    res = torch.zeros(k, c)
+    mask = torch.rand(k, c, generator=g) < 0.2
+    res[mask] = torch.randn(int(mask.sum()), generator=g).half().float()
+    return a, b, mean, res
+
+
+@pytest.mark.parametrize("quant", list(QUANT_CODES))
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("zstd_level", [0, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_pack_unpack_is_exact_after_quantisation(quant, shuffle, zstd_level, shared):
+    a, b, mean, res = _parts()
+    buf = pack_record(a, None if shared else b, quant, mean=mean, residual=res, basis=2 if shared else -1,
+                      zstd_level=zstd_level, shuffle=shuffle, c=9)
+    rec = unpack_record(buf)
+    bq = roundtrip(b, quant)
+    want = roundtrip(a.T, quant).T @ bq + mean[:, None] + res
+    assert torch.equal(rec.matrix(bq if shared else None), want)
+    assert rec.basis == (2 if shared else -1) and rec.res_vals.numel() == int((res != 0).sum())
+
+
+@pytest.mark.parametrize("quant", list(QUANT_CODES))
+def test_quantize_matches_its_torch_roundtrip(quant):
+    x = torch.randn(6, 33) * 10
+    got, n = dequantize(memoryview(quantize(x, quant)), quant, 6, 33)
+    assert torch.equal(got, roundtrip(x, quant)) and n == len(quantize(x, quant))
+
+
+def test_int8_error_is_at_most_half_a_step():
+    x = torch.randn(5, 50)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    assert ((roundtrip(x, "int8") - x).abs() <= step / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("c,itemsize", [(255, 1), (256, 2), (70000, 4)])
+def test_residual_index_width_follows_the_class_count(c, itemsize):
+    res = torch.zeros(2, c)
+    res[0, c - 1] = 1.5
+    res[1, 3] = -2.0
+    buf = pack_record(torch.zeros(2, 0), torch.zeros(0, c), "fp16", residual=res, zstd_level=0)
+    assert len(buf) == HEADER.size + itemsize * (2 + 2) + 2 * 2
+    rec = unpack_record(buf)
+    assert rec.res_cols.tolist() == [c - 1, 3] and rec.res_vals.tolist() == [1.5, -2.0]
+
+
+def test_wide_class_counts_use_32_bit_indices():
+    c = 70000
+    res = torch.zeros(2, c)
+    res[0, 69999] = 1.5
+    res[1, 3] = -2.0
+    rec = unpack_record(pack_record(torch.zeros(2, 0), torch.zeros(0, c), "fp16", residual=res))
+    assert rec.res_cols.tolist() == [69999, 3] and rec.res_vals.tolist() == [1.5, -2.0]
+
+
+def test_header_fields_are_validated():
+    a, b, mean, res = _parts()
+    buf = bytearray(pack_record(a, b, "fp16", residual=res))
+    with pytest.raises(CorruptRecordError, match="magic"):
+        unpack_record(b"XXXX" + bytes(buf[4:]))
+    with pytest.raises(CorruptRecordError, match="shorter"):
+        unpack_record(bytes(buf[:10]))
+    with pytest.raises(CorruptRecordError, match="body"):
+        unpack_record(bytes(buf[:-1]))
+    bad = bytearray(buf)
+    struct.pack_into("<H", bad, 12, 200)  # rank > min(K, C)
+    with pytest.raises(CorruptRecordError, match="out of range"):
+        unpack_record(bytes(bad))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=300), st.integers(0, 400), st.integers(0, 255))
+def test_fuzzed_records_raise_only_corrupt_record_error(tail, pos, val):
+    a, b, mean, res = _parts(seed=1)
+    buf = bytearray(pack_record(a, b, "int8", mean=mean, residual=res, zstd_level=3))
+    if pos < len(buf):
+        buf[pos] = val
+    for candidate in (bytes(buf), bytes(buf[: pos % (len(buf) + 1)]) + tail, HEADER.pack(b"SLR1", 3, 4, 1, 1, 0, 0, -1, 14, 14) + tail):
+        try:
+            unpack_record(candidate)
+        except CorruptRecordError:
+            pass
