@@ -145,12 +145,19 @@ class TensorImages:
 
 
 def load_images(spec: Union[str, os.PathLike]) -> Union[ImageFolder, TensorImages]:
-    """An image folder path -> :class:`ImageFolder`; ``"fashion-mnist"`` / ``"fashion-mnist:train"`` /
-    ``"fashion-mnist:test"`` -> :class:`TensorImages` of that split; ``"fashion-mnist:train:500"`` keeps
-    the split's first 500 images (a quick subset for examples and benchmarks)."""
+    """An image source by spec.
+
+    * an image folder path -> :class:`ImageFolder`;
+    * ``"fashion-mnist[:train|test[:N]]"`` -> :class:`TensorImages` of that split (N: its first N images),
+      from ``apt-get install dataset-fashion-mnist``;
+    * ``"cjk-glyphs[:train|test[:N]][?classes=C&size=S&seed=X]"`` -> rendered CJK characters, one class per
+      character, split by font design family (:mod:`score_codec.training.glyphs`; N: a seeded subset).
+    """
     s = os.fspath(spec)
     name, _, rest = s.partition(":")
-    if name == "fashion-mnist" and not os.path.isdir(s):
+    if os.path.isdir(s):
+        return ImageFolder(s)
+    if name == "fashion-mnist":
         split, _, count = rest.partition(":")
         x, y = load_fashion_mnist(split or "train")
         if count:
@@ -158,6 +165,9 @@ def load_images(spec: Union[str, os.PathLike]) -> Union[ImageFolder, TensorImage
                 raise InputError(f"image source {s!r}: the count after the split must be a positive integer")
             x, y = x[:int(count)], y[:int(count)]
         return TensorImages(x, y, FASHION_MNIST_CLASSES)
-    if os.path.isdir(s):
-        return ImageFolder(s)
-    raise InputError(f"image source {s!r}: expected an image folder or 'fashion-mnist[:train|test[:N]]'")
+    if name.partition("?")[0] == "cjk-glyphs":
+        from .glyphs import glyph_images
+
+        return glyph_images(s)
+    raise InputError(f"image source {s!r}: expected an image folder, 'fashion-mnist[:train|test[:N]]' or "
+                     f"'cjk-glyphs[:train|test[:N]][?classes=C&size=S]'")
