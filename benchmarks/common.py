@@ -175,13 +175,13 @@ def train_image_teacher(images: torch.Tensor, labels: torch.Tensor, model: torch
 @torch.no_grad()
 def teacher_logits(model: torch.nn.Module, images: torch.Tensor, k: int, seed: int = 0, mix_batch: int = 64,
                    forward_batch: int = 1024, scale: Tuple[float, float] = (0.08, 1.0), features: bool = False,
-                   progress: bool = True) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                   progress: bool = True, mix: str = "cutmix") -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Teacher logits of ``k`` augmented views per image: (N, K, classes) float32.
 
     ``images``: uint8 or float (N, C, H, W).  View e of image i is drawn in epoch e (see module docstring);
     mix batches are grouped into forward passes of about ``forward_batch`` views (eval mode, so grouping
     does not change the outputs).  ``features=True`` also returns the penultimate features (N, K, d) of
-    the same views (the input of the teacher's linear classifier).
+    the same views (the input of the teacher's linear classifier).  ``mix="none"`` skips CutMix (crop + flip only).
     """
     model.eval()
     n = len(images)
@@ -206,7 +206,7 @@ def teacher_logits(model: torch.nn.Module, images: torch.Tensor, k: int, seed: i
                 x = torch.stack(views)
                 lam = float(lam_rng.beta(1.0, 1.0))
                 perm = torch.randperm(len(idx), generator=gen)
-                xs.append(apply_mix(x, "cutmix", perm, bbox=cutmix_box(size, lam, gen)))
+                xs.append(apply_mix(x, "cutmix", perm, bbox=cutmix_box(size, lam, gen)) if mix == "cutmix" else x)
                 ids.append(idx)
             x, idx = torch.cat(xs), torch.cat(ids)
             f = model.features(x)

@@ -1,6 +1,7 @@
 """The functional entry point :func:`select`."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -12,7 +13,7 @@ from . import baselines as _baselines  # noqa: F401  (registers random/herding/k
 from . import methods as _methods  # noqa: F401  (registers score/coding-rate)
 from .coding_rate import DEFAULT_EPS_SQ, label_coding_rate
 from .greedy import budgets_from_ipc, prepare, sequence_gains
-from .registry import SelectionTask, get_selector
+from .registry import SelectionTask, get_selector, method_options
 
 __all__ = ["select", "DEFAULT_ALPHA", "DEFAULT_BETA"]
 
@@ -55,6 +56,14 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
         ``R - alpha Rc - beta R(Y)`` (nats) given the earlier picks, whatever the method, so they sum to the
         objective value of the selection and compare across methods.
     """
+    fn = get_selector(method)
+    unknown = sorted(set(options) - set(method_options(method)))
+    if unknown:
+        own = [p for p in inspect.signature(select).parameters if p != "options"]
+        raise TypeError(f"select() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for method "
+                        f"{method!r}; it accepts {', '.join(own)}"
+                        + (f" and the method options {', '.join(method_options(method))}" if method_options(method) else "")
+                        + ("; did you mean eps_sq=?" if "eps" in unknown else ""))
     X, y = prepare(features, labels)
     budgets = budgets_from_ipc(y, ipc, num_classes)
     if soft_labels is not None:
@@ -69,7 +78,7 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
     task = SelectionTask(X, y, budgets, alpha=float(alpha), beta=float(beta), eps_sq=float(eps_sq),
                          label_rates=label_rates, soft_labels=soft_labels, device=device, dtype=dtype,
                          seed=seed, progress=progress, options=dict(options))
-    indices, gains = get_selector(method)(task)
+    indices, gains = fn(task)
     counts = torch.bincount(y[indices], minlength=len(budgets))
     if not torch.equal(counts, budgets):
         raise RuntimeError(f"method {method!r} broke the per-class budgets")  # a bug, not bad input

@@ -22,13 +22,13 @@ def _greedy(task: SelectionTask, alpha: float, beta: float) -> Tuple[torch.Tenso
     return res.indices, res.gains
 
 
-@register("score")
+@register("score", options=_GREEDY_OPTIONS)
 def select_score(task: SelectionTask) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """SCORE: greedy ``R - alpha Rc - beta R(Y)`` with the task's weights."""
     return _greedy(task, task.alpha, task.beta)
 
 
-@register("coding-rate")
+@register("coding-rate", options=_GREEDY_OPTIONS)
 def select_coding_rate(task: SelectionTask) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Pure log-det greedy (alpha = beta = 0).  The gains are left to ``select``, which scores the picks
     under the task's alpha/beta like every other baseline."""

@@ -14,7 +14,7 @@ import torch
 
 from score_codec.errors import InputError
 
-__all__ = ["SelectionTask", "SelectFn", "register", "get_selector", "available_methods"]
+__all__ = ["SelectionTask", "SelectFn", "register", "get_selector", "method_options", "available_methods"]
 
 
 @dataclass
@@ -52,16 +52,19 @@ class SelectionTask:
 SelectFn = Callable[[SelectionTask], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 _REGISTRY: Dict[str, SelectFn] = {}
+_OPTIONS: Dict[str, Tuple[str, ...]] = {}
 
 
-def register(name: str, fn: Optional[SelectFn] = None, *, replace: bool = False):
-    """Register ``fn`` under ``name`` (usable as ``@register("name")``).  Re-registering a name raises
-    :class:`InputError` unless ``replace=True``."""
+def register(name: str, fn: Optional[SelectFn] = None, *, replace: bool = False, options: Tuple[str, ...] = ()):
+    """Register ``fn`` under ``name`` (usable as ``@register("name")``).  ``options`` names the method-specific
+    keywords it reads from ``task.options``; :func:`score_select.select` refuses any other keyword.
+    Re-registering a name raises :class:`InputError` unless ``replace=True``."""
 
     def deco(f: SelectFn) -> SelectFn:
         if name in _REGISTRY and not replace:
             raise InputError(f"selection method {name!r} is already registered")
         _REGISTRY[name] = f
+        _OPTIONS[name] = tuple(options)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -73,6 +76,12 @@ def get_selector(name: str) -> SelectFn:
         return _REGISTRY[name]
     except KeyError:
         raise InputError(f"unknown selection method {name!r}; known: {', '.join(available_methods())}") from None
+
+
+def method_options(name: str) -> Tuple[str, ...]:
+    """The method-specific keyword options of ``name`` (see :func:`register`)."""
+    get_selector(name)
+    return _OPTIONS.get(name, ())
 
 
 def available_methods() -> List[str]:

@@ -86,7 +86,8 @@ def _torch_batches(n: int, batch_size: int, epochs: int, seed: int, drop_last: b
     return [[list(b) for b in bs] for _ in range(epochs)]
 
 
-def _augment_batch(images: torch.Tensor, idx: List[int], mix: str, g: torch.Generator, rng: np.random.Generator):
+def _augment_batch(images: torch.Tensor, idx: List[int], mix: str, g: torch.Generator, rng: np.random.Generator,
+                   model: Optional[torch.nn.Module] = None):
     """Crop/flip every row, mix the batch; returns (coords, flip, mix_index, lam, bbox, logits fp32)."""
     coords, flips, views = [], [], []
     for n in idx:
@@ -105,17 +106,18 @@ def _augment_batch(images: torch.Tensor, idx: List[int], mix: str, g: torch.Gene
             bbox = [np.int64(v) for v in cutmix_box(S, lam, generator=g)]               # np.clip -> numpy.int64
         x = apply_mix(x, mix, mix_index, lam, bbox)
     with torch.no_grad():
-        logits = teacher()(x)
+        logits = (model or teacher())(x)
     return torch.stack(coords), torch.tensor(flips, dtype=torch.bool), mix_index, lam, bbox, logits
 
 
 def make_epoch_dump(root: str, family: str = "sre2l", ipc: int = 4, epochs: int = 3, batch_size: int = 8,
                     mix: str = "cutmix", seed: int = 42, draws: int = 2, fp16: bool = True,
-                    prune_ratio: Optional[float] = None) -> Dict[str, object]:
+                    prune_ratio: Optional[float] = None, model: Optional[torch.nn.Module] = None) -> Dict[str, object]:
     """Write an ``epoch_{e}/batch_{b}.tar`` dump of ``family`` (sre2l | lpld | gvbsm | edc) under ``root``.
 
     ``draws=1`` emulates a dump made by an old torch (one randperm per epoch).  ``prune_ratio`` (LPLD)
-    keeps the first int((1 - r) * E * nb) global batches with drop_last=True.  Returns the ground truth:
+    keeps the first int((1 - r) * E * nb) global batches with drop_last=True.  ``model`` replaces the trained
+    MLP teacher (e.g. an untrained one).  Returns the ground truth:
     ``{"images", "labels", "batches": [[indices per batch] per epoch]}``.
     """
     images, labels = synthetic_set(ipc)
@@ -138,7 +140,7 @@ def make_epoch_dump(root: str, family: str = "sre2l", ipc: int = 4, epochs: int 
         for b, idx in enumerate(ep):
             if keep is not None and gcount >= keep:
                 break
-            coords, flip, mi, lam, bbox, logits = _augment_batch(images, idx, mix, g, rng)
+            coords, flip, mi, lam, bbox, logits = _augment_batch(images, idx, mix, g, rng, model)
             items = [coords, flip, mi, lam, bbox, logits.half() if fp16 else logits]
             if family in ("gvbsm", "edc"):
                 items.append(torch.tensor(idx, dtype=torch.int64))

@@ -111,7 +111,7 @@ def _write_lpqld(src: Any, dst: str, opts: Dict[str, Any]) -> None:
     """Flat ``batch_{g}.tar`` + json; MR-k stores keep k (top-k of the decoded rows)."""
     index: Dict[str, List[int]] = {}
     for rows, rec, logits in _batches(src, opts.get("progress", False), "lpqld"):
-        style = dict(_style(src, rec))
+        style = dict(_style(src, rec, opts.get("plain_ints", False)))
         g = int(rec["batch"])
         items = build_head(rows, rec, logits, style)
         if "topk" in style:

@@ -1,8 +1,9 @@
 """SRe2L / CDA / CV-DD dumps (``epoch_{e}/batch_{b}.tar``, 6-item lists) and LPLD (+ sampler json).
 
 Plain SRe2L stores no image indices: rows are mapped to images by replaying the relabel sampler
-(:mod:`.sampler`) and the mapping is checked against the teacher: the share of rows whose logit argmax
-is the mapped image's class must be far above chance.  LPLD adds ``sampler_indices_epoch.json``
+(:mod:`.sampler`) and the mapping is checked by :mod:`.order_check` (views of one image in two epochs
+must be more alike than views of different images; no accurate teacher needed; ``check_mapping=False``
+/ ``--trust-order`` skips it).  LPLD adds ``sampler_indices_epoch.json``
 (``{"<epoch>": [dataset indices in batch order]}``), which is used instead.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from ..errors import FormatError, InputError
 from .base import BatchRecord, DumpReader, numbered, register_format
 from .batchfile import merge_style, parse_head
+from .order_check import MappingCheck, argmax_test
 from .safe_load import safe_torch_load
 from .sampler import sampler_batches
 
@@ -149,8 +151,16 @@ class SRe2LReader(EpochDumpReader):
         self._sampler = sampler_batches(self.num_images, self.batch_size, len(self.layout), self.seed, self.sampler_draws)
         self._epoch_batches: List[np.ndarray] = []
         self._argmax: List[List[np.ndarray]] = []
-        self._checked: set = set()
         self._class: Optional[np.ndarray] = None
+        # the other sampler-draw count is replayed alongside, so a torch-version mismatch can be named
+        self._other = 3 - self.sampler_draws
+        self._other_sampler = sampler_batches(self.num_images, self.batch_size, len(self.layout), self.seed, self._other)
+        self._other_batches: List[np.ndarray] = []
+        multi = len(self.layout) > 1
+        self._check = MappingCheck(self.num_images, (self.sampler_draws, self._other)) if self.check_mapping and multi else None
+        if not self.check_mapping:
+            log.warning("%s: row-to-image mapping not checked (--trust-order): a wrong --seed or --sampler-draws "
+                        "would silently pair labels with the wrong images", self.path)
 
     def summary(self) -> str:
         return (f"{super().summary()}, batch size {self.batch_size}, {self.num_images} images, "
@@ -166,6 +176,7 @@ class SRe2LReader(EpochDumpReader):
     def map_rows(self, epoch: int, batch: int, rows: np.ndarray, items: List[Any], path: str) -> None:
         if batch == 0:
             self._epoch_batches = next(self._sampler)
+            self._other_batches = next(self._other_sampler)
             self._argmax.append([])
         want = self._epoch_batches[batch]
         if len(want) != len(rows):
@@ -175,11 +186,16 @@ class SRe2LReader(EpochDumpReader):
         if self._class is None:
             self._class = self.labels()
             log.info("%s", self.label_note)
-        self._argmax[-1].append(np.asarray(items[5].float().argmax(1).numpy(), dtype=np.int64))
+        logits = items[5].float().numpy()
+        self._argmax[-1].append(np.asarray(logits.argmax(1), dtype=np.int64))
+        if self._check is not None:
+            self._check.add(epoch, {self.sampler_draws: want, self._other: self._other_batches[batch]}, logits)
 
     def end_epoch(self, epoch: int) -> None:
-        if epoch == len(self.layout) - 1 or (epoch <= 1 and len(self._argmax[epoch]) * self.batch_size >= 500):
-            self.check_sampler(epoch)
+        last = epoch == len(self.layout) - 1
+        # test early (epochs 1, 3, 7, ...) so a wrong mapping fails fast; decide at the last epoch at the latest
+        if last or (epoch >= 1 and (epoch + 1) & epoch == 0):
+            self.check_sampler(final=last)
 
     def _share(self, epochs: List[int], draws: int) -> Tuple[float, int]:
         gen = sampler_batches(self.num_images, self.batch_size, max(epochs) + 1, self.seed, draws)
@@ -195,41 +211,57 @@ class SRe2LReader(EpochDumpReader):
             tot += int(known.sum())
         return (hit / tot if tot else float("nan")), tot
 
-    def check_sampler(self, upto: int) -> None:
-        """Raise InputError if the replayed mapping does not fit the teacher's argmax (see module doc)."""
-        if not self.check_mapping or self._class is None or (self._class < 0).all():
-            if upto == len(self.layout) - 1 and self.check_mapping:
-                log.warning("cannot check the sampler mapping: image classes unknown (pass --images or --ipc)")
+
+
+    def check_sampler(self, final: bool = True) -> None:
+        """Raise InputError if the replayed mapping does not fit the dump (see :mod:`.order_check`).
+
+        Before the ``final`` call an inconclusive result waits for more epochs."""
+        if not self.check_mapping or getattr(self, "_mapping_ok", False):
             return
         chance = 1.0 / self.num_classes
-        thr = max(2 * chance, chance + 0.1 * (1 - chance))
-        groups = [[0]] + ([list(range(1, upto + 1))] if upto >= 1 else [])
-        for g in groups:
-            key = tuple(g)
-            if key in self._checked:
-                continue
-            share, tot = self._share(g, self.sampler_draws)
-            if tot < 50:
-                continue
-            self._checked.add(key)
-            log.info("sampler check, epochs %s: %.1f%% of %d rows have argmax = class of the mapped image (chance %.1f%%)",
-                     f"{g[0]}-{g[-1]}", 100 * share, tot, 100 * chance)
-            self.attrs.setdefault("sampler_check", {})[f"{g[0]}-{g[-1]}"] = round(share, 4)
-            if share >= thr:
-                continue
-            if g == [0]:
+        known = self._class is not None and bool((self._class >= 0).any())
+        if known and final:
+            share, tot = self._share([0], self.sampler_draws)
+            log.info("sampler check: %.1f%% of %d epoch-0 rows have argmax = class of the mapped image (chance %.1f%%)",
+                     100 * share, tot, 100 * chance)
+            self.attrs["sampler_check_argmax"] = round(share, 4)
+        if self._check is None:   # one epoch: only the teacher's argmax can tell
+            share, tot = self._share([0], self.sampler_draws) if known else (0.0, 0)
+            if not known:
+                log.warning("%s: one epoch and unknown classes: the row-to-image mapping cannot be checked", self.path)
+                return
+            z, ok = argmax_test(share, tot, self.num_classes)
+            if not ok:
                 raise InputError(
-                    f"{self.path}: rows do not match their images: only {100 * share:.1f}% of epoch-0 rows have the "
-                    f"mapped image's class as logit argmax (chance {100 * chance:.1f}%, needed {100 * thr:.1f}%). Check "
-                    f"--seed (used {self.seed}), the image classes ({self.label_note}) and that this is an SRe2L dump")
-            other = 3 - self.sampler_draws
-            alt, _ = self._share(g, other)
+                    f"{self.path}: cannot confirm the row-to-image mapping of this one-epoch dump: {100 * share:.1f}% of "
+                    f"rows have the mapped image's class as argmax (chance {100 * chance:.1f}%, z = {z:.1f} < 4). Check "
+                    f"--seed (used {self.seed}) and the classes ({self.label_note}); with an untrained teacher pass "
+                    f"--trust-order")
+            return
+        auc, z, pairs = self._check.test(self.sampler_draws)
+        self.attrs["sampler_check"] = dict(auc=round(auc, 4), z=round(z, 2), pairs=pairs)
+        log.info("sampler check: an image's epoch-0 row is closer to its own later rows than to another image's in "
+                 "%.1f%% of %d pairs (z = %.1f; 50%% means unrelated)", 100 * auc, pairs, z)
+        if MappingCheck.passes(auc, z):
+            self._mapping_ok, self._check = True, None   # settled: stop collecting
+            return
+        other = self._other
+        alt_auc, alt_z, _ = self._check.test(other)
+        if MappingCheck.passes(alt_auc, alt_z):
             raise InputError(
-                f"{self.path}: sampler replay does not match epochs {g[0]}-{g[-1]}: only {100 * share:.1f}% of rows have "
-                f"the mapped image's class as argmax (epoch 0 fits; chance {100 * chance:.1f}%). This is the torch-version "
-                f"sampler hazard: the dump's torch drew RandomSampler permutations {other} time(s) per epoch, this "
-                f"replay drew {self.sampler_draws}. With --sampler-draws {other} the share is {100 * alt:.1f}%; rerun "
-                f"with --sampler-draws {other}")
+                f"{self.path}: sampler replay does not match the epochs after the first: an image's rows are no more "
+                f"alike than rows of different images (AUC {100 * auc:.1f}%, z = {z:.1f}), while with {other} sampler draw(s) per "
+                f"epoch they are (AUC {100 * alt_auc:.1f}%, z = {alt_z:.1f}). This is the torch-version sampler "
+                f"hazard: the dump's torch drew RandomSampler permutations {other} time(s) per epoch, this replay drew "
+                f"{self.sampler_draws}; rerun with --sampler-draws {other}")
+        if not final:
+            return
+        raise InputError(
+            f"{self.path}: rows do not match their images: an image's epoch-0 row is no closer to its rows of later "
+            f"epochs than to other images' rows (AUC {100 * auc:.1f}% over {pairs} pairs, z = {z:.1f}; needed z >= 4 "
+            f"and AUC >= 58%). Check --seed (used {self.seed}) and that this is an SRe2L dump, or pass --trust-order "
+            f"to skip the check")
 
 
 @register_format

@@ -61,8 +61,12 @@ def _batches(src: Any, progress: bool, what: str) -> Iterator[Tuple[np.ndarray, 
         yield rows, rec, src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
 
 
-def _style(src: Any, rec: np.ndarray) -> Dict[str, str]:
-    return src.aug.attrs.get("style") or _DEFAULT_STYLE[int(rec["mix_type"])]
+def _style(src: Any, rec: np.ndarray, plain_ints: bool = False) -> Dict[str, str]:
+    style = src.aug.attrs.get("style") or _DEFAULT_STYLE[int(rec["mix_type"])]
+    if plain_ints and style.get("mix_bbox", "none") != "none":
+        # torch >= 2.6 loads with weights_only=True, which refuses numpy scalars: Python ints load everywhere
+        style = dict(style, mix_bbox=("tuple:" if style["mix_bbox"].startswith("tuple:") else "") + "int")
+    return style
 
 
 def _save(obj: Any, path: str) -> None:
@@ -78,7 +82,7 @@ def _epoch_writer(family: str) -> Writer:
                         "replay, so use --format %s to keep the mapping", attrs.get("mapping"), attrs.get("format"))
         per_epoch: Dict[int, list] = {}
         for rows, rec, logits in _batches(src, opts.get("progress", False), family):
-            style = _style(src, rec)
+            style = _style(src, rec, opts.get("plain_ints", False))
             e, b = int(rec["epoch"]), int(rec["batch"])
             items = build_head(rows, rec, logits, style)
             if family in ("gvbsm", "edc"):
@@ -127,7 +131,9 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
     """Write ``src`` as a ``fmt`` dump at ``dst`` atomically; returns ``dst``.
 
     Raises InputError if ``dst`` exists (without ``overwrite``) or its parent is missing, FormatError if
-    the source lacks what the format needs (e.g. batches for SRe2L).
+    the source lacks what the format needs (e.g. batches for SRe2L).  ``plain_ints=True`` writes CutMix
+    boxes as Python ints instead of the source's ``numpy.int64``, so ``torch.load``'s default
+    ``weights_only=True`` (torch >= 2.6) accepts the files.
     """
     if fmt not in WRITERS:
         raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")

@@ -29,18 +29,25 @@ class ConvNet(nn.Module):
         num_classes: logits per image.
         width: channels of every conv layer; also the feature dimension ``d``.
         depth: number of conv blocks.
+        norm: ``"instance"`` (the DD convention: GroupNorm with one group per channel) or ``"batch"``.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 128, depth: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 128, depth: int = 3,
+                 norm: str = "instance") -> None:
         super().__init__()
+        if norm not in ("instance", "batch"):
+            raise InputError(f"ConvNet norm must be 'instance' or 'batch', found {norm!r}")
         self.config = dict(in_channels=int(in_channels), num_classes=int(num_classes), width=int(width), depth=int(depth))
+        if norm != "instance":
+            self.config["norm"] = norm   # absent for the default, so older checkpoints load unchanged
         layers = []
         c = in_channels
         for _ in range(depth):
             # GroupNorm with one group per channel is instance norm with affine parameters (DC convention).
             # ceil_mode keeps a 1-pixel map at 1 pixel, so deep nets accept tiny inputs.
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width), nn.ReLU(inplace=True),
-                       nn.AvgPool2d(2, ceil_mode=True)]
+            layers += [nn.Conv2d(c, width, 3, padding=1),
+                       nn.GroupNorm(width, width) if norm == "instance" else nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.AvgPool2d(2, ceil_mode=True)]
             c = width
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)

@@ -61,7 +61,7 @@ def test_students_beat_chance_and_lossless_variants_are_exact(smoke):
     cfg, rows, _ = smoke
     sto = {r["vid"]: r for r in _storage(rows)}
     raw = sto["raw"]
-    assert raw["kl"] == 0 and raw["agree"] == 1.0
+    assert raw["kl"] < 1e-6 and raw["agree"] == 1.0               # the same logits: KL is float noise
     assert sto["zstd"]["top1"] == raw["top1"]                   # same labels, same seeds: same student
     assert min(raw["top1"]) > 0.15                              # 10 classes: chance is 0.10
     for r in _storage(rows):

@@ -170,10 +170,45 @@ def test_old_torch_dump_needs_sampler_draws_1(tmp_path):
         assert c.aug.attrs["sampler_draws"] == 1
 
 
-def test_wrong_seed_is_caught_in_epoch_0(dumps):
+def test_wrong_seed_is_caught(dumps):
     root, _ = dumps["cutmix"]
-    with pytest.raises(InputError, match="epoch-0 rows"):
+    with pytest.raises(InputError, match="rows do not match their images"):
         read_dump(root, seed=7)
+
+
+def test_mapping_check_needs_no_trained_teacher(tmp_path):
+    """A dump made by an untrained network passes (its classes are at chance), and a wrong seed still fails."""
+    torch.manual_seed(5)
+    untrained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 128), torch.nn.ReLU(),
+                                    torch.nn.Linear(128, 10)).eval()
+    root = str(tmp_path / "untrained")
+    truth = dumpgen.make_epoch_dump(root, ipc=IPC, epochs=E, batch_size=B, mix="cutmix", model=untrained)
+    with read_dump(root) as c:
+        check = c.aug.attrs["sampler_check"]
+        assert check["z"] >= 4 and check["auc"] > 0.58
+        first = c.aug.rows[: c.aug.batches[0]["size"]]
+        assert first["image"].tolist() == truth["batches"][0][0]
+    with pytest.raises(InputError, match="rows do not match their images"):
+        read_dump(root, seed=7)
+
+
+def test_trust_order_skips_the_check_with_a_warning(dumps, caplog):
+    root, _ = dumps["cutmix"]
+    with caplog.at_level("WARNING"):
+        with read_dump(root, seed=7, check_mapping=False) as c:
+            assert "sampler_check" not in c.aug.attrs
+    assert "not checked (--trust-order)" in caplog.text
+
+
+def test_pair_auc_separates_views_of_one_image_from_strangers():
+    from score_codec.formats.order_check import pair_auc
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 50))
+    auc, z = pair_auc(base + 0.5 * rng.normal(size=base.shape), base + 0.5 * rng.normal(size=base.shape))
+    assert auc > 0.95 and z > 20
+    auc0, z0 = pair_auc(rng.normal(size=(300, 50)), rng.normal(size=(300, 50)))
+    assert abs(auc0 - 0.5) < 0.05 and abs(z0) < 4
 
 
 def test_lpld_full_and_pruned(tmp_path):

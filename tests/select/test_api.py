@@ -130,3 +130,17 @@ def test_presets_follow_the_paper_table():
     assert score_select.preset("tiny", 20)[:2] == (5.0, 0.001)  # nearer to 10 than to 50
     with pytest.raises(InputError):
         score_select.preset("cifar", 10)
+
+
+def test_unknown_keywords_raise_type_error_naming_the_accepted_ones():
+    import score_select
+
+    X = torch.randn(40, 8)
+    y = torch.arange(40) % 4
+    with pytest.raises(TypeError, match="eps_sq") as exc:
+        score_select.select(X, y, 2, eps=0.5)
+    assert "'eps'" in str(exc.value) and "order" in str(exc.value)
+    with pytest.raises(TypeError, match="'order'"):
+        score_select.select(X, y, 2, method="random", order="round_robin")   # random takes no greedy options
+    idx, _ = score_select.select(X, y, 2, order="round_robin")              # a real greedy option is accepted
+    assert len(idx) == 8

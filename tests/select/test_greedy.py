@@ -145,7 +145,9 @@ def test_beta_lowers_the_mean_label_rate_of_the_picked_set():
     for beta in [0.0, 0.05, 1.0]:
         idx, _ = select(X, y, 10, alpha=1.0, beta=beta, soft_labels=soft, dtype=D64)
         means.append(rates[idx].mean().item())
-    assert means[1] < means[0] and means[2] < means[1]
+    # beta never raises the mean rate; between 0 and 1 it lowers it clearly (adjacent betas may pick the same set)
+    assert means[1] <= means[0] + 1e-9 and means[2] <= means[1] + 1e-9
+    assert means[2] < means[0] - 0.05 * abs(means[0])
 
 
 def test_bad_inputs_raise_named_errors():
