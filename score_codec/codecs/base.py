@@ -42,6 +42,9 @@ class Codec:
     codec_id: ClassVar[str] = ""
     #: True when images of a group share ``b`` (only ``a`` is stored per image).
     shared_basis: ClassVar[bool] = False
+    #: "image": factors per image (or per chunk group); "store": bases fitted on the whole store first
+    #: (:class:`~score_codec.codecs.storewide.StoreCodec`)
+    scope: ClassVar[str] = "image"
 
     def __init__(self, **config: Any) -> None:
         self._config = dict(config)

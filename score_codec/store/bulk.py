@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ def encode(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     chunk_images: int = CHUNK_IMAGES,
     resume: bool = False,
+    head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+    bases: Optional[Any] = None,
 ) -> Dict[str, Any]:
     """Encode teacher logits into a label store at ``path`` and return its :meth:`LabelStore.stats`.
 
@@ -51,6 +53,10 @@ def encode(
     ``target_bytes`` (total stored label bytes); default rank 8.  ``labels`` (N,) are the classes
     (used by ``method="shared"``; stored in the index).  ``meta`` is the augmentation metadata.
     ``resume=True`` continues an interrupted run from its last complete shard (same arguments).
+    Store-wide methods (``"global"``, ``"two-level"``) fit their bases on all of ``Y`` first (a sample of
+    ``codec_config["fit_rows"]`` rows for the global basis); ``head=(W, b)`` takes the teacher's final
+    linear layer (``logits = W h + b``, W (C, d)) as the global basis instead of fitting one, and
+    ``bases`` (a :class:`~score_codec.codecs.BasisSet`) uses bases fitted elsewhere (another rank).
     """
     if isinstance(Y, np.ndarray):
         Y = torch.from_numpy(Y)
@@ -79,6 +85,13 @@ def encode(
     with StoreWriter(path, c, method=method, rank=rank, energy=energy, ratio=ratio, quant=quant, residual=residual,
                      device=device, keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle, overwrite=overwrite,
                      shard_bytes=shard_bytes, codec_config=codec_config, resume=resume) as w:
+        if w.codec.scope == "store" and w._basis_set is None:
+            if bases is not None:
+                w.set_bases(bases)
+            else:
+                w.fit(mats, labels, head=head)
+        elif head is not None and w.codec.scope != "store":
+            raise InputError(f"head= gives a store-wide basis; method {method!r} fits per image (use 'global')")
         done = w.num_images  # > 0 only when resuming
         for s in tqdm(range(done, len(mats), step), desc=f"encode {method}", disable=not progress, unit="chunk"):
             w.add(mats[s : s + step], labels=None if labels is None else list(labels[s : s + step]))

@@ -21,7 +21,7 @@ __all__ = ["DenseFactors", "dense_bytes", "rows_from_records"]
 def _rmax(store: StoreTables) -> int:
     """Largest rank of any record or shared basis."""
     r = int(store.index["rank"].max()) if len(store) else 0
-    return max(r, int(store.basis_table["rank"].max()) if len(store.basis_table) else 0)
+    return max(r, int(store.basis_full_rank.max()) if len(store.basis_table) else 0)
 
 
 def dense_bytes(store: StoreTables) -> int:
@@ -53,6 +53,10 @@ def rows_from_records(store: StoreTables, image_ids: Sequence[int], aug_ids: Seq
         b = rec.b if rec.b is not None else store.basis(rec.basis)[: rec.rank]
         rows = torch.from_numpy(aug[sel])
         vals = rec.a[rows] @ b
+        if rec.basis >= 0:
+            bm = store.basis_mean(rec.basis)
+            if bm is not None:
+                vals += bm
         if rec.mean is not None:
             vals += rec.mean[rows, None]
         if rec.res_rows.numel():
@@ -81,6 +85,7 @@ class DenseFactors:
     row_start: torch.Tensor    # (N,) first row of each image in a
     ks: torch.Tensor           # (N,)
     mean: Optional[torch.Tensor]   # (rows,) or None
+    b_mean: Optional[torch.Tensor]  # (M, C) mean row of each basis slice (zeros: none), or None
     res_cols: torch.Tensor     # (rows, s) int64, padded with 0
     res_vals: torch.Tensor     # (rows, s) float32, padded with 0
 
@@ -95,9 +100,12 @@ class DenseFactors:
         b_of[own] = nb + np.arange(len(own))
         a = torch.zeros(total, rmax)
         b = torch.zeros(nb + len(own), rmax, c)
+        b_mean = torch.zeros(nb + len(own), c) if any(store.basis_mean(j) is not None for j in range(nb)) else None
         for j in range(nb):
             basis = store.basis(j)
             b[j, : basis.shape[0]] = basis
+            if b_mean is not None and store.basis_mean(j) is not None:
+                b_mean[j] = store.basis_mean(j)
         has_mean = bool(store.encoding.get("keep_mean"))
         mean = torch.zeros(total) if has_mean else None
         recs = []
@@ -125,7 +133,8 @@ class DenseFactors:
         dev = torch.device(device)
         return cls(a=a.to(dev), b=b.to(dev), b_of=torch.from_numpy(b_of).to(dev),
                    row_start=torch.from_numpy(store.row_start).to(dev), ks=torch.from_numpy(store.ks).to(dev),
-                   mean=None if mean is None else mean.to(dev), res_cols=res_cols.to(dev), res_vals=res_vals.to(dev))
+                   mean=None if mean is None else mean.to(dev), b_mean=None if b_mean is None else b_mean.to(dev),
+                   res_cols=res_cols.to(dev), res_vals=res_vals.to(dev))
 
     def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
         """Logit rows for (image, aug) pairs: two (B,) index sequences -> (B, C) float32."""
@@ -142,6 +151,8 @@ class DenseFactors:
             raise IndexError(f"aug {int(aug[bad])} out of range for image {int(img[bad])} with {int(self.ks[img[bad]])} rows")
         r = self.row_start[img] + aug
         out = torch.bmm(self.a[r].unsqueeze(1), self.b[self.b_of[img]]).squeeze(1)
+        if self.b_mean is not None:
+            out = out + self.b_mean[self.b_of[img]]
         if self.mean is not None:
             out = out + self.mean[r, None]
         if self.res_cols.shape[1]:
@@ -157,6 +168,8 @@ class DenseFactors:
             raise IndexError("matrices() needs images with equal row counts")
         r = self.row_start[img, None] + torch.arange(k, device=dev)[None, :]
         out = torch.bmm(self.a[r], self.b[self.b_of[img]])
+        if self.b_mean is not None:
+            out = out + self.b_mean[self.b_of[img]][:, None, :]
         if self.mean is not None:
             out = out + self.mean[r][..., None]
         if self.res_cols.shape[1]:

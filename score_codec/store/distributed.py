@@ -5,7 +5,10 @@ directory store); after a barrier rank 0 merges the parts: shards are renumbered
 entries and shared bases are concatenated in image order, and the manifest is written last.  With
 per-image codecs and a rank or energy target the decoded labels are identical to a single-process run;
 with ``ratio`` each rank meets the ratio on its own block, and ``method="shared"`` fits one basis per
-class per rank.
+class per rank.  Store-wide codecs (``global``, ``two-level``) are fitted once, on rank 0, over the whole
+sequence (``fit_rows`` rows spread over it for the global basis; every image of a class for its class
+basis); rank 0 saves the bases next to the parts, every rank encodes its block with them, and the merge
+keeps one copy, so the store equals a one-process run.
 
     torchrun --nproc_per_node=4 my_encode.py     # where my_encode.py calls encode_distributed(...)
 """
@@ -22,8 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .bulk import encode
+from ..codecs import get_codec
+from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
+from .bulk import encode
 from .indexio import make_manifest, write_index, write_manifest_file
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
@@ -50,20 +55,22 @@ def block_of(n: int, rank: int, world: int) -> range:
     return range(rank * n // world, (rank + 1) * n // world)
 
 
-def _patch_basis(rec: bytes, offset: int) -> bytes:
+def _patch_basis(rec: bytes, ids: np.ndarray) -> bytes:
+    """``rec`` with its basis id mapped through ``ids`` (part id -> merged id)."""
     (basis,) = struct.unpack_from("<i", rec, _BASIS_OFFSET)
-    if basis < 0 or offset == 0:
+    if basis < 0 or int(ids[basis]) == basis:
         return rec
     out = bytearray(rec)
-    struct.pack_into("<i", out, _BASIS_OFFSET, basis + offset)
+    struct.pack_into("<i", out, _BASIS_OFFSET, int(ids[basis]))
     return bytes(out)
 
 
 def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None) -> None:
     """Concatenate directory stores ``parts`` (in image order) into a new store at ``dst``.
 
-    The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases, whose ids are shifted
-    (the records are rewritten with new checksums).  The parts must share C and encoding options.
+    The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases whose ids
+    change (the records are rewritten with new checksums).  Byte-identical bases (a store-wide basis every part
+    holds) are kept once.  The parts must share C and encoding options.
     """
     if is_single_file(dst):
         raise InputError(f"{dst}: a merged store is a directory; drop the .h5 suffix")
@@ -77,15 +84,30 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     tmp = dst + ".merging"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, SHARD_DIR))
-    index, shards, tables, blobs = [], [], [], []
-    nb = boff = 0
+    index, shards = [], []
+    table_rows: list = []          # merged basis table entries (tuples), blobs alongside
+    blobs: list = []
+    known: Dict[tuple, int] = {}   # (blob, rank, parent, flags, quant) -> merged id: identical bases stored once
     for s in stores:
         part_index = s.index.copy()
+        # this part's basis ids -> merged ids (parents come first, so they are mapped before their children)
+        ids = np.zeros(len(s.basis_table), dtype=np.int64)
+        for j, e in enumerate(s.basis_table):
+            blob = s._basis_blob[int(e["offset"]):int(e["offset"]) + int(e["length"])].tobytes()
+            parent = int(ids[int(e["parent"])]) if int(e["parent"]) >= 0 else -1
+            key = (blob, int(e["rank"]), parent, int(e["flags"]), int(e["quant"]))
+            if key not in known:
+                known[key] = len(table_rows)
+                table_rows.append((sum(len(b) for b in blobs), len(blob), int(e["rank"]), zlib.crc32(blob), parent,
+                                   int(e["flags"]), int(e["quant"])))
+                blobs.append(blob)
+            ids[j] = known[key]
+        identity = bool(np.array_equal(ids, np.arange(len(ids))))
         remap = {}
         for j, entry in enumerate(s.manifest["shards"]):
             name = shard_name(len(shards))
             src = os.path.join(s.path, SHARD_DIR, entry["name"])
-            if len(s.basis_table) and nb:
+            if len(s.basis_table) and not identity:
                 with h5py.File(src, "r") as f:
                     data = f[RECORDS_DATASET][()].tobytes()
                 sel = np.flatnonzero(part_index["shard"] == j)
@@ -95,7 +117,7 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
                     old = data[off : off + ln]
                     if len(old) != ln or zlib.crc32(old) != int(part_index["crc32"][i]):
                         raise CorruptRecordError(f"{s.path}: record {i} fails its crc32 check; not merged")
-                    rec = _patch_basis(old, nb)
+                    rec = _patch_basis(old, ids)
                     out[off : off + ln] = rec
                     part_index["crc32"][i] = zlib.crc32(rec)
                 with h5py.File(os.path.join(tmp, SHARD_DIR, name), "w") as f:
@@ -105,14 +127,10 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
             remap[j] = len(shards)
             shards.append({"name": name, "bytes": int(entry["bytes"])})
         part_index["shard"] = np.vectorize(remap.get, otypes=[np.uint32])(part_index["shard"]) if len(part_index) else part_index["shard"]
-        part_index["basis"] = np.where(part_index["basis"] >= 0, part_index["basis"] + nb, -1)
+        if len(ids):
+            part_index["basis"] = np.where(part_index["basis"] >= 0, ids[np.maximum(part_index["basis"], 0)], -1)
         index.append(part_index)
-        t = s.basis_table.copy()
-        t["offset"] += boff
-        tables.append(t)
-        blobs.append(s._basis_blob.tobytes())
-        nb += len(t)
-        boff += len(blobs[-1])
+    tables = [np.array(table_rows, dtype=BASIS_INDEX_DTYPE)]
     index_arr = np.concatenate(index).astype(IMAGE_INDEX_DTYPE)
     meta = meta or AugMeta()
     meta.validate(index_arr["k"].astype(np.int64))
@@ -122,6 +140,21 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     if os.path.exists(dst):
         shutil.rmtree(dst)
     os.replace(tmp, dst)
+
+
+def _fit_once(codec: Any, Y: Sequence[Any], labels: Optional[Sequence[int]], kw: Dict[str, Any]) -> BasisSet:
+    """Fit a store-wide codec on the whole sequence, as a one-process :func:`encode` would."""
+    ratio, target = kw.get("ratio"), kw.get("target_bytes")
+    c = int(torch.as_tensor(np.asarray(Y[0])).shape[-1])
+    if target is not None:
+        ratio = 2.0 * c * sum(len(Y[i]) for i in range(len(Y))) / target
+    budget = None if ratio is None else 2.0 * c / ratio
+    rank = kw.get("rank")
+    if rank is None and kw.get("energy") is None and budget is None:
+        rank = 8
+    return codec.fit(FitSource(Y, labels), kw.get("quant", "fp16"), rank=rank, energy=kw.get("energy"),
+                     budget_per_row=budget, residual=kw.get("residual", 0), device=kw.get("device", "cpu"),
+                     head=kw.get("head"))
 
 
 def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[int]] = None,
@@ -141,11 +174,22 @@ def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[in
     root = f"{path}.dist-parts"
     blk = block_of(len(Y), rank, world)
     part = os.path.join(root, f"rank-{rank:05d}")
+    codec = get_codec(kwargs.get("method", "svd"), **(kwargs.get("codec_config") or {}))
     if rank == 0:
         os.makedirs(root, exist_ok=True)
+        if codec.scope == "store":
+            bs = _fit_once(codec, Y, labels, kwargs)
+            torch.save({"entries": [(e.rows, e.parent, e.mean) for e in bs.entries], "of_class": bs.of_class,
+                        "default": bs.default, "residual": bs.residual}, os.path.join(root, "bases.pt"))
     dist.barrier()
+    extra = {}
+    if codec.scope == "store":
+        z = torch.load(os.path.join(root, "bases.pt"), weights_only=True)
+        extra["bases"] = BasisSet([BasisEntry(r, p, m) for r, p, m in z["entries"]], z["of_class"], z["default"],
+                                  z["residual"])
+    kwargs = {k: v for k, v in kwargs.items() if k != "head"}
     encode([Y[i] for i in blk], part, labels=None if labels is None else [labels[i] for i in blk],
-           overwrite=True, **kwargs)
+           overwrite=True, **kwargs, **extra)
     dist.barrier()
     stats = None
     if rank == 0:

@@ -17,7 +17,7 @@ from ..codecs.ratecontrol import allocate_ranks
 from .record import HEADER, pack_record
 from ..codecs.residual import select_residual
 
-__all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "check_matrices"]
+__all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
 
 
 @dataclass
@@ -90,6 +90,62 @@ def _fixed_cost(k: int, c: int, opts: EncodeOptions) -> int:
     return HEADER.size + (4 * k if opts.keep_mean else 0) + res
 
 
+def _pack(a_q: torch.Tensor, b_q: Optional[torch.Tensor], res: torch.Tensor, idx: List[int], rk: torch.Tensor,
+          means: List[torch.Tensor], basis_of: List[int], opts: EncodeOptions, c: int, records: List[Optional[bytes]],
+          nnz: List[int]) -> None:
+    """Serialise one bucket's images into ``records`` / ``nnz`` (in place)."""
+    for j, i in enumerate(idx):
+        r = int(rk[j])
+        mean = means[i] if opts.keep_mean else None
+        records[i] = pack_record(a_q[j, :, :r].cpu(), None if b_q is None else b_q[j, :r].cpu(), opts.quant,
+                                 mean=None if mean is None else mean.cpu(),
+                                 residual=res[j].cpu() if opts.residual else None, basis=basis_of[i],
+                                 zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
+        nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
+
+
+def _check_finite(y: torch.Tensor, approx: torch.Tensor, res: torch.Tensor, quant: str) -> None:
+    if not (torch.isfinite(approx).all() and torch.isfinite(res).all()):
+        # fp16/bf16 factors or fp16 residual values overflowed: refuse rather than store infinities
+        raise InputError(f"logits too large for quant={quant!r} factors or fp16 residual values "
+                         f"(max |logit| {float(y.abs().max()):.3g}); use quant='fp32' or rescale the logits")
+
+
+def encode_store_chunk(mats: Sequence[torch.Tensor], opts: EncodeOptions, bases: Any,
+                       labels: Optional[Sequence[int]] = None, device: str = "cpu") -> EncodedChunk:
+    """Encode a chunk with a store-wide codec whose ``bases`` (:class:`~score_codec.codecs.BasisSet`) were fitted
+    on the whole store: per image, coefficients on its basis (the class's, or the global one)."""
+    codec = opts.make_codec()
+    n, c = len(mats), int(mats[0].shape[1])
+    ys = [m.to(device=device, dtype=torch.float32) for m in mats]
+    means = [y.mean(-1) for y in ys]
+    ys = [y - mu[:, None] for y, mu in zip(ys, means)]
+    basis_of = [bases.basis_for(None if labels is None else int(labels[i])) for i in range(n)]
+    full = {b: bases.full(b) for b in set(basis_of)}
+    per_row = opts.residual if bases.residual is None else bases.residual
+    if per_row != opts.residual:
+        opts = EncodeOptions(**{**opts.__dict__, "residual": per_row})
+    buckets: Dict[tuple, List[int]] = {}
+    for i, y in enumerate(ys):
+        buckets.setdefault((int(y.shape[0]), basis_of[i]), []).append(i)
+    records: List[Optional[bytes]] = [None] * n
+    nnz, ranks = [0] * n, [0] * n
+    for (k, bid), idx in buckets.items():
+        y = torch.stack([ys[i] for i in idx])
+        rows, mu = full[bid]
+        rows = rows.to(device)
+        a = codec.coefficients(y, bases, bid)
+        a_q = roundtrip(a.transpose(-1, -2), opts.quant).transpose(-1, -2)
+        approx = a_q @ rows + (0 if mu is None else mu.to(device))
+        res = select_residual(y, approx, opts.residual, opts.residual_score)
+        _check_finite(y, approx, res, opts.quant)
+        rk = torch.full((len(idx),), rows.shape[0], dtype=torch.int64)
+        _pack(a_q, None, res, idx, rk, means, basis_of, opts, c, records, nnz)
+        for i in idx:
+            ranks[i] = int(rows.shape[0])
+    return EncodedChunk(records=records, ranks=ranks, nnz=nnz, bases={}, basis_of=basis_of)
+
+
 def encode_chunk(
     mats: Sequence[torch.Tensor],
     opts: EncodeOptions,
@@ -101,7 +157,7 @@ def encode_chunk(
     """Encode ``mats`` (list of (K_i, C) float tensors, already validated) under ``opts``.
 
     ``budget`` (bytes) applies to this chunk when ``opts`` uses a ratio or byte target; ``next_basis``
-    is the first free shared-basis id.
+    is the first free shared-basis id.  (Store-wide codecs use :func:`encode_store_chunk`.)
     """
     codec = opts.make_codec()
     n = len(mats)
@@ -185,23 +241,6 @@ def encode_chunk(
             approx = torch.bmm(a_q, b_q)
         # RPCA's outliers are exactly where y - approx is large, so the residual finds them unaided
         res = select_residual(y, approx, opts.residual, opts.residual_score)
-        if not (torch.isfinite(approx).all() and torch.isfinite(res).all()):
-            # fp16/bf16 factors or fp16 residual values overflowed: refuse rather than store infinities
-            raise InputError(f"logits too large for quant={opts.quant!r} factors or fp16 residual values "
-                             f"(max |logit| {float(y.abs().max()):.3g}); use quant='fp32' or rescale the logits")
-        for j, i in enumerate(idx):
-            r = int(rk[j])
-            mean = means[i] if opts.keep_mean else None
-            records[i] = pack_record(
-                a_q[j, :, :r].cpu(),
-                None if shared else b_q[j, :r].cpu(),
-                opts.quant,
-                mean=None if mean is None else mean.cpu(),
-                residual=res[j].cpu() if opts.residual else None,
-                basis=basis_of[i],
-                zstd_level=opts.zstd_level,
-                shuffle=opts.shuffle,
-                c=c,
-            )
-            nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
+        _check_finite(y, approx, res, opts.quant)
+        _pack(a_q, b_q, res, idx, rk, means, basis_of, opts, c, records, nnz)
     return EncodedChunk(records=records, ranks=[int(r) for r in img_rank], nnz=nnz, bases=new_bases, basis_of=basis_of)

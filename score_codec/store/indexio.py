@@ -5,16 +5,19 @@ import json
 import os
 import time
 import zlib
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import h5py
 import numpy as np
 import torch
 
-from .layout import BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
+from ..codecs.quantize import QUANT_CODES, quantize
+from .layout import BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
 from .meta import AugMeta
 
-__all__ = ["basis_table", "write_index", "make_manifest", "write_manifest_file", "fsync_file"]
+__all__ = ["StoredBasis", "stored_basis", "basis_table", "write_index", "make_manifest", "write_manifest_file",
+           "fsync_file"]
 
 
 def fsync_file(path: str) -> None:
@@ -26,13 +29,34 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def basis_table(bases: Sequence[bytes], ranks: Sequence[int]) -> np.ndarray:
-    """The ``/bases/table`` entries of quantised bases laid end to end in ``/bases/blob``."""
+@dataclass
+class StoredBasis:
+    """One ``/bases`` entry as written: its blob bytes and table fields (docs/FORMAT.md section 4)."""
+
+    blob: bytes
+    rank: int
+    parent: int = -1
+    flags: int = 0
+    quant: str = "fp16"
+
+
+def stored_basis(rows: torch.Tensor, quant: str, parent: int = -1, mean: Optional[torch.Tensor] = None) -> StoredBasis:
+    """Serialise a basis ``rows`` (r, C) in ``quant``, followed by its float32 ``mean`` (C,) when given."""
+    blob = quantize(rows, quant)
+    flags = 0
+    if mean is not None:
+        blob += mean.detach().cpu().numpy().astype("<f4").tobytes()
+        flags |= BASIS_FLAG_MEAN
+    return StoredBasis(blob=blob, rank=int(rows.shape[0]), parent=int(parent), flags=flags, quant=quant)
+
+
+def basis_table(bases: Sequence[StoredBasis]) -> np.ndarray:
+    """The ``/bases/table`` entries of bases laid end to end in ``/bases/blob``."""
     table = np.zeros(len(bases), BASIS_INDEX_DTYPE)
     off = 0
     for i, b in enumerate(bases):
-        table[i] = (off, len(b), ranks[i], zlib.crc32(b))
-        off += len(b)
+        table[i] = (off, len(b.blob), b.rank, zlib.crc32(b.blob), b.parent, b.flags, QUANT_CODES[b.quant])
+        off += len(b.blob)
     return table
 
 

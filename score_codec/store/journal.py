@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..errors import InputError
+from .indexio import StoredBasis
 from .layout import IMAGE_INDEX_DTYPE, SHARD_DIR, shard_name
 
 __all__ = ["JOURNAL_DIR", "JournalState", "write_options", "write_entry", "load_journal"]
@@ -28,8 +29,7 @@ class JournalState:
 
     index: List[np.ndarray] = field(default_factory=list)
     shard_sizes: List[int] = field(default_factory=list)
-    bases: List[bytes] = field(default_factory=list)
-    basis_ranks: List[int] = field(default_factory=list)
+    bases: List[StoredBasis] = field(default_factory=list)
 
     @property
     def num_images(self) -> int:
@@ -51,11 +51,15 @@ def write_options(root: str, options: Dict[str, Any]) -> None:
     _atomic_write(os.path.join(root, JOURNAL_DIR, "options.json"), json.dumps(options, sort_keys=True).encode())
 
 
-def write_entry(root: str, shard: int, size: int, entries: np.ndarray, bases: List[bytes], ranks: List[int]) -> None:
+def write_entry(root: str, shard: int, size: int, entries: np.ndarray, bases: List[StoredBasis]) -> None:
     """Mark ``shard`` complete: its byte size, its index entries and all bases created so far."""
     buf = io.BytesIO()
-    np.savez(buf, size=np.int64(size), entries=entries, basis_blob=np.frombuffer(b"".join(bases), np.uint8),
-             basis_lengths=np.array([len(b) for b in bases], np.int64), basis_ranks=np.array(ranks, np.int64))
+    np.savez(buf, size=np.int64(size), entries=entries, basis_blob=np.frombuffer(b"".join(b.blob for b in bases), np.uint8),
+             basis_lengths=np.array([len(b.blob) for b in bases], np.int64),
+             basis_ranks=np.array([b.rank for b in bases], np.int64),
+             basis_parents=np.array([b.parent for b in bases], np.int64),
+             basis_flags=np.array([b.flags for b in bases], np.int64),
+             basis_quants=np.array([b.quant for b in bases], dtype="U4"))
     _atomic_write(os.path.join(root, JOURNAL_DIR, f"{shard_name(shard)}.npz"), buf.getvalue())
 
 
@@ -85,12 +89,14 @@ def load_journal(root: str, options: Dict[str, Any]) -> JournalState:
             state.shard_sizes.append(int(z["size"]))
             blob, lengths = z["basis_blob"].tobytes(), z["basis_lengths"]
             offs = np.concatenate([[0], np.cumsum(lengths)])
-            state.bases = [blob[offs[i] : offs[i + 1]] for i in range(len(lengths))]
-            state.basis_ranks = [int(r) for r in z["basis_ranks"]]
+            state.bases = [StoredBasis(blob[offs[i]:offs[i + 1]], int(z["basis_ranks"][i]), int(z["basis_parents"][i]),
+                                       int(z["basis_flags"][i]), str(z["basis_quants"][i])) for i in range(len(lengths))]
         s += 1
-    # bases created for records that never reached a complete shard are dropped (ids are assigned in order)
+    # bases created for records that never reached a complete shard are dropped (ids are assigned in order);
+    # store-wide bases are written before any record and are all kept
     used = max((int(e["basis"].max()) for e in state.index if len(e)), default=-1) + 1
-    state.bases, state.basis_ranks = state.bases[:used], state.basis_ranks[:used]
+    if options.get("scope") != "store":
+        state.bases = state.bases[:used]
     # shards after the last journaled one were cut off mid-write
     for name in os.listdir(os.path.join(root, SHARD_DIR)):
         if name.startswith("shard-") and name[6:11].isdigit() and int(name[6:11]) >= s:

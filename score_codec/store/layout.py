@@ -5,12 +5,12 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION", "INDEX_FILE", "MANIFEST_FILE", "SHARD_DIR", "shard_name", "IMAGE_INDEX_DTYPE",
-    "BASIS_INDEX_DTYPE", "RECORDS_DATASET", "is_single_file",
+    "BASIS_INDEX_DTYPE", "BASIS_INDEX_DTYPE_V1", "BASIS_FLAG_MEAN", "RECORDS_DATASET", "is_single_file",
 ]
 
 #: Version of the store format this library writes; readers accept exactly the versions they know.
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 INDEX_FILE = "index.h5"
 MANIFEST_FILE = "manifest.json"
@@ -44,5 +44,10 @@ IMAGE_INDEX_DTYPE = np.dtype(
     ]
 )
 
-#: One entry per shared basis: its bytes in ``/bases/blob`` (quantised like the factors).
-BASIS_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("rank", "<u2"), ("crc32", "<u4")])
+#: Version 1: one entry per shared basis, its bytes in ``/bases/blob`` (quantised like the factors).
+BASIS_INDEX_DTYPE_V1 = np.dtype([("offset", "<u8"), ("length", "<u4"), ("rank", "<u2"), ("crc32", "<u4")])
+#: Version 2 adds the parent basis (its rows come first; -1: none), flags and the basis's own quantisation.
+BASIS_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("rank", "<u2"), ("crc32", "<u4"),
+                              ("parent", "<i4"), ("flags", "u1"), ("quant", "u1")])
+#: basis flag: the blob holds C float32 mean values after the matrix (root bases only)
+BASIS_FLAG_MEAN = 1

@@ -31,5 +31,9 @@ class StoreTables(Protocol):
 
     def basis(self, b: int) -> torch.Tensor: ...
 
+    def basis_mean(self, b: int) -> Any: ...
+
+    basis_full_rank: np.ndarray   # (M,) rows of each basis including its ancestors
+
     @property
     def aug(self) -> Any: ...

@@ -17,10 +17,10 @@ import torch
 
 from ..errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
                      StoreVersionError, TruncatedFileError)
-from .layout import (BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
+from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
 from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
-from ..codecs.quantize import dequantize
+from ..codecs.quantize import QUANT_NAMES, dequantize, quantized_nbytes
 from .record import MAX_CELLS, Record, unpack_record
 from .dense import DenseFactors, dense_bytes, rows_from_records
 from .stats import store_stats, verify_store
@@ -133,7 +133,17 @@ class LabelStore:
         if self.encoding.get("quant") not in ("fp32", "fp16", "bf16", "int8"):
             raise StoreError(f"{self._index_path()}: unknown quantisation {self.encoding.get('quant')!r}")
         self.index = table("images", IMAGE_INDEX_DTYPE)
-        self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
+        if self.manifest.get("format_version") == 1:
+            v1 = table("bases/table", BASIS_INDEX_DTYPE_V1)
+            # a version-1 basis is a root, without mean, quantised like the records
+            self.basis_table = np.zeros(len(v1), BASIS_INDEX_DTYPE)
+            for name in v1.dtype.names:
+                self.basis_table[name] = v1[name]
+            self.basis_table["parent"] = -1
+            self.basis_table["quant"] = {v: k for k, v in QUANT_NAMES.items()}[self.encoding["quant"]]
+        else:
+            self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
+        self._check_basis_table()
         self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
         self.quant: str = self.encoding.get("quant", "fp16")
         self.ks = self.index["k"].astype(np.int64)
@@ -149,6 +159,24 @@ class LabelStore:
             sel = self.index["shard"] == s
             if sel.any() and int((self.index["offset"][sel] + self.index["length"][sel]).max()) > int(entry["bytes"]):
                 raise IndexMismatchError(f"{self._index_path()}: records of shard {s} extend past its {entry['bytes']} bytes")
+
+    def _check_basis_table(self) -> None:
+        """Parents precede their children, means sit on roots, quantisations are known; full ranks (M,)."""
+        t = self.basis_table
+        where = self._index_path()
+        full = np.zeros(len(t), dtype=np.int64)
+        for j in range(len(t)):
+            p = int(t["parent"][j])
+            if not -1 <= p < j:
+                raise IndexMismatchError(f"{where}: basis {j} names parent {p}; a parent must be an earlier basis or -1")
+            if int(t["quant"][j]) not in QUANT_NAMES or int(t["flags"][j]) & ~BASIS_FLAG_MEAN:
+                raise StoreError(f"{where}: basis {j} has unknown quantisation {int(t['quant'][j])} or flags {int(t['flags'][j])}")
+            if p >= 0 and int(t["flags"][j]) & BASIS_FLAG_MEAN:
+                raise IndexMismatchError(f"{where}: basis {j} has a mean row but a parent ({p}); only roots hold means")
+            full[j] = int(t["rank"][j]) + (full[p] if p >= 0 else 0)
+        if len(full) and int(full.max()) > self.num_classes * 4:
+            raise IndexMismatchError(f"{where}: basis ranks up to {int(full.max())} exceed what {self.num_classes} classes need")
+        self.basis_full_rank = full
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
@@ -242,13 +270,13 @@ class LabelStore:
                                      f"the store's keep_mean is {bool(self.encoding.get('keep_mean'))}")
         if rec.quant != self.quant:
             raise IndexMismatchError(f"{self.path}: record {i} is {rec.quant}, the store's quantisation is {self.quant}")
-        if rec.basis >= 0 and (rec.basis >= len(self.basis_table) or int(self.basis_table["rank"][rec.basis]) < rec.rank):
+        if rec.basis >= 0 and (rec.basis >= len(self.basis_table) or int(self.basis_full_rank[rec.basis]) < rec.rank):
             raise IndexMismatchError(f"{self.path}: record {i} needs {rec.rank} rows of shared basis {rec.basis}, "
                                      f"which the basis table does not have")
         return rec
 
-    def basis(self, b: int) -> torch.Tensor:
-        """Shared basis ``b`` as a (r, C) float32 tensor."""
+    def _basis_entry(self, b: int):
+        """(own rows (r, C) float32, mean (C,) or None) of basis ``b``, checksum-verified, cached."""
         t = self._bases.get(b)
         if t is None:
             if not 0 <= b < len(self.basis_table):
@@ -258,14 +286,37 @@ class LabelStore:
             buf = self._basis_blob[off : off + ln].tobytes()
             if len(buf) != ln or zlib.crc32(buf) != int(e["crc32"]):
                 raise CorruptRecordError(f"{self.path}: shared basis {b} fails its size or crc32 check")
-            t, _ = dequantize(memoryview(buf), self.quant, int(e["rank"]), self.num_classes)
-            self._bases[b] = t
+            quant, rank, c = QUANT_NAMES[int(e["quant"])], int(e["rank"]), self.num_classes
+            has_mean = bool(int(e["flags"]) & BASIS_FLAG_MEAN)
+            need = quantized_nbytes(quant, rank, c) + (4 * c if has_mean else 0)
+            if ln != need:
+                raise IndexMismatchError(f"{self.path}: shared basis {b} is {ln} bytes; rank {rank}, C={c}, {quant}"
+                                         f"{' and a mean row' if has_mean else ''} need {need}")
+            rows, n = dequantize(memoryview(buf), quant, rank, c)
+            mean = torch.from_numpy(np.frombuffer(buf, "<f4", count=c, offset=n).copy()) if has_mean else None
+            t = self._bases[b] = (rows, mean)
         return t
+
+    def basis(self, b: int) -> torch.Tensor:
+        """Shared basis ``b`` as a (R, C) float32 tensor: its ancestors' rows, then its own."""
+        rows, _ = self._basis_entry(b)
+        p = int(self.basis_table["parent"][b])
+        return torch.cat([self.basis(p), rows]) if p >= 0 else rows
+
+    def basis_mean(self, b: int) -> Optional[torch.Tensor]:
+        """The mean row (C,) of basis ``b``'s root, or None."""
+        while int(self.basis_table["parent"][b]) >= 0:
+            b = int(self.basis_table["parent"][b])
+        return self._basis_entry(b)[1]
 
     def matrix(self, i: int) -> torch.Tensor:
         """Decoded logits of image ``i``: (K_i, C) float32 on CPU."""
         rec = self.record(i)
-        return rec.matrix(self.basis(rec.basis) if rec.basis >= 0 else None)
+        if rec.basis < 0:
+            return rec.matrix()
+        out = rec.matrix(self.basis(rec.basis))
+        mean = self.basis_mean(rec.basis)
+        return out if mean is None else out + mean
 
     # -- batched decode ----------------------------------------------------------------------------
     def factors(self, device: str = "cpu") -> DenseFactors:

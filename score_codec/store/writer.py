@@ -12,19 +12,20 @@ import logging
 import os
 import shutil
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
 import torch
 
-from .encoder import EncodeOptions, check_matrices, encode_chunk
+from ..codecs.quantize import dequantize
+from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
-from .layout import IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
-from .indexio import basis_table, fsync_file, make_manifest, write_index, write_manifest_file
+from .encoder import EncodeOptions, check_matrices, encode_chunk, encode_store_chunk
+from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
+from .layout import BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
-from ..codecs.quantize import quantize
 
 __all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
 
@@ -58,6 +59,11 @@ class StoreWriter:
     Rate control by ``ratio`` is applied per :meth:`add` call (each chunk meets the ratio, so the
     store does); ``rank`` and ``energy`` are per image.  ``path`` ending in ``.h5`` writes a single
     file, anything else a directory of shards.
+
+    Store-wide codecs (``method="global"`` or ``"two-level"``) fit their bases before the first record:
+    call :meth:`fit` with an indexable of all the store's matrices (or a representative sample), or
+    :meth:`set_bases` with bases fitted elsewhere (another rank); otherwise the first :meth:`add` chunk is
+    used for fitting (a warning says so).  Their ``ratio`` is met by the whole store, bases included.
     """
 
     def __init__(
@@ -105,22 +111,25 @@ class StoreWriter:
             shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) else os.remove(self.tmp)
         self.shard_bytes = int(shard_bytes)
         self._index: List[np.ndarray] = []
-        self._bases: List[bytes] = []
-        self._basis_ranks: List[int] = []
+        self._bases: List[StoredBasis] = []
+        self._basis_set: Optional[BasisSet] = None
         self._buf = bytearray()
         self._shard = 0
         self._shard_sizes: List[int] = []
         self._meta = AugMeta()
         self._closed = False
         self._h5: Optional[h5py.File] = None
-        options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes}
+        options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes,
+                   "scope": self.codec.scope}
         try:
             if self.single:
                 self._h5 = h5py.File(self.tmp, "w")
             elif resume and os.path.isdir(self.tmp):
                 state = load_journal(self.tmp, options)
                 self._index, self._shard_sizes = state.index, state.shard_sizes
-                self._bases, self._basis_ranks = state.bases, state.basis_ranks
+                self._bases = state.bases
+                if self.codec.scope == "store" and self._bases:
+                    self._basis_set = self._restore_basis_set()
                 self._shard = len(state.shard_sizes)
                 log.info("%s: resuming after %d complete shards (%d images)", self.path, self._shard, self.num_images)
             else:
@@ -136,6 +145,47 @@ class StoreWriter:
     def num_images(self) -> int:
         return sum(len(x) for x in self._index)
 
+    def fit(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None, ks: Optional[Sequence[int]] = None,
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
+        """Fit a store-wide codec's bases on ``matrices`` (an indexable of (K_i, C) logits; read at most
+        twice) and write them; ``head=(W, b)`` uses the teacher's final linear layer as the basis instead."""
+        if self.codec.scope != "store":
+            raise InputError(f"method {self.opts.method!r} fits per image; fit() is for store-wide codecs "
+                             f"(global, two-level)")
+        if self._basis_set is not None:
+            raise InputError(f"{self.path}: the bases are already fitted")
+        if len(matrices) == 0:
+            raise InputError("fit() needs at least one matrix")
+        budget = None if self.opts.ratio is None else 2.0 * self.num_classes / self.opts.ratio
+        bs = self.codec.fit(FitSource(matrices, labels, ks), self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
+                            budget_per_row=budget, residual=self.opts.residual, device=self.device, head=head)
+        self.set_bases(bs)
+        return bs
+
+    def set_bases(self, bases: BasisSet) -> None:
+        """Use store-wide ``bases`` fitted elsewhere (e.g. on rank 0 of a distributed encode)."""
+        if self._basis_set is not None or self.num_images:
+            raise InputError(f"{self.path}: set the bases before adding images, once")
+        self._basis_set = bases
+        self._bases = [stored_basis(e.rows, "fp16", e.parent, e.mean) for e in bases.entries]
+        if not self.single:
+            with open(os.path.join(self.tmp, JOURNAL_DIR, "basis_set.json"), "w") as fh:
+                json.dump({"of_class": {str(k): v for k, v in bases.of_class.items()}, "default": bases.default,
+                           "residual": bases.residual}, fh)
+
+    def _restore_basis_set(self) -> BasisSet:
+        """The BasisSet of a resumed store-wide run, from its journaled bases."""
+        entries = []
+        for b in self._bases:
+            rows, n = dequantize(memoryview(b.blob), b.quant, b.rank, self.num_classes)
+            mean = None
+            if b.flags & BASIS_FLAG_MEAN:
+                mean = torch.from_numpy(np.frombuffer(b.blob, "<f4", count=self.num_classes, offset=n).copy())
+            entries.append(BasisEntry(rows, b.parent, mean))
+        with open(os.path.join(self.tmp, JOURNAL_DIR, "basis_set.json")) as fh:
+            m = json.load(fh)
+        return BasisSet(entries, {int(k): v for k, v in m["of_class"].items()}, m["default"], m["residual"])
+
     def add(self, matrices: MatrixInput, labels: Optional[Sequence[int]] = None) -> List[int]:
         """Encode and append images; returns their ids (consecutive, in input order)."""
         mats = _as_matrices(matrices)
@@ -145,14 +195,20 @@ class StoreWriter:
         check_matrices(mats, self.num_classes, first)
         if labels is not None and len(labels) != len(mats):
             raise InputError(f"got {len(labels)} labels for {len(mats)} images")
-        budget = None
-        if self.opts.ratio is not None:
-            budget = 2.0 * self.num_classes * sum(int(m.shape[0]) for m in mats) / self.opts.ratio
-        chunk = encode_chunk(mats, self.opts, labels=labels, device=self.device, budget=budget, next_basis=len(self._bases))
+        if self.codec.scope == "store":
+            if self._basis_set is None:
+                log.warning("%s: %s bases fitted on the first chunk only (%d images); call fit() with the whole "
+                            "store for a basis that represents it", self.path, self.opts.method, len(mats))
+                self.fit(mats, labels)
+            chunk = encode_store_chunk(mats, self.opts, self._basis_set, labels=labels, device=self.device)
+        else:
+            budget = None
+            if self.opts.ratio is not None:
+                budget = 2.0 * self.num_classes * sum(int(m.shape[0]) for m in mats) / self.opts.ratio
+            chunk = encode_chunk(mats, self.opts, labels=labels, device=self.device, budget=budget,
+                                 next_basis=len(self._bases))
         for bid in sorted(chunk.bases):
-            basis = chunk.bases[bid]
-            self._bases.append(quantize(basis, self.opts.quant))
-            self._basis_ranks.append(int(basis.shape[0]))
+            self._bases.append(stored_basis(chunk.bases[bid], self.opts.quant))
         entries = np.zeros(len(mats), IMAGE_INDEX_DTYPE)
         for j, rec in enumerate(chunk.records):
             if self._buf and len(self._buf) + len(rec) > self.shard_bytes:
@@ -190,7 +246,7 @@ class StoreWriter:
             fsync_file(fn + ".tmp")
             os.replace(fn + ".tmp", fn)
             entries = np.concatenate(self._open_entries) if self._open_entries else np.zeros(0, IMAGE_INDEX_DTYPE)
-            write_entry(self.tmp, self._shard, len(data), entries, self._bases, self._basis_ranks)
+            write_entry(self.tmp, self._shard, len(data), entries, self._bases)
             self._open_entries = []
         self._shard_sizes.append(len(data))
         self._shard += 1
@@ -234,8 +290,8 @@ class StoreWriter:
 
     def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
         encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
-        write_index(f, self.num_classes, encoding, index, basis_table(self._bases, self._basis_ranks),
-                    b"".join(self._bases), self._meta)
+        write_index(f, self.num_classes, encoding, index, basis_table(self._bases),
+                    b"".join(b.blob for b in self._bases), self._meta)
 
     def abort(self, keep_partial: bool = False) -> None:
         """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ["GLYPH_FONT_PACKAGES", "FONT_DIRS", "candidate_characters", "Face", "discover_faces", "design_of",
-           "GlyphSet", "build_glyph_set", "load_glyph_set", "glyph_images", "parse_glyph_spec"]
+           "GlyphSet", "build_glyph_set", "load_glyph_set", "glyph_split", "parse_glyph_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -324,18 +324,14 @@ def parse_glyph_spec(spec: str) -> Tuple[str, Optional[int], Dict[str, int]]:
     return split, (int(count) if count else None), opts
 
 
-def glyph_images(spec: str):
-    """A ``cjk-glyphs`` spec -> :class:`~score_codec.training.images.TensorImages` (classes = characters).
+def glyph_split(spec: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """A ``cjk-glyphs`` spec -> (images (N, 1, S, S) uint8, classes (N,), characters).
 
-    ``N`` keeps a seeded random subset of N images of the split (all classes represented in proportion)."""
-    import torch
-
-    from .images import TensorImages
-
+    ``N`` in the spec keeps a seeded random subset of N images of the split (classes in proportion)."""
     split, count, opts = parse_glyph_spec(spec)
     gs = load_glyph_set(**opts)
     x, y = gs.split(split)
     if count is not None and count < len(x):
         idx = np.sort(np.random.default_rng(0).choice(len(x), size=count, replace=False))
         x, y = x[idx], y[idx]
-    return TensorImages(torch.from_numpy(np.ascontiguousarray(x)), y, gs.chars)
+    return np.ascontiguousarray(x), y, gs.chars

@@ -166,8 +166,9 @@ def load_images(spec: Union[str, os.PathLike]) -> Union[ImageFolder, TensorImage
             x, y = x[:int(count)], y[:int(count)]
         return TensorImages(x, y, FASHION_MNIST_CLASSES)
     if name.partition("?")[0] == "cjk-glyphs":
-        from .glyphs import glyph_images
+        from .glyphs import glyph_split
 
-        return glyph_images(s)
+        x, y, chars = glyph_split(s)
+        return TensorImages(torch.from_numpy(x), y, chars)
     raise InputError(f"image source {s!r}: expected an image folder, 'fashion-mnist[:train|test[:N]]' or "
                      f"'cjk-glyphs[:train|test[:N]][?classes=C&size=S]'")

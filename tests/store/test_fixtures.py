@@ -1,4 +1,4 @@
-"""Stores written by released format versions must keep decoding (docs/FORMAT.md section 8)."""
+"""Stores written by every format version must keep decoding (docs/FORMAT.md section 8)."""
 import os
 
 import numpy as np
@@ -8,27 +8,39 @@ import score_codec as sc
 
 from tests.common import assert_float32_decode_equal, make_meta
 
-HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "v1")
-NAMES = ["svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store"]
+HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
+CASES = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \
+        [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
+                             "twolevel_fp16_mean.h5")]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_v1_fixture_decodes_to_its_saved_logits(name):
-    store = sc.LabelStore(os.path.join(HERE, name))
-    want = np.load(os.path.join(HERE, name.split(".")[0] + ".expected.npy"))
+def test_every_version_up_to_the_current_has_fixtures():
+    assert os.path.isdir(os.path.join(HERE, f"v{sc.FORMAT_VERSION}"))
+    assert {v for v, _ in CASES} == {f"v{i}" for i in range(1, sc.FORMAT_VERSION + 1)}
+
+
+@pytest.mark.parametrize("version,name", CASES)
+def test_fixture_decodes_to_its_saved_logits(version, name):
+    store = sc.LabelStore(os.path.join(HERE, version, name))
+    want = np.load(os.path.join(HERE, version, name.split(".")[0] + ".expected.npy"))
     got = np.stack([store.matrix(i).numpy() for i in range(len(store))])
     # the same bytes decode to the same values up to float32 summation order (BLAS-dependent)
-    assert_float32_decode_equal(got, want, terms=int(store.index["rank"].max()) + 2)
+    rank = int(max(store.index["rank"].max(), store.basis_full_rank.max() if len(store.basis_table) else 0))
+    assert_float32_decode_equal(got, want, terms=rank + 3)
+    rows = store.rows(np.arange(len(store)), np.arange(len(store)) % 6).numpy()
+    assert_float32_decode_equal(rows, want[np.arange(len(store)), np.arange(len(store)) % 6], terms=rank + 3)
     assert store.verify() == []
     meta = make_meta(12, 6, batch=4)
     assert store.aug.rows.tobytes() == meta.rows.tobytes()
-    assert store.manifest["format_version"] == 1
+    assert store.manifest["format_version"] == int(version[1:])
 
 
-def test_v1_fixtures_stay_close_to_the_source_logits():
-    y = np.load(os.path.join(HERE, "source_logits.npy"))
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fixtures_stay_close_to_the_source_logits(version):
+    y = np.load(os.path.join(HERE, version, "source_logits.npy"))
     yc = y - y.mean(-1, keepdims=True)
-    store = sc.LabelStore(os.path.join(HERE, "rpca_bf16_mean.store"))
+    name = "rpca_bf16_mean.store" if version == "v1" else "twolevel_fp16_mean.h5"
+    store = sc.LabelStore(os.path.join(HERE, version, name))
     got = np.stack([store.matrix(i).numpy() for i in range(len(store))])
     # keep_mean: the absolute logits come back, not the centred ones
     assert np.abs(got - y).max() < np.abs(got - yc).max()

@@ -1,0 +1,161 @@
+"""Numeric kernels of the store-wide codecs: streaming PCA, KL-optimal coefficients, a teacher-head basis.
+
+All functions are batched torch and run on the device of their inputs (CPU or CUDA); none holds more
+than ``chunk_rows`` rows of per-row work at a time.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..errors import CodecError
+
+__all__ = ["GramAccumulator", "fit_coefficients", "orthonormal_rows", "head_basis", "kl_rows"]
+
+
+class GramAccumulator:
+    """First and second moments of logit rows, accumulated in float64: memory C^2, whatever the row count.
+
+    ``add`` rows in any number of calls (or on several ranks and :meth:`merge`), then :meth:`pca`.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device = torch.device("cpu")) -> None:
+        self.c = int(num_classes)
+        self.count = 0
+        self.total = torch.zeros(self.c, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(self.c, self.c, dtype=torch.float64, device=device)
+
+    def add(self, rows: torch.Tensor, chunk_rows: int = 65536) -> None:
+        """Add row-centred logit rows (n, C)."""
+        if rows.ndim != 2 or rows.shape[1] != self.c:
+            raise CodecError(f"GramAccumulator: expected (n, {self.c}) rows, found {tuple(rows.shape)}")
+        for s in range(0, rows.shape[0], chunk_rows):
+            x = rows[s:s + chunk_rows].to(self.gram.device, torch.float64)
+            self.total += x.sum(0)
+            self.gram += x.T @ x
+            self.count += int(x.shape[0])
+
+    def merge(self, other: "GramAccumulator") -> None:
+        """Add another accumulator's rows (e.g. another rank's)."""
+        self.count += other.count
+        self.total += other.total.to(self.total.device)
+        self.gram += other.gram.to(self.gram.device)
+
+    def pca(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean (C,), basis (C, C) rows = principal directions by decreasing variance, variances (C,)),
+        all float64.  The variances are the eigenvalues of the covariance of the rows about their mean."""
+        if self.count == 0:
+            raise CodecError("GramAccumulator.pca: no rows were added")
+        mean = self.total / self.count
+        cov = self.gram / self.count - torch.outer(mean, mean)
+        evals, evecs = torch.linalg.eigh(cov)
+        order = torch.argsort(evals, descending=True)
+        return mean, evecs[:, order].T.contiguous(), evals[order].clamp_min(0)
+
+
+def orthonormal_rows(rows: torch.Tensor, against: Optional[torch.Tensor] = None, tol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal rows spanning ``rows`` (r, C) minus its component along ``against`` (q, C, orthonormal).
+
+    Directions that vanish (norm below ``tol`` of the largest) are dropped, so fewer than r rows may come back."""
+    x = rows.to(torch.float64)
+    if against is not None and against.numel():
+        a = against.to(torch.float64)
+        x = x - (x @ a.T) @ a
+        x = x - (x @ a.T) @ a      # twice: classical Gram-Schmidt loses orthogonality once
+    if x.shape[0] == 0:
+        return x
+    q, r = torch.linalg.qr(x.T)
+    keep = r.diagonal().abs() > tol * max(float(r.diagonal().abs().max()), 1e-300)
+    return q.T[keep].contiguous()
+
+
+def head_basis(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Basis and mean of a teacher's final linear layer ``logits = weight @ h + bias``.
+
+    ``weight`` (C, d), ``bias`` (C,).  Row-centred logits lie in ``mean + span(rows)`` with
+    mean = centred bias and rows = an orthonormal basis (d', C) of the centred columns of ``weight``,
+    so the store-wide codec with this basis reproduces the teacher's logits up to quantisation."""
+    w = weight.detach().to(torch.float64)
+    if w.ndim != 2:
+        raise CodecError(f"head_basis: weight must be (C, d), found shape {tuple(w.shape)}")
+    b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    w = w - w.mean(0, keepdim=True)
+    return b - b.mean(), orthonormal_rows(w.T)
+
+
+def kl_rows(target_log: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row KL(p || softmax(logits / T)) with ``target_log`` = log p (n, C); returns (n,)."""
+    lq = torch.log_softmax(logits / temperature, -1)
+    return (target_log.exp() * (target_log - lq)).sum(-1)
+
+
+def fit_coefficients(y: torch.Tensor, basis: torch.Tensor, mean: Optional[torch.Tensor] = None, *,
+                     temperature: float = 1.0, steps: int = 2, damping: float = 1e-3, penalty: float = 0.0,
+                     chunk_rows: int = 1024) -> torch.Tensor:
+    """Coefficients ``a`` (n, r) with ``mean + a @ basis`` close to the rows ``y`` (n, C) in KL.
+
+    Starts from the least-squares projection (exact for an orthonormal ``basis`` (r, C)), then takes
+    ``steps`` damped Newton steps on KL(softmax(y/T) || softmax(yhat/T)) per row, each followed by a
+    backtracking search (full, half or quarter step; a row keeps its old coefficients when no step lowers
+    its KL).  Squared-error projection spends its accuracy evenly over all C classes; KL weights the few
+    classes that carry the probability mass, which is what a student trained on softmax(y/T) sees
+    (on 1000-class CutMix logits, rank 16: KL(T=1) 0.29 -> 0.07).  KL at one temperature is blind to
+    logits far below the top ones, which other temperatures see; ``penalty`` adds
+    ``penalty * h0 / 2 * ||a - a_projection||^2`` (h0: the row's mean Hessian diagonal at the start), which
+    keeps the fit near the least-squares one.  float32 on the device of ``y``.
+    """
+    dev = y.device
+    b = basis.to(dev, torch.float32)
+    r = b.shape[0]
+    mu = torch.zeros(y.shape[1], device=dev) if mean is None else mean.to(dev, torch.float32)
+    out = torch.empty(y.shape[0], r, device=dev)
+    if r == 0:
+        return out
+    gram = b @ b.T
+    orthonormal = bool(torch.allclose(gram, torch.eye(r, device=dev), atol=1e-3))
+    eye = torch.eye(r, device=dev)
+    t = float(temperature)
+    # B diag(q) B^T for every row at once as one GEMM: q (n, C) @ P (C, r(r+1)/2), P[c] = upper triangle
+    # of b_c b_c^T (no (n, r, C) intermediate)
+    iu = torch.triu_indices(r, r, device=dev)
+    outer = (b.T[:, :, None] * b.T[:, None, :])[:, iu[0], iu[1]]     # (C, r(r+1)/2)
+    for s in range(0, y.shape[0], chunk_rows):
+        z = y[s:s + chunk_rows].to(torch.float32) - mu
+        x = z @ b.T if orthonormal else torch.linalg.solve(gram, (z @ b.T).T).T
+        if steps > 0:
+            plog = torch.log_softmax((z + mu) / t, -1)
+            p = plog.exp()
+            x0 = x
+            rho = torch.zeros(x.shape[0], device=dev)
+
+            def objective(xx: torch.Tensor) -> torch.Tensor:
+                return kl_rows(plog, mu + xx @ b, t) + 0.5 * rho * (xx - x0).pow(2).sum(-1)
+
+            cur = objective(x)
+            for it in range(steps):
+                q = torch.softmax((mu + x @ b) / t, -1)
+                g = (q - p) @ b.T / t
+                qb = q @ b.T
+                # Hessian of the softmax KL in coefficient space: B (diag q - q q^T) B^T / T^2
+                h = q.new_empty(q.shape[0], r, r)
+                tri = q @ outer
+                h[:, iu[0], iu[1]] = tri
+                h[:, iu[1], iu[0]] = tri
+                h = (h - qb[:, :, None] * qb[:, None, :]) / t ** 2
+                diag = h.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+                if it == 0 and penalty > 0:
+                    rho = penalty * diag
+                    cur = objective(x)
+                g = g + rho[:, None] * (x - x0)
+                step = torch.linalg.solve(h + (damping * diag + rho)[:, None, None] * eye, g)
+                best, best_kl = x, cur
+                for frac in (1.0, 0.5, 0.25):
+                    xn = x - frac * step
+                    k = objective(xn)
+                    better = k < best_kl
+                    best = torch.where(better[:, None], xn, best)
+                    best_kl = torch.where(better, k, best_kl)
+                x, cur = best, best_kl
+        out[s:s + chunk_rows] = x
+    return out

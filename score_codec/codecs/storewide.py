@@ -1,0 +1,318 @@
+"""Store-wide codecs: one basis for every row of the store (``global``), plus per-class refinements (``two-level``).
+
+A teacher's logits are ``W h + b`` with ``h`` its penultimate features, so every row of a dump, mixed by
+CutMix or not, lies in one low-dimensional affine subspace; a per-image basis cannot exploit that (each
+CutMix row mixes a different partner, so one image's K x C matrix is not low-rank) and pays ``r x C``
+values per image.  Here the basis is fitted once (streaming PCA of the row-centred rows; memory C^2
+whatever the row count), stored once, and each row stores only its ``r`` coefficients, chosen to
+minimise KL at ``fit_temperature`` (:func:`~score_codec.codecs.basis.fit_coefficients`).
+
+Coefficients minimise KL(T = ``fit_temperature``) plus ``penalty`` times a pull towards the least-squares
+fit: KL at one temperature alone pushes logits far below the top ones wherever that is free, which a
+student at another temperature would see (1000-class CutMix glyph logits, rank 16: KL at T = 1 / 4 / 20 is
+0.276 / 0.025 / 0.0010 for the projection, 0.066 / 0.043 / 0.0026 for pure KL(T=1), 0.080 / 0.028 / 0.0014
+with the default penalty 0.3).  Set ``fit_temperature`` to the student's temperature when it is known.
+
+``two-level`` adds, per class, a basis of what the global basis leaves in that class's rows (orthogonal
+to the global one), and its rate control spends the byte budget greedily on whichever of {more global
+components, more class components, one more residual entry per row} lowers KL most per byte, measured
+on a sample of classes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import BudgetError, CodecError
+from .base import Codec, register_codec
+from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
+from .quantize import bytes_per_value, roundtrip
+from .residual import select_residual
+
+__all__ = ["BasisEntry", "BasisSet", "StoreCodec", "GlobalBasisCodec", "TwoLevelCodec", "FitSource", "row_cost"]
+
+log = logging.getLogger(__name__)
+
+#: what every store-wide basis is stored as (amortised over the whole store, so precision is cheap)
+BASIS_QUANT = "fp16"
+HEADER_BYTES = 32
+
+
+@dataclass
+class BasisEntry:
+    """One stored basis: ``rows`` (r, C) float32 (already rounded to ``BASIS_QUANT``), ``parent`` basis id
+    whose rows come first (-1: none), ``mean`` (C,) float32 of a root basis (or None)."""
+
+    rows: torch.Tensor
+    parent: int = -1
+    mean: Optional[torch.Tensor] = None
+
+
+@dataclass
+class BasisSet:
+    """The bases of a store-wide codec and which one each class uses (``default`` for the others)."""
+
+    entries: List[BasisEntry]
+    of_class: Dict[int, int] = field(default_factory=dict)
+    default: int = 0
+    residual: Optional[int] = None     # residual entries per row chosen by rate control (None: the option's)
+
+    def full(self, j: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(all rows of basis ``j``: its ancestors' then its own (R, C), the root's mean or None)."""
+        e = self.entries[j]
+        if e.parent < 0:
+            return e.rows, e.mean
+        rows, mean = self.full(e.parent)
+        return torch.cat([rows, e.rows]), mean
+
+    def basis_for(self, label: Optional[int]) -> int:
+        return self.of_class.get(int(label), self.default) if label is not None and label >= 0 else self.default
+
+
+class FitSource:
+    """Indexable (K_i, C) logit matrices plus their classes, as the fitting passes read them."""
+
+    def __init__(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None,
+                 ks: Optional[Sequence[int]] = None) -> None:
+        self.matrices = matrices
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.ks = np.asarray([len(m) for m in matrices] if ks is None else ks, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.matrices)
+
+    @property
+    def total_rows(self) -> int:
+        return int(self.ks.sum())
+
+    def centred(self, i: int) -> torch.Tensor:
+        m = self.matrices[i]
+        m = (m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))).to(torch.float32)
+        return m - m.mean(-1, keepdim=True)
+
+
+def row_cost(r: int, k: float, quant: str, residual: int = 0, c: int = 1000) -> float:
+    """Record bytes per row of a store-wide record: coefficients, their int8 scales and the header."""
+    ib = 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
+    scales = 4 * r / k if quant == "int8" else 0.0
+    res = (ib + residual * (ib + 2)) if residual else 0.0
+    return r * bytes_per_value(quant) + scales + HEADER_BYTES / k + res
+
+
+class StoreCodec(Codec):
+    """Base of codecs whose bases are fitted on the whole store before any record is written."""
+
+    scope = "store"
+    shared_basis = True
+
+    def __init__(self, fit_temperature: float = 1.0, newton_steps: int = 2, penalty: float = 0.3,
+                 fit_rows: int = 200_000, **config: Any):
+        super().__init__(fit_temperature=fit_temperature, newton_steps=newton_steps, penalty=penalty, fit_rows=fit_rows,
+                         **config)
+        if fit_temperature <= 0 or newton_steps < 0 or fit_rows < 1 or penalty < 0:
+            raise CodecError(f"{self.codec_id}: need fit_temperature > 0, newton_steps >= 0, penalty >= 0 and "
+                             f"fit_rows >= 1")
+        self.fit_temperature, self.newton_steps, self.fit_rows = float(fit_temperature), int(newton_steps), int(fit_rows)
+        self.penalty = float(penalty)
+
+    def factorize(self, y, ranks):  # pragma: no cover - store codecs go through fit/coefficients
+        raise CodecError(f"{self.codec_id} is a store-wide codec: fit it on the store (StoreWriter.fit) first")
+
+    def coefficients(self, y: torch.Tensor, bases: BasisSet, basis_id: int) -> torch.Tensor:
+        """Coefficients (n, K, R) of centred rows ``y`` (n, K, C) on basis ``basis_id`` (full rank R)."""
+        rows, mean = bases.full(basis_id)
+        n, k, c = y.shape
+        a = fit_coefficients(y.reshape(-1, c), rows, mean, temperature=self.fit_temperature, steps=self.newton_steps,
+                             penalty=self.penalty)
+        return a.reshape(n, k, -1)
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def _gram(self, src: FitSource, device: str) -> Tuple[GramAccumulator, int]:
+        """Moments over about ``fit_rows`` rows from images spread evenly over the store; total rows."""
+        n = len(src)
+        first = src.centred(0)
+        per = max(1.0, src.total_rows / max(n, 1))
+        want_images = max(1, min(n, math.ceil(self.fit_rows / per)))
+        pick = np.unique(np.linspace(0, n - 1, want_images).round().astype(np.int64))
+        acc = GramAccumulator(first.shape[1], torch.device(device))
+        for i in pick:
+            acc.add(src.centred(int(i)).to(device))
+        return acc, src.total_rows
+
+    @staticmethod
+    def _entry(rows: torch.Tensor, parent: int = -1, mean: Optional[torch.Tensor] = None) -> BasisEntry:
+        return BasisEntry(rows=roundtrip(rows.to(torch.float32).cpu(), BASIS_QUANT), parent=parent,
+                          mean=None if mean is None else mean.to(torch.float32).cpu())
+
+    def fit(self, src: FitSource, quant: str, *, rank: Optional[int] = None, energy: Optional[float] = None,
+            budget_per_row: Optional[float] = None, residual: int = 0, device: str = "cpu",
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
+        raise NotImplementedError
+
+
+@register_codec
+class GlobalBasisCodec(StoreCodec):
+    """One basis and mean row for the whole store (``head=(W, b)`` uses the teacher's last layer instead)."""
+
+    codec_id = "global"
+
+    def fit(self, src: FitSource, quant: str, *, rank: Optional[int] = None, energy: Optional[float] = None,
+            budget_per_row: Optional[float] = None, residual: int = 0, device: str = "cpu",
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
+        """Fit the basis on ``src`` and choose its rank from ``rank``, ``energy`` or ``budget_per_row`` bytes."""
+        c = int(src.centred(0).shape[1])
+        if head is not None:
+            mean, basis = head_basis(*head)
+            variances, total = None, src.total_rows
+        else:
+            acc, total = self._gram(src, device)
+            mean, basis, variances = acc.pca()
+        k = total / max(len(src), 1)
+        qmax = basis.shape[0]
+        if budget_per_row is not None:
+            r = _max_rank(lambda r: row_cost(r, k, quant, residual, c) + (2 * c * r + 4 * c) / total, budget_per_row, qmax)
+            if r is None:
+                raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
+                                  f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
+        elif energy is not None:
+            if variances is None:
+                raise CodecError("energy= needs a fitted basis; with head= give rank= (or nothing: full rank)")
+            share = variances.cumsum(0) / variances.sum().clamp_min(1e-300)
+            r = int((share < energy - 1e-12).sum()) + 1
+        else:
+            r = qmax if rank is None else int(rank)
+        r = max(0, min(r, qmax, 0xFFFF))
+        log.info("global basis: rank %d of %d (fitted on %s)", r, qmax, "the teacher head" if head is not None else "the store's rows")
+        return BasisSet([self._entry(basis[:r], mean=mean)])
+
+
+@register_codec
+class TwoLevelCodec(StoreCodec):
+    """The global basis plus, per class, ``class_rank`` directions of what it leaves in that class's rows."""
+
+    codec_id = "two-level"
+
+    def __init__(self, class_rank: Optional[int] = None, plan_classes: int = 24, **config: Any) -> None:
+        super().__init__(class_rank=class_rank, plan_classes=plan_classes, **config)
+        self.class_rank, self.plan_classes = class_rank, int(plan_classes)
+
+    def _class_rows(self, src: FitSource, cls: int) -> torch.Tensor:
+        ids = np.flatnonzero(src.labels == cls)
+        return torch.cat([src.centred(int(i)) for i in ids])
+
+    @staticmethod
+    def _class_basis(rows: torch.Tensor, top: torch.Tensor, mean: torch.Tensor, r2: int) -> torch.Tensor:
+        """``r2`` directions (orthonormal, orthogonal to ``top``) of a class's rows beyond the global basis."""
+        if r2 <= 0:
+            return rows.new_zeros(0, rows.shape[1])
+        z = rows.to(torch.float64) - mean
+        resid = z - (z @ top.T) @ top
+        q = min(r2, *resid.shape)
+        _, _, v = torch.svd_lowrank(resid, q=min(q + 6, *resid.shape), niter=3)
+        return orthonormal_rows(v[:, :q].T, top)
+
+    def _plan(self, src: FitSource, mean, basis, quant, budget_per_row, k, total, c, n_classes) -> Tuple[int, int, int]:
+        """Greedy (global rank, class rank, residual entries) under the budget, by KL gain per byte on a sample."""
+        classes = np.unique(src.labels[src.labels >= 0])
+        rng = np.random.default_rng(0)
+        sample = rng.choice(classes, size=min(self.plan_classes, len(classes)), replace=False)
+        rows = {int(cl): self._class_rows(src, int(cl)) for cl in sample}
+        rows_per_class = total / max(n_classes, 1)
+        t = self.fit_temperature
+
+        def cost(r1: int, r2: int, s: int) -> float:
+            basis_bytes = (2 * c * r1 + 4 * c + n_classes * 2 * c * r2) / total
+            return row_cost(r1 + r2, k, quant, s, c) + basis_bytes
+
+        def error(r1: int, r2: int, s: int) -> float:
+            top = basis[:r1].to(torch.float64)
+            kl, n = 0.0, 0
+            for y in rows.values():
+                b2 = self._class_basis(y, top, mean, r2)
+                full = roundtrip(torch.cat([top, b2]).to(torch.float32), BASIS_QUANT)
+                a = fit_coefficients(y, full, mean.to(torch.float32), temperature=t, steps=self.newton_steps,
+                                     penalty=self.penalty)
+                # int8 coefficients are scaled per component over the image's rows; one scale per class is close
+                approx = mean.to(torch.float32) + roundtrip(a.T.contiguous(), quant).T @ full
+                approx = approx + select_residual(y[None], approx[None], s)[0]
+                kl += float(kl_rows(torch.log_softmax(y / t, -1), approx, t).sum())
+                n += y.shape[0]
+            return kl / max(n, 1)
+
+        state = (0, 0, 0)
+        if cost(*state) > budget_per_row:
+            raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 two-level "
+                              f"record needs ({cost(*state):.2f} B per row)")
+        err = error(*state)
+        rmax = basis.shape[0]
+        while True:
+            moves = []
+            for d in ((min(8, rmax - state[0]), 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
+                nxt = (state[0] + d[0], state[1] + d[1], state[2] + d[2])
+                if nxt == state or nxt[0] > rmax or nxt[1] > c - nxt[0] or nxt[2] > c or cost(*nxt) > budget_per_row:
+                    continue
+                moves.append(nxt)
+            if not moves:
+                break
+            scored = []
+            for nxt in moves:
+                e = error(*nxt)
+                scored.append(((err - e) / max(cost(*nxt) - cost(*state), 1e-9), e, nxt))
+            gain, e, nxt = max(scored)
+            if gain <= 0:
+                break
+            state, err = nxt, e
+        log.info("two-level plan: global rank %d, class rank %d, %d residual entries per row (%.2f of %.2f B per "
+                 "row; sample KL(T=%g) %.4g)", *state, cost(*state), budget_per_row, t, err)
+        return state
+
+    def fit(self, src: FitSource, quant: str, *, rank: Optional[int] = None, energy: Optional[float] = None,
+            budget_per_row: Optional[float] = None, residual: int = 0, device: str = "cpu",
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
+        """Global basis, then one basis per class (needs ``src.labels``); ranks from the options or the plan."""
+        if src.labels is None or (src.labels < 0).all():
+            raise CodecError("the two-level codec needs each image's class (labels=, --images or --ipc)")
+        if energy is not None:
+            raise CodecError("the two-level codec takes rank= (global), class_rank= or a byte budget, not energy=")
+        c = int(src.centred(0).shape[1])
+        if head is not None:
+            mean, basis = head_basis(*head)
+            total = src.total_rows
+        else:
+            acc, total = self._gram(src, device)
+            mean, basis, _ = acc.pca()
+        k = total / max(len(src), 1)
+        classes = np.unique(src.labels[src.labels >= 0])
+        chosen_residual = None
+        if budget_per_row is not None:
+            r1, r2, chosen_residual = self._plan(src, mean, basis, quant, budget_per_row, k, total, c, len(classes))
+        else:
+            r1 = basis.shape[0] if rank is None else min(int(rank), basis.shape[0])
+            r2 = 2 if self.class_rank is None else int(self.class_rank)
+        top = basis[:r1]
+        entries = [self._entry(top, mean=mean)]
+        of_class = {}
+        for cl in classes:
+            b2 = self._class_basis(self._class_rows(src, int(cl)), top.to(torch.float64), mean, r2)
+            of_class[int(cl)] = len(entries)
+            entries.append(self._entry(b2, parent=0))
+        return BasisSet(entries, of_class=of_class, residual=chosen_residual)
+
+
+def _max_rank(cost: Callable[[int], float], budget: float, qmax: int) -> Optional[int]:
+    """Largest r in [0, qmax] with cost(r) <= budget (cost increasing), or None if even r = 0 does not fit."""
+    if cost(0) > budget:
+        return None
+    lo, hi = 0, qmax
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

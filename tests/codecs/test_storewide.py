@@ -1,0 +1,157 @@
+"""Store-wide codecs (global, two-level): recovered subspaces, KL-fitted coefficients, rate control, writer paths."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import score_codec as sc
+from score_codec.codecs.basis import GramAccumulator, fit_coefficients, head_basis, orthonormal_rows
+from score_codec.errors import BudgetError, CodecError
+
+from tests.common import centred, kl_rows, teacher_like_logits
+
+
+def affine_logits(n=40, k=12, c=60, d=6, seed=0, mix=True):
+    """Logits W h + b of a linear head over d-dim features; CutMix-like rows mix two images' features."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, d, generator=g)
+    b = torch.randn(c, generator=g)
+    own = torch.randn(n, 1, d, generator=g) * 2 + 0.3 * torch.randn(n, k, d, generator=g)
+    if mix:
+        partner = own[torch.randint(0, n, (n, k), generator=g), torch.arange(k)[None].expand(n, k)]
+        lam = torch.rand(n, k, 1, generator=g)
+        own = lam * own + (1 - lam) * partner
+    return own @ w.T + b, w, b
+
+
+def test_gram_pca_recovers_the_affine_subspace():
+    y, w, _ = affine_logits(d=6)
+    acc = GramAccumulator(y.shape[-1])
+    for chunk in centred(y).reshape(-1, y.shape[-1]).split(100):   # streaming equals one pass
+        acc.add(chunk)
+    mean, basis, var = acc.pca()
+    assert int((var > 1e-8 * var[0]).sum()) == 6                    # the recovered rank
+    span = orthonormal_rows((w - w.mean(0)).T)
+    # the top 6 principal directions span the centred head's columns
+    assert torch.allclose(basis[:6] @ span.T @ span, basis[:6], atol=1e-6)
+
+
+def test_global_codec_is_near_exact_at_the_subspace_rank_and_reports_it(tmp_path):
+    y, _, _ = affine_logits()
+    st = sc.encode(y, str(tmp_path / "g1"), method="global", energy=0.999999, quant="fp32")
+    store = sc.LabelStore(str(tmp_path / "g1"))
+    assert st["rank_max"] == 6 and st["shared_bases"] == 1
+    got = torch.stack([store.matrix(i) for i in range(len(store))])
+    # fp16 basis, fp32 coefficients: errors at fp16 rounding of the basis
+    assert (got - centred(y)).abs().max() < 2e-3 * centred(y).abs().max()
+    assert torch.allclose(store.rows([3, 7], [0, 11]), got[[3, 7], [0, 11]], atol=1e-5)
+
+
+def test_head_basis_gives_exact_logits_with_d_components(tmp_path):
+    y, w, b = affine_logits()
+    mean, rows = head_basis(w, b)
+    assert rows.shape == (6, y.shape[-1])
+    a = fit_coefficients(centred(y).reshape(-1, y.shape[-1]), rows.float(), mean.float(), steps=0)
+    rec = (a @ rows.float() + mean.float()).reshape(y.shape)
+    assert (rec - centred(y)).abs().max() < 1e-4 * y.abs().max()
+    st = sc.encode(y, str(tmp_path / "head"), method="global", head=(w, b), quant="int8")
+    assert st["rank_max"] == 6
+
+
+def test_kl_fit_lowers_kl_against_the_projection():
+    y = teacher_like_logits(30, 20, 40, rank=6, seed=3)
+    rows = centred(y).reshape(-1, 40)
+    acc = GramAccumulator(40)
+    acc.add(rows)
+    mean, basis, _ = acc.pca()
+    b, mu = basis[:3].float(), mean.float()
+    proj = fit_coefficients(rows, b, mu, steps=0)
+    fitted = fit_coefficients(rows, b, mu, steps=3)
+    k_proj, k_fit = kl_rows(rows, proj @ b + mu), kl_rows(rows, fitted @ b + mu)
+    assert k_fit < 0.7 * k_proj
+    # no row gets worse: each Newton step is kept only where it lowers that row's KL
+    p = torch.log_softmax(rows.double(), -1)
+    per_proj = (p.exp() * (p - torch.log_softmax((proj @ b + mu).double(), -1))).sum(-1)
+    per_fit = (p.exp() * (p - torch.log_softmax((fitted @ b + mu).double(), -1))).sum(-1)
+    assert bool((per_fit <= per_proj + 1e-6).all())
+
+
+@pytest.mark.parametrize("ratio", [20, 60])
+def test_global_ratio_meets_the_budget_with_bases_counted(ratio, tmp_path):
+    y = teacher_like_logits(60, 30, 200, rank=8, seed=4)
+    st = sc.encode(y, str(tmp_path / f"r{ratio}"), method="global", ratio=ratio, quant="int8")
+    assert st["ratio"] >= ratio * (1 - 1e-9)
+    assert st["label_bytes"] <= 2 * 200 * 60 * 30 / ratio
+    assert st["ratio"] < 1.25 * ratio                 # and spends most of it
+    with pytest.raises(BudgetError):
+        sc.encode(y, str(tmp_path / "r_na"), method="global", ratio=2000, quant="int8")
+
+
+def test_two_level_class_bases_are_orthogonal_refinements(tmp_path):
+    y = teacher_like_logits(24, 10, 30, rank=5, seed=6)
+    labels = [i % 4 for i in range(24)]
+    sc.encode(y, str(tmp_path / "two"), method="two-level", rank=3, labels=labels, quant="fp16",
+              codec_config={"class_rank": 2})
+    store = sc.LabelStore(str(tmp_path / "two"))
+    assert len(store.basis_table) == 5 and store.basis_table["parent"].tolist() == [-1, 0, 0, 0, 0]
+    top = store.basis(0)
+    for cl in range(4):
+        j = int(store.index["basis"][labels.index(cl)])
+        full = store.basis(j)
+        assert full.shape == (5, 30) and torch.allclose(full[:3], top)
+        assert (full[3:] @ top.T).abs().max() < 1e-2          # orthogonal up to fp16 rounding
+    got = torch.stack([store.matrix(i) for i in range(24)])
+    glob = sc.encode(y, str(tmp_path / "two_g"), method="global", rank=3, quant="fp16")
+    g_store = sc.LabelStore(str(tmp_path / "two_g"))
+    g_got = torch.stack([g_store.matrix(i) for i in range(24)])
+    assert kl_rows(y, got) < kl_rows(y, g_got)                    # the class level helps at equal global rank
+    with pytest.raises(CodecError, match="class"):
+        sc.encode(y, str(tmp_path / "two_nolab"), method="two-level", rank=3)
+
+
+def test_two_level_rate_control_plans_within_the_budget(tmp_path):
+    y = teacher_like_logits(40, 20, 60, rank=6, seed=8)
+    labels = [i % 5 for i in range(40)]
+    st = sc.encode(y, str(tmp_path / "plan"), method="two-level", ratio=8, labels=labels, quant="int8")
+    assert 8 <= st["ratio"] < 12
+
+
+def test_streaming_writer_fit_and_first_chunk_fallback(caplog, tmp_path):
+    y = teacher_like_logits(30, 8, 20, rank=4, seed=9)
+    with sc.StoreWriter(str(tmp_path / "w1"), 20, method="global", rank=4, quant="int8") as w:
+        w.fit(list(y))
+        for s in range(0, 30, 7):
+            w.add(y[s:s + 7])
+    with caplog.at_level(logging.WARNING):
+        with sc.StoreWriter(str(tmp_path / "w2"), 20, method="global", rank=4, quant="int8") as w:
+            w.add(y[:10])
+    assert "first chunk" in caplog.text
+    a, b = sc.LabelStore(str(tmp_path / "w1")), sc.encode(y, str(tmp_path / "w3"), method="global", rank=4, quant="int8")
+    ref = sc.LabelStore(str(tmp_path / "w3"))
+    # fit(all) then chunked adds equals the one-call encode (same basis; rows fitted independently)
+    assert a.basis_table.tobytes() == ref.basis_table.tobytes()
+    assert torch.allclose(torch.stack([a.matrix(i) for i in range(30)]), torch.stack([ref.matrix(i) for i in range(30)]),
+                          atol=1e-3 * float(y.abs().max()))
+    with pytest.raises(sc.InputError):
+        with sc.StoreWriter(str(tmp_path / "w4"), 20, method="svd", rank=2) as w:
+            w.fit(list(y))
+
+
+def test_resumed_global_store_keeps_its_basis(tmp_path):
+    y = teacher_like_logits(40, 8, 20, rank=4, seed=10)
+    path = str(tmp_path / "res")
+    w = sc.StoreWriter(path, 20, method="global", rank=4, quant="int8", shard_bytes=600)
+    w.fit(list(y))
+    w.add(y[:25])
+    w._flush_shard()
+    w.abort(keep_partial=True)                              # as if interrupted after some shards
+    w2 = sc.StoreWriter(path, 20, method="global", rank=4, quant="int8", shard_bytes=600, resume=True)
+    assert w2.num_images > 0 and w2._basis_set is not None
+    w2.add(y[w2.num_images:])
+    w2.close()
+    sc.encode(y, str(tmp_path / "res_ref"), method="global", rank=4, quant="int8", shard_bytes=600)
+    a, b = sc.LabelStore(path), sc.LabelStore(str(tmp_path / "res_ref"))
+    assert a.verify() == [] and a.basis_table.tobytes() == b.basis_table.tobytes()
