@@ -264,7 +264,7 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
     schedule over all steps, as ``benchmarks.train_student``; ``torch.manual_seed(seed)`` before the
     model is built, so every variant starts from the same weights and (except LPLD) runs the same steps.
     """
-    from benchmarks.train_student import evaluate
+    from score_codec.training.student import evaluate
     from score_codec.training.models import ConvNet
 
     torch.manual_seed(seed)

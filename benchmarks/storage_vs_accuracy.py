@@ -175,7 +175,7 @@ class Pipeline:
 
     # -- 2. teacher -----------------------------------------------------------------------------------
     def teacher(self) -> torch.nn.Module:
-        from benchmarks.train_student import evaluate
+        from score_codec.training.student import evaluate
         from score_codec.training.images import TensorImages
         from score_codec.training.models import ResNet, load_model, save_model
 

@@ -7,6 +7,7 @@ and the expected versus the found value.
 from __future__ import annotations
 
 __all__ = [
+    "cli_message",
     "ScoreError",
     "InputError",
     "FormatError",
@@ -90,3 +91,24 @@ class BudgetError(InputError):
 
 class WriteFailedError(InputError):
     """The destination could not be written (disk full, file too large, I/O error); nothing was kept."""
+
+
+#: Python keyword spellings in messages -> the command-line flags that do the same
+_CLI_SPELLING = {
+    "overwrite=True": "--overwrite",
+    "resume=True": "--resume",
+    "check_mapping=False": "--trust-order",
+    "keep_mean=True": "--keep-mean",
+    "labels=": "--images or --ipc",
+    "num_classes=": "--num-classes",
+    "quant='fp32'": "--quant fp32",
+    "resume with resume=True": "resume with --resume",
+}
+
+
+def cli_message(exc: BaseException) -> str:
+    """``str(exc)`` with Python keyword spellings replaced by their command-line flags."""
+    msg = str(exc)
+    for py, flag in sorted(_CLI_SPELLING.items(), key=lambda kv: -len(kv[0])):
+        msg = msg.replace(py, flag)
+    return msg

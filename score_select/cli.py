@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 
-from score_codec.errors import InputError, ScoreError
+from score_codec.errors import InputError, ScoreError, cli_message
 
 __all__ = ["main", "build_parser"]
 
@@ -137,10 +137,23 @@ def run(args) -> dict:
     if args.ipc <= 0:
         raise InputError(f"--ipc must be positive, got {args.ipc}")
     out_dir = args.out
+    created = not os.path.exists(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output directory {out_dir}: {exc}") from exc
+    try:
+        return _select_into(args, out_dir, alpha, beta, temperature)
+    except BaseException:
+        if created:   # a failed run leaves nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _select_into(args, out_dir: str, alpha: float, beta: float, temperature: float) -> dict:
+    from . import select
+    from .registry import method_options
+
     data, meta = _features(args, out_dir)
     y = data["labels"]
     soft = data.get("soft_labels")
@@ -148,7 +161,8 @@ def run(args) -> dict:
         soft = data.get("logits")
     idx, gains = select(data["features"], y, args.ipc, method=args.method, alpha=alpha, beta=beta,
                         eps_sq=args.eps_sq, soft_labels=soft, device=args.device, temperature=temperature,
-                        seed=args.seed, progress=not args.quiet, order=args.order)
+                        seed=args.seed, progress=not args.quiet,
+                        **({"order": args.order} if "order" in method_options(args.method) else {}))
     idx_l, lab_l = idx.tolist(), y[idx].tolist()
     paths = meta.get("paths") or []
     summary = {
@@ -172,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = run(args)
     except ScoreError as exc:
-        print(f"score-select: error: {exc}", file=sys.stderr)
+        print(f"score-select: error: {cli_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("score-select: interrupted", file=sys.stderr)

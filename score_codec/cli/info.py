@@ -6,13 +6,10 @@ import json
 import logging
 from typing import Any, Dict, List
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
+from ..errors import CorruptRecordError
+from .options import HelpFormatter
 
-from ..errors import CorruptRecordError, FormatError
-
-__all__ = ["register", "cmd_info", "cmd_verify", "fidelity", "FidelityAccumulator"]
+__all__ = ["register", "cmd_info", "cmd_verify"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +25,10 @@ VERIFY_EPILOG = """examples:
   score-codec verify labels.store --against dumps/FKD_cutmix_fp16   # + KL (T=1, T=20), top-1 per epoch
 exit status: 0 healthy, 1 a record is corrupt, 2 bad input.
 """
+
+
+def _ratio(r: float) -> str:
+    return f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -53,69 +54,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"ranks           min {st['rank_min']}, mean {st['rank_mean']:.2f}, max {st['rank_max']}",
         f"label bytes     {st['label_bytes']} ({st['bytes_per_row']:.1f} per row)",
         f"disk bytes      {st['disk_bytes']} (metadata {st['meta_bytes']} before compression)",
-        f"ratio           {st['ratio']:.1f}x vs fp16 logits; {st['ratio_vs_dump']:.1f}x vs the fp16 dump on disk",
+        f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk",
+        f"decodes to      {'exact logits (--keep-mean)' if st['keep_mean'] else 'row-centred logits (softmax unchanged)'}",
     ]
     print("\n".join(lines))
     return 0
 
 
-class FidelityAccumulator:
-    """Running KL(softmax(Y/T) || softmax(Yhat/T)) at T=1 and T=20 and top-1 agreement, per epoch."""
-
-    TEMPS = (1.0, 20.0)
-
-    def __init__(self) -> None:
-        self.per: Dict[int, Dict[str, float]] = {}
-
-    def add(self, epoch: int, y: torch.Tensor, yhat: torch.Tensor) -> None:
-        """y, yhat: (B, C) logits of the same rows (any shift per row)."""
-        y, yhat = y.double(), yhat.double()
-        d = self.per.setdefault(int(epoch), {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0})
-        d["rows"] += y.shape[0]
-        d["agree"] += int((y.argmax(1) == yhat.argmax(1)).sum())
-        for t, key in zip(self.TEMPS, ("kl_t1", "kl_t20")):
-            lp, lq = torch.log_softmax(y / t, 1), torch.log_softmax(yhat / t, 1)
-            d[key] += float((lp.exp() * (lp - lq)).sum())
-
-    @staticmethod
-    def _final(d: Dict[str, float]) -> Dict[str, float]:
-        n = max(d["rows"], 1)
-        return {"rows": int(d["rows"]), "kl_t1": d["kl_t1"] / n, "kl_t20": d["kl_t20"] / n, "top1_agreement": d["agree"] / n}
-
-    def result(self) -> Dict[str, Any]:
-        tot = {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0}
-        for d in self.per.values():
-            for k in tot:
-                tot[k] += d[k]
-        return {"per_epoch": {str(e): self._final(d) for e, d in sorted(self.per.items())}, "overall": self._final(tot)}
-
-
-def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto", progress: bool = False,
-             device: str = "cpu") -> Dict[str, Any]:
-    """Compare a store with the dump it was encoded from, file by file (bounded memory)."""
-    from ..formats import open_reader
-
-    attrs = store.aug.attrs
-    reader = open_reader(src, attrs.get("format", "auto") if fmt == "auto" else fmt, **reader_opts)
-    rows = store.aug.rows
-    acc = FidelityAccumulator()
-    at = 0
-    for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc="verify", unit="file", disable=not progress):
-        n = len(rec.rows)
-        mine = rows[at:at + n]
-        if len(mine) != n or not np.array_equal(mine["image"], rec.rows["image"]):
-            raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
-                              f"(is this the dump the store was encoded from?)")
-        yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
-        acc.add(int(rec.rows["epoch"][0]) if n else 0, torch.from_numpy(rec.logits.astype(np.float32)), yhat)
-        at += n
-    if at != len(rows):
-        raise FormatError(f"{src}: the dump has {at} rows, the store {len(rows)}")
-    return acc.result()
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every record; with --against, report fidelity per epoch and overall."""
+    from ..formats.fidelity import fidelity
     from ..store.reader import LabelStore
     from .encode import reader_options
 
@@ -148,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``info`` and ``verify`` to the ``score-codec`` parser."""
     from .encode import add_reader_arguments
 
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = HelpFormatter
     p = sub.add_parser("info", help="Describe a label store.", formatter_class=fmt, epilog=INFO_EPILOG,
                        description="Print the number of images, rows per image (K), classes (C), stored bytes, the "
                        "compression ratio against fp16 logits and against the fp16 dump, ranks and methods.")

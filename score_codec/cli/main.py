@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from ..errors import ScoreError
+from ..errors import ScoreError, cli_message
 
 __all__ = ["main", "build_parser"]
 
@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "score_codec.cli.encode",
     "score_codec.cli.info",
     "score_codec.cli.relabel",
+    "score_codec.cli.train",
 ]
 
 EPILOG = """examples:
@@ -54,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ScoreError as exc:
-        print(f"score-codec {args.command}: error: {exc}", file=sys.stderr)
+        print(f"score-codec {args.command}: error: {cli_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("score-codec: interrupted", file=sys.stderr)

@@ -3,22 +3,42 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+
+from .options import HelpFormatter, add_codec_arguments, codec_kwargs
 
 __all__ = ["register"]
 
 MIX_CHOICES = ("cutmix", "mixup", "none")
 
+EPILOG = """examples:
+  score-codec relabel fashion-mnist:train:500 teacher.safetensors labels.store --epochs 20 --batch-size 50 --rank 4
+  score-codec relabel "cjk-glyphs:train:2000?classes=100" glyph_teacher.safetensors glyphs.store --epochs 30 \\
+      --method global --ratio 30 --quant int8 --raw-dump glyphs_fp16_dump
+  score-codec relabel data/syn_ipc50 teacher.safetensors labels.store --epochs 300 --batch-size 1024 \\
+      --method global --head teacher.safetensors --quant int8
+"""
+
 
 def _run(args: argparse.Namespace) -> int:
     if args.quiet:
         logging.getLogger("score_codec").setLevel(logging.WARNING)
+    from .encode import _check_codec_args, load_head
     from ..training.relabel import relabel
 
-    relabel(args.images, args.teacher, args.dst, args.epochs, mix=args.mix, batch_size=args.batch_size,
-            method=args.method, rank=None if args.energy is not None else args.rank, quant=args.quant, seed=args.seed,
-            input_size=args.input_size, raw_dump=args.raw_dump, device=args.device, overwrite=args.overwrite,
-            progress=not args.quiet,
-            writer_options={k: v for k, v in (("energy", args.energy), ("residual", args.residual)) if v})
+    _check_codec_args(args)
+    kw = codec_kwargs(args)
+    writer = {k: kw[k] for k in ("energy", "ratio", "residual", "keep_mean", "codec_config") if kw.get(k)}
+    stats = relabel(args.images, args.teacher, args.dst, args.epochs, mix=args.mix, batch_size=args.batch_size,
+                    method=args.method, rank=kw["rank"], quant=args.quant, seed=args.seed,
+                    scale=(args.min_scale, 1.0), input_size=args.input_size, raw_dump=args.raw_dump,
+                    device=args.device, overwrite=args.overwrite, progress=not args.quiet, writer_options=writer,
+                    head=load_head(args.head) if args.head else None)
+    r = stats["ratio"]
+    size = f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
+    print(f"{args.dst}: {stats['images']} images x {args.epochs} epochs, {stats['label_bytes']:,} label bytes "
+          f"({stats['bytes_per_row']:.1f} per row), {size} fp16 logits"
+          + (f"; SRe2L dump in {args.raw_dump}" if args.raw_dump else ""), file=sys.stdout)
     return 0
 
 
@@ -29,27 +49,20 @@ def register(subparsers) -> None:
         description="Run a teacher over K augmented epochs of an image set (random resized crop, flip and "
                     "one CutMix or Mixup per batch, all seeded) and write its logits as a compressed label "
                     "store with the augmentation parameters needed to replay every view exactly.",
-        epilog="examples:\n  score-codec relabel fashion-mnist:train teacher.safetensors labels.store "
-               "--epochs 10 --mix cutmix --batch-size 64 --rank 8\n"
-               "  score-codec relabel data/syn_ipc50 teacher.safetensors labels.store --epochs 300 --batch-size 1024 "
-               "--energy 0.999 --quant int8 --residual 1 --raw-dump FKD_cutmix_fp16",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", help="Image folder (class sub-folders) or 'fashion-mnist[:train|test]'.")
+        epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("images", help="Image folder (class sub-folders), 'fashion-mnist[:train|test[:N]]' or "
+                   "'cjk-glyphs[:train|test[:N]][?classes=C]'.")
     p.add_argument("teacher", help="Teacher: a .safetensors file written by save_model, or 'package.module:factory'.")
     p.add_argument("dst", help="Destination label store (a directory, or a single file ending in .h5).")
     p.add_argument("--epochs", type=int, required=True, help="Number of augmented epochs (label rows per image).")
-    p.add_argument("--mix", choices=MIX_CHOICES, default="cutmix", help="Batch mixing (default: cutmix).")
-    p.add_argument("--batch-size", type=int, default=64, help="Batch size; mixing happens within a batch (default: 64).")
-    p.add_argument("--method", default="svd", help="Codec method, e.g. svd, rpca, cur, shared (default: svd).")
-    p.add_argument("--rank", type=int, default=8, help="Rank of the low-rank factors (default: 8).")
-    p.add_argument("--energy", type=float, default=None, help="Instead of --rank: keep this share of each image's "
-                   "squared singular values (e.g. 0.999).")
-    p.add_argument("--residual", type=int, default=0, help="Sparse residual entries kept per row (default: 0).")
-    p.add_argument("--quant", default="fp16", help="Factor quantisation, e.g. fp16 or int8 (default: fp16).")
-    p.add_argument("--seed", type=int, default=42, help="Seed of the sampler and all augmentation draws (default: 42).")
+    p.add_argument("--mix", choices=MIX_CHOICES, default="cutmix", help="Batch mixing.")
+    p.add_argument("--batch-size", type=int, default=64, help="Batch size; mixing happens within a batch.")
+    p.add_argument("--min-scale", type=float, default=0.08, help="Smallest crop area share of RandomResizedCrop.")
+    add_codec_arguments(p)
+    p.add_argument("--seed", type=int, default=42, help="Seed of the sampler and all augmentation draws.")
     p.add_argument("--input-size", type=int, default=None, help="Side of the square views (default: image height).")
     p.add_argument("--raw-dump", default=None, help="Also write an SRe2L-format dump (epoch_e/batch_b.tar) here.")
-    p.add_argument("--device", default="cpu", help="Torch device of the teacher and the encoder (default: cpu).")
+    p.add_argument("--device", default="cpu", help="Torch device of the teacher and the encoder.")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing destination store.")
     p.add_argument("--quiet", action="store_true", help="No progress bar and no info messages.")
     p.set_defaults(func=_run)

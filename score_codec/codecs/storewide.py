@@ -276,7 +276,7 @@ class TwoLevelCodec(StoreCodec):
             head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
         """Global basis, then one basis per class (needs ``src.labels``); ranks from the options or the plan."""
         if src.labels is None or (src.labels < 0).all():
-            raise CodecError("the two-level codec needs each image's class (labels=, --images or --ipc)")
+            raise CodecError("the two-level codec needs each image's class (labels=)")
         if energy is not None:
             raise CodecError("the two-level codec takes rank= (global), class_rank= or a byte budget, not energy=")
         c = int(src.centred(0).shape[1])

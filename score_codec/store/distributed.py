@@ -168,7 +168,7 @@ def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[in
     if world == 1:
         return encode(Y, path, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
     if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+        raise InputError(f"{path}: destination exists (pass overwrite=True to replace it)")
     if is_single_file(path):
         raise InputError(f"{path}: distributed encoding writes a directory store; drop the .h5 suffix")
     root = f"{path}.dist-parts"

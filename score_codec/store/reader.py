@@ -174,8 +174,8 @@ class LabelStore:
             if p >= 0 and int(t["flags"][j]) & BASIS_FLAG_MEAN:
                 raise IndexMismatchError(f"{where}: basis {j} has a mean row but a parent ({p}); only roots hold means")
             full[j] = int(t["rank"][j]) + (full[p] if p >= 0 else 0)
-        if len(full) and int(full.max()) > self.num_classes * 4:
-            raise IndexMismatchError(f"{where}: basis ranks up to {int(full.max())} exceed what {self.num_classes} classes need")
+        if len(full) and int(full.max()) > self.num_classes:
+            raise IndexMismatchError(f"{where}: a full basis of rank {int(full.max())} exceeds C={self.num_classes}")
         self.basis_full_rank = full
 
     def _check_pid(self) -> None:

@@ -98,7 +98,7 @@ class StoreWriter:
         self.single = is_single_file(self.path)
         self.overwrite = overwrite
         if os.path.exists(self.path) and not overwrite:
-            raise InputError(f"{self.path}: destination exists (pass overwrite=True / --overwrite to replace it)")
+            raise InputError(f"{self.path}: destination exists (pass overwrite=True to replace it)")
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise InputError(f"{self.path}: parent directory {parent} does not exist")

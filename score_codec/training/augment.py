@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 
 __all__ = ["sample_crop", "crop_coords", "coords_to_box", "resized_crop", "hflip", "cutmix_box", "apply_mix",
-           "mix_type_id", "MIX_NAMES"]
+           "mix_type_id", "MIX_NAMES", "augment_views", "random_resized_views"]
 
 #: Mix name -> the integer id stored in AugMeta's batches table.
 MIX_NAMES = {"none": MIX_NONE, "cutmix": MIX_CUTMIX, "mixup": MIX_MIXUP}
@@ -174,3 +174,49 @@ def apply_mix(x: torch.Tensor, mix_type: Union[str, int, None], perm: Optional[t
     if lam is None:
         raise InputError("apply_mix: Mixup needs lam")
     return lam * x + (1.0 - lam) * x[perm]
+
+
+def _crop_params(m: int, g: torch.Generator, scale, ratio, flip) -> torch.Tensor:
+    """``(m, 4)`` rows (x scale with flip sign, x centre, y scale, y centre) in grid units."""
+    area = torch.empty(m).uniform_(scale[0], scale[1], generator=g)
+    r = torch.empty(m).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g).exp()
+    w = (area * r).sqrt().clamp(max=1.0)  # crop width / height as fractions of the image
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(m, generator=g) * 2 - 1) * (1 - w)
+    cy = (torch.rand(m, generator=g) * 2 - 1) * (1 - h)
+    sx = torch.where(torch.rand(m, generator=g) < 0.5, -w, w) if flip else w
+    return torch.stack([sx, cx, h, cy], 1)
+
+
+def augment_views(x: torch.Tensor, k: int, generator: Union[torch.Generator, Sequence[torch.Generator]],
+                  scale: Tuple[float, float] = (0.4, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                  flip: bool = True) -> torch.Tensor:
+    """``k`` RandomResizedCrop(+ horizontal flip) views of each image, batched with one ``grid_sample``.
+
+    Args:
+        x: ``(B, ch, H, W)`` float images.
+        k: views per image.
+        generator: one CPU generator for the whole batch, or one per image (then an image's views do not
+            depend on how the pool was batched).
+        scale: crop area fraction range; ratio: aspect ratio range (log-uniform), as torchvision.
+        flip: flip each view with probability 1/2.
+
+    Returns:
+        ``(B * k, ch, H, W)``, image-major (rows ``i*k .. i*k+k-1`` are image ``i``'s views).
+    """
+    B = x.shape[0]
+    if isinstance(generator, torch.Generator):
+        prm = _crop_params(B * k, generator, scale, ratio, flip)
+    else:
+        prm = torch.cat([_crop_params(k, g, scale, ratio, flip) for g in generator])
+    theta = torch.zeros(B * k, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = prm.unbind(1)
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    src = x.repeat_interleave(k, dim=0)
+    grid = F.affine_grid(theta, list(src.shape), align_corners=False)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_resized_views(x: torch.Tensor, generator: torch.Generator, scale: Tuple[float, float] = (0.4, 1.0)) -> torch.Tensor:
+    """One RandomResizedCrop + flip view per image of ``x`` (B, ch, H, W): :func:`augment_views` with k = 1."""
+    return augment_views(x, 1, generator, scale=scale)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["ConvNet", "ResNet", "ARCHITECTURES", "build_model", "save_model", "load_model"]
+__all__ = ["ConvNet", "ResNet", "ARCHITECTURES", "build_model", "save_model", "load_model", "classifier_of"]
 
 
 class ConvNet(nn.Module):
@@ -198,3 +198,15 @@ def load_model(spec: Union[str, os.PathLike, nn.Module], device: Union[str, torc
             raise InputError(f"model spec {s!r}: expected an existing .safetensors file written by save_model "
                              f"or 'package.module:factory'")
     return model.to(device).eval()
+
+
+def classifier_of(model: nn.Module):
+    """(weight (C, d), bias (C,) or None) of a model's final linear layer: ``model.classifier`` when it is
+    an ``nn.Linear`` (score's architectures), else the last ``nn.Linear`` among its modules."""
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise InputError(f"{type(model).__name__} has no nn.Linear layer to use as the label basis")
+        head = linears[-1]
+    return head.weight.detach().float().cpu(), None if head.bias is None else head.bias.detach().float().cpu()

@@ -97,7 +97,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             quant: str = "fp16", seed: int = 42, input_size: Optional[int] = None,
             scale: Tuple[float, float] = (0.08, 1.0), raw_dump: Optional[str] = None, raw_fp16: bool = True,
             device: str = "cpu", overwrite: bool = False, progress: bool = True,
-            writer_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+            writer_options: Optional[Dict[str, Any]] = None,
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> Dict[str, Any]:
     """Relabel ``images`` with ``model`` over ``epochs`` augmented epochs into the store ``dst``.
 
     Args:
@@ -109,7 +110,11 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         mix: "cutmix", "mixup" or "none"; one mix per batch.
         input_size: side of the square views (default: the first image's height).
         raw_dump: also write an SRe2L-format dump there (logits fp16 unless ``raw_fp16=False``).
-        writer_options: extra :class:`~score_codec.StoreWriter` keywords (energy, residual, ...).
+        writer_options: extra :class:`~score_codec.StoreWriter` keywords (energy, ratio, residual, keep_mean,
+            codec_config, ...).
+        head: ``(W, b)`` of a linear layer to use as the basis of ``method="global"`` (e.g.
+            :func:`~score_codec.training.models.classifier_of` of the teacher); store-wide codecs otherwise
+            fit their bases on all the relabelled rows before encoding.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
     logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
@@ -127,7 +132,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     size = int(input_size) if input_size else int(torch.as_tensor(ds[0][0]).shape[-2])
     parent = os.path.dirname(os.path.abspath(dst))
     if os.path.exists(dst) and not overwrite:
-        raise InputError(f"{dst}: destination exists (pass overwrite=True / --overwrite to replace it)")
+        raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")
     if not os.path.isdir(parent):
         raise InputError(f"{dst}: parent directory {parent} does not exist")
 
@@ -195,10 +200,12 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             torch.distributed.barrier()  # every rank's logits are in the scratch file
             encode_distributed(_ScratchImages(scratch), dst, labels=images["label"].tolist(), meta=meta,
                                overwrite=overwrite, method=method, rank=rank, quant=quant, device=device,
-                               chunk_images=chunk, **(writer_options or {}))
+                               chunk_images=chunk, head=head, **(writer_options or {}))
             return LabelStore(dst).stats()
         with StoreWriter(dst, c, method=method, rank=rank, quant=quant, device=device, overwrite=overwrite,
                          **(writer_options or {})) as w:
+            if w.codec.scope == "store":
+                w.fit(_ScratchImages(scratch), images["label"].tolist(), ks=[epochs] * n, head=head)
             for s in range(0, n, chunk):
                 w.add(torch.from_numpy(np.asarray(scratch[s:s + chunk], dtype=np.float32)),
                       labels=images["label"][s:s + chunk].tolist())
@@ -211,6 +218,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             except FileNotFoundError:
                 pass
     stats = LabelStore(dst).stats()
-    log.info("relabelled %d images x %d epochs into %s (%.1fx smaller than fp16)", n, epochs, dst,
-             stats.get("ratio", float("nan")))
+    r = float(stats.get("ratio", float("nan")))
+    log.info("relabelled %d images x %d epochs into %s (%s fp16 logits)", n, epochs, dst,
+             f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than")
     return stats

@@ -87,7 +87,7 @@ def test_outputs_written(smoke):
 def test_lpld_pool_schedule_and_budget_mapping():
     from benchmarks.label_sources import BatchTable, LogitSource, PoolSource, TopKSource, soft_kd_loss
     from benchmarks.peers import lpqld_params, topk_k
-    from benchmarks.train_student import kd_loss
+    from score_codec.training.student import kd_loss
     from score_codec.store.meta import BATCH_DTYPE, ROW_DTYPE
 
     E, nb, B, n, C = 10, 4, 5, 20, 10

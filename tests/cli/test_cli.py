@@ -173,3 +173,77 @@ def test_gvbsm_through_cli(tmp_path, capsys):
     assert main(["encode", root, str(tmp_path / "s"), "--rank", "2", "--quiet"]) == 0
     assert main(["decode", str(tmp_path / "s"), str(tmp_path / "d"), "--quiet"]) == 0
     assert_same_dump(root, str(tmp_path / "d"), logits_exact=False)
+
+
+def test_static_cli_names_match_the_registries():
+    import score_codec
+    from score_codec.cli.options import FORMAT_NAMES, METHODS
+    from score_codec.formats import FORMATS, WRITERS
+
+    assert list(METHODS) == score_codec.registered_codecs()
+    assert set(FORMAT_NAMES) == set(FORMATS) == set(WRITERS)
+
+
+def test_help_and_argument_errors_answer_without_the_library():
+    """``--help`` and argument errors import neither torch nor the store (they answer at once)."""
+    import subprocess
+
+    code = ("import sys\nfrom score_codec.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch' in sys.modules, 'h5py' in sys.modules)")
+    for argv in (["--help"], ["encode", "--help"], ["encode", "only-one-arg"], ["relabel", "--help"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+        assert out.strip().endswith("False False"), (argv, out[-300:])
+    help_text = subprocess.run([sys.executable, "-m", "score_codec.cli.main", "encode", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "(default: svd)" in help_text and "(default: fp16)" in help_text
+
+
+def test_keep_mean_round_trip_is_exact_logits(dump, tmp_path, capsys):
+    dst = str(tmp_path / "mean.store")
+    assert run(["encode", dump, dst, "--method", "svd", "--rank", "8", "--quant", "fp32", "--keep-mean", "--quiet"],
+               capsys)[0] == 0
+    with read_dump(dump) as c:
+        st = LabelStore(dst)
+        i = 3
+        src = torch.from_numpy(np.asarray(c.matrix(i), dtype=np.float32))
+        # rank 8 of 10 classes at fp32: the logits themselves come back, not shifted copies
+        assert (st.matrix(i) - src).abs().max() < 0.05 * src.abs().max()
+        assert abs(float(st.matrix(i).mean() - src.mean())) < 1e-3
+    code, out, err = run(["info", dst], capsys)
+    assert "exact logits" in out
+
+
+def test_plain_ints_dump_loads_with_weights_only(store, tmp_path, capsys):
+    dst = str(tmp_path / "plain")
+    assert run(["decode", store, dst, "--format", "sre2l", "--plain-ints", "--quiet"], capsys)[0] == 0
+    item = torch.load(os.path.join(dst, "epoch_0", "batch_0.tar"), weights_only=True)   # no allow-list needed
+    assert all(type(v) is int for v in item[4])
+    default = str(tmp_path / "np")
+    assert run(["decode", store, default, "--format", "sre2l", "--quiet"], capsys)[0] == 0
+    assert all(type(v) is np.int64 for v in load_any(os.path.join(default, "epoch_0", "batch_0.tar"))[4])
+
+
+def test_cli_errors_name_cli_flags(dump, store, tmp_path, capsys):
+    code, out, err = run(["encode", dump, store, "--rank", "2"], capsys)
+    assert code == 2 and "--overwrite" in err and "overwrite=True" not in err
+    code, out, err = run(["encode", dump, str(tmp_path / "x.store"), "--method", "svd", "--class-rank", "2"], capsys)
+    assert code == 2 and "--class-rank" in err
+
+
+def test_trust_order_skips_the_mapping_check(dump, tmp_path, capsys, caplog):
+    code, out, err = run(["encode", dump, str(tmp_path / "bad.store"), "--seed", "7", "--quiet"], capsys)
+    assert code == 2 and "--trust-order" in err
+    with caplog.at_level("WARNING"):
+        code, out, err = run(["encode", dump, str(tmp_path / "trusted.store"), "--seed", "7", "--trust-order"], capsys)
+    assert code == 0 and "not checked" in caplog.text
+
+
+def test_global_method_through_the_cli(dump, tmp_path, capsys):
+    dst = str(tmp_path / "g.store")
+    # 3 rows per image and 10 classes: the 32-byte record header alone is 11 of the 20 bytes of a row
+    code, out, err = run(["encode", dump, dst, "--method", "global", "--ratio", "1.5", "--quant", "int8", "--json"], capsys)
+    assert code == 0
+    st = json.loads(out)
+    assert st["ratio"] >= 1.5 and st["shared_bases"] == 1
+    assert LabelStore(dst).verify() == []

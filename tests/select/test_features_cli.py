@@ -127,3 +127,12 @@ def test_cli_exits_2_with_one_line_on_bad_input(image_folder, teacher, tmp_path,
     rc = main([str(image_folder), str(teacher), str(tmp_path / "o4"), "--ipc", "1", "--method", "nope",
                "--views", "0", "--quiet"])
     assert rc == 2 and "unknown selection method" in capsys.readouterr().err
+
+
+def test_missing_teacher_leaves_no_output_directory(tmp_path, capsys):
+    from score_select.cli import main
+
+    out = tmp_path / "sel"
+    assert main(["fashion-mnist:train:50", str(tmp_path / "no_teacher.safetensors"), str(out), "--ipc", "1"]) == 2
+    assert not out.exists()
+    assert "error" in capsys.readouterr().err

@@ -102,9 +102,7 @@ def test_bad_arguments(tmp_path, images, teacher):
 
 
 def test_train_student_refuses_batch_size_and_is_seeded(tmp_path, images, teacher):
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-    from train_student import train_student
+    from score_codec.training.student import train_student
     from score_codec.training.dataset import BatchSizeMismatchError
 
     dst = str(tmp_path / "s.store")
@@ -117,3 +115,16 @@ def test_train_student_refuses_batch_size_and_is_seeded(tmp_path, images, teache
     assert runs[0]["steps"] == 3 * 5 and 0.0 <= runs[0]["top1"] <= 1.0
     for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters()):
         assert torch.equal(a, b)
+
+
+def test_train_teacher_cli_reports_accuracy_and_refuses_to_overwrite(tmp_path, capsys):
+    import json
+
+    out = str(tmp_path / "t.safetensors")
+    assert cli_main(["train-teacher", "fashion-mnist:train:600", out, "--test", "fashion-mnist:test:300",
+                     "--epochs", "8", "--width", "16", "--depth", "2", "--norm", "batch", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["teacher"] == out and 0.2 < res["test_top1"] <= 1.0 and os.path.isfile(out)   # 2x chance after 40 steps
+    before = os.path.getmtime(out)
+    assert cli_main(["train-teacher", "fashion-mnist:train:600", out, "--epochs", "1", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and os.path.getmtime(out) == before

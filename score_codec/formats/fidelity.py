@@ -1,0 +1,67 @@
+"""Fidelity of a label store against the dump it was encoded from: KL at T = 1 and 20, top-1 agreement."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import FormatError
+
+__all__ = ["FidelityAccumulator", "fidelity"]
+
+
+class FidelityAccumulator:
+    """Running KL(softmax(Y/T) || softmax(Yhat/T)) at T=1 and T=20 and top-1 agreement, per epoch."""
+
+    TEMPS = (1.0, 20.0)
+
+    def __init__(self) -> None:
+        self.per: Dict[int, Dict[str, float]] = {}
+
+    def add(self, epoch: int, y: torch.Tensor, yhat: torch.Tensor) -> None:
+        """y, yhat: (B, C) logits of the same rows (any shift per row)."""
+        y, yhat = y.double(), yhat.double()
+        d = self.per.setdefault(int(epoch), {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0})
+        d["rows"] += y.shape[0]
+        d["agree"] += int((y.argmax(1) == yhat.argmax(1)).sum())
+        for t, key in zip(self.TEMPS, ("kl_t1", "kl_t20")):
+            lp, lq = torch.log_softmax(y / t, 1), torch.log_softmax(yhat / t, 1)
+            d[key] += float((lp.exp() * (lp - lq)).sum())
+
+    @staticmethod
+    def _final(d: Dict[str, float]) -> Dict[str, float]:
+        n = max(d["rows"], 1)
+        return {"rows": int(d["rows"]), "kl_t1": d["kl_t1"] / n, "kl_t20": d["kl_t20"] / n, "top1_agreement": d["agree"] / n}
+
+    def result(self) -> Dict[str, Any]:
+        tot = {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0}
+        for d in self.per.values():
+            for k in tot:
+                tot[k] += d[k]
+        return {"per_epoch": {str(e): self._final(d) for e, d in sorted(self.per.items())}, "overall": self._final(tot)}
+
+
+def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto", progress: bool = False,
+             device: str = "cpu") -> Dict[str, Any]:
+    """Compare a store with the dump it was encoded from, file by file (bounded memory)."""
+    from .detect import open_reader
+
+    attrs = store.aug.attrs
+    reader = open_reader(src, attrs.get("format", "auto") if fmt == "auto" else fmt, **reader_opts)
+    rows = store.aug.rows
+    acc = FidelityAccumulator()
+    at = 0
+    for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc="verify", unit="file", disable=not progress):
+        n = len(rec.rows)
+        mine = rows[at:at + n]
+        if len(mine) != n or not np.array_equal(mine["image"], rec.rows["image"]):
+            raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
+                              f"(is this the dump the store was encoded from?)")
+        yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
+        acc.add(int(rec.rows["epoch"][0]) if n else 0, torch.from_numpy(rec.logits.astype(np.float32)), yhat)
+        at += n
+    if at != len(rows):
+        raise FormatError(f"{src}: the dump has {at} rows, the store {len(rows)}")
+    return acc.result()
