@@ -39,9 +39,12 @@ log = logging.getLogger("codec_bench")
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     "quick": dict(n=500, k=50, ranks=[1, 2, 4, 8], residuals=[0, 1], ratios=[3, 5, 10, 20, 30], shuffle_ranks=[2, 8],
-                  speed_n=24, speed_rpca=4, speed_rank=16, decode_n=64, decode_batches=30),
+                  speed_n=24, speed_rpca=4, speed_rank=16, decode_n=64, decode_batches=30,
+                  many_n=100, many_k=50, many_targets=[10, 30, 100],
+                  many_methods=["svd", "shared (per class)", "global", "two-level", "global, teacher head"]),
     "full": dict(n=1000, k=300, ranks=[1, 2, 3, 4, 6, 8], residuals=[0, 1, 2], ratios=[3, 5, 10, 20, 30],
-                 shuffle_ranks=[2, 4, 8], speed_n=96, speed_rpca=4, speed_rank=16, decode_n=200, decode_batches=200),
+                 shuffle_ranks=[2, 4, 8], speed_n=96, speed_rpca=4, speed_rank=16, decode_n=200, decode_batches=200,
+                 many_n=300, many_k=100, many_targets=[10, 20, 30, 100], many_methods=None),
 }
 METHODS = ["svd", "rsvd", "cur", "rpca", "shared"]
 QUANTS = ["fp16", "int8"]
@@ -216,6 +219,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     imgs, labels = load_subset("train", cfg["n"], seed=0)
     y = cached_teacher_logits(model, imgs, cfg["k"], seed=0, progress=not args.quiet)
     n, k, c = y.shape
+    from benchmarks.codec_manyclass import MANY_METHODS, coefficient_study, glyph_teacher_logits, manyclass_rows
+
+    methods = [m for m in MANY_METHODS if cfg["many_methods"] is None or m[0] in cfg["many_methods"]]
+    many: Dict[str, List[Dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="codec_bench_") as tmp:
+        for mix in ("cutmix", "none"):
+            ym, ylab, head, g_top1 = glyph_teacher_logits(cfg["many_n"], cfg["many_k"], mix, progress=not args.quiet)
+            many[mix] = manyclass_rows(ym, ylab, head, cfg["many_targets"], tmp, methods)
+            if mix == "cutmix":
+                coef = coefficient_study(ym)
     with tempfile.TemporaryDirectory(prefix="codec_bench_") as tmp:
         qual = quality_rows(y, labels.tolist(), cfg, tmp)
         zst = zstd_rows(y)
@@ -249,7 +262,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       and q["residual"] == 0), None)
         r["plain_bytes_per_row"] = plain["bytes_per_row"] if plain else None
         r["shuffle_gain"] = (1 - r["bytes_per_row"] / plain["bytes_per_row"]) if plain and "bytes_per_row" in r else None
-    parts = hdr + ["", "## Quality on real teacher logits (10 classes)", "", md_table(main_rows, qcols), "",
+    mcols = [("codec", "codec"), ("target", "target"), ("ratio", "achieved"), ("bytes_per_row", "B/row"),
+             ("rank", "rank"), ("kl_T1", "KL T=1"), ("kl_T20", "KL T=20"), ("top1", "top-1 agree"),
+             ("enc_mat_s", f"encode {cfg['many_k']}x1000 mat/s"), ("dec_rows_s", "decode rows/s (matrices)"),
+             ("rand_rows_s", "decode rows/s (random, batch 256)"), ("error", "note")]
+    many_hdr = (f"Real logits of the glyphs-full benchmark's teacher (1000 classes, ConvNet width 128, penultimate "
+                f"width 128, test top-1 {100 * g_top1:.2f}% on unseen font families): {cfg['many_n']} training images "
+                f"x K = {cfg['many_k']} views, RandomResizedCrop (scale 0.08-1) + flip, int8 factors. An fp16 row is "
+                f"2,000 B; 10x / 20x / 30x / 100x leave 200 / 100 / 67 / 20 B per row.")
+    parts = hdr + ["", "## Many classes: every codec on real 1000-class logits", "", many_hdr, "",
+                   "### CutMix views (one CutMix per batch of 64, the SRe2L recipe)", "", md_table(many["cutmix"], mcols), "",
+                   "### Crop + flip views (no mixing)", "", md_table(many["none"], mcols), "",
+                   "### Coefficient coding of the store-wide basis (CutMix views)", "",
+                   md_table(coef, [("budget", "budget B/row"), ("variant", "variant"), ("rank", "rank"),
+                                   ("bytes_per_row", "B/row"), ("kl_T1", "KL T=1"), ("kl_T20", "KL T=20"),
+                                   ("note", "note")]), "",
+                   "## Quality on real teacher logits (10 classes)", "", md_table(main_rows, qcols), "",
                    "## Rate control: svd with a target ratio (fp16)", "",
                    md_table(ratio_rows, [("ratio", "target ratio"), ("ratio_fp16", "achieved ratio"),
                                          ("bytes_per_row", "B/row"), ("rank_mean", "mean rank"), ("kl_T1", "KL T=1"),
@@ -274,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"codec_bench_{args.preset}.md"), "w") as f:
         f.write(text + "\n")
-    sections = [("quality", main_rows), ("ratio", ratio_rows), ("shuffle", shuf), ("zstd", zst), ("encode_speed", enc),
+    sections = [("many_cutmix", many["cutmix"]), ("many_crop", many["none"]), ("coefficients", coef), ("quality", main_rows), ("ratio", ratio_rows), ("shuffle", shuf), ("zstd", zst), ("encode_speed", enc),
                 ("decode_speed", dec)]
     keys: List[str] = []
     for _, rows in sections:

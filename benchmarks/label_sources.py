@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-__all__ = ["LabelSource", "LogitSource", "StoreSource", "TopKSource", "PoolSource", "BatchTable", "rows_to_probs",
-           "load_views", "train_one", "kd_metrics", "soft_kd_loss"]
+__all__ = ["LabelSource", "LogitSource", "StoreSource", "TopKSource", "PoolSource", "HardLabelSource", "BatchTable",
+           "rows_to_probs", "kd_metrics"]
 
 Step = Tuple[int, int]  # (label epoch, batch index within that epoch)
 
@@ -229,71 +229,42 @@ class PoolSource(LabelSource):
         return m
 
 
-# -- the student loop that consumes a LabelSource ---------------------------------------------------------
-log = logging.getLogger("benchmarks.label_sources")
+class HardLabelSource(LabelSource):
+    """Hard labels of the same replayed views: a CutMix row's target is its own class and its partner's,
+    weighted by the pasted box's area (one-hot where unmixed).  Trained at T = 1 (cross-entropy)."""
 
+    temperature = 1.0
 
-def load_views(store: str, images, idx: np.ndarray) -> List[torch.Tensor]:
-    """Every stored view, replayed once: list over label epochs of (N, C, S, S) float32 (image-id order).
+    def __init__(self, classes: np.ndarray, table: BatchTable, num_classes: int, size: int) -> None:
+        self.name, self.C = "hard labels", int(num_classes)
+        self.classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
+        rows, b = table.rows, table.batches
+        n = int(rows["image"].max()) + 1
+        self.partner = np.full((n, table.epochs), -1, dtype=np.int64)
+        self.share = np.zeros((n, table.epochs), dtype=np.float32)
+        for rec in b:
+            s, m = int(rec["row_start"]), int(rec["size"])
+            r = rows[s:s + m]
+            if int(rec["mix_type"]) == 1 and (r["mix_index"] >= 0).any():   # CutMix: the box holds the partner
+                r0, c0, r1, c1 = (int(v) for v in rec["mix_bbox"])
+                area = max(r1 - r0, 0) * max(c1 - c0, 0) / float(size * size)
+                self.partner[r["image"], int(rec["epoch"])] = r["image"][r["mix_index"]]
+                self.share[r["image"], int(rec["epoch"])] = area
+        self.label_bytes = 0
+        self.rows_kept = int(len(rows))
 
-    ``store`` is the relabel store (its augmentation metadata); ``images[idx]`` are its N images.  The
-    views are shared by every variant and seed, so all students see bit-identical inputs."""
-    from score_codec.training.images import TensorImages
-    from score_codec.training.dataset import CompressedSoftLabelDataset
-
-    sub = TensorImages(images.images[idx], np.asarray(images.targets)[idx], images.classes)
-    ds = CompressedSoftLabelDataset(sub, store, decode_labels=False)
-    out = []
-    for e in tqdm(range(ds.epochs), desc="replay views", unit="epoch", leave=False):
-        ds.set_epoch(e)
-        out.append(ds.views(np.arange(len(sub))))
-    return out
-
-
-def soft_kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(p || softmax(student / T)), batchmean: ``train_student.kd_loss`` with the target given as
-    probabilities p (B, C) instead of logits (zero entries contribute 0)."""
-    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1), target_probs, reduction="batchmean")
-
-
-def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor], cfg: Any, seed: int,
-              test, num_classes: int, progress: bool = True) -> Dict[str, Any]:
-    """Train a ConvNet student on ``source``'s targets over the replayed ``views``; test top-1.
-
-    ``cfg``: needs student_width, student_depth, T, lr, wd, train_epochs / train_steps (both None: K epochs).  AdamW and a cosine
-    schedule over all steps, as ``benchmarks.train_student``; ``torch.manual_seed(seed)`` before the
-    model is built, so every variant starts from the same weights and (except LPLD) runs the same steps.
-    """
-    from score_codec.training.student import evaluate
-    from score_codec.training.models import ConvNet
-
-    torch.manual_seed(seed)
-    model = ConvNet(in_channels=int(views[0].shape[1]), num_classes=num_classes, width=cfg.student_width,
-                    depth=cfg.student_depth)
-    epochs = cfg.train_epochs or (math.ceil(cfg.train_steps / table.per_epoch) if getattr(cfg, "train_steps", None)
-                                  else table.epochs)
-    plan = source.schedule(table, epochs, seed)
-    steps = sum(len(p) for p in plan)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    model.train()
-    last = float("nan")
-    bar = tqdm(total=steps, desc=f"student {source.name} s{seed}", unit="step", leave=False, disable=not progress)
-    for epoch_plan in plan:
-        for le, b in epoch_plan:
-            ids = table.images(le, b)
-            x = views[le][torch.as_tensor(ids)]
-            loss = soft_kd_loss(model(x), source.targets(le, ids, cfg.T), cfg.T)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = loss.item()
-            bar.update(1)
-    bar.close()
-    top1 = evaluate(model, test, int(views[0].shape[-1]), torch.device("cpu"))
-    log.info("%s seed %d: student top-1 %.4f (%d steps)", source.name, seed, top1, steps)
-    return dict(top1=top1, final_loss=last, steps=steps)
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        ids = np.asarray(image_ids, dtype=np.int64)
+        out = torch.zeros(len(ids), self.C)
+        own = self.classes[torch.as_tensor(ids)]
+        share = torch.as_tensor(self.share[ids, int(epoch)])
+        out[torch.arange(len(ids)), own] += 1 - share
+        p = self.partner[ids, int(epoch)]
+        has = torch.as_tensor(p >= 0)
+        if bool(has.any()):
+            pc = self.classes[torch.as_tensor(np.where(p >= 0, p, 0))]
+            out[torch.arange(len(ids))[has], pc[has]] += share[has]
+        return out
 
 
 @torch.no_grad()

@@ -169,16 +169,20 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
            PeerVariant("zstd", "fp16+zstd", 1, LogitSource(Y, "fp16 + zstd", fp16_zstd_bytes(Y, table)),
                        same_as="raw")]
     cls = [int(c) for c in classes]
-    high = getattr(cfg, "codecs_high", None) or cfg.codecs
-    with_res = getattr(cfg, "residual_codecs", None) or cfg.codecs
+    high = cfg.codecs if getattr(cfg, "codecs_high", None) is None else cfg.codecs_high
+    with_res = cfg.codecs if getattr(cfg, "residual_codecs", None) is None else cfg.residual_codecs
+    res_max = getattr(cfg, "residual_max_ratio", float("inf"))
     jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
-            for r in sorted({0, int(cfg.residual) if m in with_res else 0})]
+            for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
     for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
         qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
         out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}{qtag}_res{r}_x{x:g}"), cfg.quant))
+    pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
+    peers_at = getattr(cfg, "peers_at", None)
     for x in cfg.ratios:
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
-            out.append(ours_pooled(x, cfg.pool_inner, cfg.codecs[0], Y, table, cls,
-                                   os.path.join(store_dir, f"{cfg.codecs[0]}_{cfg.quant}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
-        out.extend(build_peers(x, Y, table, cfg.T))
+            out.append(ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls,
+                                   os.path.join(store_dir, f"{pool_codec}_{cfg.quant}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
+        if peers_at is None or x in peers_at:
+            out.extend(build_peers(x, Y, table, cfg.T))
     return out

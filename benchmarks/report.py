@@ -1,24 +1,31 @@
-"""Tables, CSV and plots of the storage-versus-accuracy benchmark (``benchmarks/results/<name>.*``).
+"""Tables, CSV, JSON and plots of the storage-versus-accuracy benchmark (``<out>/<name>.*``).
 
 Result rows (dicts) come from :func:`benchmarks.storage_vs_accuracy.run`:
 
-* ``experiment="selection"``: method, ipc, images, top1 (list over seeds, fractions);
+* ``experiment="selection"``: method, ipc, images, K, top1 (list over seeds, fractions);
+* ``experiment="hard"``: the hard-label student on the sweep's views;
 * ``experiment="storage"``: vid, family, name, target (ratio), rows (N*K of the full dump), C,
-  label_bytes, rows_kept, kl (nats, T), agree (fraction), top1 (list), note ("n/a: ..." when the
-  budget is unreachable).
+  label_bytes, rows_kept, kl (nats, at the student's T), kl_t1, agree (fraction), top1 (list), note
+  ("n/a: ..." when the budget is unreachable).
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import statistics
 from typing import Any, Dict, List, Optional
 
-__all__ = ["budget_bytes", "meets_budget", "mean_std", "write_report", "FAMILY_ORDER"]
+__all__ = ["budget_bytes", "meets_budget", "mean_std", "converged", "write_report", "FAMILY_ORDER", "JSON_FAMILY"]
 
 log = logging.getLogger("benchmarks.report")
 FAMILY_ORDER = ["raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"]
+#: family names of the machine-readable result
+JSON_FAMILY = {"ours": "ours", "ours+pool": "ours+pool", "LPLD": "lpld", "LPQLD": "lpqld", "FKD": "fkd",
+               "fp16+zstd": "zstd", "raw": "raw"}
+#: the schedule is long enough when its last quarter adds less than this (top-1 fraction)
+CONVERGED_GAIN = 0.005
 
 
 def budget_bytes(row: Dict[str, Any]) -> float:
@@ -41,13 +48,21 @@ def mean_std(v: Optional[List[float]]) -> str:
     return f"{m:.2f} ± {100 * statistics.stdev(v):.2f}" if len(v) > 1 else f"{m:.2f}"
 
 
-def _schedule(cfg: Dict[str, Any]) -> str:
+def converged(curve: List[List[float]]) -> Optional[bool]:
+    """True when the last quarter of the schedule added < 0.5 point of top-1 (None without a curve)."""
+    pts = dict((round(f, 4), a) for f, a in curve)
+    if 0.75 not in pts or 1.0 not in pts:
+        return None
+    return pts[1.0] - pts[0.75] < CONVERGED_GAIN
+
+
+def _schedule(cfg: Dict[str, Any], info: Dict[str, Any]) -> str:
     if cfg.get("train_epochs"):
         return f"{cfg['train_epochs']} epochs (label epoch e mod K)"
     if cfg.get("train_steps"):
-        return (f"about {cfg['train_steps']} steps per student (ceil(steps / batches per epoch) epochs; label epoch "
-                f"e mod K, so each stored view is replayed several times)")
-    return "one pass per label epoch"
+        return (f"about {cfg['train_steps']} steps per student (label epoch e mod K, so each stored view is "
+                f"replayed several times)")
+    return f"{info['label_epochs']} epochs, training epoch e on label epoch e (each stored view once)"
 
 
 def _yes(v: Optional[bool]) -> str:
@@ -59,36 +74,37 @@ def _sort_key(r: Dict[str, Any]):
     return (float(r["target"]) if r["family"] not in ("raw", "fp16+zstd") else 0.0, fam, r["vid"])
 
 
-def _storage_table(rows: List[Dict[str, Any]]) -> List[str]:
-    out = ["| target | variant | family | label bytes | B/row | ratio | in budget | KL(T) | top-1 agree "
+def _storage_table(rows: List[Dict[str, Any]], T: float) -> List[str]:
+    out = [f"| target | variant | family | label bytes | B/row | ratio | in budget | KL(T=1) | KL(T={T:g}) | top-1 agree "
            "| student top-1 (%) | note |",
-           "|---:|---|---|---:|---:|---:|:-:|---:|---:|---:|---|"]
+           "|---:|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=_sort_key):
         if r.get("label_bytes") is None:
-            out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | | | | | | | n/a | {r['note'][:110]} |")
+            out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | | | | | | | | n/a | {r['note'][:110]} |")
             continue
-        ratio = r["rows"] * 2 * r["C"] / r["label_bytes"]
+        ratio = r["rows"] * 2 * r["C"] / r["label_bytes"] if r["label_bytes"] else float("inf")
         kept = r["rows_kept"] / r["rows"]
         note = r.get("note") or ("" if kept == 1 else f"keeps {100 * kept:.1f}% of rows; KL/agree over kept rows")
         out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | {r['label_bytes']:,} | "
                    f"{r['label_bytes'] / r['rows']:.3f} | {ratio:.2f}x | {_yes(meets_budget(r))} | "
-                   f"{r['kl']:.3g} | {100 * r['agree']:.1f}% | {mean_std(r.get('top1'))} | {note} |")
+                   f"{r.get('kl_t1', float('nan')):.3g} | {r['kl']:.3g} | {100 * r['agree']:.1f}% | "
+                   f"{mean_std(r.get('top1'))} | {note} |")
     return out
 
 
-def _best_table(rows: List[Dict[str, Any]]) -> List[str]:
-    """Per target ratio: the best of each family (by mean student top-1) and our margin over the peers."""
-    raw = next((r for r in rows if r["family"] == "raw"), None)
-    raw_m = statistics.fmean(raw["top1"]) if raw and raw.get("top1") else None
+def _best(rows: List[Dict[str, Any]], fam: str, t: float) -> Optional[Dict[str, Any]]:
+    cand = [r for r in rows if r["family"] == fam and float(r["target"]) == t and r.get("top1")]
+    return max(cand, key=lambda r: statistics.fmean(r["top1"])) if cand else None
+
+
+def _best_table(rows: List[Dict[str, Any]], raw_m: Optional[float]) -> List[str]:
+    """Per target ratio: the best of each family (by mean student top-1) and our margins."""
     targets = sorted({float(r["target"]) for r in rows if r["family"] not in ("raw", "fp16+zstd")})
     fams = ["ours", "ours+pool", "LPLD", "LPQLD", "FKD"]
     out = ["| target | " + " | ".join(f"best {f}" for f in fams) + " | best ours - raw (pt) | best ours - best peer (pt) |",
            "|---:|" + "---|" * len(fams) + "---:|---:|"]
     for t in targets:
-        best: Dict[str, Any] = {}
-        for f in fams:
-            cand = [r for r in rows if r["family"] == f and float(r["target"]) == t and r.get("top1")]
-            best[f] = max(cand, key=lambda r: statistics.fmean(r["top1"])) if cand else None
+        best = {f: _best(rows, f, t) for f in fams}
         cells = [f"{b['name']}: {mean_std(b['top1'])}" if b else "n/a" for b in (best[f] for f in fams)]
         mine = [statistics.fmean(best[f]["top1"]) for f in fams[:2] if best[f]]
         o = max(mine) if mine else None
@@ -99,20 +115,84 @@ def _best_table(rows: List[Dict[str, Any]]) -> List[str]:
     return out
 
 
+def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[str, Any]:
+    cfg, ref = info["config"], info["reference"]
+    hard = next((r for r in rows if r["experiment"] == "hard"), None)
+    out_rows = []
+    for r in rows:
+        if r["experiment"] != "storage" or r["family"] == "raw":
+            continue
+        t = r.get("top1") or []
+        out_rows.append(dict(
+            family=JSON_FAMILY.get(r["family"], r["family"]), variant=r["name"], target_ratio=float(r["target"]),
+            achieved_ratio=(r["rows"] * 2 * r["C"] / r["label_bytes"]) if r.get("label_bytes") else None,
+            label_bytes=r.get("label_bytes"), kl_t1=r.get("kl_t1"), kl_t=r.get("kl"),
+            top1_mean=statistics.fmean(t) if t else None, top1_std=statistics.stdev(t) if len(t) > 1 else None,
+            seeds=len(t), note=r.get("note") or None))
+    t = ref["top1"]
+    return dict(preset=name, dataset=cfg["data"], test=cfg["test"], num_classes=info["classes"],
+                ipc=cfg["sweep_ipc"], images=info["sweep_images"], label_epochs=info["label_epochs"],
+                teacher_top1=info["teacher_top1"], temperature=cfg["T"],
+                reference=dict(top1_mean=statistics.fmean(t), top1_std=statistics.stdev(t) if len(t) > 1 else None,
+                               seeds=len(t), converged=converged(ref["curve"]), curve=ref["curve"]),
+                hard_label_top1=statistics.fmean(hard["top1"]) if hard else None,
+                selection=[dict(method=r["method"], ipc=r["ipc"], K=r["K"], top1=r["top1"]) for r in rows
+                           if r["experiment"] == "selection"],
+                rows=out_rows, seconds=info.get("seconds"))
+
+
+def _console(j: Dict[str, Any]) -> List[str]:
+    """The short results table printed at the end of a run."""
+    ref = j["reference"]
+    conv = {True: "converged", False: "NOT converged (last quarter added >= 0.5 pt)", None: "no curve"}[ref["converged"]]
+    lines = [f"== {j['preset']}: {j['num_classes']} classes, IPC {j['ipc']}, K = {j['label_epochs']}, "
+             f"teacher {100 * j['teacher_top1']:.2f}% ==",
+             f"raw fp16 labels {100 * ref['top1_mean']:.2f}% ({conv}; curve "
+             + ", ".join(f"{int(100 * f)}%: {100 * a:.1f}" for f, a in ref["curve"]) + ")"]
+    if j["hard_label_top1"] is not None:
+        lines.append(f"hard labels     {100 * j['hard_label_top1']:.2f}%")
+    lines.append(f"{'target':>7} {'family':<10} {'variant':<34} {'ratio':>8} {'KL(T=1)':>9} {'top-1 %':>8}")
+    for r in sorted(j["rows"], key=lambda r: (r["target_ratio"], r["family"])):
+        if r["top1_mean"] is None:
+            continue
+        lines.append(f"{r['target_ratio']:>6g}x {r['family']:<10} {r['variant'][:34]:<34} "
+                     f"{r['achieved_ratio']:>7.1f}x {r['kl_t1']:>9.4f} {100 * r['top1_mean']:>8.2f}")
+    if j.get("seconds") is not None:
+        lines.append(f"({j['seconds'] / 60:.1f} min)")
+    return lines
+
+
 def write_report(rows: List[Dict[str, Any]], info: Dict[str, Any], out_dir: str, name: str) -> Dict[str, str]:
-    """Write ``<name>.md``, ``<name>.csv`` and (with matplotlib) ``<name>.png``; returns their paths."""
+    """Write ``<name>.md``, ``.csv``, ``.json``, ``.txt`` (the console table) and ``.png``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     cfg = info["config"]
+    j = _json(rows, info, name)
     sel = [r for r in rows if r["experiment"] == "selection"]
     sto = [r for r in rows if r["experiment"] == "storage"]
+    raw = next((r for r in sto if r["family"] == "raw"), None)
+    raw_m = statistics.fmean(raw["top1"]) if raw and raw.get("top1") else None
+    ref = j["reference"]
+    conv = {True: "converged (the last quarter of the schedule added < 0.5 point)",
+            False: "**NOT converged**: the last quarter of the schedule added >= 0.5 point, so the table measures "
+                   "how fast each variant is fitted as much as how good its labels are",
+            None: "convergence not measured"}[ref["converged"]]
+    hard_txt = "not run" if j["hard_label_top1"] is None else f"{100 * j['hard_label_top1']:.2f}%"
+    teacher = (f"ConvNet width {cfg['teacher_width']} depth {cfg['teacher_depth']} ({cfg['teacher_norm']} norm)"
+               if cfg.get("teacher_arch") == "convnet" else f"ResNet width {cfg['teacher_width']}")
     md = [f"# Storage versus accuracy: preset `{name}`", "",
-          f"Command: `python benchmarks/storage_vs_accuracy.py --preset {name}`", "",
-          f"Data `{cfg['data']}` ({info['classes']} classes), teacher ResNet (width {cfg['teacher_width']}) test "
-          f"top-1 **{100 * info['teacher_top1']:.2f}%**. Relabel: K = {info['label_epochs']} epochs of "
-          f"RandomResizedCrop + flip + CutMix, batch {cfg['batch_size']} ({info['batches_per_epoch']} batches per "
-          f"epoch). Student: ConvNet width {cfg['student_width']} depth {cfg['student_depth']}, KL at T = {cfg['T']:g}, "
-          f"AdamW lr {cfg['lr']:g} wd {cfg['wd']:g}, cosine, {_schedule(cfg)}; seeds {list(cfg['seeds'])}; "
-          f"top-1 in % as mean ± std over seeds.", "",
+          f"Command: `python benchmarks/storage_vs_accuracy.py --preset {name}`"
+          + (f" ({info['seconds'] / 60:.1f} min)" if info.get("seconds") else ""), "",
+          f"Data `{cfg['data']}` ({info['classes']} classes), test `{cfg['test']}`; teacher {teacher}, test top-1 "
+          f"**{100 * info['teacher_top1']:.2f}%**. Relabel: K = {info['label_epochs']} epochs of RandomResizedCrop "
+          f"(scale {cfg['crop_scale'][0]:g}-1) + flip + CutMix, batch {cfg['batch_size']} ({info['batches_per_epoch']} "
+          f"batches per epoch). Student: ConvNet width {cfg['student_width']} depth {cfg['student_depth']} "
+          f"({cfg.get('student_norm', 'instance')} norm), KL at T = {cfg['T']:g}, AdamW lr {cfg['lr']:g} wd {cfg['wd']:g}, "
+          f"cosine, {_schedule(cfg, info)}; top-1 in % (mean ± std over seeds where several ran).", "",
+          "## Reference and calibration", "",
+          f"- Raw fp16 labels: {mean_std(info['reference']['top1'])}% over {ref['seeds']} seed(s); {conv}. "
+          "Curve (share of the schedule: top-1): "
+          + ", ".join(f"{int(100 * f)}%: {100 * a:.2f}" for f, a in ref["curve"]) + ".",
+          f"- Hard labels on the same views: {hard_txt}; teacher {100 * info['teacher_top1']:.2f}%.", "",
           "## Selection (uncompressed labels)", "",
           "| method | IPC | images | K | student top-1 (%) |", "|---|---:|---:|---:|---:|"]
     md += [f"| {r['method']} | {r['ipc']} | {r['images']} | {r.get('K', '')} | {mean_std(r['top1'])} |" for r in sel]
@@ -121,15 +201,20 @@ def write_report(rows: List[Dict[str, Any]], info: Dict[str, Any], out_dir: str,
                f"{info['sweep_images']} images x {info['label_epochs']} rows)", "",
            f"A raw fp16 row is {row_b} bytes ({info['classes']} classes); the budget at target X is {row_b}/X bytes "
            f"per row. Bytes are label bytes only (augmentation metadata is the same for every variant). KL is the "
-           f"mean KL(teacher || stored target) at T = {cfg['T']:g} in nats over stored rows (MR-k targets are zero "
-           f"outside the top k, so their KL is dominated by the 1e-30 floor).", ""]
-    md += _storage_table(sto)
-    md += ["", "## Best of each family per budget (student top-1 %)", ""] + _best_table(sto) + [""]
-    paths = {"md": os.path.join(out_dir, f"{name}.md"), "csv": os.path.join(out_dir, f"{name}.csv")}
+           f"mean KL(teacher || stored target) in nats over stored rows (MR-k targets are zero outside the top k, "
+           f"so their KL is dominated by the 1e-30 floor).", ""]
+    md += _storage_table(sto, cfg["T"])
+    md += ["", "## Best of each family per budget (student top-1 %)", ""] + _best_table(sto, raw_m) + [""]
+    paths = {k: os.path.join(out_dir, f"{name}.{k}") for k in ("md", "csv", "json")}
+    paths["console"] = os.path.join(out_dir, f"{name}.txt")
     with open(paths["md"], "w") as f:
         f.write("\n".join(md))
+    with open(paths["json"], "w") as f:
+        json.dump(j, f, indent=1)
+    with open(paths["console"], "w") as f:
+        f.write("\n".join(_console(j)) + "\n")
     keys = ["experiment", "method", "ipc", "images", "vid", "family", "name", "target", "rows", "C", "label_bytes",
-            "bytes_per_row", "ratio", "meets_budget", "kl", "agree", "top1_mean", "top1_std", "top1_seeds", "note"]
+            "bytes_per_row", "ratio", "meets_budget", "kl_t1", "kl", "agree", "top1_mean", "top1_std", "top1_seeds", "note"]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
@@ -138,18 +223,18 @@ def write_report(rows: List[Dict[str, Any]], info: Dict[str, Any], out_dir: str,
             t = r.get("top1") or []
             d.update(top1_mean=statistics.fmean(t) if t else "", top1_std=statistics.stdev(t) if len(t) > 1 else "",
                      top1_seeds=";".join(f"{v:.4f}" for v in t))
-            if r.get("label_bytes") is not None:
+            if r.get("label_bytes"):
                 d.update(bytes_per_row=r["label_bytes"] / r["rows"], ratio=r["rows"] * 2 * r["C"] / r["label_bytes"],
                          meets_budget=meets_budget(r))
             w.writerow(d)
-    png = _plot(sto, os.path.join(out_dir, f"{name}.png"), name)
+    png = _plot(sto, os.path.join(out_dir, f"{name}.png"), name, raw_m, j["hard_label_top1"])
     if png:
         paths["png"] = png
     log.info("wrote %s", ", ".join(paths.values()))
     return paths
 
 
-def _plot(rows: List[Dict[str, Any]], path: str, name: str) -> Optional[str]:
+def _plot(rows: List[Dict[str, Any]], path: str, name: str, raw_m, hard_m) -> Optional[str]:
     """Student top-1 vs label bytes (log x), one series per family; None without matplotlib."""
     try:
         import matplotlib
@@ -164,12 +249,15 @@ def _plot(rows: List[Dict[str, Any]], path: str, name: str) -> Optional[str]:
                      if r["family"] == fam and r.get("top1") and r.get("label_bytes"))
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=fam, alpha=0.8)
+    for v, lab, ls in ((raw_m, "raw fp16", "--"), (hard_m, "hard labels", ":")):
+        if v is not None:
+            ax.axhline(100 * v, ls=ls, color="gray", lw=1, label=lab)
     ax.set_xscale("log")
     ax.set_xlabel("label bytes (log scale)")
     ax.set_ylabel("student test top-1 (%)")
     ax.set_title(f"storage vs accuracy ({name})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

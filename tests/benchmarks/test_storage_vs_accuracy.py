@@ -84,8 +84,45 @@ def test_outputs_written(smoke):
     assert any(p.name == "sre2l" for p in (base / "cache" / "relabel").glob("*/*"))
 
 
+def test_json_result_has_the_documented_fields(smoke):
+    import json
+
+    cfg, rows, base = smoke
+    j = json.load(open(base / "results" / f"{cfg.name}.json"))
+    for k in ("preset", "dataset", "num_classes", "ipc", "label_epochs", "teacher_top1", "reference",
+              "hard_label_top1", "rows"):
+        assert k in j, k
+    ref = j["reference"]
+    assert set(ref) >= {"top1_mean", "top1_std", "converged", "curve"}
+    assert [f for f, _ in ref["curve"]] == [0.25, 0.5, 0.75, 1.0] and isinstance(ref["converged"], bool)
+    assert ref["curve"][-1][1] == ref["top1_mean"]                     # one seed: the curve ends at the result
+    assert 0 <= j["hard_label_top1"] <= 1
+    fams = {r["family"] for r in j["rows"]}
+    assert fams <= {"ours", "ours+pool", "lpld", "lpqld", "fkd", "zstd"} and {"ours", "lpld", "zstd"} <= fams
+    for r in j["rows"]:
+        assert set(r) >= {"family", "variant", "target_ratio", "achieved_ratio", "label_bytes", "kl_t1",
+                          "top1_mean", "top1_std", "seeds"}
+    txt = (base / "results" / f"{cfg.name}.txt").read_text()
+    assert "raw fp16 labels" in txt and "hard labels" in txt            # the table printed at the end
+
+
+def test_hard_label_targets_mix_classes_by_the_box_area():
+    from benchmarks.label_sources import BatchTable, HardLabelSource
+    from score_codec.store.meta import BATCH_DTYPE, MIX_CUTMIX, ROW_DTYPE
+
+    rows = np.zeros(4, ROW_DTYPE)
+    rows["image"], rows["pos"], rows["mix_index"] = [0, 1, 2, 3], [0, 1, 2, 3], [1, 0, 3, 2]
+    batches = np.zeros(1, BATCH_DTYPE)
+    batches[0] = (0, 0, 0, 4, MIX_CUTMIX, 0.5, (0, 0, 4, 8))           # box covers half of an 8 x 8 view
+    src = HardLabelSource(np.array([3, 1, 2, 0]), BatchTable(batches, rows), 5, 8)
+    t = src.targets(0, np.arange(4), 1.0)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert t[0, 3] == 0.5 and t[0, 1] == 0.5 and t[2, 2] == 0.5 and t[2, 0] == 0.5
+
+
 def test_lpld_pool_schedule_and_budget_mapping():
-    from benchmarks.label_sources import BatchTable, LogitSource, PoolSource, TopKSource, soft_kd_loss
+    from benchmarks.label_sources import BatchTable, LogitSource, PoolSource, TopKSource
+    from benchmarks.students import soft_kd_loss
     from benchmarks.peers import lpqld_params, topk_k
     from score_codec.training.student import kd_loss
     from score_codec.store.meta import BATCH_DTYPE, ROW_DTYPE
