@@ -86,7 +86,8 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 
 def _check_codec_args(args: argparse.Namespace) -> None:
     if args.method not in STORE_METHODS:
-        for flag, v in (("--fit-temperature", args.fit_temperature), ("--class-rank", args.class_rank), ("--head", args.head)):
+        for flag, v in (("--fit-temperature", args.fit_temperature), ("--class-rank", args.class_rank), ("--head", args.head),
+                        ("--newton-steps", args.newton_steps)):
             if v is not None:
                 raise InputError(f"{flag} applies to --method global or two-level, not {args.method}")
     if args.class_rank is not None and args.method != "two-level":
@@ -140,16 +141,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
             raise InputError(f"--method {args.method} needs image classes: pass --images or --ipc")
         with StoreWriter(args.dst, c.num_classes, device=args.device, overwrite=args.overwrite, resume=args.resume,
                          shard_bytes=int(args.shard_mb * 2**20), **kw) as w:
-            if w.codec.scope == "store" and w._basis_set is None:
+            from ..store.rowwise import encode_rows, supports_rowwise
+
+            if supports_rowwise(w):
+                # one basis for all rows: code them in dump order, no per-image regrouping of the logits
+                encode_rows(w, c.row_logits, c.aug.rows["image"].astype(np.int64), c.aug.rows["aug"].astype(np.int64),
+                            c.ks, labels, head=head, progress=not args.quiet)
+            elif w.codec.scope == "store" and w._basis_set is None:
                 _say(args, f"fitting the {args.method} bases on {c.num_images} images")
                 w.fit(_Matrices(c), labels, ks=c.ks, head=head)
             step = c.num_images if args.method == "shared" else args.chunk_images
-            done = w.num_images  # images already in complete shards when resuming
-            if done:
+            done = w.num_images  # images already in complete shards when resuming (all of them after encode_rows)
+            if done and done < c.num_images:
                 _say(args, f"resuming: {done} of {c.num_images} images were already encoded")
             bar = tqdm(total=c.num_images, initial=done, desc=f"encode {args.method}", unit="img", disable=args.quiet)
             s = 0
-            for mats in c.matrices(step):
+            for mats in (c.matrices(step) if done < c.num_images else []):
                 if s + len(mats) <= done:
                     s += len(mats)
                     continue

@@ -41,6 +41,8 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                    "logits; without it decoded rows are row-centred (softmax is unchanged).")
     p.add_argument("--fit-temperature", type=float, default=None, help="global/two-level: fit coefficients for "
                    "softmax at this temperature (the student's; default 1).")
+    p.add_argument("--newton-steps", type=int, default=None, help="global/two-level: KL-fit Newton steps per row "
+                   "(default 1; 0: least-squares projection, the fastest encode).")
     p.add_argument("--class-rank", type=int, default=None, help="two-level: directions per class beyond the "
                    "global basis (default 2; chosen by rate control with --ratio).")
     p.add_argument("--head", default=None, help="global: the teacher (a safetensors file written by score's "
@@ -54,6 +56,8 @@ def codec_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         config["fit_temperature"] = args.fit_temperature
     if args.class_rank is not None:
         config["class_rank"] = args.class_rank
+    if args.newton_steps is not None:
+        config["newton_steps"] = args.newton_steps
     kw = dict(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
               residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None)
     if args.rank is None and args.energy is None and args.ratio is None:

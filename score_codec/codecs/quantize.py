@@ -6,14 +6,18 @@ Every scheme maps a float32 matrix (m, n) to bytes and back; int8 stores an fp32
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..errors import CodecError
 
-__all__ = ["QUANT_CODES", "QUANT_NAMES", "quantize", "dequantize", "quantized_nbytes", "bytes_per_value", "roundtrip"]
+__all__ = ["QUANT_CODES", "QUANT_NAMES", "quantize", "dequantize", "dequantize_raw", "quantized_nbytes", "bytes_per_value",
+           "roundtrip", "STORED_DTYPES"]
+
+#: the torch dtype a quantised matrix is held in before dequantisation (int8 values carry a scale per row)
+STORED_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 
 QUANT_CODES: Dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 QUANT_NAMES = {v: k for k, v in QUANT_CODES.items()}
@@ -87,3 +91,23 @@ def dequantize(buf: memoryview, quant: str, rows: int, cols: int) -> Tuple[torch
     q = np.frombuffer(buf, dtype=np.int8, count=rows * cols, offset=4 * rows)
     vals = q.reshape(rows, cols).astype(np.float32) * scale[:, None]
     return torch.from_numpy(vals), n
+
+
+def dequantize_raw(buf: memoryview, quant: str, rows: int, cols: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """Like :func:`dequantize` but without widening: ((rows, cols) tensor in ``STORED_DTYPES[quant]``,
+    (rows,) float32 scales for int8 or None, bytes consumed).  Value = stored * scale[row]."""
+    _check(quant)
+    n = quantized_nbytes(quant, rows, cols)
+    if len(buf) < n:
+        raise CodecError(f"quantised block needs {n} bytes, found {len(buf)}")
+    if quant == "int8":
+        if rows * cols == 0:
+            return torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows), n
+        scale = torch.from_numpy(np.frombuffer(buf, dtype="<f4", count=rows).copy())
+        q = np.frombuffer(buf, dtype=np.int8, count=rows * cols, offset=4 * rows)
+        return torch.from_numpy(q.reshape(rows, cols).copy()), scale, n
+    if quant == "bf16":
+        arr = np.frombuffer(buf, dtype="<i2", count=rows * cols).copy()
+        return torch.from_numpy(arr).view(torch.bfloat16).reshape(rows, cols), None, n
+    arr = np.frombuffer(buf, dtype="<f4" if quant == "fp32" else "<f2", count=rows * cols).copy()
+    return torch.from_numpy(arr.reshape(rows, cols)), None, n

@@ -8,7 +8,7 @@ whatever the row count), stored once, and each row stores only its ``r`` coeffic
 minimise KL at ``fit_temperature`` (:func:`~score_codec.codecs.basis.fit_coefficients`).
 
 Coefficients minimise KL(T = ``fit_temperature``) plus ``penalty`` times a pull towards the least-squares
-fit: KL at one temperature alone pushes logits far below the top ones wherever that is free, which a
+fit (``newton_steps`` damped Newton steps from the projection; 0: the projection alone, fastest): KL at one temperature alone pushes logits far below the top ones wherever that is free, which a
 student at another temperature would see (1000-class CutMix glyph logits, rank 16: KL at T = 1 / 4 / 20 is
 0.276 / 0.025 / 0.0010 for the projection, 0.066 / 0.043 / 0.0026 for pure KL(T=1), 0.080 / 0.028 / 0.0014
 with the default penalty 0.3).  Set ``fit_temperature`` to the student's temperature when it is known.
@@ -78,10 +78,12 @@ class FitSource:
     """Indexable (K_i, C) logit matrices plus their classes, as the fitting passes read them."""
 
     def __init__(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None,
-                 ks: Optional[Sequence[int]] = None) -> None:
+                 ks: Optional[Sequence[int]] = None, num_images: Optional[int] = None) -> None:
         self.matrices = matrices
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.ks = np.asarray([len(m) for m in matrices] if ks is None else ks, dtype=np.int64)
+        #: images of the store (rate control's per-image costs); differs from len() when the items are row blocks
+        self.num_images = len(matrices) if num_images is None else int(num_images)
 
     def __len__(self) -> int:
         return len(self.matrices)
@@ -110,8 +112,8 @@ class StoreCodec(Codec):
     scope = "store"
     shared_basis = True
 
-    def __init__(self, fit_temperature: float = 1.0, newton_steps: int = 2, penalty: float = 0.3,
-                 fit_rows: int = 200_000, **config: Any):
+    def __init__(self, fit_temperature: float = 1.0, newton_steps: int = 1, penalty: float = 0.3,
+                 fit_rows: int = 65_536, **config: Any):
         super().__init__(fit_temperature=fit_temperature, newton_steps=newton_steps, penalty=penalty, fit_rows=fit_rows,
                          **config)
         if fit_temperature <= 0 or newton_steps < 0 or fit_rows < 1 or penalty < 0:
@@ -127,8 +129,9 @@ class StoreCodec(Codec):
         """Coefficients (n, K, R) of centred rows ``y`` (n, K, C) on basis ``basis_id`` (full rank R)."""
         rows, mean = bases.full(basis_id)
         n, k, c = y.shape
+        # the Hessian from the 64 most probable classes is as good and cheaper once r^2 outweighs the top-k cost
         a = fit_coefficients(y.reshape(-1, c), rows, mean, temperature=self.fit_temperature, steps=self.newton_steps,
-                             penalty=self.penalty)
+                             penalty=self.penalty, hessian_classes=64 if rows.shape[0] >= 32 else None)
         return a.reshape(n, k, -1)
 
     # -- fitting ---------------------------------------------------------------------------------
@@ -140,8 +143,15 @@ class StoreCodec(Codec):
         want_images = max(1, min(n, math.ceil(self.fit_rows / per)))
         pick = np.unique(np.linspace(0, n - 1, want_images).round().astype(np.int64))
         acc = GramAccumulator(first.shape[1], torch.device(device))
+        buf, held = [], 0
         for i in pick:
-            acc.add(src.centred(int(i)).to(device))
+            buf.append(src.centred(int(i)))
+            held += buf[-1].shape[0]
+            if held >= 8192:   # large GEMMs: one (8192, C) chunk instead of many (K, C) ones
+                acc.add(torch.cat(buf).to(device))
+                buf, held = [], 0
+        if buf:
+            acc.add(torch.cat(buf).to(device))
         return acc, src.total_rows
 
     @staticmethod
@@ -172,7 +182,7 @@ class GlobalBasisCodec(StoreCodec):
         else:
             acc, total = self._gram(src, device)
             mean, basis, variances = acc.pca()
-        k = total / max(len(src), 1)
+        k = total / max(src.num_images, 1)
         qmax = basis.shape[0]
         if budget_per_row is not None:
             r = _max_rank(lambda r: row_cost(r, k, quant, residual, c) + (2 * c * r + 4 * c) / total, budget_per_row, qmax)
@@ -286,7 +296,7 @@ class TwoLevelCodec(StoreCodec):
         else:
             acc, total = self._gram(src, device)
             mean, basis, _ = acc.pca()
-        k = total / max(len(src), 1)
+        k = total / max(src.num_images, 1)
         classes = np.unique(src.labels[src.labels >= 0])
         chosen_residual = None
         if budget_per_row is not None:

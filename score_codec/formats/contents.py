@@ -52,6 +52,11 @@ class DumpContents:
         self._order = np.lexsort((aug.rows["aug"], img))
         self._start = np.concatenate([[0], np.cumsum(self.ks)])
 
+    @property
+    def row_logits(self) -> np.ndarray:
+        """All rows (rows, C) in dump order, as read (a memory map of the scratch file)."""
+        return self._y
+
     def __len__(self) -> int:
         return len(self.ks)
 

@@ -1,21 +1,27 @@
-"""All of a store's factors as padded tensors: one gather and one batched matmul per batch of rows.
+"""All of a store's factors in memory, in their stored precision, for batched decode on one device.
 
-Per image the record stores ``A`` (K, r) and ``B`` (r, C); here every ``A`` row is one row of
-``a`` (total rows, R) and every distinct ``B`` (per image, or a shared basis) one slice of ``b``
-(M, R, C), zero-padded to the largest rank R.  Residual entries are kept per row, padded to the
-largest per-row count.  Memory: 4 (R + 2 s) bytes per row plus 4 R C per distinct basis.
+Every ``A`` row of every record is one row of ``a`` (total rows, R) kept as stored (int8 with one scale per
+image and component, fp16, bf16 or fp32) and widened only after the gather.  Shared bases (a store-wide
+basis, per-class bases) are held once, widened, with their mean rows; a batch of rows is decoded with one
+GEMM per distinct shared basis in it, so a store-wide codec decodes any batch as ``(B, R) x (R, C)``.
+Per-image bases are held as stored and gathered in chunks of at most ``CHUNK_BYTES`` of float32, so no
+call size grows memory beyond that.  Residual entries are kept per row, padded to the largest count.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .protocols import StoreTables
 
-__all__ = ["DenseFactors", "dense_bytes", "rows_from_records"]
+__all__ = ["DenseFactors", "dense_bytes", "rows_from_records", "CHUNK_BYTES"]
+
+#: float32 bytes a per-image-basis gather may use at once (bounds the memory of any call)
+CHUNK_BYTES = 64 << 20
+_ITEM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def _rmax(store: StoreTables) -> int:
@@ -25,12 +31,15 @@ def _rmax(store: StoreTables) -> int:
 
 
 def dense_bytes(store: StoreTables) -> int:
-    """Memory (bytes) that :meth:`DenseFactors.build` would take for ``store``."""
+    """Memory (bytes) that :meth:`DenseFactors.build` takes for ``store``."""
     rmax = _rmax(store)
+    item = _ITEM.get(store.encoding.get("quant"), 4)
     own = int((store.index["basis"] < 0).sum())
     rows = int(store.ks.sum())
     smax = int(store.index["nnz"].max()) if len(store) else 0  # an upper bound on entries per row
-    return 4 * rows * (rmax + 3 * smax + 1) + 4 * rmax * store.num_classes * (own + len(store.basis_table))
+    scales = 4 * rmax * (len(store) + own) if item == 1 else 0
+    shared = sum(4 * int(r) * store.num_classes for r in store.basis_full_rank) if len(store.basis_table) else 0
+    return rows * (item * rmax + 4 * smax + 4) + item * rmax * store.num_classes * own + scales + shared
 
 
 def rows_from_records(store: StoreTables, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
@@ -77,47 +86,55 @@ def _ids(x, device) -> torch.Tensor:
 
 @dataclass
 class DenseFactors:
-    """Padded factor tables of a whole store on one device (see module docstring)."""
+    """Factor tables of a whole store on one device (see module docstring)."""
 
-    a: torch.Tensor            # (rows, R)
-    b: torch.Tensor            # (M, R, C)
-    b_of: torch.Tensor         # (N,) which slice of b each image uses
-    row_start: torch.Tensor    # (N,) first row of each image in a
-    ks: torch.Tensor           # (N,)
-    mean: Optional[torch.Tensor]   # (rows,) or None
-    b_mean: Optional[torch.Tensor]  # (M, C) mean row of each basis slice (zeros: none), or None
-    res_cols: torch.Tensor     # (rows, s) int64, padded with 0
-    res_vals: torch.Tensor     # (rows, s) float32, padded with 0
+    a: torch.Tensor                  # (rows, R) stored dtype
+    a_scale: Optional[torch.Tensor]  # (N, R) float32 for int8, else None
+    own_b: torch.Tensor              # (M, R, C) stored dtype: per-image bases
+    own_scale: Optional[torch.Tensor]  # (M, R) float32 for int8
+    own_of: torch.Tensor             # (N,) slot in own_b, -1 for shared-basis images
+    shared: List[torch.Tensor]       # per shared basis id: (R_j, C) float32 full basis
+    shared_mean: List[Optional[torch.Tensor]]  # per shared basis id: (C,) or None
+    basis_of: torch.Tensor           # (N,) shared basis id or -1
+    rank_of: torch.Tensor            # (N,) rank of each image's record
+    row_start: torch.Tensor          # (N,) first row of each image in a
+    ks: torch.Tensor                 # (N,)
+    mean: Optional[torch.Tensor]     # (rows,) row means or None
+    res_cols: torch.Tensor           # (rows, s) int64, padded with 0
+    res_vals: torch.Tensor           # (rows, s) float32, padded with 0
 
     @classmethod
     def build(cls, store: StoreTables, device: str = "cpu") -> "DenseFactors":
         n, c = len(store), store.num_classes
         total = int(store.ks.sum())
         rmax = _rmax(store)
-        nb = len(store.basis_table)
+        quant = store.encoding.get("quant", "fp16")
+        from ..codecs.quantize import STORED_DTYPES
+
+        dt = STORED_DTYPES[quant]
         own = np.flatnonzero(store.index["basis"] < 0)
-        b_of = np.where(store.index["basis"] < 0, 0, store.index["basis"]).astype(np.int64)
-        b_of[own] = nb + np.arange(len(own))
-        a = torch.zeros(total, rmax)
-        b = torch.zeros(nb + len(own), rmax, c)
-        b_mean = torch.zeros(nb + len(own), c) if any(store.basis_mean(j) is not None for j in range(nb)) else None
-        for j in range(nb):
-            basis = store.basis(j)
-            b[j, : basis.shape[0]] = basis
-            if b_mean is not None and store.basis_mean(j) is not None:
-                b_mean[j] = store.basis_mean(j)
+        own_of = np.full(n, -1, dtype=np.int64)
+        own_of[own] = np.arange(len(own))
+        a = torch.zeros(total, rmax, dtype=dt)
+        a_scale = torch.zeros(n, rmax) if quant == "int8" else None
+        own_b = torch.zeros(len(own), rmax, c, dtype=dt)
+        own_scale = torch.zeros(len(own), rmax) if quant == "int8" else None
         has_mean = bool(store.encoding.get("keep_mean"))
         mean = torch.zeros(total) if has_mean else None
         recs = []
         smax = 0
         for i in range(n):
-            rec = store.record(i)
+            rec = store.record(i, raw=True)
             s0, r = int(store.row_start[i]), rec.rank
-            a[s0 : s0 + rec.k, :r] = rec.a
+            a[s0:s0 + rec.k, :r] = rec.a
+            if a_scale is not None:
+                a_scale[i, :r] = rec.a_scale
             if rec.b is not None:
-                b[b_of[i], :r] = rec.b
+                own_b[own_of[i], :r] = rec.b
+                if own_scale is not None:
+                    own_scale[own_of[i], :r] = rec.b_scale
             if mean is not None and rec.mean is not None:
-                mean[s0 : s0 + rec.k] = rec.mean
+                mean[s0:s0 + rec.k] = rec.mean
             if rec.res_rows.numel():
                 recs.append((s0, rec))
                 smax = max(smax, int(torch.bincount(rec.res_rows).max()))
@@ -131,47 +148,140 @@ class DenseFactors:
             res_cols[s0 + rows, slot] = rec.res_cols
             res_vals[s0 + rows, slot] = rec.res_vals
         dev = torch.device(device)
-        return cls(a=a.to(dev), b=b.to(dev), b_of=torch.from_numpy(b_of).to(dev),
+        nb = len(store.basis_table)
+        shared = [store.basis(j).to(dev) for j in range(nb)]
+        shared_mean = [None if store.basis_mean(j) is None else store.basis_mean(j).to(dev) for j in range(nb)]
+        to = (lambda t: None if t is None else t.to(dev))
+        return cls(a=a.to(dev), a_scale=to(a_scale), own_b=own_b.to(dev), own_scale=to(own_scale),
+                   own_of=torch.from_numpy(own_of).to(dev), shared=shared, shared_mean=shared_mean,
+                   basis_of=torch.from_numpy(store.index["basis"].astype(np.int64)).to(dev),
+                   rank_of=torch.from_numpy(store.index["rank"].astype(np.int64)).to(dev),
                    row_start=torch.from_numpy(store.row_start).to(dev), ks=torch.from_numpy(store.ks).to(dev),
-                   mean=None if mean is None else mean.to(dev), b_mean=None if b_mean is None else b_mean.to(dev),
-                   res_cols=res_cols.to(dev), res_vals=res_vals.to(dev))
+                   mean=to(mean), res_cols=res_cols.to(dev), res_vals=res_vals.to(dev))
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def _coefficients(self, r: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """Widened coefficients (..., R) of global rows ``r`` belonging to images ``img``."""
+        a = self.a[r].float()
+        if self.a_scale is not None:
+            a = a * self.a_scale[img]
+        return a
+
+    def _own_bases(self, img: torch.Tensor) -> torch.Tensor:
+        """Widened per-image bases (n, R, C) of images ``img`` (all with their own basis)."""
+        slot = self.own_of[img]
+        b = self.own_b[slot].float()
+        if self.own_scale is not None:
+            b = b * self.own_scale[slot][:, :, None]
+        return b
+
+    @property
+    def single_basis(self) -> bool:
+        """True when every image uses shared basis 0 (a store-wide codec): decode is one GEMM per batch."""
+        if not hasattr(self, "_single"):
+            self._single = len(self.shared) == 1 and bool((self.basis_of == 0).all())
+        return self._single
+
+    def _single_rows(self, r: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """Store-wide codec: one GEMM with the mean folded in as a basis row whose coefficient is 1."""
+        if not hasattr(self, "_folded"):
+            basis, mean = self.shared[0], self.shared_mean[0]
+            self._folded = torch.cat([basis, mean[None] if mean is not None else basis.new_zeros(1, basis.shape[1])])
+        rank = self._folded.shape[0] - 1
+        a = torch.empty(r.numel(), rank + 1, device=self.a.device)
+        a[:, :rank] = self.a.index_select(0, r)[:, :rank]
+        if self.a_scale is not None:
+            a[:, :rank] *= self.a_scale.index_select(0, img)[:, :rank]
+        a[:, rank] = 1.0
+        return a @ self._folded
+
+    def _decode(self, a: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) of rows with widened coefficients ``a`` (B, R) of images ``img`` (B,)."""
+        c = self.own_b.shape[-1]
+        out = torch.empty(a.shape[0], c, device=a.device)
+        bid = self.basis_of[img]
+        for j in torch.unique(bid).tolist():
+            sel = (bid == j).nonzero(as_tuple=True)[0]
+            if j >= 0:
+                basis = self.shared[j]
+                rank = int(self.rank_of[img[sel]].max())
+                vals = a[sel, :rank] @ basis[:rank]
+                if self.shared_mean[j] is not None:
+                    vals += self.shared_mean[j]
+                out[sel] = vals
+            else:
+                # per-image bases: gather them in bounded chunks (R x C float32 per row)
+                step = max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * c))
+                for s in range(0, sel.numel(), step):
+                    part = sel[s:s + step]
+                    out[part] = torch.bmm(a[part].unsqueeze(1), self._own_bases(img[part])).squeeze(1)
+        return out
+
+    def _check(self, img: np.ndarray, aug: np.ndarray) -> np.ndarray:
+        """Validated global row numbers (numpy; cheap next to torch ops on small batches)."""
+        if img.shape != aug.shape:
+            raise IndexError(f"{img.size} image ids but {aug.size} aug ids")
+        if not hasattr(self, "_np"):
+            self._np = (self.ks.cpu().numpy(), self.row_start.cpu().numpy())
+        ks, start = self._np
+        if img.size and (img.min() < 0 or img.max() >= len(ks)):
+            raise IndexError(f"image ids must lie in [0, {len(ks)})")
+        bad = (aug < 0) | (aug >= ks[img])
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise IndexError(f"aug {int(aug[j])} out of range for image {int(img[j])} with {int(ks[img[j]])} rows")
+        return start[img] + aug
 
     def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
         """Logit rows for (image, aug) pairs: two (B,) index sequences -> (B, C) float32."""
         dev = self.a.device
-        img = _ids(image_ids, dev)
-        aug = _ids(aug_ids, dev)
-        if img.shape != aug.shape:
-            raise IndexError(f"{img.numel()} image ids but {aug.numel()} aug ids")
-        n = self.b_of.numel()
-        if img.numel() and (img.min() < 0 or img.max() >= n):
-            raise IndexError(f"image ids must lie in [0, {n})")
-        if img.numel() and ((aug < 0) | (aug >= self.ks[img])).any():
-            bad = int(((aug < 0) | (aug >= self.ks[img])).nonzero()[0])
-            raise IndexError(f"aug {int(aug[bad])} out of range for image {int(img[bad])} with {int(self.ks[img[bad]])} rows")
-        r = self.row_start[img] + aug
-        out = torch.bmm(self.a[r].unsqueeze(1), self.b[self.b_of[img]]).squeeze(1)
-        if self.b_mean is not None:
-            out = out + self.b_mean[self.b_of[img]]
+        as_np = (lambda x: x.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1) if isinstance(x, torch.Tensor)
+                 else np.ascontiguousarray(x, dtype=np.int64).reshape(-1))
+        img_np = as_np(image_ids)
+        r_np = self._check(img_np, as_np(aug_ids))
+        r = torch.from_numpy(r_np).to(dev)
+        img = torch.from_numpy(img_np).to(dev)
+        if self.single_basis:
+            out = self._single_rows(r, img)
+        else:
+            out = self._decode(self._coefficients(r, img), img)
         if self.mean is not None:
-            out = out + self.mean[r, None]
+            out += self.mean[r, None]
         if self.res_cols.shape[1]:
             out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
         return out
 
     def matrices(self, image_ids: Sequence[int]) -> torch.Tensor:
-        """Full matrices of images that share one K: (B,) ids -> (B, K, C) in one batched matmul."""
+        """Full matrices of images that share one K: (B,) ids -> (B, K, C)."""
         dev = self.a.device
         img = _ids(image_ids, dev)
         k = int(self.ks[img[0]])
         if (self.ks[img] != k).any():
             raise IndexError("matrices() needs images with equal row counts")
-        r = self.row_start[img, None] + torch.arange(k, device=dev)[None, :]
-        out = torch.bmm(self.a[r], self.b[self.b_of[img]])
-        if self.b_mean is not None:
-            out = out + self.b_mean[self.b_of[img]][:, None, :]
+        r = (self.row_start[img, None] + torch.arange(k, device=dev)[None, :]).reshape(-1)
+        rows_img = img.repeat_interleave(k)
+        if self.single_basis:
+            out = self._single_rows(r, rows_img)
+            if self.mean is not None:
+                out += self.mean[r, None]
+            if self.res_cols.shape[1]:
+                out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+            return out.reshape(img.numel(), k, -1)
+        a = self._coefficients(r, rows_img)
+        own = self.basis_of[img] < 0
+        if bool(own.all()):
+            # one basis per image: a batched (n, K, R) x (n, R, C) product, in bounded chunks of images
+            a3 = a.reshape(img.numel(), k, -1)
+            c = self.own_b.shape[-1]
+            out = torch.empty(img.numel(), k, c, device=dev)
+            step = max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * c))
+            for s in range(0, img.numel(), step):
+                out[s:s + step] = torch.bmm(a3[s:s + step], self._own_bases(img[s:s + step]))
+            out = out.reshape(-1, c)
+        else:
+            out = self._decode(a, rows_img)
         if self.mean is not None:
-            out = out + self.mean[r][..., None]
+            out += self.mean[r, None]
         if self.res_cols.shape[1]:
-            out.scatter_add_(2, self.res_cols[r], self.res_vals[r])
-        return out
+            out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+        return out.reshape(img.numel(), k, -1)

@@ -37,3 +37,6 @@ class StoreTables(Protocol):
 
     @property
     def aug(self) -> Any: ...
+
+    @property
+    def aug_reader(self) -> Any: ...

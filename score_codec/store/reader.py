@@ -19,7 +19,8 @@ from ..errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchErr
                      StoreVersionError, TruncatedFileError)
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
-from .meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
+from .aug_reader import AugReader
+from .meta import AugMeta
 from ..codecs.quantize import QUANT_NAMES, dequantize, quantized_nbytes
 from .record import MAX_CELLS, Record, unpack_record
 from .dense import DenseFactors, dense_bytes, rows_from_records
@@ -62,6 +63,7 @@ class LabelStore:
         self._files: Dict[int, Any] = {}
         self._dense: Dict[str, DenseFactors] = {}
         self._aug: Optional[AugMeta] = None
+        self._augr: Optional[AugReader] = None
         self._bases: Dict[int, torch.Tensor] = {}
         self._load_index()
 
@@ -220,6 +222,7 @@ class LabelStore:
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         state["_files"], state["_pid"], state["_dense"] = {}, None, {}
+        state["_aug"] = None   # workers read the metadata they need themselves (an epoch at a time)
         return state
 
     def close(self) -> None:
@@ -257,9 +260,9 @@ class LabelStore:
                                      f"expected {int(e['crc32']):08x}, found {zlib.crc32(buf):08x}")
         return buf
 
-    def record(self, i: int) -> Record:
-        """Parsed record of image ``i`` (factors, means, residual)."""
-        rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}")
+    def record(self, i: int, raw: bool = False) -> Record:
+        """Parsed record of image ``i`` (factors, means, residual); ``raw`` keeps the stored dtypes."""
+        rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}", raw=raw)
         e = self.index[i]
         if (rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"])
                 or rec.res_vals.numel() != int(e["nnz"])):
@@ -340,20 +343,18 @@ class LabelStore:
     # -- metadata and statistics -------------------------------------------------------------------
     @property
     def aug(self) -> AugMeta:
-        """The store's augmentation metadata (read on first access)."""
+        """The store's whole augmentation metadata (read on first access; see :attr:`aug_reader` for
+        per-epoch access that does not hold every row)."""
         if self._aug is None:
-            try:
-                with h5py.File(self._index_path(), "r") as f:
-                    g = f["aug"]
-                    self._aug = AugMeta(
-                        rows=g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE),
-                        batches=g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE),
-                        images=g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE),
-                        attrs=json.loads(g.attrs["attrs"]),
-                    )
-            except _LOW_LEVEL as exc:
-                raise StoreError(f"{self._index_path()}: damaged augmentation metadata ({type(exc).__name__}: {exc})") from None
+            self._aug = self.aug_reader.full()
         return self._aug
+
+    @property
+    def aug_reader(self) -> AugReader:
+        """Lazy access to the metadata: ``attrs``, ``batches``, ``images``, ``num_rows``, ``epoch_rows(e)``."""
+        if self._augr is None:
+            self._augr = AugReader(self._index_path())
+        return self._augr
 
     def meta(self, i: int) -> np.ndarray:
         """Augmentation rows of image ``i`` ordered by aug (ROW_DTYPE; empty when none were stored)."""

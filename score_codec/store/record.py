@@ -14,7 +14,7 @@ import torch
 import zstandard
 
 from ..errors import CodecError, CorruptRecordError
-from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, quantize, quantized_nbytes
+from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantized_nbytes
 
 __all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "unpack_record"]
 
@@ -49,13 +49,27 @@ class Record:
     res_vals: torch.Tensor
     basis: int = -1
     quant: str = "fp16"
+    #: raw records (``unpack_record(raw=True)``) keep ``a`` / ``b`` in their stored dtype; int8 ones carry
+    #: one float32 scale per rank component here (value = stored * scale)
+    a_scale: Optional[torch.Tensor] = None
+    b_scale: Optional[torch.Tensor] = None
 
     @property
     def rank(self) -> int:
         return self.a.shape[1]
 
+    def dequantized(self) -> "Record":
+        """This record with float32 ``a`` and ``b`` (a raw record is widened; others are returned as they are)."""
+        if self.a.dtype == torch.float32 and (self.b is None or self.b.dtype == torch.float32):
+            return self
+        a = self.a.float() * (self.a_scale[None, :] if self.a_scale is not None else 1.0)
+        b = None if self.b is None else self.b.float() * (self.b_scale[:, None] if self.b_scale is not None else 1.0)
+        return Record(self.k, self.c, a, b, self.mean, self.res_rows, self.res_cols, self.res_vals, self.basis, self.quant)
+
     def matrix(self, basis: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The decoded (K, C) logits; ``basis`` (r, C) is required for shared-basis records."""
+        if self.a.dtype != torch.float32:
+            return self.dequantized().matrix(basis)
         b = self.b if self.b is not None else basis
         if b is None:
             raise CorruptRecordError(f"record refers to shared basis {self.basis} but none was given")
@@ -172,10 +186,11 @@ def pack_record(
     return head + body
 
 
-def unpack_record(buf: bytes, where: str = "record") -> Record:
+def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Record:
     """Parse and validate one record; every size is checked before use.
 
-    Raises :class:`CorruptRecordError` (naming ``where``) on any inconsistency.
+    ``raw=True`` keeps the factors in their stored dtype (int8 with scales, fp16, bf16), as the dense
+    decode tables hold them.  Raises :class:`CorruptRecordError` (naming ``where``) on any inconsistency.
     """
     if len(buf) < HEADER.size:
         raise CorruptRecordError(f"{where}: {len(buf)} bytes, shorter than the {HEADER.size}-byte header")
@@ -220,11 +235,18 @@ def unpack_record(buf: bytes, where: str = "record") -> Record:
             pos += ln
         body = b"".join(out)
     mv = memoryview(body)
-    at, n = dequantize(mv, quant, rank, k)
+    a_scale = b_scale = None
+    if raw:
+        at, a_scale, n = dequantize_raw(mv, quant, rank, k)
+    else:
+        at, n = dequantize(mv, quant, rank, k)
     pos = n
     b = None
     if not flags & FLAG_SHARED:
-        b, n = dequantize(mv[pos:], quant, rank, c)
+        if raw:
+            b, b_scale, n = dequantize_raw(mv[pos:], quant, rank, c)
+        else:
+            b, n = dequantize(mv[pos:], quant, rank, c)
         pos += n
     mean = None
     if flags & FLAG_MEAN:
@@ -250,4 +272,5 @@ def unpack_record(buf: bytes, where: str = "record") -> Record:
         if col_ids.size and (col_ids.min() < 0 or col_ids.max() >= c or (np.diff(col_ids)[row_ids[1:] == row_ids[:-1]] <= 0).any()):
             raise CorruptRecordError(f"{where}: residual column indices out of range or unsorted")
         rows, cols = torch.from_numpy(row_ids), torch.from_numpy(col_ids)
-    return Record(k=k, c=c, a=at.T.contiguous(), b=b, mean=mean, res_rows=rows, res_cols=cols, res_vals=vals, basis=basis, quant=quant)
+    return Record(k=k, c=c, a=at.T.contiguous(), b=b, mean=mean, res_rows=rows, res_cols=cols, res_vals=vals, basis=basis,
+                  quant=quant, a_scale=a_scale, b_scale=b_scale)

@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..errors import ScoreError
+from .meta import ROW_DTYPE
 from .protocols import StoreTables
 
 __all__ = ["store_stats", "verify_store", "disk_bytes"]
@@ -57,8 +58,9 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
         "ratio": fp16 / label_bytes if label_bytes else float("inf"),
         "disk_bytes": on_disk,
         "ratio_disk": fp16 / on_disk if on_disk else float("inf"),
-        "meta_rows": int(len(store.aug.rows)),
-        "meta_bytes": int(store.aug.rows.nbytes + store.aug.batches.nbytes + store.aug.images.nbytes),
+        "meta_rows": int(store.aug_reader.num_rows),
+        "meta_bytes": int(store.aug_reader.num_rows * ROW_DTYPE.itemsize + store.aug_reader.batches.nbytes
+                          + store.aug_reader.images.nbytes),
         "format_version": store.manifest.get("format_version"),
     }
 

@@ -146,7 +146,8 @@ class StoreWriter:
         return sum(len(x) for x in self._index)
 
     def fit(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None, ks: Optional[Sequence[int]] = None,
-            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+            num_images: Optional[int] = None) -> BasisSet:
         """Fit a store-wide codec's bases on ``matrices`` (an indexable of (K_i, C) logits; read at most
         twice) and write them; ``head=(W, b)`` uses the teacher's final linear layer as the basis instead."""
         if self.codec.scope != "store":
@@ -157,7 +158,7 @@ class StoreWriter:
         if len(matrices) == 0:
             raise InputError("fit() needs at least one matrix")
         budget = None if self.opts.ratio is None else 2.0 * self.num_classes / self.opts.ratio
-        bs = self.codec.fit(FitSource(matrices, labels, ks), self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
+        bs = self.codec.fit(FitSource(matrices, labels, ks, num_images), self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
                             budget_per_row=budget, residual=self.opts.residual, device=self.device, head=head)
         self.set_bases(bs)
         return bs
@@ -209,16 +210,22 @@ class StoreWriter:
                                  next_basis=len(self._bases))
         for bid in sorted(chunk.bases):
             self._bases.append(stored_basis(chunk.bases[bid], self.opts.quant))
-        entries = np.zeros(len(mats), IMAGE_INDEX_DTYPE)
+        return self.append_encoded(chunk, [int(m.shape[0]) for m in mats], labels)
+
+    def append_encoded(self, chunk: Any, ks: Sequence[int], labels: Optional[Sequence[int]] = None) -> List[int]:
+        """Append records encoded elsewhere (an :class:`~score_codec.store.encoder.EncodedChunk` whose bases
+        are already in the store) for images with ``ks`` rows; returns their ids."""
+        first = self.num_images
+        entries = np.zeros(len(chunk.records), IMAGE_INDEX_DTYPE)
         for j, rec in enumerate(chunk.records):
             if self._buf and len(self._buf) + len(rec) > self.shard_bytes:
                 self._flush_shard()
-            entries[j] = (self._shard, len(self._buf), len(rec), zlib.crc32(rec), mats[j].shape[0], chunk.ranks[j],
+            entries[j] = (self._shard, len(self._buf), len(rec), zlib.crc32(rec), ks[j], chunk.ranks[j],
                           chunk.nnz[j], -1 if labels is None else int(labels[j]), chunk.basis_of[j])
             self._buf += rec
             self._open_entries.append(entries[j : j + 1])
         self._index.append(entries)
-        return list(range(first, first + len(mats)))
+        return list(range(first, first + len(chunk.records)))
 
     def set_meta(self, meta: AugMeta) -> None:
         """Attach the store's augmentation metadata (validated against the image row counts at close)."""

@@ -70,9 +70,9 @@ class CompressedSoftLabelDataset:
         ks = np.asarray(s.ks)
         self.epochs = int(ks.min()) if len(ks) else 0      # epochs every image has a row for
         self.epoch_dependent = bool(len(ks) and ks.max() > 1)
-        aug = s.aug
+        aug = s.aug_reader
         self.input_size = int(aug.attrs["input_size"]) if "input_size" in aug.attrs else None
-        if self.input_size is None or len(aug.rows) == 0:
+        if self.input_size is None or aug.num_rows == 0:
             raise InputError(f"label store {self._path}: no augmentation metadata (rows and attrs['input_size']) "
                              f"to replay views from")
         # -1 means "never set"; a shared-memory tensor so persistent workers see set_epoch
@@ -135,7 +135,7 @@ class CompressedSoftLabelDataset:
         """This process's lookups for the current epoch (rebuilt when the epoch changes)."""
         e = self.epoch
         if self._plan is None or self._plan.epoch != e:
-            self._plan = EpochPlan(self.store.aug, self.num_images, e)
+            self._plan = EpochPlan.from_store(self.store, self.num_images, e)
         return self._plan
 
     # -- access ---------------------------------------------------------------------------------------

@@ -37,10 +37,13 @@ def open_store(store):
 class EpochPlan:
     """What one epoch of a dump says about every image, as numpy arrays indexed by image id.
 
+    Built from that epoch's rows only (:meth:`from_store` reads them with the store's
+    :class:`~score_codec.store.aug_reader.AugReader`), so a worker never holds the whole row table.
+
     Attributes (N images, nb batches in the whole dump):
-        row: (N,) int64 index into ``meta.rows`` of the image's row with ``aug == epoch`` (-1: none).
+        row: (N,) int64 position of the image's row within the epoch's rows (-1: none).
         coords: (N, 4) float32 crop coords; flip: (N,) bool.
-        batch: (N,) int64 index into ``meta.batches`` (-1: no batch structure).
+        batch: (N,) int64 index into the batches table (-1: no batch structure).
         partner: (N,) int64 image id of the mixing partner (-1: no mixing).
         mix_type: (nb,) uint8; lam: (nb,) float64; bbox: (nb, 4) int32 of the batches table.
     """
@@ -48,26 +51,40 @@ class EpochPlan:
     def __init__(self, meta: AugMeta, num_images: int, epoch: int) -> None:
         rows = meta.rows
         sel = np.flatnonzero(rows["aug"] == epoch)
-        img = rows["image"][sel]
+        start = int(sel[0]) if len(sel) and bool(np.all(np.diff(sel) == 1)) else -1
+        self._build(rows[sel], start, meta.batches, num_images, epoch)
+
+    @classmethod
+    def from_store(cls, store, num_images: int, epoch: int) -> "EpochPlan":
+        """The plan of ``epoch`` reading only that epoch's rows of ``store``'s metadata."""
+        rows, offset = store.aug_reader.epoch_rows(epoch)
+        plan = cls.__new__(cls)
+        plan._build(rows, offset, store.aug_reader.batches, num_images, epoch)
+        return plan
+
+    def _build(self, rows: np.ndarray, offset: int, b: np.ndarray, num_images: int, epoch: int) -> None:
+        img = rows["image"]
         self.epoch = int(epoch)
         self.row = np.full(num_images, -1, dtype=np.int64)
-        self.row[img] = sel
+        self.row[img] = np.arange(len(rows))
         self.coords = np.zeros((num_images, 4), dtype=np.float32)
-        self.coords[img] = rows["coords"][sel]
+        self.coords[img] = rows["coords"]
         self.flip = np.zeros(num_images, dtype=bool)
-        self.flip[img] = rows["flip"][sel].astype(bool)
+        self.flip[img] = rows["flip"].astype(bool)
         self.batch = np.full(num_images, -1, dtype=np.int64)
         self.partner = np.full(num_images, -1, dtype=np.int64)
-        b = meta.batches
         self.mix_type, self.lam, self.bbox = b["mix_type"], b["mix_lam"], b["mix_bbox"]
-        if len(b):
+        if len(b) and len(rows):
+            if offset < 0:
+                raise InputError("the store's rows are not epoch-contiguous, so its batches cannot be replayed")
             # batches tile the rows table in order, so a row's batch is the last one starting at or before it
-            bidx = np.searchsorted(b["row_start"], sel, side="right") - 1
+            pos = offset + np.arange(len(rows))
+            bidx = np.searchsorted(b["row_start"], pos, side="right") - 1
             self.batch[img] = bidx
-            mix = rows["mix_index"][sel]
+            mix = rows["mix_index"]
             has = (mix >= 0) & (b["mix_type"][bidx] != MIX_NONE)
-            src = b["row_start"][bidx[has]] + mix[has]
-            self.partner[img[has]] = rows["image"][src]
+            src = b["row_start"][bidx[has]] + mix[has] - offset
+            self.partner[img[has]] = img[src]
 
     def missing(self, ids: np.ndarray) -> np.ndarray:
         """The ids among ``ids`` that have no row in this epoch."""
@@ -127,10 +144,10 @@ class ReplayBatchSampler:
                  rank: int = 0, pad: bool = True) -> None:
         if not 0 <= rank < num_replicas:
             raise InputError(f"rank must lie in [0, {num_replicas}), found {rank}")
-        meta = open_store(store).aug
-        if len(meta.rows) == 0:
+        self._store = open_store(store)
+        meta = self._store.aug_reader
+        if meta.num_rows == 0:
             raise InputError("the store has no augmentation metadata, so it has no batch order to replay")
-        self._rows_epoch, self._rows_image = meta.rows["epoch"], meta.rows["image"]
         self._b = meta.batches
         self.mixes = bool(len(self._b)) and bool(np.any(self._b["mix_type"] != MIX_NONE))
         stored = int(meta.attrs.get("batch_size", self._b["size"].max() if len(self._b) else 0))
@@ -150,10 +167,11 @@ class ReplayBatchSampler:
         self.epoch = int(epoch)
 
     def _stored_batches(self) -> List[np.ndarray]:
-        if len(self._b) and self.batch_size == self.stored_batch_size:
+        rows, offset = self._store.aug_reader.epoch_rows(self.epoch)
+        order = rows["image"]
+        if len(self._b) and self.batch_size == self.stored_batch_size and offset >= 0:
             sel = np.flatnonzero(self._b["epoch"] == self.epoch)
-            return [self._rows_image[s:s + n] for s, n in zip(self._b["row_start"][sel], self._b["size"][sel])]
-        order = self._rows_image[self._rows_epoch == self.epoch]
+            return [order[s - offset:s - offset + n] for s, n in zip(self._b["row_start"][sel], self._b["size"][sel])]
         return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
 
     def __iter__(self) -> Iterator[List[int]]:

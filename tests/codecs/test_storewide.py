@@ -33,7 +33,7 @@ def test_gram_pca_recovers_the_affine_subspace():
     for chunk in centred(y).reshape(-1, y.shape[-1]).split(100):   # streaming equals one pass
         acc.add(chunk)
     mean, basis, var = acc.pca()
-    assert int((var > 1e-8 * var[0]).sum()) == 6                    # the recovered rank
+    assert int((var > 1e-6 * var[0]).sum()) == 6          # the recovered rank (float32 products: a 1e-7 noise floor)
     span = orthonormal_rows((w - w.mean(0)).T)
     # the top 6 principal directions span the centred head's columns
     assert torch.allclose(basis[:6] @ span.T @ span, basis[:6], atol=1e-6)
@@ -155,3 +155,21 @@ def test_resumed_global_store_keeps_its_basis(tmp_path):
     sc.encode(y, str(tmp_path / "res_ref"), method="global", rank=4, quant="int8", shard_bytes=600)
     a, b = sc.LabelStore(path), sc.LabelStore(str(tmp_path / "res_ref"))
     assert a.verify() == [] and a.basis_table.tobytes() == b.basis_table.tobytes()
+
+
+def test_gram_accumulator_streams_and_merges_like_one_pass():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5000, 30, generator=g, dtype=torch.float64) * 3 + 7
+    one = GramAccumulator(30)
+    one.add(x, chunk_rows=10**6)
+    parts = [GramAccumulator(30) for _ in range(3)]
+    for p, chunk in zip(parts, x.split(1700)):
+        p.add(chunk, chunk_rows=500)
+    parts[0].merge(parts[1])
+    parts[0].merge(parts[2])
+    m1, b1, v1 = one.pca()
+    m2, b2, v2 = parts[0].pca()
+    ref = torch.cov(x.T, correction=0)
+    assert torch.allclose(m1, x.mean(0), atol=1e-4) and torch.allclose(m2, x.mean(0), atol=1e-4)
+    assert torch.allclose(v1, torch.linalg.eigvalsh(ref).flip(0), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-4)

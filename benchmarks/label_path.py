@@ -1,0 +1,304 @@
+"""The label path at ImageNet scale, as ratios measured in one run on this machine.
+
+    python benchmarks/label_path.py                 # about 5 minutes on 2 cores; writes benchmarks/results/label_path.md
+
+At C = 1000, rank 16, int8 factors, 256 images x 300 views of teacher-like logits (``W h + b`` with a
+128-wide feature process: the structure of a real teacher's last layer):
+
+* random-row decode in batches of 256 against gathering the same rows from fp16 labels held in RAM;
+* peak memory growth of one 65,536-row call (in a fresh process, ``VmHWM``);
+* full-matrix decode rows/s;
+* reader memory: a simulated ImageNet-1K IPC 50 store (50,000 images x 300 epochs of augmentation
+  metadata) opened for training in a fresh process, per-epoch access against loading the whole table;
+* ``score-codec --help`` and an argument error, wall time of the whole command;
+* whole-dump encode (``score-codec encode`` of an SRe2L dump, global codec) against ``torch.load`` of
+  the same batch files;
+* a training data path with 2 DataLoader workers: labels from the store against labels held in RAM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+__all__ = ["teacher_like", "main"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def teacher_like(n: int, k: int, c: int = 1000, d: int = 128, seed: int = 0) -> torch.Tensor:
+    """(n, k, c) logits ``relu(h) W + b``: per-image features plus per-view jitter, a fixed random head."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 1, d, generator=g) * 1.5 + 0.7 * torch.randn(n, k, d, generator=g)
+    w = torch.randn(d, c, generator=g) * (2.5 / d ** 0.5)
+    return torch.relu(h) @ w + torch.randn(c, generator=g)
+
+
+def _rate(fn: Callable[[], int], repeat: int = 3) -> float:
+    best = 0.0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def _child(code: str) -> Dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line (with VmHWM in MB added)."""
+    wrapper = code + "\nimport json\nhwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n" \
+                     "RES['vmhwm_mb']=int(hwm)/1024\nprint(json.dumps(RES))"
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def decode_section(tmp: str) -> List[str]:
+    import score_codec as sc
+
+    y = teacher_like(256, 300)
+    n, k, c = y.shape
+    dense = y.half().numpy()
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, n, 256), rng.integers(0, k, 256)) for _ in range(300)]
+
+    def gather() -> int:
+        for i, a in pairs:
+            torch.from_numpy(dense[i, a]).float()
+        return 256 * len(pairs)
+
+    base = _rate(gather)
+    lines = ["## Decode (C = 1000, rank 16, int8 factors, 256 images x 300 views)", "",
+             f"Baseline: fp16 labels in RAM, gather 256 random rows and widen to float32: {base:,.0f} rows/s.", "",
+             "| codec | random rows, batch 256 (rows/s) | vs fp16 gather | 65,536-row call: peak growth | "
+             "full matrices (rows/s) |", "|---|---:|---:|---:|---:|"]
+    for method, kw in (("global", dict(codec_config={"newton_steps": 0})), ("svd", {})):
+        path = os.path.join(tmp, f"{method}.store")
+        sc.encode(y, path, method=method, rank=16, quant="int8", overwrite=True, **kw)
+        st = sc.LabelStore(path)
+        st.rows(*pairs[0])
+
+        def rows(st=st) -> int:
+            for i, a in pairs:
+                st.rows(i, a)
+            return 256 * len(pairs)
+
+        r = _rate(rows)
+        fac = st.factors()
+
+        def full(fac=fac) -> int:
+            for s in range(0, n, 4):
+                fac.matrices(range(s, min(s + 4, n)))
+            return n * k
+
+        f = _rate(full)
+        mem = _child(f"import numpy as np, score_codec as sc\nst = sc.LabelStore({path!r}); st.rows([0], [0])\n"
+                     f"hwm=[l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]\n"
+                     f"g = np.random.default_rng(1)\nout = st.rows(g.integers(0, {n}, 65536), g.integers(0, {k}, 65536))\n"
+                     f"RES = dict(before_mb=int(hwm) / 1024, out_mb=out.numel() * 4 / 2**20)")
+        growth = mem["vmhwm_mb"] - mem["before_mb"]
+        lines.append(f"| {method} | {r:,.0f} | {r / base:.2f}x | {growth:.0f} MB (the (65536, 1000) float32 result "
+                     f"is {mem['out_mb']:.0f} MB) | {f:,.0f} |")
+    lines += ["", "Per-image bases must be read for every row (16 x 1000 int8 values per row against 1000 fp16 values "
+              "of the raw label), so random-row decode of per-image codecs is memory-bound far below the raw "
+              "gather; a store-wide basis is read once per batch.", ""]
+    return lines
+
+
+def metadata_section(tmp: str) -> List[str]:
+    """A store with 50,000 images x 300 epochs of metadata (C = 10, rank 1: the labels do not matter here)."""
+    import score_codec as sc
+    from score_codec.store.meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, ROW_DTYPE
+
+    n, e_count, bs = 50_000, 300, 1024
+    path = os.path.join(tmp, "imagenet_meta.store")
+    rng = np.random.default_rng(0)
+    nb = -(-n // bs)
+    rows = np.zeros(n * e_count, ROW_DTYPE)
+    batches = np.zeros(nb * e_count, BATCH_DTYPE)
+    at = 0
+    for e in range(e_count):
+        perm = rng.permutation(n)
+        rows["image"][at:at + n], rows["aug"][at:at + n], rows["epoch"][at:at + n] = perm, e, e
+        for b in range(nb):
+            m = min(bs, n - b * bs)
+            batches[e * nb + b] = (e, b, at + b * bs, m, MIX_CUTMIX, 0.5, (0, 0, 100, 100))
+            rows["batch"][at + b * bs:at + b * bs + m] = b
+            rows["pos"][at + b * bs:at + b * bs + m] = np.arange(m)
+            rows["mix_index"][at + b * bs:at + b * bs + m] = rng.permutation(m)
+        at += n
+    rows["coords"] = rng.random((len(rows), 4), dtype=np.float32)
+    images = np.zeros(n, IMAGE_DTYPE)
+    meta = AugMeta(rows=rows, batches=batches, images=images, attrs=dict(input_size=224, batch_size=bs))
+    y = torch.zeros(n, e_count, 10)
+    y[..., 0] = 1.0
+    t = time.perf_counter()
+    with sc.StoreWriter(path, 10, method="global", rank=1, quant="int8") as w:
+        w.fit([y[0]])
+        for s in range(0, n, 5000):
+            w.add(y[s:s + 5000])
+        w.set_meta(meta)
+    build = time.perf_counter() - t
+    del rows, meta, y
+    lazy = _child(f"import score_codec as sc\nfrom score_codec.training.replay import EpochPlan, ReplayBatchSampler\n"
+                  f"st = sc.LabelStore({path!r})\nfor e in (0, 1, 299):\n"
+                  f"    p = EpochPlan.from_store(st, len(st), e)\n"
+                  f"s = ReplayBatchSampler(st)\ns.set_epoch(5)\nb = sum(len(x) for x in s)\nRES = dict(rows=b)")
+    whole = _child(f"import score_codec as sc\nst = sc.LabelStore({path!r})\nRES = dict(rows=len(st.aug.rows))")
+    bare = _child("import score_codec as sc, score_codec.training.replay, torch\nRES = dict()")
+    return ["## Reader memory: simulated ImageNet-1K IPC 50 store (50,000 images x 300 epochs)", "",
+            f"Metadata: {n * e_count:,} rows of {ROW_DTYPE.itemsize} B ({n * e_count * ROW_DTYPE.itemsize / 2**30:.2f} GiB "
+            f"in memory); written in {build:.0f} s.", "",
+            "| reader | peak resident memory of the process |", "|---|---:|",
+            f"| per-epoch access (EpochPlan.from_store for 3 epochs + ReplayBatchSampler epoch) | {lazy['vmhwm_mb']:.0f} MB |",
+            f"| whole table (LabelStore.aug) | {whole['vmhwm_mb']:.0f} MB |",
+            f"| (the interpreter with torch and score_codec imported, nothing opened) | {bare['vmhwm_mb']:.0f} MB |", "",
+            f"Per-epoch access adds {lazy['vmhwm_mb'] - bare['vmhwm_mb']:.0f} MB over the imported library; loading the "
+            f"whole table adds {whole['vmhwm_mb'] - bare['vmhwm_mb']:.0f} MB.", ""]
+
+
+def cli_section() -> List[str]:
+    def wall(argv) -> float:
+        best = 1e9
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run(argv, capture_output=True)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    exe = [sys.executable, "-m", "score_codec.cli.main"]
+    py = wall([sys.executable, "-c", "pass"])
+    return ["## Command line", "", "| command | wall time (s) |", "|---|---:|",
+            f"| python -c pass (interpreter start) | {py:.2f} |",
+            f"| score-codec --help | {wall(exe + ['--help']):.2f} |",
+            f"| score-codec encode --help | {wall(exe + ['encode', '--help']):.2f} |",
+            f"| score-codec encode (argument error) | {wall(exe + ['encode']):.2f} |",
+            f"| python -c 'import torch' (for scale) | {wall([sys.executable, '-c', 'import torch']):.2f} |", ""]
+
+
+def encode_section(tmp: str) -> List[str]:
+    """An SRe2L dump at C = 1000 (4,000 images x 25 epochs, batch 500) encoded by the CLI vs torch.load alone."""
+    from score_codec.formats.safe_load import safe_torch_load
+    from score_codec.formats.writers import write_dump  # noqa: F401  (the dump is written by our SRe2L writer)
+    from tests.common import make_meta
+
+    n, k, bs = 4000, 25, 500
+    y = teacher_like(n, k, seed=3)
+    src = os.path.join(tmp, "dump")
+    meta = make_meta(n, k, batch=bs)
+    import score_codec as sc
+
+    sc.encode(y, os.path.join(tmp, "src.store"), method="svd", rank=min(k, 20), quant="fp32", meta=meta, keep_mean=True,
+              overwrite=True)
+    from score_codec.formats import write_dump as wd
+
+    wd(sc.LabelStore(os.path.join(tmp, "src.store")), src, "sre2l", overwrite=True)
+    files = [os.path.join(src, f"epoch_{e}", f"batch_{b}.tar") for e in range(k) for b in range(n // bs)]
+
+    def load_plain() -> int:
+        for f in files:
+            torch.load(f, weights_only=False)
+        return len(files)
+
+    def load_safe() -> int:
+        for f in files:
+            safe_torch_load(f)
+        return len(files)
+
+    t_plain = len(files) / _rate(load_plain, 2)
+    t_safe = len(files) / _rate(load_safe, 2)
+    lines = [f"## Whole-dump encode (SRe2L dump, C = 1000, {n:,} images x {k} epochs, {len(files)} batch files of "
+             f"{bs} rows, in the page cache)", "",
+             f"Reading the batch files alone: torch.load {t_plain:.2f} s; our safe loader (weights_only + allow-list) "
+             f"{t_safe:.2f} s.", "", "| score-codec encode | wall time (s) | vs torch.load | rows/s |", "|---|---:|---:|---:|"]
+    for name, extra in (("--method global --ratio 30 --newton-steps 0 (projection)", ["--newton-steps", "0"]),
+                        ("--method global --ratio 30 (default KL fit)", [])):
+        dst = os.path.join(tmp, "enc.store")
+        argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
+                "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, cwd=ROOT)
+        dt = time.perf_counter() - t
+        lines.append(f"| {name} | {dt:.2f} | {dt / t_plain:.2f}x | {n * k / dt:,.0f} |")
+    return lines + [""]
+
+
+def dataloader_section(tmp: str) -> List[str]:
+    """Views + labels with 2 DataLoader workers: labels decoded from the store vs looked up in RAM."""
+    import score_codec as sc
+    from torch.utils.data import DataLoader
+
+    from score_codec.training.images import TensorImages
+    from tests.common import make_meta
+
+    n, k, bs = 2048, 8, 256
+    y = teacher_like(n, k, seed=4)
+    imgs = TensorImages((torch.rand(n, 3, 32, 32) * 255).to(torch.uint8), np.arange(n) % 1000)
+    path = os.path.join(tmp, "dl.store")
+    meta = make_meta(n, k, batch=bs)
+    meta.attrs["input_size"] = 32
+    meta.rows["coords"] = (0.1, 0.1, 0.8, 0.8)          # a valid crop of every image
+    meta.batches["mix_bbox"] = (4, 4, 20, 20)
+    sc.encode(y, path, method="global", rank=16, quant="int8", meta=meta, overwrite=True,
+              codec_config={"newton_steps": 0})
+
+    class InRAM(sc.CompressedSoftLabelDataset):
+        def labels(self, indices):
+            return y[torch.as_tensor(np.asarray(indices, dtype=np.int64)), self.epoch]
+
+    def run(cls) -> int:
+        ds = cls(imgs, path)
+        sampler = sc.ReplayBatchSampler(path)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, persistent_workers=True)
+        total = 0
+        for e in range(k):
+            ds.set_epoch(e)
+            sampler.set_epoch(e)
+            for x, lab, _, _ in loader:
+                total += len(x)
+        return total
+
+    ram = _rate(lambda: run(InRAM), 2)
+    store = _rate(lambda: run(sc.CompressedSoftLabelDataset), 2)
+    return ["## Training data path, 2 DataLoader workers (2,048 images 32 x 32 x 3, 8 epochs, batch 256, C = 1000)", "",
+            "| labels | images/s | step time vs labels in RAM |", "|---|---:|---:|",
+            f"| held in RAM (same views) | {ram:,.0f} | 1.00x |",
+            f"| decoded from the store (global, rank 16, int8) | {store:,.0f} | {ram / store:.2f}x |", ""]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.path.join(HERE, "results", "label_path.md"))
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from benchmarks.common import cpu_name
+
+    md = [f"# Label path at ImageNet scale ({cpu_name()}, {os.cpu_count()} CPUs, {a.threads} torch threads, "
+          f"torch {torch.__version__})", "", "`python benchmarks/label_path.py`", ""]
+    with tempfile.TemporaryDirectory(prefix="label_path_") as tmp:
+        for section in (decode_section, metadata_section, encode_section, dataloader_section):
+            md += section(tmp)
+            print("\n".join(md[-12:]), flush=True)
+    md += cli_section()
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

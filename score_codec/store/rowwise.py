@@ -1,0 +1,106 @@
+"""Encode a dump's rows in dump order with the store-wide codec: no per-image regrouping of the logits.
+
+A dump stores each image's rows in different files (one per epoch), so per-image codecs must regroup
+the C-wide logits first.  With one store-wide basis every row is coded on its own: this module scans the
+rows sequentially in large chunks (one GEMM per chunk for the coefficients), keeps only the r-wide
+coefficients (in RAM, or in a float32 scratch file beside the store when they are large) and regroups
+those into per-image records at the end.  Memory stays at one chunk of C-wide rows.  Used by
+``score-codec encode`` for ``--method global`` without a residual.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..codecs.storewide import BasisSet
+from ..errors import InputError
+from .encoder import EncodedChunk
+from .record import pack_record
+
+__all__ = ["encode_rows", "supports_rowwise"]
+
+log = logging.getLogger(__name__)
+
+#: coefficients larger than this go to a scratch file instead of RAM
+SCRATCH_BYTES = 256 << 20
+
+
+class _Blocks:
+    """Contiguous blocks of rows of a (rows, C) array as the "images" the basis is fitted on."""
+
+    def __init__(self, rows: Any, size: int) -> None:
+        self.rows, self.size = rows, size
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.size)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.rows[i * self.size:(i + 1) * self.size], dtype=np.float32)
+
+
+def supports_rowwise(writer: Any) -> bool:
+    """The row-wise path applies to the one-basis codec without a residual on a fresh (not resumed) store."""
+    return writer.opts.method == "global" and writer.opts.residual == 0 and writer.num_images == 0
+
+
+def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: np.ndarray,
+                labels: Optional[Sequence[int]] = None, head=None, chunk_rows: int = 8192,
+                images_per_record_chunk: int = 1024, progress: bool = False) -> None:
+    """Encode rows (nrows, C) in dump order into ``writer`` (a fresh global-codec StoreWriter).
+
+    ``image`` / ``aug`` (nrows,) say which image and row each dump row is; ``ks`` (N,) rows per image."""
+    n, nrows, c = len(ks), len(rows), int(rows.shape[1])
+    if c != writer.num_classes:
+        raise InputError(f"rows have C={c}, the store {writer.num_classes}")
+    if writer._basis_set is None:
+        blocks = _Blocks(rows, 4096)
+        writer.fit(blocks, ks=[len(blocks[i]) if i == len(blocks) - 1 else 4096 for i in range(len(blocks))],
+                   num_images=n, head=head)
+    bases: BasisSet = writer._basis_set
+    full, mean = bases.full(0)
+    r = int(full.shape[0])
+    codec, keep_mean = writer.codec, writer.opts.keep_mean
+    tmp = None
+    if nrows * r * 4 > SCRATCH_BYTES:
+        fd, tmp = tempfile.mkstemp(prefix=".score-coef-", dir=os.path.dirname(os.path.abspath(writer.path)))
+        os.close(fd)
+        coef = np.memmap(tmp, dtype=np.float32, mode="w+", shape=(nrows, max(r, 1)))
+    else:
+        coef = np.empty((nrows, max(r, 1)), dtype=np.float32)
+    row_mean = np.empty(nrows, dtype=np.float32) if keep_mean else None
+    try:
+        for s in tqdm(range(0, nrows, chunk_rows), desc="encode rows", unit="chunk", disable=not progress):
+            y = torch.from_numpy(np.asarray(rows[s:s + chunk_rows], dtype=np.float32)).to(writer.device)
+            if not bool(torch.isfinite(y).all()):
+                bad = int((~torch.isfinite(y)).any(1).nonzero()[0]) + s
+                raise InputError(f"image {int(image[bad])}: non-finite logit (NaN or Inf) in its row {int(aug[bad])}")
+            mu = y.mean(-1, keepdim=True)
+            y = y - mu
+            if keep_mean:
+                row_mean[s:s + len(y)] = mu[:, 0].cpu().numpy()
+            if r:
+                coef[s:s + len(y)] = codec.coefficients(y[None], bases, 0)[0].cpu().numpy()
+        order = np.lexsort((aug, image))
+        starts = np.concatenate([[0], np.cumsum(ks)])
+        for i0 in tqdm(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", disable=not progress):
+            i1 = min(n, i0 + images_per_record_chunk)
+            records = []
+            for i in range(i0, i1):
+                idx = order[starts[i]:starts[i + 1]]
+                a = torch.from_numpy(np.ascontiguousarray(coef[idx, :r]))
+                m = None if row_mean is None else torch.from_numpy(row_mean[idx])
+                records.append(pack_record(a, None, writer.opts.quant, mean=m, basis=0, zstd_level=writer.opts.zstd_level,
+                                           shuffle=writer.opts.shuffle, c=c))
+            k = (i1 - i0)
+            chunk = EncodedChunk(records=records, ranks=[r] * k, nnz=[0] * k, bases={}, basis_of=[0] * k)
+            writer.append_encoded(chunk, [int(x) for x in ks[i0:i1]], None if labels is None else list(labels[i0:i1]))
+    finally:
+        del coef
+        if tmp is not None:
+            os.remove(tmp)
