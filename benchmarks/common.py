@@ -30,7 +30,7 @@ from score_codec.training.augment import apply_mix, crop_coords, cutmix_box, hfl
 from score_codec.training.images import load_fashion_mnist
 from score_codec.training.models import ResNet, load_model, save_model
 
-__all__ = ["CACHE_DIR", "cpu_name", "load_subset", "train_teacher", "train_image_teacher", "evaluate_teacher",
+__all__ = ["CACHE_DIR", "cpu_name", "load_subset", "train_teacher", "evaluate_teacher",
            "teacher_logits", "cached_teacher_logits", "logit_quality"]
 
 log = logging.getLogger("benchmarks.common")
@@ -134,42 +134,6 @@ def train_teacher(epochs: int = 3, width: int = 16, blocks: Sequence[int] = (1, 
         json.dump(info, f, indent=1)
     model.bench_info = info
     return model
-
-
-def train_image_teacher(images: torch.Tensor, labels: torch.Tensor, model: torch.nn.Module, epochs: int,
-                        scale: Tuple[float, float] = (0.4, 1.0), lr: float = 2e-3, batch_size: int = 128,
-                        seed: int = 0, progress: bool = True) -> torch.nn.Module:
-    """Cross-entropy training of ``model`` on RandomResizedCrop(``scale``) + flip views of ``images``
-    (uint8 or float (N, C, H, W)), the relabel augmentation, so the teacher is right on the views it labels.
-
-    AdamW (weight decay 5e-4), cosine schedule over all steps, bf16 autocast (2-3x faster on CPU); seeded.
-    Returns the model in eval mode."""
-    import math
-
-    from score_select.features import augment_views
-
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    steps = epochs * math.ceil(len(images) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    model.train()
-    bar = tqdm(total=steps, desc="teacher", unit="step", disable=not progress)
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=g)
-        for s in range(0, len(images), batch_size):
-            b = order[s:s + batch_size]
-            xb = augment_views(_float(images[b]), 1, g, scale=tuple(scale))
-            with torch.autocast("cuda" if xb.is_cuda else "cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(xb), labels[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    return model.eval()
 
 
 @torch.no_grad()

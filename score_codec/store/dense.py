@@ -217,6 +217,13 @@ class DenseFactors:
                     out[part] = torch.bmm(a[part].unsqueeze(1), self._own_bases(img[part])).squeeze(1)
         return out
 
+    def _add_means_and_residual(self, out: torch.Tensor, r: torch.Tensor) -> None:
+        """Add the stored row means and residual entries of global rows ``r`` to ``out`` (B, C), in place."""
+        if self.mean is not None:
+            out += self.mean[r, None]
+        if self.res_cols.shape[1]:
+            out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+
     def _check(self, img: np.ndarray, aug: np.ndarray) -> np.ndarray:
         """Validated global row numbers (numpy; cheap next to torch ops on small batches)."""
         if img.shape != aug.shape:
@@ -245,10 +252,7 @@ class DenseFactors:
             out = self._single_rows(r, img)
         else:
             out = self._decode(self._coefficients(r, img), img)
-        if self.mean is not None:
-            out += self.mean[r, None]
-        if self.res_cols.shape[1]:
-            out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+        self._add_means_and_residual(out, r)
         return out
 
     def matrices(self, image_ids: Sequence[int]) -> torch.Tensor:
@@ -262,10 +266,7 @@ class DenseFactors:
         rows_img = img.repeat_interleave(k)
         if self.single_basis:
             out = self._single_rows(r, rows_img)
-            if self.mean is not None:
-                out += self.mean[r, None]
-            if self.res_cols.shape[1]:
-                out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+            self._add_means_and_residual(out, r)
             return out.reshape(img.numel(), k, -1)
         a = self._coefficients(r, rows_img)
         own = self.basis_of[img] < 0
@@ -280,8 +281,5 @@ class DenseFactors:
             out = out.reshape(-1, c)
         else:
             out = self._decode(a, rows_img)
-        if self.mean is not None:
-            out += self.mean[r, None]
-        if self.res_cols.shape[1]:
-            out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+        self._add_means_and_residual(out, r)
         return out.reshape(img.numel(), k, -1)
