@@ -65,7 +65,7 @@ def _timed(fn: Callable[[], Any], min_time: float = 0.0) -> tuple:
 
 def _decode_all(path: str) -> torch.Tensor:
     fac = LabelStore(path).factors()
-    n = fac.b_of.numel()
+    n = fac.ks.numel()
     return torch.cat([fac.matrices(range(s, min(s + 256, n))) for s in range(0, n, 256)])
 
 

@@ -53,7 +53,7 @@ def glyph_teacher_logits(n: int, k: int, mix: str, progress: bool = True):
 
 def _decode_all(path: str) -> torch.Tensor:
     fac = LabelStore(path).factors()
-    n = fac.b_of.numel()
+    n = fac.ks.numel()
     return torch.cat([fac.matrices(range(s, min(s + 64, n))) for s in range(0, n, 64)])
 
 

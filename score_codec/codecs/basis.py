@@ -55,6 +55,13 @@ class GramAccumulator:
         self.total += t + other.count * d
         self.count += other.count
 
+    def covariance(self) -> torch.Tensor:
+        """(C, C) float64 covariance of the rows about their mean."""
+        if self.count == 0:
+            raise CodecError("GramAccumulator.covariance: no rows were added")
+        mean = self.total / self.count
+        return self.gram / self.count - torch.outer(mean, mean)
+
     def pca(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean (C,), basis (C, C) rows = principal directions by decreasing variance, variances (C,)),
         all float64.  The variances are the eigenvalues of the covariance of the rows about their mean."""

@@ -178,7 +178,14 @@ class GlobalBasisCodec(StoreCodec):
         c = int(src.centred(0).shape[1])
         if head is not None:
             mean, basis = head_basis(*head)
-            variances, total = None, src.total_rows
+            # order the head's directions by the variance of this store's rows along them, so that a rank
+            # below d keeps the directions that matter (the QR order is arbitrary)
+            acc, total = self._gram(src, device)
+            cov = acc.covariance()
+            small = basis @ cov.to(basis.dtype) @ basis.T
+            evals, rot = torch.linalg.eigh(small)
+            order = torch.argsort(evals, descending=True)
+            basis, variances = rot[:, order].T @ basis, evals[order].clamp_min(0)
         else:
             acc, total = self._gram(src, device)
             mean, basis, variances = acc.pca()
@@ -190,8 +197,6 @@ class GlobalBasisCodec(StoreCodec):
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
                                   f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
         elif energy is not None:
-            if variances is None:
-                raise CodecError("energy= needs a fitted basis; with head= give rank= (or nothing: full rank)")
             share = variances.cumsum(0) / variances.sum().clamp_min(1e-300)
             r = int((share < energy - 1e-12).sum()) + 1
         else:

@@ -173,3 +173,16 @@ def test_gram_accumulator_streams_and_merges_like_one_pass():
     assert torch.allclose(m1, x.mean(0), atol=1e-4) and torch.allclose(m2, x.mean(0), atol=1e-4)
     assert torch.allclose(v1, torch.linalg.eigvalsh(ref).flip(0), rtol=1e-4, atol=1e-4)
     assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-4)
+
+
+def test_head_basis_below_full_rank_keeps_the_high_variance_directions(tmp_path):
+    y, w, b = affine_logits(d=6, seed=5)
+    sc.encode(y, str(tmp_path / "h"), method="global", head=(w, b), rank=3, quant="fp32",
+              codec_config={"newton_steps": 0})
+    sc.encode(y, str(tmp_path / "p"), method="global", rank=3, quant="fp32", codec_config={"newton_steps": 0})
+    err = {}
+    for name in ("h", "p"):
+        st = sc.LabelStore(str(tmp_path / name))
+        err[name] = float((torch.stack([st.matrix(i) for i in range(len(st))]) - centred(y)).pow(2).mean())
+    # the teacher-head subspace contains the data, so its top-3 directions are the PCA ones (up to fp16)
+    assert err["h"] <= 1.05 * err["p"] + 1e-6
