@@ -41,10 +41,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "quick": dict(n=500, k=50, ranks=[1, 2, 4, 8], residuals=[0, 1], ratios=[3, 5, 10, 20, 30], shuffle_ranks=[2, 8],
                   speed_n=24, speed_rpca=4, speed_rank=16, decode_n=64, decode_batches=30,
                   many_n=100, many_k=50, many_targets=[10, 30, 100],
-                  many_methods=["svd", "shared (per class)", "global", "two-level", "global, teacher head"]),
+                  many_methods=["svd", "shared (per class)", "global", "two-level", "global, teacher head"],
+                  many_methods_crop=["svd", "global"]),
     "full": dict(n=1000, k=300, ranks=[1, 2, 3, 4, 6, 8], residuals=[0, 1, 2], ratios=[3, 5, 10, 20, 30],
                  shuffle_ranks=[2, 4, 8], speed_n=96, speed_rpca=4, speed_rank=16, decode_n=200, decode_batches=200,
-                 many_n=300, many_k=100, many_targets=[10, 20, 30, 100], many_methods=None),
+                 many_n=300, many_k=100, many_targets=[10, 20, 30, 100], many_methods=None,
+                 many_methods_crop=["svd", "shared (per class)", "global", "two-level", "global, teacher head"]),
 }
 METHODS = ["svd", "rsvd", "cur", "rpca", "shared"]
 QUANTS = ["fp16", "int8"]
@@ -221,10 +223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n, k, c = y.shape
     from benchmarks.codec_manyclass import MANY_METHODS, coefficient_study, glyph_teacher_logits, manyclass_rows
 
-    methods = [m for m in MANY_METHODS if cfg["many_methods"] is None or m[0] in cfg["many_methods"]]
     many: Dict[str, List[Dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="codec_bench_") as tmp:
-        for mix in ("cutmix", "none"):
+        for mix, names in (("cutmix", cfg["many_methods"]), ("none", cfg["many_methods_crop"])):
+            methods = [m for m in MANY_METHODS if names is None or m[0] in names]
             ym, ylab, head, g_top1 = glyph_teacher_logits(cfg["many_n"], cfg["many_k"], mix, progress=not args.quiet)
             many[mix] = manyclass_rows(ym, ylab, head, cfg["many_targets"], tmp, methods)
             if mix == "cutmix":
