@@ -77,18 +77,21 @@ class PeerVariant:
         self.name = name or (source.name if source is not None else vid)
 
 
-def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float) -> List[PeerVariant]:
-    """LPLD, LPQLD and FKD variants for target ratio ``x`` (x = 1: only the top-k methods; LPLD at 1x is
-    the raw dump)."""
+def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bool = True,
+                topk: bool = True) -> List[PeerVariant]:
+    """LPLD (``lpld``), LPQLD and FKD (``topk``) variants for target ratio ``x`` (x = 1: only the top-k
+    methods; LPLD at 1x is the raw dump)."""
     c = int(Y.shape[-1])
     out: List[PeerVariant] = []
-    if x > 1:
+    if lpld and x > 1:
         r = lpld_prune_ratio(x)
         try:
             out.append(PeerVariant(f"lpld@{x:g}", "LPLD", x, PoolSource(LogitSource(Y), table, r,
                                                                          name=f"LPLD r={r:.3f}")))
         except ValueError as exc:
             out.append(PeerVariant(f"lpld@{x:g}", "LPLD", x, None, f"n/a: {exc}"))
+    if not topk:
+        return out
     p = lpqld_params(c, x)
     if p is None:
         out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, None, f"n/a: 4 B per top-k entry > {2 * c / x / (1 - LPQLD_PRUNE):.2f} B/row even after pruning r=0.9"))
@@ -183,6 +186,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
             out.append(ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls,
                                    os.path.join(store_dir, f"{pool_codec}_{cfg.quant}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
-        if peers_at is None or x in peers_at:
-            out.extend(build_peers(x, Y, table, cfg.T))
+        lpld_at = getattr(cfg, "lpld_at", None) or peers_at
+        topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
+        if topk or lpld:
+            out.extend(build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk))
     return out

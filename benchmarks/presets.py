@@ -50,6 +50,8 @@ class Config:
     pool_codec: Optional[str] = None         # the codec of ours + pool (None: codecs[0])
     quant: str = "fp16"
     peers_at: Optional[Tuple[float, ...]] = None   # targets with peer rows (None: all)
+    lpld_at: Optional[Tuple[float, ...]] = None    # targets with an LPLD row (None: peers_at); top-k peers: peers_at
+    cache: Optional[str] = None              # step cache shared with another preset (None: this name)
     # students
     student_width: int = 32
     student_depth: int = 3
@@ -89,6 +91,16 @@ PRESETS: Dict[str, Config] = {
             "label_epochs": 100, "select_label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
             "ratios": (10, 20, 30, 100), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
             "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
+        }),
+    # The 1000-class run that fits one 3-hour session on 2 cores: glyphs-full's teacher, pool and SCORE
+    # selection (same cache, so its students count towards glyphs-full), one seed, the codec the
+    # many-class codec bench ranks first, LPLD at every target and the top-k peers at 10x.
+    "glyphs-1k": Config(
+        "glyphs-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
+            **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
+            "select_methods": ("score",), "label_epochs": 100, "seeds": (0,), "pool_inner": 10.0,
+            "ratios": (10, 30, 100), "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (),
+            "peers_at": (10,), "lpld_at": (10, 30, 100), "cache": "glyphs-full",
         }),
     "full": Config("full", quant="int8", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
                    train_steps=2000, lr=1e-2, test_limit=5000, codecs=("svd", "rsvd", "cur", "rpca", "shared", "global"),

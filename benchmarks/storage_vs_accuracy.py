@@ -1,7 +1,8 @@
 """Storage versus accuracy on real data: selection, relabelling, label codecs vs peers, students.
 
     python benchmarks/storage_vs_accuracy.py --preset glyphs-quick    # the README's main command (~7 min, 2 cores)
-    python benchmarks/storage_vs_accuracy.py --preset glyphs-full     # 1000 classes, the committed table (hours)
+    python benchmarks/storage_vs_accuracy.py --preset glyphs-1k       # 1000 classes, one seed (~100 min)
+    python benchmarks/storage_vs_accuracy.py --preset glyphs-full     # 1000 classes, every row, 3 seeds (hours)
     python benchmarks/storage_vs_accuracy.py --preset full            # Fashion-MNIST, 10 classes
     python benchmarks/storage_vs_accuracy.py --preset full --data /path/to/imagefolder --test /path/to/val \
         --image-size 64 --name mine                                    # any ImageFolder, any class count
@@ -216,7 +217,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
 
     t_start = time.time()
     torch.set_num_threads(cfg.threads)
-    cache_dir = cache_dir or os.path.join(HERE, "cache", cfg.name)
+    cache_dir = cache_dir or os.path.join(HERE, "cache", cfg.cache or cfg.name)
     out_dir = out_dir or os.path.join(HERE, "runs")
     pipe = Pipeline(cfg, cache_dir)
     teacher = pipe.teacher()
