@@ -23,7 +23,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) -> None:
     """Codec, rate-control and quantisation options (``encode`` and ``relabel``)."""
-    p.add_argument("--method", default="svd", choices=METHODS,
+    p.add_argument("--method", default="global", choices=METHODS,
                    help="Codec: per-image svd, rsvd, cur, rpca; shared (a basis per class); global (one basis for "
                         "the whole store, best for many classes and CutMix dumps); two-level (global plus per-class "
                         "refinements).")

@@ -148,9 +148,12 @@ def fit_coefficients(y: torch.Tensor, basis: torch.Tensor, mean: Optional[torch.
     top_m = None if hessian_classes is None or not orthonormal or hessian_classes >= c else int(hessian_classes)
     outer = None if top_m else (b.T[:, :, None] * b.T[:, None, :])[:, iu[0], iu[1]]     # (C, r(r+1)/2)
     bt = b.T.contiguous()
+    # least squares against the basis as stored: a rounded (fp16) orthonormal basis is orthonormal only to
+    # about 1e-3, and a plain projection would leave that much of every row's scale as error even at full rank
+    ginv = torch.linalg.pinv(gram.double()).float()
     for s in range(0, y.shape[0], chunk_rows):
         z = y[s:s + chunk_rows].to(torch.float32) - mu
-        x = z @ b.T if orthonormal else torch.linalg.solve(gram, (z @ b.T).T).T
+        x = (z @ b.T) @ ginv
         if steps > 0:
             plog = torch.log_softmax((z + mu) / t, -1)
             p = plog.exp()

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import BudgetError, CodecError
+from ..errors import BudgetError, CodecError, InputError
 from .base import Codec, register_codec
 from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
 from .quantize import bytes_per_value, roundtrip
@@ -84,6 +84,7 @@ class FitSource:
         self.ks = np.asarray([len(m) for m in matrices] if ks is None else ks, dtype=np.int64)
         #: images of the store (rate control's per-image costs); differs from len() when the items are row blocks
         self.num_images = len(matrices) if num_images is None else int(num_images)
+        self._c: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.matrices)
@@ -93,8 +94,16 @@ class FitSource:
         return int(self.ks.sum())
 
     def centred(self, i: int) -> torch.Tensor:
+        """Matrix ``i`` (K_i, C) as float32 with each row's mean removed; InputError for a matrix that is
+        not 2-D, has no rows, has a different C from matrix 0, or holds NaN/Inf."""
         m = self.matrices[i]
         m = (m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))).to(torch.float32)
+        if self._c is None and m.ndim == 2:
+            self._c = int(m.shape[1])
+        if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] != self._c or not bool(torch.isfinite(m).all()):
+            raise InputError(f"fit: matrix {i} must be a finite (K, C={self._c}) matrix with K >= 1, "
+                             f"found shape {tuple(m.shape)}" + ("" if m.numel() == 0 or m.ndim != 2
+                                                              or bool(torch.isfinite(m).all()) else " with NaN/Inf"))
         return m - m.mean(-1, keepdim=True)
 
 

@@ -24,7 +24,7 @@ __all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk"
 class EncodeOptions:
     """Everything that decides how labels are encoded (JSON-serialisable; stored in the index)."""
 
-    method: str = "svd"
+    method: str = "global"
     codec_config: Dict[str, Any] = field(default_factory=dict)
     rank: Optional[int] = None
     energy: Optional[float] = None

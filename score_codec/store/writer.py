@@ -70,7 +70,7 @@ class StoreWriter:
         self,
         path: Union[str, os.PathLike],
         num_classes: int,
-        method: str = "svd",
+        method: str = "global",
         rank: Optional[int] = None,
         energy: Optional[float] = None,
         ratio: Optional[float] = None,

@@ -93,7 +93,7 @@ class _ScratchImages:
 
 
 def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: str, epochs: int, *,
-            mix: str = "cutmix", batch_size: int = 64, method: str = "svd", rank: Optional[int] = 8,
+            mix: str = "cutmix", batch_size: int = 64, method: str = "global", rank: Optional[int] = 8,
             quant: str = "fp16", seed: int = 42, input_size: Optional[int] = None,
             scale: Tuple[float, float] = (0.08, 1.0), raw_dump: Optional[str] = None, raw_fp16: bool = True,
             device: str = "cpu", overwrite: bool = False, progress: bool = True,

@@ -63,7 +63,7 @@ def test_fkd_bad_file_refused(tmp_path):
 def test_fkd_through_cli(tmp_path):
     root = str(tmp_path / "fkd")
     truth = dumpgen.make_fkd_dump(root, ipc=2, crops=6, topk=3)
-    assert main(["encode", root, str(tmp_path / "s"), "--rank", "6", "--quiet"]) == 0
+    assert main(["encode", root, str(tmp_path / "s"), "--method", "svd", "--rank", "6", "--quiet"]) == 0
     assert main(["decode", str(tmp_path / "s"), str(tmp_path / "d"), "--quiet"]) == 0
     for rel in truth["files"]:
         a, b = load_any(os.path.join(root, rel)), load_any(os.path.join(str(tmp_path / "d"), rel))
@@ -83,7 +83,7 @@ def test_npy_round_trip(tmp_path):
         with read_dump(str(tmp_path / "y.npy")) as c:
             write_dump(c, str(tmp_path / "d"), "sre2l")
     assert not os.path.exists(str(tmp_path / "d"))
-    assert main(["encode", str(tmp_path / "y.npy"), str(tmp_path / "s"), "--rank", "4", "--quiet"]) == 0
+    assert main(["encode", str(tmp_path / "y.npy"), str(tmp_path / "s"), "--method", "svd", "--rank", "4", "--quiet"]) == 0
     assert main(["decode", str(tmp_path / "s"), str(tmp_path / "w.npy"), "--quiet"]) == 0
     w = np.load(str(tmp_path / "w.npy"))
     assert np.allclose(w, y - y.mean(-1, keepdims=True), atol=2e-2)   # rank 4 = K: only fp16 error remains

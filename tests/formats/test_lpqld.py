@@ -49,7 +49,7 @@ def test_mrk_needs_num_classes(tmp_path):
 def test_mrk_through_cli(tmp_path):
     root = str(tmp_path / "q")
     dumpgen.make_lpqld_dump(root, ipc=2, epochs=2, batch_size=5, topk=3)
-    assert main(["encode", root, str(tmp_path / "s"), "--num-classes", "10", "--rank", "2", "--quiet"]) == 0
+    assert main(["encode", root, str(tmp_path / "s"), "--num-classes", "10", "--method", "svd", "--rank", "2", "--quiet"]) == 0
     assert main(["decode", str(tmp_path / "s"), str(tmp_path / "d"), "--quiet"]) == 0
     a, b = load_any(os.path.join(root, "batch_1.tar")), load_any(str(tmp_path / "d" / "batch_1.tar"))
     for k in range(5):

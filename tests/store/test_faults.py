@@ -125,13 +125,13 @@ def test_cli_encode_resumes_an_interrupted_run(tmp_path):
     src = tmp_path / "y.npy"
     np.save(src, Y.numpy().astype(np.float16))
     ref = tmp_path / "ref.store"
-    assert main(["encode", str(src), str(ref), "--rank", "3", "--shard-mb", "0.001", "--quiet"]) == 0
+    assert main(["encode", str(src), str(ref), "--method", "svd", "--rank", "3", "--shard-mb", "0.001", "--quiet"]) == 0
     dst = tmp_path / "dst.store"
     with pytest.raises(KeyboardInterrupt):
-        with sc.StoreWriter(dst, 10, rank=3, shard_bytes=int(0.001 * 2**20)) as w:
+        with sc.StoreWriter(dst, 10, method="svd", rank=3, shard_bytes=int(0.001 * 2**20)) as w:
             w.add(torch.from_numpy(np.load(src)[:24]).float())
             raise KeyboardInterrupt
-    assert main(["encode", str(src), str(dst), "--rank", "3", "--shard-mb", "0.001", "--quiet", "--resume"]) == 0
+    assert main(["encode", str(src), str(dst), "--method", "svd", "--rank", "3", "--shard-mb", "0.001", "--quiet", "--resume"]) == 0
     assert np.array_equal(_decoded(dst), _decoded(ref))
 
 

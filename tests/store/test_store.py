@@ -42,7 +42,7 @@ def test_every_method_round_trips_through_the_store(tmp_path, logits, method, si
 
 @pytest.mark.parametrize("quant,rel", [("fp16", 2e-3), ("bf16", 1.6e-2), ("int8", 2e-2)])
 def test_full_rank_error_is_within_the_quantisation_bound(tmp_path, logits, quant, rel):
-    sc.encode(logits, tmp_path / "q", rank=10, quant=quant)
+    sc.encode(logits, tmp_path / "q", method="svd", rank=10, quant=quant)
     store = sc.LabelStore(tmp_path / "q")
     for i in range(len(store)):
         assert_close_rel(store.matrix(i), centred(logits[i]), rel)
@@ -74,7 +74,7 @@ def test_residual_lowers_error(tmp_path, logits):
 
 def test_images_may_have_different_k(tmp_path):
     mats = [teacher_like_logits(1, k, 7, seed=k)[0] for k in (3, 9, 9, 1, 20)]
-    sc.encode(mats, tmp_path / "k", rank=7, quant="fp32")
+    sc.encode(mats, tmp_path / "k", method="svd", rank=7, quant="fp32")
     store = sc.LabelStore(tmp_path / "k")
     assert store.ks.tolist() == [3, 9, 9, 1, 20]
     for i, m in enumerate(mats):
@@ -94,8 +94,8 @@ def test_ratio_target_is_met_and_reported_exactly(tmp_path, ratio):
 
 def test_ratio_allocation_beats_uniform_rank_at_equal_bytes(tmp_path):
     y = torch.cat([teacher_like_logits(16, 40, 10, rank=1, seed=7), teacher_like_logits(16, 40, 10, rank=6, seed=8)])
-    uni = sc.encode(y, tmp_path / "u", rank=3, quant="fp32", zstd_level=0)
-    alloc = sc.encode(y, tmp_path / "a", target_bytes=uni["label_bytes"], quant="fp32", zstd_level=0)
+    uni = sc.encode(y, tmp_path / "u", method="svd", rank=3, quant="fp32", zstd_level=0)
+    alloc = sc.encode(y, tmp_path / "a", method="svd", target_bytes=uni["label_bytes"], quant="fp32", zstd_level=0)
     assert alloc["label_bytes"] <= uni["label_bytes"]
 
     def err(p):
@@ -106,7 +106,7 @@ def test_ratio_allocation_beats_uniform_rank_at_equal_bytes(tmp_path):
 
 
 def test_energy_keeps_the_requested_share(tmp_path, logits):
-    sc.encode(logits, tmp_path / "e", energy=0.99, quant="fp32")
+    sc.encode(logits, tmp_path / "e", method="svd", energy=0.99, quant="fp32")
     store = sc.LabelStore(tmp_path / "e")
     for i in range(len(store)):
         s = torch.linalg.svdvals(centred(logits[i]).double()).pow(2)
@@ -136,15 +136,26 @@ def test_metadata_round_trips_bit_exactly(tmp_path):
     (torch.full((2, 3, 4), float("nan")), "non-finite"),
     (torch.zeros(2, 0, 4), "zero rows"),
 ])
-def test_bad_input_is_refused_and_nothing_is_left(tmp_path, bad, match):
+@pytest.mark.parametrize("method", ["svd", "global"])
+def test_bad_input_is_refused_and_nothing_is_left(tmp_path, bad, match, method):
     with pytest.raises(InputError, match=match):
-        sc.encode(bad, tmp_path / "bad")
+        sc.encode(bad, tmp_path / "bad", method=method)
     assert os.listdir(tmp_path) == []
 
 
-def test_wrong_class_count_and_existing_destination(tmp_path, logits):
+@pytest.mark.parametrize("bad", [torch.full((3, 10), float("inf")), torch.zeros(0, 10), torch.zeros(3, 9)])
+def test_store_wide_fit_names_the_bad_matrix(tmp_path, logits, bad):
+    # StoreWriter.fit reads its matrices lazily, so it validates them itself (not via encode's check)
+    with pytest.raises(InputError, match="fit: matrix 2"):
+        with sc.StoreWriter(tmp_path / "f", 10, method="global", rank=3) as w:
+            w.fit([logits[0], logits[1], bad])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("method", ["svd", "global"])
+def test_wrong_class_count_and_existing_destination(tmp_path, logits, method):
     with pytest.raises(InputError, match="C=10"):
-        sc.encode([logits[0], logits[1][:, :9]], tmp_path / "w")
+        sc.encode([logits[0], logits[1][:, :9]], tmp_path / "w", method=method)
     sc.encode(logits, tmp_path / "w")
     with pytest.raises(InputError, match="exists"):
         sc.encode(logits, tmp_path / "w")
@@ -216,7 +227,7 @@ def test_unknown_version_is_refused(tmp_path, logits):
 
 
 def test_shards_split_at_the_size_limit(tmp_path, logits):
-    sc.encode(logits, tmp_path / "sh", rank=3, shard_bytes=2000)
+    sc.encode(logits, tmp_path / "sh", method="svd", rank=3, shard_bytes=2000)
     store = sc.LabelStore(tmp_path / "sh")
     assert len(os.listdir(tmp_path / "sh" / "shards")) > 2
     for i in range(len(store)):
