@@ -116,18 +116,20 @@ def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bo
     return out
 
 
-def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: str, quant: str = "fp16") -> PeerVariant:
+def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: str, quant: str = "fp16",
+         codec_config: Optional[dict] = None) -> PeerVariant:
     """Our codec at ratio ``x`` (``score_codec.encode(..., ratio=x)`` rate control), cached at ``path``;
     "n/a" with the library's message when the budget is below what the format needs (a BudgetError)."""
     from score_codec import encode
     from score_codec.errors import ScoreError
 
     tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
+    tag += "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
     vid = f"{tag}@{x:g}"
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         try:
             encode(Y, path, method=method, ratio=float(x), quant=quant, residual=residual, labels=labels,
-                   overwrite=True)
+                   overwrite=True, codec_config=codec_config)
         except ScoreError as exc:
             log.info("%s: %s", vid, exc)
             return PeerVariant(vid, "ours", x, None, f"n/a: {exc}", name=tag)
@@ -141,18 +143,19 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
 
 
 def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: BatchTable, labels, path: str,
-                quant: str = "fp16") -> PeerVariant:
+                quant: str = "fp16", codec_config: Optional[dict] = None) -> PeerVariant:
     """Our codec composed with LPLD's label pool: keep the first ``inner / x`` share of the stored epochs
     (whole epochs) and encode them at ratio ``inner``, so the total is ``x``.  Per-image low-rank factors
     cost at least 2 bytes per row (one fp16 entry of U) plus a 32-byte header per image, so with 10
     classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
     from score_codec.errors import ScoreError
 
-    vid = f"{method}{'' if quant == 'fp16' else '-' + quant}+pool@{x:g}"
+    cfg_tag = "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+    vid = f"{method}{'' if quant == 'fp16' else '-' + quant}{cfg_tag}+pool@{x:g}"
     keep = int(table.epochs * inner / float(x) + 1e-9)
     if keep < 1 or x <= inner:
         return PeerVariant(vid, "ours+pool", x, None, f"n/a: keeps {keep} of {table.epochs} epochs", name=vid)
-    sub = ours(inner, method, 0, Y[:, :keep].contiguous(), labels, path, quant)
+    sub = ours(inner, method, 0, Y[:, :keep].contiguous(), labels, path, quant, codec_config)
     if sub.source is None:
         return PeerVariant(vid, "ours+pool", x, None, sub.note, name=f"{method}@{inner:g}x on {keep} epochs")
     r = 1.0 - keep / table.epochs
@@ -177,15 +180,18 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     res_max = getattr(cfg, "residual_max_ratio", float("inf"))
     jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
             for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
+    cc = dict(getattr(cfg, "codec_config", None) or ())
+    ctag = "".join(f"_{k}{v}" for k, v in sorted(cc.items()))
     for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
         qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
-        out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}{qtag}_res{r}_x{x:g}"), cfg.quant))
+        out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}{qtag}{ctag}_res{r}_x{x:g}"), cfg.quant, cc or None))
     pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
     peers_at = getattr(cfg, "peers_at", None)
     for x in cfg.ratios:
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
             out.append(ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls,
-                                   os.path.join(store_dir, f"{pool_codec}_{cfg.quant}_pool{cfg.pool_inner:g}_x{x:g}"), cfg.quant))
+                                   os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}"),
+                                   cfg.quant, cc or None))
         lpld_at = getattr(cfg, "lpld_at", None) or peers_at
         topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
         if topk or lpld:
