@@ -97,7 +97,7 @@ class FitSource:
         """Matrix ``i`` (K_i, C) as float32 with each row's mean removed; InputError for a matrix that is
         not 2-D, has no rows, has a different C from matrix 0, or holds NaN/Inf."""
         m = self.matrices[i]
-        m = (m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))).to(torch.float32)
+        m = m.to(torch.float32) if isinstance(m, torch.Tensor) else torch.from_numpy(np.array(m, dtype=np.float32))
         if self._c is None and m.ndim == 2:
             self._c = int(m.shape[1])
         if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] != self._c or not bool(torch.isfinite(m).all()):

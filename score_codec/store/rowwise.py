@@ -76,7 +76,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
     row_mean = np.empty(nrows, dtype=np.float32) if keep_mean else None
     try:
         for s in tqdm(range(0, nrows, chunk_rows), desc="encode rows", unit="chunk", disable=not progress):
-            y = torch.from_numpy(np.asarray(rows[s:s + chunk_rows], dtype=np.float32)).to(writer.device)
+            y = torch.from_numpy(np.array(rows[s:s + chunk_rows], dtype=np.float32)).to(writer.device)
             if not bool(torch.isfinite(y).all()):
                 bad = int((~torch.isfinite(y)).any(1).nonzero()[0]) + s
                 raise InputError(f"image {int(image[bad])}: non-finite logit (NaN or Inf) in its row {int(aug[bad])}")
