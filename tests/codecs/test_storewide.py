@@ -186,3 +186,22 @@ def test_head_basis_below_full_rank_keeps_the_high_variance_directions(tmp_path)
         err[name] = float((torch.stack([st.matrix(i) for i in range(len(st))]) - centred(y)).pow(2).mean())
     # the teacher-head subspace contains the data, so its top-3 directions are the PCA ones (up to fp16)
     assert err["h"] <= 1.05 * err["p"] + 1e-6
+
+
+def test_newton_fit_is_skipped_above_newton_max_rank(tmp_path):
+    from score_codec.codecs import get_codec
+
+    codec = get_codec("global", newton_max_rank=4)
+    assert codec.get_config()["newton_max_rank"] == 4
+    assert type(codec).from_config(codec.get_config()).newton_max_rank == 4
+    assert codec.steps_for(4) == 1 and codec.steps_for(5) == 0
+    with pytest.raises(CodecError, match="newton_max_rank"):
+        get_codec("global", newton_max_rank=-1)
+    # above the threshold the stored coefficients are exactly the least-squares ones
+    y = teacher_like_logits(12, 8, 20, seed=3)
+    a = sc.encode(y, tmp_path / "a", method="global", rank=6, quant="fp32", codec_config={"newton_max_rank": 4})
+    b = sc.encode(y, tmp_path / "b", method="global", rank=6, quant="fp32", codec_config={"newton_steps": 0})
+    da, db = sc.LabelStore(tmp_path / "a"), sc.LabelStore(tmp_path / "b")
+    assert a["rank_max"] == b["rank_max"] == 6
+    for i in range(12):
+        assert torch.allclose(da.matrix(i), db.matrix(i), atol=1e-5)
