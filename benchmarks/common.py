@@ -228,3 +228,20 @@ def logit_quality(y: torch.Tensor, y_hat: torch.Tensor, temps: Sequence[float] =
     out = {f"kl_T{t:g}": kl[t] / rows for t in temps}
     out["top1"] = agree / rows
     return out
+
+
+def replay_epochs(dataset, store_path: str, epochs: int, workers: int) -> int:
+    """Views served by ``dataset`` (a CompressedSoftLabelDataset) over ``epochs`` epochs in the store's batch
+    order (ReplayBatchSampler), through a DataLoader with ``workers`` workers: the training data path."""
+    from torch.utils.data import DataLoader
+    from score_codec import ReplayBatchSampler
+
+    sampler = ReplayBatchSampler(store_path)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    n = 0
+    for e in range(epochs):
+        dataset.set_epoch(e)
+        sampler.set_epoch(e)
+        for x, _, _, _ in loader:
+            n += len(x)
+    return n

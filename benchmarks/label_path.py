@@ -238,8 +238,8 @@ def encode_section(tmp: str) -> List[str]:
 def dataloader_section(tmp: str) -> List[str]:
     """Views + labels with 2 DataLoader workers: labels decoded from the store vs looked up in RAM."""
     import score_codec as sc
-    from torch.utils.data import DataLoader
 
+    from benchmarks.common import replay_epochs
     from score_codec.training.images import TensorImages
     from tests.common import make_meta
 
@@ -259,16 +259,7 @@ def dataloader_section(tmp: str) -> List[str]:
             return y[torch.as_tensor(np.asarray(indices, dtype=np.int64)), self.epoch]
 
     def run(cls) -> int:
-        ds = cls(imgs, path)
-        sampler = sc.ReplayBatchSampler(path)
-        loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, persistent_workers=True)
-        total = 0
-        for e in range(k):
-            ds.set_epoch(e)
-            sampler.set_epoch(e)
-            for x, lab, _, _ in loader:
-                total += len(x)
-        return total
+        return replay_epochs(cls(imgs, path), path, k, 2)
 
     ram = _rate(lambda: run(InRAM), 2)
     store = _rate(lambda: run(sc.CompressedSoftLabelDataset), 2)

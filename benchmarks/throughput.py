@@ -46,11 +46,11 @@ def measure(preset: str = "quick", workers: int = 2, epochs: int = 0) -> List[st
     """Run every measurement on ``preset``'s cached sweep dump; returns the markdown lines."""
     import score_codec
     import score_select
-    from torch.utils.data import DataLoader
 
+    from benchmarks.common import replay_epochs
     from benchmarks.storage_vs_accuracy import HERE, PRESETS, Pipeline
     from score_codec.training.images import TensorImages
-    from score_codec.training.dataset import CompressedSoftLabelDataset, LabelDecoder, ReplayBatchSampler
+    from score_codec.training.dataset import CompressedSoftLabelDataset, LabelDecoder
 
     cfg = PRESETS[preset]
     torch.set_num_threads(cfg.threads)
@@ -88,16 +88,7 @@ def measure(preset: str = "quick", workers: int = 2, epochs: int = 0) -> List[st
 
     def workers_path(path: str) -> Callable[[], int]:
         def run() -> int:
-            ds = CompressedSoftLabelDataset(images, path)
-            sampler = ReplayBatchSampler(path)
-            loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
-            n = 0
-            for e in range(E):
-                ds.set_epoch(e)
-                sampler.set_epoch(e)
-                for x, y, _, _ in loader:
-                    n += len(x)
-            return n
+            return replay_epochs(CompressedSoftLabelDataset(images, path), path, E, workers)
         return run
 
     def decoder_path(path: str, views: bool) -> Callable[[], int]:

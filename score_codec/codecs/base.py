@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Type
 
 import torch
 
-from ..errors import CodecError, UnknownCodecError
+from ..errors import CodecError, InputError, UnknownCodecError
 
-__all__ = ["Factors", "Codec", "register_codec", "get_codec", "codec_from_config", "registered_codecs"]
+__all__ = ["Factors", "Codec", "register_codec", "get_codec", "codec_from_config", "registered_codecs", "check_matrix"]
 
 
 @dataclass
@@ -114,3 +114,16 @@ def codec_from_config(config: Dict[str, Any]) -> Codec:
     if "id" not in config:
         raise CodecError(f"codec config has no 'id': {config!r}")
     return get_codec(config["id"], **{k: v for k, v in config.items() if k != "id"})
+
+
+def check_matrix(m: torch.Tensor, c: int, what: str) -> None:
+    """InputError, prefixed with ``what`` (e.g. "image 3"), unless ``m`` is a finite (K, ``c``) matrix with K >= 1."""
+    if m.ndim != 2:
+        raise InputError(f"{what}: expected a (K, C) matrix, found shape {tuple(m.shape)}")
+    if m.shape[1] != c:
+        raise InputError(f"{what}: expected C={c} classes, found {m.shape[1]}")
+    if m.shape[0] == 0:
+        raise InputError(f"{what}: has zero rows")
+    if not torch.isfinite(m).all():
+        bad = (~torch.isfinite(m)).nonzero()[0].tolist()
+        raise InputError(f"{what}: non-finite logit (NaN or Inf) at row {bad[0]}, class {bad[1]}")

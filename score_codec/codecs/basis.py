@@ -67,9 +67,8 @@ class GramAccumulator:
         all float64.  The variances are the eigenvalues of the covariance of the rows about their mean."""
         if self.count == 0:
             raise CodecError("GramAccumulator.pca: no rows were added")
-        mean = self.total / self.count
-        cov = self.gram / self.count - torch.outer(mean, mean)
-        mean = mean + self.shift.to(torch.float64)
+        cov = self.covariance()
+        mean = self.total / self.count + self.shift.to(torch.float64)
         evals, evecs = torch.linalg.eigh(cov)
         order = torch.argsort(evals, descending=True)
         return mean, evecs[:, order].T.contiguous(), evals[order].clamp_min(0)

@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import BudgetError, CodecError, InputError
-from .base import Codec, register_codec
+from ..errors import BudgetError, CodecError
+from .base import Codec, check_matrix, register_codec
 from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
 from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
@@ -101,10 +101,7 @@ class FitSource:
         m = m.to(torch.float32) if isinstance(m, torch.Tensor) else torch.from_numpy(np.array(m, dtype=np.float32))
         if self._c is None and m.ndim == 2:
             self._c = int(m.shape[1])
-        if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] != self._c or not bool(torch.isfinite(m).all()):
-            raise InputError(f"fit: matrix {i} must be a finite (K, C={self._c}) matrix with K >= 1, "
-                             f"found shape {tuple(m.shape)}" + ("" if m.numel() == 0 or m.ndim != 2
-                                                              or bool(torch.isfinite(m).all()) else " with NaN/Inf"))
+        check_matrix(m, self._c, f"fit: matrix {i}")
         return m - m.mean(-1, keepdim=True)
 
 

@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .meta import AugMeta
 from .reader import LabelStore
-from .encoder import check_matrices
 from .writer import DEFAULT_SHARD_BYTES, StoreWriter
 
 __all__ = ["encode"]
@@ -72,9 +71,6 @@ def encode(
     if any(m.ndim != 2 for m in mats):
         raise InputError("every label matrix must be 2-D (K, C)")
     c = int(mats[0].shape[1])
-    # before any fitting or writing: a store-wide fit would otherwise meet bad rows first (NaN in a Gram
-    # matrix, mixed widths in a concatenation) and fail with a numeric error instead of naming the image
-    check_matrices(mats, c)
     if target_bytes is not None:
         if ratio is not None:
             raise InputError("give ratio or target_bytes, not both")

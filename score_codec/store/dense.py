@@ -15,13 +15,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..codecs.quantize import STORED_DTYPES, bytes_per_value
 from .protocols import StoreTables
 
 __all__ = ["DenseFactors", "dense_bytes", "rows_from_records", "CHUNK_BYTES"]
 
 #: float32 bytes a per-image-basis gather may use at once (bounds the memory of any call)
 CHUNK_BYTES = 64 << 20
-_ITEM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def _rmax(store: StoreTables) -> int:
@@ -33,7 +33,8 @@ def _rmax(store: StoreTables) -> int:
 def dense_bytes(store: StoreTables) -> int:
     """Memory (bytes) that :meth:`DenseFactors.build` takes for ``store``."""
     rmax = _rmax(store)
-    item = _ITEM.get(store.encoding.get("quant"), 4)
+    quant = store.encoding.get("quant")
+    item = bytes_per_value(quant) if quant else 4
     own = int((store.index["basis"] < 0).sum())
     rows = int(store.ks.sum())
     smax = int(store.index["nnz"].max()) if len(store) else 0  # an upper bound on entries per row
@@ -109,8 +110,6 @@ class DenseFactors:
         total = int(store.ks.sum())
         rmax = _rmax(store)
         quant = store.encoding.get("quant", "fp16")
-        from ..codecs.quantize import STORED_DTYPES
-
         dt = STORED_DTYPES[quant]
         own = np.flatnonzero(store.index["basis"] < 0)
         own_of = np.full(n, -1, dtype=np.int64)
@@ -167,6 +166,10 @@ class DenseFactors:
             a = a * self.a_scale[img]
         return a
 
+    def _own_chunk(self) -> int:
+        """Images whose widened (R, C) float32 bases fit in ``CHUNK_BYTES``: the bounded gather's step."""
+        return max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * self.own_b.shape[2]))
+
     def _own_bases(self, img: torch.Tensor) -> torch.Tensor:
         """Widened per-image bases (n, R, C) of images ``img`` (all with their own basis)."""
         slot = self.own_of[img]
@@ -211,7 +214,7 @@ class DenseFactors:
                 out[sel] = vals
             else:
                 # per-image bases: gather them in bounded chunks (R x C float32 per row)
-                step = max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * c))
+                step = self._own_chunk()
                 for s in range(0, sel.numel(), step):
                     part = sel[s:s + step]
                     out[part] = torch.bmm(a[part].unsqueeze(1), self._own_bases(img[part])).squeeze(1)
@@ -275,7 +278,7 @@ class DenseFactors:
             a3 = a.reshape(img.numel(), k, -1)
             c = self.own_b.shape[-1]
             out = torch.empty(img.numel(), k, c, device=dev)
-            step = max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * c))
+            step = self._own_chunk()
             for s in range(0, img.numel(), step):
                 out[s:s + step] = torch.bmm(a3[s:s + step], self._own_bases(img[s:s + step]))
             out = out.reshape(-1, c)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..codecs import Codec, get_codec
+from ..codecs.base import check_matrix
 from ..errors import InputError
 from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
@@ -67,16 +68,7 @@ class EncodedChunk:
 def check_matrices(mats: Sequence[torch.Tensor], c: int, first_id: int = 0) -> None:
     """Validate per-image matrices: 2-D, ``c`` columns, at least one row, finite."""
     for j, m in enumerate(mats):
-        i = first_id + j
-        if m.ndim != 2:
-            raise InputError(f"image {i}: expected a (K, C) matrix, found shape {tuple(m.shape)}")
-        if m.shape[1] != c:
-            raise InputError(f"image {i}: expected C={c} classes, found {m.shape[1]}")
-        if m.shape[0] == 0:
-            raise InputError(f"image {i}: has zero rows")
-        if not torch.isfinite(m).all():
-            bad = (~torch.isfinite(m)).nonzero()[0].tolist()
-            raise InputError(f"image {i}: non-finite logit (NaN or Inf) at row {bad[0]}, class {bad[1]}")
+        check_matrix(m, c, f"image {first_id + j}")
 
 
 def _unit_cost(k: int, c: int, quant: str, shared: bool) -> int:
