@@ -31,7 +31,8 @@ def dumps(tmp_path_factory):
     return out
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fam=st.sampled_from(FAMILIES), file_pick=st.integers(0, 1000), pos=st.floats(0, 1),
        mode=st.sampled_from(["flip", "truncate", "zero", "garbage"]), nbytes=st.integers(1, 32))
 def test_damaged_dumps_raise_only_score_errors(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes):
