@@ -136,7 +136,7 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     meta.validate(index_arr["k"].astype(np.int64))
     with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
         write_index(f, c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE), b"".join(blobs), meta)
-    write_manifest_file(tmp, {**make_manifest(len(index_arr), c, [e["bytes"] for e in shards])})
+    write_manifest_file(tmp, make_manifest(len(index_arr), c, [e["bytes"] for e in shards], tmp))
     if os.path.exists(dst):
         shutil.rmtree(dst)
     os.replace(tmp, dst)

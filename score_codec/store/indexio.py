@@ -80,18 +80,26 @@ def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index:
     a.attrs["attrs"] = json.dumps(meta.attrs)
 
 
-def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int]) -> Dict[str, Any]:
-    """The manifest object of section 3."""
-    from .layout import shard_name
+def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int], root: Optional[str] = None) -> Dict[str, Any]:
+    """The manifest object of section 3; with ``root`` (a directory store whose shards and index are
+    written) also the integrity members of section 2.1, computed from those files."""
+    from .integrity import index_entry, shard_entry
+    from .layout import INDEX_FILE, SHARD_DIR, shard_name
 
-    return {
+    shards = [{"name": shard_name(i), "bytes": int(n)} for i, n in enumerate(shard_sizes)]
+    manifest: Dict[str, Any] = {
         "format": "score-label-store",
         "format_version": FORMAT_VERSION,
         "num_images": int(num_images),
         "num_classes": int(num_classes),
-        "shards": [{"name": shard_name(i), "bytes": int(n)} for i, n in enumerate(shard_sizes)],
+        "shards": shards,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if root is not None:
+        for e in shards:
+            e.update(shard_entry(os.path.join(root, SHARD_DIR, e["name"]), e["bytes"]))
+        manifest["index"] = index_entry(os.path.join(root, INDEX_FILE))
+    return manifest
 
 
 def write_manifest_file(root: str, manifest: Dict[str, Any]) -> None:

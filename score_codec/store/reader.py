@@ -7,6 +7,7 @@ DataLoader workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
 from typing import Any, Dict, List, Optional, Sequence
@@ -20,6 +21,7 @@ from ..errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchErr
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
 from .aug_reader import AugReader
+from .integrity import check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
 from ..codecs.quantize import QUANT_NAMES, dequantize, quantized_nbytes
 from .record import MAX_CELLS, Record, unpack_record
@@ -27,6 +29,8 @@ from .dense import DenseFactors, dense_bytes, rows_from_records
 from .stats import store_stats, verify_store
 
 __all__ = ["LabelStore"]
+
+log = logging.getLogger(__name__)
 
 #: what h5py, numpy and json raise on damaged bytes; the reader turns them into StoreError
 _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
@@ -73,6 +77,10 @@ class LabelStore:
 
     def _load_index(self) -> None:
         if self.single:
+            if not os.path.isfile(self.path):
+                raise StoreError(f"{self.path}: not a label store (a single-file store path must be a file)")
+            if not check_prefix(self.path, verify_content=self.verify_checksums):
+                log.debug("%s: written before the integrity prefix; opened unchecked", self.path)
             try:
                 f = h5py.File(self.path, "r")
             except OSError as exc:
@@ -99,6 +107,8 @@ class LabelStore:
                 raise StoreError(f"{mf}: unreadable manifest ({exc})") from None
             if not os.path.isfile(self._index_path()):
                 raise MissingShardError(f"{self._index_path()}: index file is missing")
+            if "index" in self.manifest:   # stores written before the integrity members are opened unchecked
+                check_index_file(self._index_path(), self.manifest["index"])
             try:
                 f = h5py.File(self._index_path(), "r")
             except OSError as exc:
@@ -206,6 +216,7 @@ class LabelStore:
                 fn = os.path.join(self.path, SHARD_DIR, name)
                 if not os.path.isfile(fn):
                     raise MissingShardError(f"{fn}: shard file is missing")
+                check_shard_file(fn, self.manifest["shards"][s])
                 try:
                     f = h5py.File(fn, "r")
                     ds = f[RECORDS_DATASET]

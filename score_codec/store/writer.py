@@ -22,6 +22,7 @@ from ..codecs.quantize import dequantize
 from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
 from .encoder import EncodeOptions, check_matrices, encode_chunk, encode_store_chunk
+from .integrity import USERBLOCK_BYTES, write_prefix
 from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .layout import BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
@@ -123,7 +124,7 @@ class StoreWriter:
                    "scope": self.codec.scope}
         try:
             if self.single:
-                self._h5 = h5py.File(self.tmp, "w")
+                self._h5 = h5py.File(self.tmp, "w", userblock_size=USERBLOCK_BYTES)
             elif resume and os.path.isdir(self.tmp):
                 state = load_journal(self.tmp, options)
                 self._index, self._shard_sizes = state.index, state.shard_sizes
@@ -269,11 +270,12 @@ class StoreWriter:
                 self._flush_shard()
             index = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
             self._meta.validate(index["k"].astype(np.int64))
-            manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
             if self.single:
                 self._write_index(self._h5, index)
+                manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
                 self._h5.attrs["manifest"] = json.dumps(manifest)  # written last: marks completeness
                 self._h5.close()
+                write_prefix(self.tmp)
                 fsync_file(self.tmp)
             else:
                 fn = os.path.join(self.tmp, INDEX_FILE)
@@ -281,7 +283,7 @@ class StoreWriter:
                     self._write_index(f, index)
                 fsync_file(fn)
                 shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
-                write_manifest_file(self.tmp, manifest)
+                write_manifest_file(self.tmp, make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp))
             if os.path.exists(self.path):
                 if not self.overwrite:
                     raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")

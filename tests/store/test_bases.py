@@ -11,7 +11,7 @@ import torch
 import score_codec as sc
 from score_codec.errors import CorruptRecordError, IndexMismatchError, StoreError
 
-from tests.common import teacher_like_logits
+from tests.common import reseal, teacher_like_logits
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def _damaged(src, dst, changes):
             t[field][j] = v
         del f["bases/table"]
         f["bases"].create_dataset("table", data=t)
+    reseal(dst)
     return dst
 
 
@@ -67,6 +68,7 @@ def test_wrong_basis_length_or_bytes_are_detected_on_use(two_level, tmp_path):
         blob = f["bases/blob"][()]
         blob[3] ^= 0x10
         f["bases/blob"][...] = blob
+    reseal(tmp_path / "flip.store")
     with pytest.raises(CorruptRecordError, match="crc32"):
         sc.LabelStore(tmp_path / "flip.store").basis(0)
     assert sc.LabelStore(tmp_path / "flip.store").verify()     # verify reports it too
