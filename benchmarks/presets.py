@@ -93,13 +93,15 @@ PRESETS: Dict[str, Config] = {
             "ratios": (10, 20, 30, 100), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
             "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
         }),
-    # The 1000-class run that fits one 3-hour session on 2 cores: glyphs-full's teacher, pool and SCORE
-    # selection (same cache, so its students count towards glyphs-full), one seed, the codec the
+    # The 1000-class run that fits a few hours on 2 cores: glyphs-full's teacher, pool and SCORE selection
+    # (same cache, so its students count towards glyphs-full), 3 seeds for the reference and for our and
+    # LPLD's rows at 10 / 30 / 100x (one seed elsewhere), the codec the
     # many-class codec bench ranks first (least-squares fit), LPLD at every target and the top-k peers at 10x.
     "glyphs-1k": Config(
         "glyphs-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
-            "select_methods": ("score",), "label_epochs": 100, "seeds": (0,), "pool_inner": 10.0,
+            "select_methods": ("score",), "label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
+            "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
             "ratios": (10, 30, 100), "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (),
             "peers_at": (10,), "lpld_at": (10, 30, 100), "cache": "glyphs-full",
             # least-squares coefficients: the students train at T = 20, where the KL(T=1) fit buys nothing

@@ -29,6 +29,7 @@ from ..codecs import get_codec
 from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
 from .bulk import encode
+from .integrity import check_shard_file
 from .indexio import make_manifest, write_index, write_manifest_file
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
@@ -107,9 +108,10 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
         for j, entry in enumerate(s.manifest["shards"]):
             name = shard_name(len(shards))
             src = os.path.join(s.path, SHARD_DIR, entry["name"])
+            # the merged manifest re-describes every shard: check the part's description first
+            check_shard_file(src, entry)
             if len(s.basis_table) and not identity:
-                with h5py.File(src, "r") as f:
-                    data = f[RECORDS_DATASET][()].tobytes()
+                data = s._shard(j)[()].tobytes()
                 sel = np.flatnonzero(part_index["shard"] == j)
                 out = bytearray(data)
                 for i in sel:

@@ -156,3 +156,15 @@ def test_files_written_before_the_integrity_members_open_unchecked():
         else:
             assert "index" not in json.load(open(os.path.join(path, "manifest.json")))
         assert len(sc.LabelStore(path)) > 0
+
+
+def test_merge_does_not_reseal_a_damaged_part(tmp_path):
+    from score_codec.store.distributed import merge_stores
+
+    y = teacher_like_logits(10, 4, 10, seed=3)
+    sc.encode(y[:5], tmp_path / "a", method="shared", rank=2, labels=[0] * 5)
+    sc.encode(y[5:], tmp_path / "b", method="shared", rank=2, labels=[0] * 5)
+    damage_file(str(tmp_path / "b" / "shards" / "shard-00000.h5"), 0.0, "flip", 8)
+    with pytest.raises(CorruptRecordError, match="b/shards/shard-00000.h5: the shard's HDF5 structure"):
+        merge_stores([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
