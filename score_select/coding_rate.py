@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from score_codec.codecs.base import all_finite
 from score_codec.errors import InputError
 
 __all__ = [
@@ -123,7 +124,7 @@ def label_coding_rate(Y: torch.Tensor, eps_sq: float = DEFAULT_EPS_SQ, temperatu
     """
     if Y.ndim != 3:
         raise InputError(f"soft labels must have shape (N, K, C), found {tuple(Y.shape)}")
-    if not torch.isfinite(Y).all():
+    if not all_finite(Y):
         raise InputError("soft labels contain NaN or Inf")
     N, K, C = Y.shape
     dtype = Y.dtype if Y.dtype in (torch.float32, torch.float64) else torch.float32

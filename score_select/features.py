@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from score_codec.codecs.base import all_finite
 from score_codec.errors import InputError
 from score_codec.training.augment import augment_views  # noqa: F401  (re-exported: features' view sampler)
 
@@ -107,7 +108,7 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         out["logits"] = torch.cat(clean)
     if views:
         out["soft_labels"] = torch.cat(views)
-    if not torch.isfinite(out["features"]).all():
+    if not all_finite(out["features"]):
         raise InputError("the teacher produced NaN/Inf features")
     return out
 

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from score_codec.codecs.base import all_finite
 from score_codec.errors import InputError
 
 from .coding_rate import DEFAULT_EPS_SQ
@@ -64,7 +65,7 @@ def prepare(features: torch.Tensor, labels: torch.Tensor, normalize: bool = True
         raise InputError(f"labels must have shape ({X.shape[0]},), found {tuple(y.shape)}")
     if y.is_floating_point() or (y.numel() and int(y.min()) < 0):
         raise InputError("labels must be non-negative integer class ids")
-    if not bool(torch.isfinite(X).all()):
+    if not all_finite(X):
         raise InputError("features contain NaN or Inf")
     return X, y.long()
 

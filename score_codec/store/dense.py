@@ -170,13 +170,16 @@ class DenseFactors:
         """Images whose widened (R, C) float32 bases fit in ``CHUNK_BYTES``: the bounded gather's step."""
         return max(1, CHUNK_BYTES // max(1, 4 * self.own_b.shape[1] * self.own_b.shape[2]))
 
-    def _own_bases(self, img: torch.Tensor) -> torch.Tensor:
-        """Widened per-image bases (n, R, C) of images ``img`` (all with their own basis)."""
-        slot = self.own_of[img]
-        b = self.own_b[slot].float()
+    def _own_product(self, a: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """``a`` (n, K, R) times the per-image bases of images ``img`` (n,): (n, K, C) float32.
+
+        The int8 bases' row scales are folded into the coefficients (a_j s_j) Q_j instead of widening and
+        then scaling Q: one pass over the gathered (n, R, C) bases instead of two (3x at batch 256)."""
+        slot = self.own_of.index_select(0, img)
+        q = self.own_b.index_select(0, slot).float()
         if self.own_scale is not None:
-            b = b * self.own_scale[slot][:, :, None]
-        return b
+            a = a * self.own_scale.index_select(0, slot)[:, None, :]
+        return torch.bmm(a, q)
 
     @property
     def single_basis(self) -> bool:
@@ -217,7 +220,7 @@ class DenseFactors:
                 step = self._own_chunk()
                 for s in range(0, sel.numel(), step):
                     part = sel[s:s + step]
-                    out[part] = torch.bmm(a[part].unsqueeze(1), self._own_bases(img[part])).squeeze(1)
+                    out[part] = self._own_product(a[part].unsqueeze(1), img[part]).squeeze(1)
         return out
 
     def _add_means_and_residual(self, out: torch.Tensor, r: torch.Tensor) -> None:
@@ -280,7 +283,7 @@ class DenseFactors:
             out = torch.empty(img.numel(), k, c, device=dev)
             step = self._own_chunk()
             for s in range(0, img.numel(), step):
-                out[s:s + step] = torch.bmm(a3[s:s + step], self._own_bases(img[s:s + step]))
+                out[s:s + step] = self._own_product(a3[s:s + step], img[s:s + step])
             out = out.reshape(-1, c)
         else:
             out = self._decode(a, rows_img)

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..codecs import Codec, get_codec
-from ..codecs.base import check_matrix
+from ..codecs.base import all_finite, check_matrix
 from ..errors import InputError
 from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
@@ -97,7 +97,7 @@ def _pack(a_q: torch.Tensor, b_q: Optional[torch.Tensor], res: torch.Tensor, idx
 
 
 def _check_finite(y: torch.Tensor, approx: torch.Tensor, res: torch.Tensor, quant: str) -> None:
-    if not (torch.isfinite(approx).all() and torch.isfinite(res).all()):
+    if not (all_finite(approx) and all_finite(res)):
         # fp16/bf16 factors or fp16 residual values overflowed: refuse rather than store infinities
         raise InputError(f"logits too large for quant={quant!r} factors or fp16 residual values "
                          f"(max |logit| {float(y.abs().max()):.3g}); use quant='fp32' or rescale the logits")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..codecs.base import all_finite
 from ..codecs.storewide import BasisSet
 from ..errors import InputError
 from .encoder import EncodedChunk
@@ -77,7 +78,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
     try:
         for s in tqdm(range(0, nrows, chunk_rows), desc="encode rows", unit="chunk", disable=not progress):
             y = torch.from_numpy(np.array(rows[s:s + chunk_rows], dtype=np.float32)).to(writer.device)
-            if not bool(torch.isfinite(y).all()):
+            if not all_finite(y):
                 bad = int((~torch.isfinite(y)).any(1).nonzero()[0]) + s
                 raise InputError(f"image {int(image[bad])}: non-finite logit (NaN or Inf) in its row {int(aug[bad])}")
             mu = y.mean(-1, keepdim=True)
