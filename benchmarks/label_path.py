@@ -158,6 +158,7 @@ def metadata_section(tmp: str) -> List[str]:
                   f"s = ReplayBatchSampler(st)\ns.set_epoch(5)\nb = sum(len(x) for x in s)\nRES = dict(rows=b)")
     whole = _child(f"import score_codec as sc\nst = sc.LabelStore({path!r})\nRES = dict(rows=len(st.aug.rows))")
     bare = _child("import score_codec as sc, score_codec.training.replay, torch\nRES = dict()")
+    workers = _child(_WORKER_CODE.replace("STORE", repr(path)))
     return ["## Reader memory: simulated ImageNet-1K IPC 50 store (50,000 images x 300 epochs)", "",
             f"Metadata: {n * e_count:,} rows of {ROW_DTYPE.itemsize} B ({n * e_count * ROW_DTYPE.itemsize / 2**30:.2f} GiB "
             f"in memory); written in {build:.0f} s.", "",
@@ -166,10 +167,45 @@ def metadata_section(tmp: str) -> List[str]:
             f"| whole table (LabelStore.aug) | {whole['vmhwm_mb']:.0f} MB |",
             f"| (the interpreter with torch and score_codec imported, nothing opened) | {bare['vmhwm_mb']:.0f} MB |", "",
             f"Per-epoch access adds {lazy['vmhwm_mb'] - bare['vmhwm_mb']:.0f} MB over the imported library; loading the "
-            f"whole table adds {whole['vmhwm_mb'] - bare['vmhwm_mb']:.0f} MB.", ""]
+            f"whole table adds {whole['vmhwm_mb'] - bare['vmhwm_mb']:.0f} MB.", "",
+            "Per DataLoader worker (2 forked workers, each builds 2 epochs' plans and decodes labels; "
+            "/proc/self/smaps_rollup at the end of its work, the largest of the workers):", "",
+            "| per worker | MB |", "|---|---:|",
+            f"| resident (RSS: counts the pages shared with the parent, torch's libraries included) | {workers['rss']:.0f} |",
+            f"| proportional (PSS: shared pages split between the processes that map them) | {workers['pss']:.0f} |",
+            f"| unique (USS: private pages, what each further worker adds) | {workers['uss']:.0f} |", ""]
 
 
-def cli_section() -> List[str]:
+# a forked worker's memory: RSS counts the torch pages it shares with its parent; USS is its own cost
+_WORKER_CODE = """
+import numpy as np, torch
+import score_codec as sc
+from score_codec.training.replay import EpochPlan
+st = sc.LabelStore(STORE)
+
+def mem():
+    m = {}
+    for line in open('/proc/self/smaps_rollup'):
+        parts = line.split()
+        if len(parts) >= 3 and parts[-1] == 'kB':
+            m[parts[0].rstrip(':')] = int(parts[1]) / 1024
+    return [m['Rss'], m['Pss'], m['Private_Clean'] + m['Private_Dirty']]
+
+class Worker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        plan = EpochPlan.from_store(st, len(st), 7 * i)
+        st.rows(np.arange(0, len(st), 97), np.full(len(range(0, len(st), 97)), 7 * i))
+        return torch.tensor(mem())
+
+dl = torch.utils.data.DataLoader(Worker(), batch_size=None, num_workers=2, multiprocessing_context='fork')
+got = torch.stack(list(dl)).max(0).values.tolist()
+RES = dict(rss=got[0], pss=got[1], uss=got[2])
+"""
+
+
+def cli_section(tmp: str = "") -> List[str]:
     def wall(argv) -> float:
         best = 1e9
         for _ in range(3):
@@ -188,50 +224,66 @@ def cli_section() -> List[str]:
             f"| python -c 'import torch' (for scale) | {wall([sys.executable, '-c', 'import torch']):.2f} |", ""]
 
 
-def encode_section(tmp: str) -> List[str]:
-    """An SRe2L dump at C = 1000 (4,000 images x 25 epochs, batch 500) encoded by the CLI vs torch.load alone."""
-    from score_codec.formats.safe_load import safe_torch_load
-    from score_codec.formats.writers import write_dump  # noqa: F401  (the dump is written by our SRe2L writer)
-    from tests.common import make_meta
+def _encode_wall(src: str, dst: str, extra: List[str]) -> float:
+    argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
+            "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
+    t = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t
 
-    n, k, bs = 4000, 25, 500
-    y = teacher_like(n, k, seed=3)
-    src = os.path.join(tmp, "dump")
-    meta = make_meta(n, k, batch=bs)
+
+def encode_section(tmp: str) -> List[str]:
+    """An SRe2L dump at C = 1000 (4,000 images x 25 epochs, batch 500), and the same files repeated to 100
+    epochs, encoded by the CLI against torch.load of the same files: total and per-row (marginal) cost."""
+    from score_codec.formats.safe_load import safe_torch_load
+    from score_codec.formats import write_dump
+    from tests.common import make_meta
+    import shutil
     import score_codec as sc
 
-    sc.encode(y, os.path.join(tmp, "src.store"), method="svd", rank=min(k, 20), quant="fp32", meta=meta, keep_mean=True,
-              overwrite=True)
-    from score_codec.formats import write_dump as wd
+    n, k, bs, reps = 4000, 25, 500, 4
+    y = teacher_like(n, k, seed=3)
+    src = os.path.join(tmp, "dump")
+    sc.encode(y, os.path.join(tmp, "src.store"), method="svd", rank=min(k, 20), quant="fp32",
+              meta=make_meta(n, k, batch=bs), keep_mean=True, overwrite=True)
+    write_dump(sc.LabelStore(os.path.join(tmp, "src.store")), src, "sre2l", overwrite=True)
+    # the large dump: the same batch files as epochs k..reps*k-1 (the reading cost is what matters)
+    big = os.path.join(tmp, "dump_big")
+    for e in range(k * reps):
+        shutil.copytree(os.path.join(src, f"epoch_{e % k}"), os.path.join(big, f"epoch_{e}"))
 
-    wd(sc.LabelStore(os.path.join(tmp, "src.store")), src, "sre2l", overwrite=True)
-    files = [os.path.join(src, f"epoch_{e}", f"batch_{b}.tar") for e in range(k) for b in range(n // bs)]
+    def files(root: str, epochs: int) -> List[str]:
+        return [os.path.join(root, f"epoch_{e}", f"batch_{b}.tar") for e in range(epochs) for b in range(n // bs)]
 
-    def load_plain() -> int:
-        for f in files:
-            torch.load(f, weights_only=False)
-        return len(files)
+    def load_time(fs: List[str], loader) -> float:
+        def run() -> int:
+            for f in fs:
+                loader(f)
+            return len(fs)
+        return len(fs) / _rate(run, 2)
 
-    def load_safe() -> int:
-        for f in files:
-            safe_torch_load(f)
-        return len(files)
-
-    t_plain = len(files) / _rate(load_plain, 2)
-    t_safe = len(files) / _rate(load_safe, 2)
-    lines = [f"## Whole-dump encode (SRe2L dump, C = 1000, {n:,} images x {k} epochs, {len(files)} batch files of "
-             f"{bs} rows, in the page cache)", "",
-             f"Reading the batch files alone: torch.load {t_plain:.2f} s; our safe loader (weights_only + allow-list) "
-             f"{t_safe:.2f} s.", "", "| score-codec encode | wall time (s) | vs torch.load | rows/s |", "|---|---:|---:|---:|"]
-    for name, extra in (("--method global --ratio 30 --newton-steps 0 (projection)", ["--newton-steps", "0"]),
-                        ("--method global --ratio 30 (default KL fit)", [])):
-        dst = os.path.join(tmp, "enc.store")
-        argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
-                "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
-        t = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True, cwd=ROOT)
-        dt = time.perf_counter() - t
-        lines.append(f"| {name} | {dt:.2f} | {dt / t_plain:.2f}x | {n * k / dt:,.0f} |")
+    plain = (lambda f: torch.load(f, weights_only=False))
+    sizes = [(src, k), (big, k * reps)]
+    t_plain = [load_time(files(d, e), plain) for d, e in sizes]
+    t_safe = [load_time(files(d, e), safe_torch_load) for d, e in sizes]
+    rows = [n * e for _, e in sizes]
+    lines = [f"## Whole-dump encode (SRe2L dump, C = 1000, {n:,} images, {bs}-row batch files, in the page cache)", "",
+             f"Reading the batch files alone ({rows[0]:,} / {rows[1]:,} rows): torch.load {t_plain[0]:.2f} / "
+             f"{t_plain[1]:.2f} s; our safe loader (weights_only + allow-list) {t_safe[0]:.2f} / {t_safe[1]:.2f} s.", "",
+             "| score-codec encode (--method global --ratio 30) | rows | wall time (s) | vs torch.load | rows/s |",
+             "|---|---:|---:|---:|---:|"]
+    marginal = {}
+    for name, extra in (("--newton-steps 0 (projection)", ["--newton-steps", "0"]), ("default (KL fit)", [])):
+        walls = [_encode_wall(d, os.path.join(tmp, "enc.store"), extra) for d, _ in sizes]
+        for j in range(2):
+            lines.append(f"| {name} | {rows[j]:,} | {walls[j]:.2f} | {walls[j] / t_plain[j]:.1f}x | {rows[j] / walls[j]:,.0f} |")
+        per_row = (walls[1] - walls[0]) / (rows[1] - rows[0])
+        marginal[name] = (walls[0] - per_row * rows[0], per_row)
+    load_row = (t_plain[1] - t_plain[0]) / (rows[1] - rows[0])
+    lines += ["", f"Cost model from the two sizes (time = fixed + rows x per-row): torch.load {load_row * 1e6:.2f} us/row; "]
+    for name, (fixed, per_row) in marginal.items():
+        lines.append(f"encode {name}: {fixed:.1f} s fixed (interpreter, torch import, basis fit) + {per_row * 1e6:.2f} us/row, "
+                     f"{per_row / load_row:.1f}x torch.load per row (the ratio a very large dump approaches).")
     return lines + [""]
 
 
@@ -269,10 +321,16 @@ def dataloader_section(tmp: str) -> List[str]:
             f"| decoded from the store (global, rank 16, int8) | {store:,.0f} | {ram / store:.2f}x |", ""]
 
 
+SECTIONS = {"decode": decode_section, "metadata": metadata_section, "encode": encode_section,
+            "dataloader": dataloader_section, "cli": cli_section}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(HERE, "results", "label_path.md"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
+                   help="run only these sections (the table then holds only them)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from benchmarks.common import cpu_name
@@ -280,10 +338,10 @@ def main(argv=None) -> int:
     md = [f"# Label path at ImageNet scale ({cpu_name()}, {os.cpu_count()} CPUs, {a.threads} torch threads, "
           f"torch {torch.__version__})", "", "`python benchmarks/label_path.py`", ""]
     with tempfile.TemporaryDirectory(prefix="label_path_") as tmp:
-        for section in (decode_section, metadata_section, encode_section, dataloader_section):
-            md += section(tmp)
-            print("\n".join(md[-12:]), flush=True)
-    md += cli_section()
+        for name in ("decode", "metadata", "encode", "dataloader", "cli"):
+            if name in a.sections:
+                md += SECTIONS[name](tmp)
+                print("\n".join(md[-12:]), flush=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:
         fh.write("\n".join(md) + "\n")

@@ -131,11 +131,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     _say(args, f"format: {reader.name} ({reader.summary()})")
     scratch = os.path.dirname(os.path.abspath(args.dst))
     kw = codec_kwargs(args)
+    if args.method == "global" and not args.residual and not args.resume:
+        return _encode_streaming(args, reader, kw, head)
     with read_dump(args.src, reader=reader, scratch_dir=scratch, progress=not args.quiet) as c:
-        empty = np.flatnonzero(c.ks == 0)
-        if len(empty):
-            raise InputError(f"{args.src}: images {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} have no rows in "
-                             f"the dump (pass --num-images to fix the dataset size)")
+        _check_contents(args, c)
         labels = c.labels if (c.labels >= 0).all() else None
         if args.method in ("shared", "two-level") and labels is None:
             raise InputError(f"--method {args.method} needs image classes: pass --images or --ipc")
@@ -167,8 +166,49 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 bar.update(len(mats))
             bar.close()
             w.set_meta(c.aug)
+    return _report(args, c.format)
+
+
+def _check_contents(args: argparse.Namespace, c) -> None:
+    import numpy as np
+
+    empty = np.flatnonzero(c.ks == 0)
+    if len(empty):
+        raise InputError(f"{args.src}: images {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} have no rows in "
+                         f"the dump (pass --num-images to fix the dataset size)")
+
+
+def _encode_streaming(args: argparse.Namespace, reader, kw, head) -> int:
+    """The store-wide codec without a residual: scan the dump (metadata and a spread sample for the basis),
+    then code its files as they are read again; no scratch copy of the dump is written."""
+    import numpy as np
+
+    from ..formats import scan_dump
+    from ..store.rowwise import encode_rows
+    from ..store.writer import StoreWriter
+
+    from ..codecs.storewide import GlobalBasisCodec
+
+    # the basis is fitted on fit_rows rows (codec default): keep that many from files spread over the dump
+    c = scan_dump(args.src, reader=reader, progress=not args.quiet, sample_rows=GlobalBasisCodec().fit_rows,
+                  **reader_options(args))
+    _check_contents(args, c)
+    labels = c.labels if (c.labels >= 0).all() else None
+    rows = c.aug.rows
+    with StoreWriter(args.dst, c.num_classes, device=args.device, overwrite=args.overwrite,
+                     shard_bytes=int(args.shard_mb * 2**20), **kw) as w:
+        _say(args, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread over the dump")
+        encode_rows(w, c.logits(progress=not args.quiet), rows["image"].astype(np.int64), rows["aug"].astype(np.int64),
+                    c.ks, labels, head=head, progress=False, fit_on=c.sample)
+        w.set_meta(c.aug)
+    return _report(args, c.format)
+
+
+def _report(args: argparse.Namespace, fmt: str) -> int:
+    from ..store.reader import LabelStore
+
     stats = LabelStore(args.dst).stats()
-    stats["source_format"] = c.format
+    stats["source_format"] = fmt
     if args.json:
         print(json.dumps(stats, default=str))
     else:

@@ -79,12 +79,15 @@ class FitSource:
     """Indexable (K_i, C) logit matrices plus their classes, as the fitting passes read them."""
 
     def __init__(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None,
-                 ks: Optional[Sequence[int]] = None, num_images: Optional[int] = None) -> None:
+                 ks: Optional[Sequence[int]] = None, num_images: Optional[int] = None,
+                 total_rows: Optional[int] = None) -> None:
         self.matrices = matrices
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.ks = np.asarray([len(m) for m in matrices] if ks is None else ks, dtype=np.int64)
         #: images of the store (rate control's per-image costs); differs from len() when the items are row blocks
         self.num_images = len(matrices) if num_images is None else int(num_images)
+        #: rows of the store (rate control); differs from sum(ks) when the items are a sample of the store
+        self._total_rows = None if total_rows is None else int(total_rows)
         self._c: Optional[int] = None
 
     def __len__(self) -> int:
@@ -92,7 +95,7 @@ class FitSource:
 
     @property
     def total_rows(self) -> int:
-        return int(self.ks.sum())
+        return int(self.ks.sum()) if self._total_rows is None else self._total_rows
 
     def centred(self, i: int) -> torch.Tensor:
         """Matrix ``i`` (K_i, C) as float32 with each row's mean removed; InputError for a matrix that is
@@ -152,7 +155,7 @@ class StoreCodec(Codec):
         """Moments over about ``fit_rows`` rows from images spread evenly over the store; total rows."""
         n = len(src)
         first = src.centred(0)
-        per = max(1.0, src.total_rows / max(n, 1))
+        per = max(1.0, float(src.ks.sum()) / max(n, 1))
         want_images = max(1, min(n, math.ceil(self.fit_rows / per)))
         pick = np.unique(np.linspace(0, n - 1, want_images).round().astype(np.int64))
         acc = GramAccumulator(first.shape[1], torch.device(device))

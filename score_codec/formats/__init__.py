@@ -7,11 +7,11 @@ registries (one class / function per format, looked up by name).
 from __future__ import annotations
 
 from .base import FORMATS, BatchRecord, DumpReader, register_format
-from .contents import DumpContents, read_dump
+from .contents import DumpContents, DumpScan, read_dump, scan_dump
 from .detect import detect_format, format_names, open_reader
 from .safe_load import safe_torch_load
 from .writers import WRITERS, write_dump
 from . import sre2l, gvbsm_edc, fkd, lpqld, npy  # noqa: F401  (register readers)
 
-__all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "register_format", "read_dump",
+__all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "DumpScan", "register_format", "read_dump", "scan_dump",
            "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load"]

@@ -1,9 +1,12 @@
-"""Read a whole dump into per-image label matrices through an on-disk scratch file.
+"""Read a whole dump into per-image label matrices through an on-disk scratch file (or scan it twice).
 
 Rows arrive in dump order (epoch, batch, position) but the codec wants one (K_i, C) matrix per image,
 which needs every epoch.  :func:`read_dump` streams one file at a time, appends its logits to a flat
 (R, C) scratch file (dtype of the dump) and keeps only the small metadata tables in memory; the
-:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.
+:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.  The store-wide
+codec needs no image's rows together: :func:`scan_dump` keeps the metadata and a spread sample of rows
+(for the basis fit) and :meth:`DumpScan.logits` streams the files a second time, so no scratch copy of
+the dump is written (at ImageNet scale that copy is the dump's size on disk).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from ..store.meta import BATCH_DTYPE, AugMeta
 from .base import DumpReader
 from .detect import open_reader
 
-__all__ = ["DumpContents", "read_dump"]
+__all__ = ["DumpContents", "read_dump", "DumpScan", "scan_dump"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,49 @@ class DumpContents:
         self.close()
 
 
+def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray], None], progress: bool,
+          desc: str) -> Tuple[AugMeta, np.ndarray]:
+    """One pass over the dump's files: ``sink(file_number, logits)`` gets each file's logits; returns the
+    metadata (``aug`` = occurrence of the image in dump order) and the image labels."""
+    rows_l, batches_l = [], []
+    dtype = None
+    nrows = 0
+    for j, rec in enumerate(tqdm(reader.batches(), total=reader.num_files() or None, desc=desc, unit="file",
+                                 disable=not progress)):
+        if dtype is None:
+            dtype = rec.logits.dtype
+        elif rec.logits.dtype != dtype:
+            raise FormatError(f"{rec.source}: logits are {rec.logits.dtype}, earlier files are {dtype} (mixed dump)")
+        sink(j, rec.logits)
+        rows_l.append(rec.rows)
+        if rec.batch is not None:
+            b = rec.batch.copy()
+            b["row_start"] = nrows
+            batches_l.append(b)
+        nrows += len(rec.rows)
+    if nrows == 0:
+        raise FormatError(f"{path}: the dump holds no rows")
+    rows = np.concatenate(rows_l)
+    n = reader.num_images
+    img = rows["image"]
+    if img.max() >= n or img.min() < 0:
+        raise FormatError(f"{path}: rows name images {int(img.min())}..{int(img.max())}, the dump has {n} images")
+    if n > nrows:
+        # every image needs at least one row; a larger count comes from a damaged index or json
+        raise FormatError(f"{path}: the dump claims {n} images but holds only {nrows} rows")
+    # aug = how many earlier rows (in dump order) belong to the same image
+    order = np.argsort(img, kind="stable")
+    ks = np.bincount(img, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(ks)[:-1]])
+    aug = np.empty(len(rows), np.int64)
+    aug[order] = np.arange(len(rows)) - np.repeat(starts, ks)
+    rows["aug"] = aug
+    images = reader.images()
+    meta = AugMeta(rows=rows, batches=np.array(batches_l, BATCH_DTYPE) if batches_l else np.zeros(0, BATCH_DTYPE),
+                   images=images, attrs=reader.attrs)
+    return meta, images["label"].astype(np.int64)
+
+
 def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, progress: bool = False,
               reader: Optional[DumpReader] = None, **options: Any) -> DumpContents:
     """Stream a dump into a :class:`DumpContents`.
@@ -116,45 +162,73 @@ def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, p
     tmp = tempfile.mkdtemp(prefix=".score-scratch-", dir=scratch_dir)
     try:
         raw = os.path.join(tmp, "logits.bin")
-        rows_l, batches_l = [], []
-        dtype = None
-        nrows = 0
+        dtypes = []
+
+        def write(j: int, y: np.ndarray) -> None:
+            if not dtypes:
+                dtypes.append(y.dtype)
+            fh.write(np.ascontiguousarray(y).tobytes())
+
         with open(raw, "wb") as fh:
-            for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc=f"read {reader.name}",
-                            unit="file", disable=not progress):
-                if dtype is None:
-                    dtype = rec.logits.dtype
-                elif rec.logits.dtype != dtype:
-                    raise FormatError(f"{rec.source}: logits are {rec.logits.dtype}, earlier files are {dtype} (mixed dump)")
-                fh.write(np.ascontiguousarray(rec.logits).tobytes())
-                rows_l.append(rec.rows)
-                if rec.batch is not None:
-                    b = rec.batch.copy()
-                    b["row_start"] = nrows
-                    batches_l.append(b)
-                nrows += len(rec.rows)
-        if nrows == 0:
-            raise FormatError(f"{path}: the dump holds no rows")
-        rows = np.concatenate(rows_l)
-        n = reader.num_images
-        img = rows["image"]
-        if img.max() >= n or img.min() < 0:
-            raise FormatError(f"{path}: rows name images {int(img.min())}..{int(img.max())}, the dump has {n} images")
-        if n > nrows:
-            # every image needs at least one row; a larger count comes from a damaged index or json
-            raise FormatError(f"{path}: the dump claims {n} images but holds only {nrows} rows")
-        # aug = how many earlier rows (in dump order) belong to the same image
-        order = np.argsort(img, kind="stable")
-        ks = np.bincount(img, minlength=n)
-        starts = np.concatenate([[0], np.cumsum(ks)[:-1]])
-        aug = np.empty(len(rows), np.int64)
-        aug[order] = np.arange(len(rows)) - np.repeat(starts, ks)
-        rows["aug"] = aug
-        images = reader.images()
-        meta = AugMeta(rows=rows, batches=np.array(batches_l, BATCH_DTYPE) if batches_l else np.zeros(0, BATCH_DTYPE),
-                       images=images, attrs=reader.attrs)
-        scratch = np.memmap(raw, dtype=dtype, mode="r", shape=(nrows, reader.num_classes))
-        return DumpContents(reader, tmp, scratch, meta, images["label"].astype(np.int64))
+            meta, labels = _scan(reader, path, write, progress, f"read {reader.name}")
+        scratch = np.memmap(raw, dtype=dtypes[0], mode="r", shape=(len(meta.rows), reader.num_classes))
+        return DumpContents(reader, tmp, scratch, meta, labels)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class DumpScan:
+    """A dump scanned once without a scratch copy: metadata, labels and a sample of rows spread over the
+    files; :meth:`logits` streams the files again in dump order.  For the store-wide codec, which codes
+    each row on its own and never needs an image's rows together.
+
+    Attributes: as :class:`DumpContents` (``format``, ``num_classes``, ``ks``, ``labels``, ``aug``), plus
+    ``sample``: blocks (m, C) in the dump's dtype, one per sampled file.
+    """
+
+    def __init__(self, path: str, fmt: str, options: Dict[str, Any], reader: DumpReader, meta: AugMeta,
+                 labels: np.ndarray, sample: List[np.ndarray]) -> None:
+        self.path, self._fmt, self._options = path, fmt, options
+        self.format, self.summary, self.label_note = reader.name, reader.summary(), reader.label_note
+        self.num_classes = reader.num_classes
+        self.aug, self.labels, self.sample = meta, labels, sample
+        self.ks = np.bincount(meta.rows["image"], minlength=len(labels)).astype(np.int64)
+        self.num_images = len(labels)
+
+    def logits(self, progress: bool = False) -> Iterator[np.ndarray]:
+        """Each file's logits (B, C), as stored, in dump order (a second read of the dump); FormatError
+        if the files no longer hold the rows the scan saw."""
+        reader = open_reader(self.path, self._fmt, **self._options)
+        at, image = 0, self.aug.rows["image"]
+        for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc=f"encode {reader.name}",
+                        unit="file", disable=not progress):
+            if not np.array_equal(rec.rows["image"], image[at:at + len(rec.rows)]):
+                raise FormatError(f"{rec.source}: rows differ from the first read of the dump (changed while encoding?)")
+            at += len(rec.rows)
+            yield rec.logits
+        if at != len(image):
+            raise FormatError(f"{self.path}: second read found {at} rows, the first {len(image)}")
+
+
+def scan_dump(path: str, fmt: str = "auto", progress: bool = False, reader: Optional[DumpReader] = None,
+              sample_rows: int = 65_536, **options: Any) -> DumpScan:
+    """Scan a dump for :class:`DumpScan`: keeps between ``sample_rows`` and twice that many rows (fewer
+    when the dump is smaller; in the dump's dtype: at most 256 MiB of fp16 rows at C = 1000) from files spread evenly over the dump (every m-th file; m doubles as the
+    dump goes on), so memory stays bounded without knowing the dump's size in advance."""
+    reader = reader or open_reader(path, fmt, **options)
+    kept: List[Tuple[int, np.ndarray]] = []
+    state = {"stride": 1, "rows": 0}
+
+    def keep(j: int, y: np.ndarray) -> None:
+        if j % state["stride"]:
+            return
+        kept.append((j, np.array(y)))   # a copy in the dump's dtype (fp16: half the memory)
+        state["rows"] += len(y)
+        while state["rows"] > 2 * sample_rows and len(kept) > 1:
+            state["stride"] *= 2
+            kept[:] = [(i, b) for i, b in kept if i % state["stride"] == 0]
+            state["rows"] = sum(len(b) for _, b in kept)
+
+    meta, labels = _scan(reader, path, keep, progress, f"scan {reader.name}")
+    return DumpScan(path, reader.name, options, reader, meta, labels, [b for _, b in kept])

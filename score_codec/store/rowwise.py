@@ -5,14 +5,15 @@ the C-wide logits first.  With one store-wide basis every row is coded on its ow
 rows sequentially in large chunks (one GEMM per chunk for the coefficients), keeps only the r-wide
 coefficients (in RAM, or in a float32 scratch file beside the store when they are large) and regroups
 those into per-image records at the end.  Memory stays at one chunk of C-wide rows.  Used by
-``score-codec encode`` for ``--method global`` without a residual.
+``score-codec encode`` for ``--method global`` without a residual, on the dump's files as they are read
+the second time (:func:`score_codec.formats.scan_dump`: no scratch copy of the dump).
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,19 +51,46 @@ def supports_rowwise(writer: Any) -> bool:
     return writer.opts.method == "global" and writer.opts.residual == 0 and writer.num_images == 0
 
 
+def _chunks(rows: Any, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
+    """(first row, block) pairs of about ``chunk_rows`` rows from an array, or from an iterable of blocks
+    (merged so that each GEMM is large)."""
+    if hasattr(rows, "shape"):
+        for s in range(0, len(rows), chunk_rows):
+            yield s, rows[s:s + chunk_rows]
+        return
+    buf, held, at = [], 0, 0
+    for block in rows:
+        buf.append(block)
+        held += len(block)
+        if held >= chunk_rows:
+            yield at, np.concatenate(buf)
+            at, buf, held = at + held, [], 0
+    if buf:
+        yield at, np.concatenate(buf)
+
+
 def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: np.ndarray,
                 labels: Optional[Sequence[int]] = None, head=None, chunk_rows: int = 8192,
-                images_per_record_chunk: int = 1024, progress: bool = False) -> None:
-    """Encode rows (nrows, C) in dump order into ``writer`` (a fresh global-codec StoreWriter).
+                images_per_record_chunk: int = 1024, progress: bool = False,
+                fit_on: Optional[Sequence[np.ndarray]] = None) -> None:
+    """Encode rows in dump order into ``writer`` (a fresh global-codec StoreWriter).
 
-    ``image`` / ``aug`` (nrows,) say which image and row each dump row is; ``ks`` (N,) rows per image."""
-    n, nrows, c = len(ks), len(rows), int(rows.shape[1])
-    if c != writer.num_classes:
-        raise InputError(f"rows have C={c}, the store {writer.num_classes}")
+    ``rows``: a (nrows, C) array, or an iterable of (m, C) blocks in dump order (read once: then the basis
+    is fitted on ``fit_on``, blocks of rows spread over the dump).  ``image`` / ``aug`` (nrows,) say which
+    image and row each dump row is; ``ks`` (N,) rows per image."""
+    n, nrows, c = len(ks), len(image), int(writer.num_classes)
+    if hasattr(rows, "shape") and (rows.ndim != 2 or int(rows.shape[1]) != c or len(rows) != nrows):
+        raise InputError(f"rows have shape {tuple(rows.shape)}, expected ({nrows}, {c})")
     if writer._basis_set is None:
-        blocks = _Blocks(rows, 4096)
-        writer.fit(blocks, ks=[len(blocks[i]) if i == len(blocks) - 1 else 4096 for i in range(len(blocks))],
-                   num_images=n, head=head)
+        if fit_on is not None:
+            blocks: Any = list(fit_on)
+            fit_ks = [len(b) for b in blocks]
+        elif hasattr(rows, "shape"):
+            blocks = _Blocks(rows, 4096)
+            fit_ks = [len(blocks[i]) if i == len(blocks) - 1 else 4096 for i in range(len(blocks))]
+        else:
+            raise InputError("encode_rows: rows given as blocks need fit_on (or a writer with fitted bases)")
+        writer.fit(blocks, ks=fit_ks, num_images=n, head=head, total_rows=nrows)
     bases: BasisSet = writer._basis_set
     full, mean = bases.full(0)
     r = int(full.shape[0])
@@ -76,8 +104,12 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
         coef = np.empty((nrows, max(r, 1)), dtype=np.float32)
     row_mean = np.empty(nrows, dtype=np.float32) if keep_mean else None
     try:
-        for s in tqdm(range(0, nrows, chunk_rows), desc="encode rows", unit="chunk", disable=not progress):
-            y = torch.from_numpy(np.array(rows[s:s + chunk_rows], dtype=np.float32)).to(writer.device)
+        total, seen = -(-nrows // chunk_rows), 0
+        for s, block in tqdm(_chunks(rows, chunk_rows), total=total, desc="encode rows", unit="chunk", disable=not progress):
+            if block.ndim != 2 or block.shape[1] != c or s + len(block) > nrows:
+                raise InputError(f"rows {s}..{s + len(block)}: block of shape {tuple(block.shape)} does not fit "
+                                 f"({nrows}, {c})")
+            y = torch.from_numpy(np.array(block, dtype=np.float32)).to(writer.device)
             if not all_finite(y):
                 bad = int((~torch.isfinite(y)).any(1).nonzero()[0]) + s
                 raise InputError(f"image {int(image[bad])}: non-finite logit (NaN or Inf) in its row {int(aug[bad])}")
@@ -87,6 +119,9 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
                 row_mean[s:s + len(y)] = mu[:, 0].cpu().numpy()
             if r:
                 coef[s:s + len(y)] = codec.coefficients(y[None], bases, 0)[0].cpu().numpy()
+            seen = s + len(y)
+        if nrows and seen != nrows:
+            raise InputError(f"got {seen} rows, the metadata describes {nrows}")
         order = np.lexsort((aug, image))
         starts = np.concatenate([[0], np.cumsum(ks)])
         for i0 in tqdm(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", disable=not progress):

@@ -148,9 +148,10 @@ class StoreWriter:
 
     def fit(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None, ks: Optional[Sequence[int]] = None,
             head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
-            num_images: Optional[int] = None) -> BasisSet:
+            num_images: Optional[int] = None, total_rows: Optional[int] = None) -> BasisSet:
         """Fit a store-wide codec's bases on ``matrices`` (an indexable of (K_i, C) logits; read at most
-        twice) and write them; ``head=(W, b)`` uses the teacher's final linear layer as the basis instead."""
+        twice) and write them; ``head=(W, b)`` uses the teacher's final linear layer as the basis instead.
+        ``num_images`` / ``total_rows``: the store's sizes when ``matrices`` are a sample of it (rate control)."""
         if self.codec.scope != "store":
             raise InputError(f"method {self.opts.method!r} fits per image; fit() is for store-wide codecs "
                              f"(global, two-level)")
@@ -159,7 +160,7 @@ class StoreWriter:
         if len(matrices) == 0:
             raise InputError("fit() needs at least one matrix")
         budget = None if self.opts.ratio is None else 2.0 * self.num_classes / self.opts.ratio
-        bs = self.codec.fit(FitSource(matrices, labels, ks, num_images), self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
+        bs = self.codec.fit(FitSource(matrices, labels, ks, num_images, total_rows), self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
                             budget_per_row=budget, residual=self.opts.residual, device=self.device, head=head)
         self.set_bases(bs)
         return bs

@@ -280,3 +280,27 @@ def st_bases(store):
     from score_codec.codecs.storewide import BasisEntry, BasisSet
 
     return BasisSet([BasisEntry(store.basis(0), -1, store.basis_mean(0))])
+
+
+def test_global_encode_streams_the_dump_without_a_scratch_copy(dump, tmp_path, capsys, monkeypatch):
+    """--method global (no residual) reads the dump twice instead of copying it to a scratch file, and the
+    store decodes the dump's logits."""
+    import score_codec.formats as formats
+
+    def no_scratch(*a, **k):
+        raise AssertionError("read_dump (the scratch copy) was used")
+
+    dst = str(tmp_path / "s.store")
+    with monkeypatch.context() as m:
+        m.setattr(formats, "read_dump", no_scratch)
+        assert run(["encode", dump, dst, "--method", "global", "--rank", "9", "--quant", "fp16", "--quiet"],
+                   capsys)[0] == 0
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".score-")]
+    st = LabelStore(dst)
+    with read_dump(dump) as c:
+        src = torch.stack([torch.from_numpy(np.asarray(c.matrix(i), dtype=np.float32)) for i in range(c.num_images)])
+    got = torch.stack([st.matrix(i) for i in range(len(st))])
+    src = src - src.mean(-1, keepdim=True)
+    # rank 9 of 10 centred classes in fp16: the dump's logits come back up to fp16 rounding
+    assert (got - src).abs().max() < 1e-2 * src.abs().max()
+    assert st.index["rank"].tolist() == [9] * len(st) and st.verify() == []

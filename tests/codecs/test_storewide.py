@@ -205,3 +205,18 @@ def test_newton_fit_is_skipped_above_newton_max_rank(tmp_path):
     assert a["rank_max"] == b["rank_max"] == 6
     for i in range(12):
         assert torch.allclose(da.matrix(i), db.matrix(i), atol=1e-5)
+
+
+def test_rate_control_on_a_sample_uses_the_store_size():
+    """Fitting on a sample of the store (the streaming CLI path) chooses the rank the whole store would get
+    when told the store's images and rows; without them it would budget for a store of the sample's size."""
+    from score_codec.codecs.storewide import FitSource, GlobalBasisCodec
+
+    y = teacher_like_logits(40, 20, 60, rank=12, seed=5)
+    codec = GlobalBasisCodec(newton_steps=0)
+    budget = 2.0 * 60 / 12
+    whole = codec.fit(FitSource(list(y)), "int8", budget_per_row=budget)
+    sample = codec.fit(FitSource(list(y[::4]), num_images=40, total_rows=800), "int8", budget_per_row=budget)
+    small = codec.fit(FitSource(list(y[::4])), "int8", budget_per_row=budget)
+    rank = lambda bs: int(bs.full(0)[0].shape[0])   # noqa: E731
+    assert rank(sample) == rank(whole) and rank(small) < rank(whole)

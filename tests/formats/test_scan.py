@@ -1,0 +1,56 @@
+"""scan_dump: one pass for metadata and a bounded, spread sample; a second pass streams the files."""
+import os
+
+import numpy as np
+import pytest
+
+from score_codec.errors import FormatError
+from score_codec.formats import read_dump, scan_dump
+
+from tests.dumpgen import make_epoch_dump
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("scan") / "dump")
+    make_epoch_dump(root, family="sre2l", ipc=4, epochs=6, batch_size=8)     # 40 images, 30 files of 8 rows
+    return root
+
+
+def test_scan_sees_what_read_dump_sees_and_streams_the_same_logits(dump):
+    scan = scan_dump(dump)
+    with read_dump(dump) as c:
+        assert scan.aug.rows.tobytes() == c.aug.rows.tobytes()
+        assert scan.aug.batches.tobytes() == c.aug.batches.tobytes()
+        assert np.array_equal(scan.labels, c.labels) and np.array_equal(scan.ks, c.ks)
+        assert scan.num_classes == c.num_classes and scan.format == c.format
+        streamed = np.concatenate(list(scan.logits()))
+        assert np.array_equal(streamed, np.asarray(c.row_logits))      # exact: the same bytes, read twice
+    assert sum(len(b) for b in scan.sample) == len(scan.aug.rows)       # a small dump is sampled whole
+
+
+@pytest.mark.parametrize("want", [8, 20, 50])
+def test_sample_is_bounded_and_spread_over_the_files(dump, want):
+    scan = scan_dump(dump, sample_rows=want)
+    total = len(scan.aug.rows)
+    kept = sum(len(b) for b in scan.sample)
+    assert min(want, total) <= kept <= 2 * want + 8          # at most one file past the bound
+    with read_dump(dump) as c:
+        rows = np.asarray(c.row_logits)
+    # the kept files are every m-th file from the first (m a power of two): the sample spans the dump
+    files = [rows[j * 8:(j + 1) * 8] for j in range(total // 8)]
+    picked = [next(j for j, f in enumerate(files) if np.array_equal(f, b)) for b in scan.sample]
+    stride = picked[1] - picked[0] if len(picked) > 1 else 1
+    assert picked == list(range(0, len(files), stride)) and stride & (stride - 1) == 0
+    assert picked[-1] >= len(files) - stride
+
+
+def test_a_dump_changed_between_the_passes_is_refused(dump, tmp_path):
+    import shutil
+
+    work = str(tmp_path / "dump")
+    shutil.copytree(dump, work)
+    scan = scan_dump(work)
+    shutil.rmtree(os.path.join(work, "epoch_5"))
+    with pytest.raises(FormatError, match="second read found|differ from the first read"):
+        list(scan.logits())
