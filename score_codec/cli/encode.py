@@ -127,12 +127,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.workers:
         torch.set_num_threads(args.workers)
     head = load_head(args.head) if args.head else None
-    reader = open_reader(args.src, args.src_format, **reader_options(args))
+    options = reader_options(args)
+    reader = open_reader(args.src, args.src_format, **options)
     _say(args, f"format: {reader.name} ({reader.summary()})")
     scratch = os.path.dirname(os.path.abspath(args.dst))
     kw = codec_kwargs(args)
     if args.method == "global" and not args.residual and not args.resume:
-        return _encode_streaming(args, reader, kw, head)
+        return _encode_streaming(args, reader, options, kw, head)
     with read_dump(args.src, reader=reader, scratch_dir=scratch, progress=not args.quiet) as c:
         _check_contents(args, c)
         labels = c.labels if (c.labels >= 0).all() else None
@@ -178,7 +179,7 @@ def _check_contents(args: argparse.Namespace, c) -> None:
                          f"the dump (pass --num-images to fix the dataset size)")
 
 
-def _encode_streaming(args: argparse.Namespace, reader, kw, head) -> int:
+def _encode_streaming(args: argparse.Namespace, reader, options: Dict[str, Any], kw, head) -> int:
     """The store-wide codec without a residual: scan the dump (metadata and a spread sample for the basis),
     then code its files as they are read again; no scratch copy of the dump is written."""
     import numpy as np
@@ -191,7 +192,7 @@ def _encode_streaming(args: argparse.Namespace, reader, kw, head) -> int:
 
     # the basis is fitted on fit_rows rows (codec default): keep that many from files spread over the dump
     c = scan_dump(args.src, reader=reader, progress=not args.quiet, sample_rows=GlobalBasisCodec().fit_rows,
-                  **reader_options(args))
+                  **options)
     _check_contents(args, c)
     labels = c.labels if (c.labels >= 0).all() else None
     rows = c.aug.rows

@@ -213,15 +213,21 @@ class DumpScan:
 
 def scan_dump(path: str, fmt: str = "auto", progress: bool = False, reader: Optional[DumpReader] = None,
               sample_rows: int = 65_536, **options: Any) -> DumpScan:
-    """Scan a dump for :class:`DumpScan`: keeps between ``sample_rows`` and twice that many rows (fewer
-    when the dump is smaller; in the dump's dtype: at most 256 MiB of fp16 rows at C = 1000) from files spread evenly over the dump (every m-th file; m doubles as the
-    dump goes on), so memory stays bounded without knowing the dump's size in advance."""
+    """Scan a dump for :class:`DumpScan`.
+
+    Keeps a sample of rows from files spread evenly over the dump (every m-th file; m doubles whenever the
+    sample passes ``2 * sample_rows`` rows), so memory stays bounded without knowing the dump's size in
+    advance: at most ``2 * sample_rows`` rows plus one file's, in the dump's dtype (fp16 at C = 1000 and
+    the default: about 256 MiB). With files of similar size it keeps at least ``sample_rows`` rows (or
+    the whole dump when smaller). ``reader``, if given, must have been opened with ``options``:
+    :meth:`DumpScan.logits` opens the dump again with them.
+    """
     reader = reader or open_reader(path, fmt, **options)
     kept: List[Tuple[int, np.ndarray]] = []
     state = {"stride": 1, "rows": 0}
 
     def keep(j: int, y: np.ndarray) -> None:
-        if j % state["stride"]:
+        if j % state["stride"] or not len(y):   # an empty file adds nothing to the basis fit
             return
         kept.append((j, np.array(y)))   # a copy in the dump's dtype (fp16: half the memory)
         state["rows"] += len(y)

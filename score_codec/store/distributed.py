@@ -69,8 +69,10 @@ def _patch_basis(rec: bytes, ids: np.ndarray) -> bytes:
 def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None) -> None:
     """Concatenate directory stores ``parts`` (in image order) into a new store at ``dst``.
 
-    The parts are consumed: shards are moved, not copied, unless a part's records refer to shared bases whose ids
-    change (the records are rewritten with new checksums).  Byte-identical bases (a store-wide basis every part
+    The parts are consumed: shards are hard-linked into the merged store (copied where the file system has no
+    hard links) and removed from the parts once it is in place, unless a part's records refer to shared bases
+    whose ids change (the records are rewritten with new checksums).  A refused or interrupted merge leaves every
+    part as it was.  Byte-identical bases (a store-wide basis every part
     holds) are kept once.  The parts must share C and encoding options.
     """
     if is_single_file(dst):
@@ -85,6 +87,32 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     tmp = dst + ".merging"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, SHARD_DIR))
+    moved: list = []               # part shard files linked into tmp: removed only once the merge has landed
+    try:
+        _merge_into(stores, tmp, c, enc, meta, moved)
+    except BaseException:
+        # a refused or interrupted merge leaves every part as it was (shards are linked, not moved)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    for src in moved:
+        os.remove(src)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """``dst`` holds ``src``'s bytes: a hard link where the file system allows one, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _merge_into(stores: Sequence[LabelStore], tmp: str, c: int, enc: Dict[str, Any], meta: Optional[AugMeta],
+                moved: list) -> None:
+    """Write the merged store of ``stores`` into ``tmp``; part shards kept as they are are linked and listed
+    in ``moved``."""
     index, shards = [], []
     table_rows: list = []          # merged basis table entries (tuples), blobs alongside
     blobs: list = []
@@ -125,7 +153,8 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
                 with h5py.File(os.path.join(tmp, SHARD_DIR, name), "w") as f:
                     f.create_dataset(RECORDS_DATASET, data=np.frombuffer(bytes(out), np.uint8))
             else:
-                os.replace(src, os.path.join(tmp, SHARD_DIR, name))
+                _link_or_copy(src, os.path.join(tmp, SHARD_DIR, name))
+                moved.append(src)
             remap[j] = len(shards)
             shards.append({"name": name, "bytes": int(entry["bytes"])})
         part_index["shard"] = np.vectorize(remap.get, otypes=[np.uint32])(part_index["shard"]) if len(part_index) else part_index["shard"]
@@ -139,9 +168,6 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
         write_index(f, c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE), b"".join(blobs), meta)
     write_manifest_file(tmp, make_manifest(len(index_arr), c, [e["bytes"] for e in shards], tmp))
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
 
 
 def _fit_once(codec: Any, Y: Sequence[Any], labels: Optional[Sequence[int]], kw: Dict[str, Any]) -> BasisSet:

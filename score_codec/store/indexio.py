@@ -80,9 +80,12 @@ def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index:
     a.attrs["attrs"] = json.dumps(meta.attrs)
 
 
-def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int], root: Optional[str] = None) -> Dict[str, Any]:
+def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int], root: Optional[str] = None,
+                  shard_members: Optional[List[Dict[str, int]]] = None) -> Dict[str, Any]:
     """The manifest object of section 3; with ``root`` (a directory store whose shards and index are
-    written) also the integrity members of section 2.1, computed from those files."""
+    written) also the integrity members of section 2.1: the index's computed from its file, each shard's
+    from ``shard_members`` (as :func:`~score_codec.store.integrity.shard_entry` gave them when the shard was
+    written) or, without it, from the shard files."""
     from .integrity import index_entry, shard_entry
     from .layout import INDEX_FILE, SHARD_DIR, shard_name
 
@@ -96,8 +99,9 @@ def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int], roo
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if root is not None:
-        for e in shards:
-            e.update(shard_entry(os.path.join(root, SHARD_DIR, e["name"]), e["bytes"]))
+        for i, e in enumerate(shards):
+            e.update(shard_members[i] if shard_members is not None else
+                     shard_entry(os.path.join(root, SHARD_DIR, e["name"]), e["bytes"]))
         manifest["index"] = index_entry(os.path.join(root, INDEX_FILE))
     return manifest
 

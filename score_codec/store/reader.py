@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
 
 
+_SHARD_MEMBERS = ("file_bytes", "data_offset", "meta_crc32")
+
+
 def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
     """Validate the manifest's structure and version before any of it (or the index) is used."""
     if isinstance(m, dict) and m.get("format") == "score-label-store" and m.get("format_version") not in READABLE_VERSIONS:
@@ -46,6 +49,16 @@ def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
     if not ok:
         raise StoreError(f"{where}: manifest is malformed (expected format 'score-label-store', num_images:int and "
                          f"shards:[{{name: shard-NNNNN.h5 in order, bytes:int}}])")
+    # a store is sealed (index member + every shard's members) or legacy (none of them): a partly sealed
+    # manifest is a damaged one, and reading it as legacy would hand unchecked files to libhdf5
+    members = ["index" in m] + [all(k in e for k in _SHARD_MEMBERS) for e in m["shards"]]
+    partial = [i for i, e in enumerate(m["shards"]) if any(k in e for k in _SHARD_MEMBERS) and not members[i + 1]]
+    if partial or (any(members) and not all(members)):
+        what = (f"shard {partial[0]} has only some of {list(_SHARD_MEMBERS)}" if partial else
+                "the index member is missing" if not members[0] else
+                f"shard {members.index(False, 1) - 1} lacks {list(_SHARD_MEMBERS)}")
+        raise StoreError(f"{where}: integrity members are incomplete ({what}); a store written with them has them "
+                         "for the index and every shard")
     return m
 
 
@@ -108,7 +121,7 @@ class LabelStore:
             if not os.path.isfile(self._index_path()):
                 raise MissingShardError(f"{self._index_path()}: index file is missing")
             if "index" in self.manifest:   # stores written before the integrity members are opened unchecked
-                check_index_file(self._index_path(), self.manifest["index"])
+                check_index_file(self._index_path(), self.manifest["index"], self.verify_checksums)
             try:
                 f = h5py.File(self._index_path(), "r")
             except OSError as exc:

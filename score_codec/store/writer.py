@@ -22,7 +22,7 @@ from ..codecs.quantize import dequantize
 from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
 from .encoder import EncodeOptions, check_matrices, encode_chunk, encode_store_chunk
-from .integrity import USERBLOCK_BYTES, write_prefix
+from .integrity import USERBLOCK_BYTES, shard_entry, write_prefix
 from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .layout import BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
@@ -117,6 +117,7 @@ class StoreWriter:
         self._buf = bytearray()
         self._shard = 0
         self._shard_sizes: List[int] = []
+        self._shard_members: List[Dict[str, int]] = []   # directory stores: integrity members per written shard
         self._meta = AugMeta()
         self._closed = False
         self._h5: Optional[h5py.File] = None
@@ -128,6 +129,7 @@ class StoreWriter:
             elif resume and os.path.isdir(self.tmp):
                 state = load_journal(self.tmp, options)
                 self._index, self._shard_sizes = state.index, state.shard_sizes
+                self._shard_members = state.shard_members
                 self._bases = state.bases
                 if self.codec.scope == "store" and self._bases:
                     self._basis_set = self._restore_basis_set()
@@ -253,9 +255,12 @@ class StoreWriter:
                 # contiguous (unchunked) so reading one record reads only its bytes
                 f.create_dataset(RECORDS_DATASET, data=data)
             fsync_file(fn + ".tmp")
+            # measured on the file just written: the manifest seals these values, not the file as found at close
+            members = shard_entry(fn + ".tmp", len(data))
             os.replace(fn + ".tmp", fn)
             entries = np.concatenate(self._open_entries) if self._open_entries else np.zeros(0, IMAGE_INDEX_DTYPE)
-            write_entry(self.tmp, self._shard, len(data), entries, self._bases)
+            write_entry(self.tmp, self._shard, len(data), entries, self._bases, members)
+            self._shard_members.append(members)
             self._open_entries = []
         self._shard_sizes.append(len(data))
         self._shard += 1
@@ -283,8 +288,10 @@ class StoreWriter:
                 with h5py.File(fn, "w") as f:
                     self._write_index(f, index)
                 fsync_file(fn)
+                manifest = make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp, self._shard_members)
+                # the journal goes only once nothing is left that an interruption could cut short
                 shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
-                write_manifest_file(self.tmp, make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp))
+                write_manifest_file(self.tmp, manifest)
             if os.path.exists(self.path):
                 if not self.overwrite:
                     raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")

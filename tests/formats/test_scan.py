@@ -54,3 +54,21 @@ def test_a_dump_changed_between_the_passes_is_refused(dump, tmp_path):
     shutil.rmtree(os.path.join(work, "epoch_5"))
     with pytest.raises(FormatError, match="second read found|differ from the first read"):
         list(scan.logits())
+
+
+def test_an_empty_file_adds_nothing_to_the_sample(tmp_path):
+    from score_codec.formats.base import BatchRecord, new_rows
+    from score_codec.formats.npy import NpyReader
+
+    class WithEmptyFirstFile(NpyReader):
+        def batches(self):
+            yield BatchRecord("empty", np.zeros((0, self.y.shape[2]), np.float16), new_rows(0), None)
+            yield from super().batches()
+
+        def num_files(self):
+            return self.num_images + 1
+
+    path = str(tmp_path / "y.npy")
+    np.save(path, np.random.default_rng(0).standard_normal((6, 4, 10)).astype(np.float16))
+    scan = scan_dump(path, reader=WithEmptyFirstFile(path), sample_rows=1000)
+    assert [len(b) for b in scan.sample] == [4] * 6      # file 0 (file index 0 is always sampled) is skipped

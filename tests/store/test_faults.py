@@ -45,6 +45,34 @@ def test_keyboard_interrupt_keeps_complete_shards_and_resume_finishes(tmp_path):
     assert not (tmp_path / "run.store.partial").exists()
 
 
+def test_resume_rewrites_a_shard_damaged_after_it_was_written(tmp_path, caplog):
+    ref = tmp_path / "ref.store"
+    sc.encode(Y, ref, **KW)
+    path = tmp_path / "run.store"
+    with pytest.raises(KeyboardInterrupt):
+        with sc.StoreWriter(path, 10, method="svd", rank=3, quant="fp16", shard_bytes=1500) as w:
+            for s in range(0, 40, 4):
+                if s == 32:
+                    raise KeyboardInterrupt
+                w.add(Y[s : s + 4])
+    shards = sorted(os.listdir(tmp_path / "run.store.partial" / "shards"))
+    assert len(shards) >= 3
+    # one byte of HDF5 structure (the superblock) in the second shard changes while the run is stopped
+    victim = tmp_path / "run.store.partial" / "shards" / shards[1]
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="score_codec.store.journal"):
+        with sc.StoreWriter(path, 10, method="svd", rank=3, quant="fp16", shard_bytes=1500, resume=True) as w:
+            kept = w.num_images
+            for s in range(kept, 40, 4):
+                w.add(Y[s : s + 4])
+    assert "resuming before shard 1" in caplog.text
+    assert 0 < kept < 40
+    st = sc.LabelStore(path)
+    assert st.verify() == [] and np.array_equal(_decoded(path), _decoded(ref))
+
+
 def test_killed_process_resumes_from_the_last_complete_shard(tmp_path):
     path = tmp_path / "killed.store"
     script = textwrap.dedent(f"""

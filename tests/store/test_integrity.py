@@ -109,6 +109,24 @@ def test_malformed_integrity_members(stores, tmp_path):
         sc.LabelStore(work).matrix(0)
 
 
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.pop("index"), "the index member is missing"),
+    (lambda m: m["shards"][1].pop("file_bytes"), "shard 1 has only some of"),
+    (lambda m: [e.pop(k) for e in m["shards"][2:] for k in ("file_bytes", "data_offset", "meta_crc32")], "shard 2 lacks"),
+    (lambda m: m.__setitem__("indfx", m.pop("index")), "the index member is missing"),   # a one-byte change
+])
+def test_partly_sealed_manifest_is_not_read_as_a_legacy_store(stores, tmp_path, edit, match):
+    work = _copy(stores[0] / "d.store", tmp_path / "d.store")
+    m = json.loads((work / "manifest.json").read_text())
+    assert len(m["shards"]) >= 3
+    edit(m)
+    (work / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="integrity members are incomplete"):
+        sc.LabelStore(work)
+    with pytest.raises(StoreError, match=match):
+        sc.LabelStore(work)
+
+
 @pytest.mark.parametrize("pos,mode,error,match", [
     (0.6, "flip", CorruptRecordError, "file content fails its crc32 check: expected"),
     (0.6, "truncate", TruncatedFileError, "bytes, its prefix says"),
@@ -148,6 +166,20 @@ def test_single_file_content_check_can_be_skipped(stores, tmp_path):
     assert np.array_equal(trusting.matrix(4).numpy(), want.numpy())
 
 
+def test_index_crc_can_be_skipped_but_not_its_size(stores, tmp_path):
+    work = _copy(stores[0] / "d.store", tmp_path / "d.store")
+    m = json.loads((work / "manifest.json").read_text())
+    m["index"]["crc32"] ^= 1                              # the file is intact; its recorded CRC is not
+    (work / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptRecordError, match="index file fails its crc32 check"):
+        sc.LabelStore(work)
+    assert len(sc.LabelStore(work, verify_checksums=False)) == 12
+    m["index"]["bytes"] += 1
+    (work / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(TruncatedFileError, match="index file is .* bytes, the manifest says"):
+        sc.LabelStore(work, verify_checksums=False)
+
+
 def test_files_written_before_the_integrity_members_open_unchecked():
     for path in ("tests/fixtures/v2/shared_fp16.h5", "tests/fixtures/v2/svd_int8_residual.store"):
         path = os.path.join(HERE, path)
@@ -164,7 +196,11 @@ def test_merge_does_not_reseal_a_damaged_part(tmp_path):
     y = teacher_like_logits(10, 4, 10, seed=3)
     sc.encode(y[:5], tmp_path / "a", method="shared", rank=2, labels=[0] * 5)
     sc.encode(y[5:], tmp_path / "b", method="shared", rank=2, labels=[0] * 5)
+    before = [sc.LabelStore(tmp_path / "a").matrix(i) for i in range(5)]
     damage_file(str(tmp_path / "b" / "shards" / "shard-00000.h5"), 0.0, "flip", 8)
     with pytest.raises(CorruptRecordError, match="b/shards/shard-00000.h5: the shard's HDF5 structure"):
         merge_stores([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m"))
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.merging").exists()
+    # the healthy part was already taken into the merge when b was refused: it must be intact
+    a = sc.LabelStore(tmp_path / "a")
+    assert a.verify() == [] and all(bool((a.matrix(i) == before[i]).all()) for i in range(5))
