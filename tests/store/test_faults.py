@@ -24,16 +24,22 @@ def _decoded(path):
     return np.stack([st.matrix(i).numpy() for i in range(len(st))])
 
 
-def test_keyboard_interrupt_keeps_complete_shards_and_resume_finishes(tmp_path):
+def _interrupted_run(tmp_path, stop_at):
+    """(reference store, path of a run stopped by Ctrl-C before image ``stop_at``) of Y with KW."""
     ref = tmp_path / "ref.store"
     sc.encode(Y, ref, **KW)
     path = tmp_path / "run.store"
     with pytest.raises(KeyboardInterrupt):
         with sc.StoreWriter(path, 10, method="svd", rank=3, quant="fp16", shard_bytes=1500) as w:
             for s in range(0, 40, 4):
-                if s == 24:
+                if s == stop_at:
                     raise KeyboardInterrupt
                 w.add(Y[s : s + 4])
+    return ref, path
+
+
+def test_keyboard_interrupt_keeps_complete_shards_and_resume_finishes(tmp_path):
+    ref, path = _interrupted_run(tmp_path, 24)
     assert not path.exists() and (tmp_path / "run.store.partial").is_dir()
     with pytest.raises(IncompleteStoreError):
         sc.LabelStore(tmp_path / "run.store.partial")
@@ -46,15 +52,7 @@ def test_keyboard_interrupt_keeps_complete_shards_and_resume_finishes(tmp_path):
 
 
 def test_resume_rewrites_a_shard_damaged_after_it_was_written(tmp_path, caplog):
-    ref = tmp_path / "ref.store"
-    sc.encode(Y, ref, **KW)
-    path = tmp_path / "run.store"
-    with pytest.raises(KeyboardInterrupt):
-        with sc.StoreWriter(path, 10, method="svd", rank=3, quant="fp16", shard_bytes=1500) as w:
-            for s in range(0, 40, 4):
-                if s == 32:
-                    raise KeyboardInterrupt
-                w.add(Y[s : s + 4])
+    ref, path = _interrupted_run(tmp_path, 32)
     shards = sorted(os.listdir(tmp_path / "run.store.partial" / "shards"))
     assert len(shards) >= 3
     # one byte of HDF5 structure (the superblock) in the second shard changes while the run is stopped
