@@ -109,6 +109,17 @@ PRESETS: Dict[str, Config] = {
             # rank 191 on this CPU, against 1M rows here
             "codec_config": (("newton_steps", 0),),
         }),
+    # Is glyphs-1k's 100-epoch schedule long enough to rank label variants?  The reference and the two
+    # 10x rows (ours on every epoch, LPLD on a tenth of them) trained twice as long (200 epochs, each stored
+    # view twice), one seed; same cache, teacher, selection and dump as glyphs-1k.
+    "glyphs-1k-long": Config(
+        "glyphs-1k-long", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
+            **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
+            "select_methods": ("score",), "label_epochs": 100, "train_epochs": 200, "seeds": (0,),
+            "pool_inner": None, "hard_labels": False, "ratios": (10,), "codecs": ("global",),
+            "codecs_high": ("global",), "residual_codecs": (), "peers_at": (), "lpld_at": (10,),
+            "cache": "glyphs-full", "codec_config": (("newton_steps", 0),),
+        }),
     "full": Config("full", quant="int8", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
                    train_steps=2000, lr=1e-2, test_limit=5000, codecs=("svd", "rsvd", "cur", "rpca", "shared", "global"),
                    codecs_high=("svd", "shared", "global"), residual_codecs=("svd", "rpca"), hard_labels=True, threads=1),
