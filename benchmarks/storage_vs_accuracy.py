@@ -295,6 +295,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--quant", choices=["fp16", "bf16", "int8"], help="factor quantisation of our codecs")
     p.add_argument("--steps", type=int, help="optimiser steps per student (the preset's train_steps)")
+    p.add_argument("--epochs", type=int, help="training epochs per student (the preset's train_epochs; label epoch e mod K)")
     p.add_argument("--seeds", type=int, help="number of student seeds")
     p.add_argument("--name", help="output name (default: the preset's; set it when changing data)")
     p.add_argument("--cache-dir", help="step cache (default benchmarks/cache/<name>)")
@@ -303,7 +304,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     over = {k: v for k, v in dict(data=a.data, test=a.test, image_size=a.image_size, threads=a.threads,
-                                  name=a.name, quant=a.quant, train_steps=a.steps).items() if v is not None}
+                                  name=a.name, quant=a.quant, train_steps=a.steps, train_epochs=a.epochs).items()
+            if v is not None}
     if a.seeds:
         over["seeds"] = tuple(range(a.seeds))
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
