@@ -21,6 +21,18 @@ STORED_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 QUANT_CODES: Dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 QUANT_NAMES = {v: k for k, v in QUANT_CODES.items()}
+#: largest int8 row scale quantize() can write: max|x| / 127 of finite float32 values, in float32 as it does
+MAX_INT8_SCALE = float(np.float32(np.finfo(np.float32).max) / np.float32(127))
+
+
+def _scales(buf: memoryview, rows: int) -> np.ndarray:
+    """The (rows,) float32 scales at the start of an int8 block; CodecError unless each is one quantize()
+    can have written (finite, >= 0 and small enough that scale * 127 stays finite)."""
+    scale = np.frombuffer(buf, dtype="<f4", count=rows)
+    if not bool(((scale >= 0) & (scale <= MAX_INT8_SCALE)).all()):   # NaN fails both comparisons
+        bad = scale[~((scale >= 0) & (scale <= MAX_INT8_SCALE))][0]
+        raise CodecError(f"int8 block has a row scale of {bad!r}, expected a finite value in [0, {MAX_INT8_SCALE:.3g}]")
+    return scale
 
 
 def _check(quant: str) -> None:
@@ -87,7 +99,7 @@ def dequantize(buf: memoryview, quant: str, rows: int, cols: int) -> Tuple[torch
         return t.reshape(rows, cols), n
     if rows * cols == 0:
         return torch.zeros(rows, cols), n
-    scale = np.frombuffer(buf, dtype="<f4", count=rows)
+    scale = _scales(buf, rows)
     q = np.frombuffer(buf, dtype=np.int8, count=rows * cols, offset=4 * rows)
     vals = q.reshape(rows, cols).astype(np.float32) * scale[:, None]
     return torch.from_numpy(vals), n
@@ -103,7 +115,7 @@ def dequantize_raw(buf: memoryview, quant: str, rows: int, cols: int) -> Tuple[t
     if quant == "int8":
         if rows * cols == 0:
             return torch.zeros(rows, cols, dtype=torch.int8), torch.ones(rows), n
-        scale = torch.from_numpy(np.frombuffer(buf, dtype="<f4", count=rows).copy())
+        scale = torch.from_numpy(_scales(buf, rows).copy())
         q = np.frombuffer(buf, dtype=np.int8, count=rows * cols, offset=4 * rows)
         return torch.from_numpy(q.reshape(rows, cols).copy()), scale, n
     if quant == "bf16":

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import (CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
+from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
                      StoreVersionError, TruncatedFileError)
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
@@ -319,7 +319,10 @@ class LabelStore:
             if ln != need:
                 raise IndexMismatchError(f"{self.path}: shared basis {b} is {ln} bytes; rank {rank}, C={c}, {quant}"
                                          f"{' and a mean row' if has_mean else ''} need {need}")
-            rows, n = dequantize(memoryview(buf), quant, rank, c)
+            try:
+                rows, n = dequantize(memoryview(buf), quant, rank, c)
+            except CodecError as exc:
+                raise CorruptRecordError(f"{self.path}: shared basis {b}: {exc}") from None
             mean = torch.from_numpy(np.frombuffer(buf, "<f4", count=c, offset=n).copy()) if has_mean else None
             t = self._bases[b] = (rows, mean)
         return t

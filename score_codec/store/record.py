@@ -236,18 +236,21 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
         body = b"".join(out)
     mv = memoryview(body)
     a_scale = b_scale = None
-    if raw:
-        at, a_scale, n = dequantize_raw(mv, quant, rank, k)
-    else:
-        at, n = dequantize(mv, quant, rank, k)
-    pos = n
-    b = None
-    if not flags & FLAG_SHARED:
+    try:
         if raw:
-            b, b_scale, n = dequantize_raw(mv[pos:], quant, rank, c)
+            at, a_scale, n = dequantize_raw(mv, quant, rank, k)
         else:
-            b, n = dequantize(mv[pos:], quant, rank, c)
-        pos += n
+            at, n = dequantize(mv, quant, rank, k)
+        pos = n
+        b = None
+        if not flags & FLAG_SHARED:
+            if raw:
+                b, b_scale, n = dequantize_raw(mv[pos:], quant, rank, c)
+            else:
+                b, n = dequantize(mv[pos:], quant, rank, c)
+            pos += n
+    except CodecError as exc:   # sizes were checked above: what is left is a value no writer produces
+        raise CorruptRecordError(f"{where}: {exc}") from None
     mean = None
     if flags & FLAG_MEAN:
         mean = torch.from_numpy(np.frombuffer(body, "<f4", count=k, offset=pos).astype(np.float32))

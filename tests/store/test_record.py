@@ -82,6 +82,16 @@ def test_header_fields_are_validated():
         unpack_record(bytes(bad))
 
 
+@pytest.mark.parametrize("raw", [False, True])
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0, 3e38])
+def test_int8_scales_no_writer_produces_are_refused(scale, raw):
+    a, b, mean, res = _parts()
+    buf = bytearray(pack_record(a, b, "int8", zstd_level=0, shuffle=False))   # body stored as is
+    struct.pack_into("<f", buf, HEADER.size, scale)        # the first row scale of A's block
+    with pytest.raises(CorruptRecordError, match="row scale of"):
+        unpack_record(bytes(buf), raw=raw)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=0, max_size=300), st.integers(0, 400), st.integers(0, 255))
 def test_fuzzed_records_raise_only_corrupt_record_error(tail, pos, val):
