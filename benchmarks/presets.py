@@ -123,13 +123,6 @@ PRESETS: Dict[str, Config] = {
             "codecs_high": ("global",), "residual_codecs": (), "peers_at": (), "lpld_at": (10, 30),
             "cache": "glyphs-full", "codec_config": (("newton_steps", 0),),
         }),
-    # Fashion-MNIST to convergence with the current codecs: SCORE IPC 10, the store-wide and per-image codecs
-    # and the peers at 10x and 20x (a 10-class row is 20 bytes: 1-2 bytes a row), 8000 student steps with
-    # the reference's curve (the 2000-step full_long table's reference was still climbing).
-    "fashion-long": Config("fashion-long", quant="int8", teacher_epochs=3, select_methods=("score",), ipcs=(10,),
-                           sweep_ipc=10, label_epochs=60, train_steps=8000, lr=1e-2, test_limit=5000,
-                           codecs=("global", "svd"), codecs_high=("global", "svd"), residual_codecs=(),
-                           ratios=(10, 20), peers_at=(10, 20), hard_labels=True, seeds=(0,), threads=2),
     "full": Config("full", quant="int8", teacher_epochs=3, sweep_ipc=10, label_epochs=60, select_label_epochs=30,
                    train_steps=2000, lr=1e-2, test_limit=5000, codecs=("svd", "rsvd", "cur", "rpca", "shared", "global"),
                    codecs_high=("svd", "shared", "global"), residual_codecs=("svd", "rpca"), hard_labels=True, threads=1),
