@@ -29,8 +29,9 @@ def _scales(buf: memoryview, rows: int) -> np.ndarray:
     """The (rows,) float32 scales at the start of an int8 block; CodecError unless each is one quantize()
     can have written (finite, >= 0 and small enough that scale * 127 stays finite)."""
     scale = np.frombuffer(buf, dtype="<f4", count=rows)
-    if not bool(((scale >= 0) & (scale <= MAX_INT8_SCALE)).all()):   # NaN fails both comparisons
-        bad = scale[~((scale >= 0) & (scale <= MAX_INT8_SCALE))][0]
+    ok = (scale >= 0) & (scale <= MAX_INT8_SCALE)   # NaN fails both comparisons
+    if not bool(ok.all()):
+        bad = scale[~ok][0]
         raise CodecError(f"int8 block has a row scale of {bad!r}, expected a finite value in [0, {MAX_INT8_SCALE:.3g}]")
     return scale
 

@@ -20,13 +20,15 @@ from typing import Any, Dict, Optional
 
 from ..errors import CorruptRecordError, StoreError, TruncatedFileError
 
-__all__ = ["USERBLOCK_BYTES", "PREFIX_MAGIC", "HDF5_SIGNATURE", "file_crc32", "index_entry", "check_index_file",
+__all__ = ["USERBLOCK_BYTES", "PREFIX_MAGIC", "HDF5_SIGNATURE", "SHARD_MEMBERS", "file_crc32", "index_entry", "check_index_file",
            "shard_entry", "check_shard_file", "write_prefix", "check_prefix"]
 
 #: size of the HDF5 user block of a single-file store (HDF5 requires a power of two >= 512)
 USERBLOCK_BYTES = 512
 PREFIX_MAGIC = b"SCORELS\x00"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: the integrity members of a manifest's shard entry, as shard_entry() gives them
+SHARD_MEMBERS = ("file_bytes", "data_offset", "meta_crc32")
 # magic, prefix version, reserved, file bytes, crc32 of bytes [512, EOF), crc32 of the 28 bytes before it
 _PREFIX = struct.Struct("<8sIIQI")
 _PREFIX_VERSION = 1
@@ -69,9 +71,11 @@ def check_index_file(path: str, entry: Any, verify_content: bool = True) -> None
     size = _size(path)
     if size != entry["bytes"]:
         raise TruncatedFileError(f"{path}: index file is {size} bytes, the manifest says {entry['bytes']}")
-    crc = file_crc32(path) if verify_content else None
-    if crc is not None and crc != entry["crc32"]:
-        raise CorruptRecordError(f"{path}: index file fails its crc32 check: expected {entry['crc32']:08x}, found {crc:08x}")
+    if verify_content:
+        crc = file_crc32(path)
+        if crc != entry["crc32"]:
+            raise CorruptRecordError(f"{path}: index file fails its crc32 check: expected {entry['crc32']:08x}, "
+                                     f"found {crc:08x}")
 
 
 def shard_entry(path: str, nbytes: int) -> Dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..errors import InputError, ScoreError
-from .integrity import check_shard_file
+from .integrity import SHARD_MEMBERS, check_shard_file
 from .indexio import StoredBasis
 from .layout import IMAGE_INDEX_DTYPE, SHARD_DIR, shard_name
 
@@ -25,7 +25,6 @@ __all__ = ["JOURNAL_DIR", "JournalState", "write_options", "write_entry", "load_
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = "journal"
-_MEMBERS = ("file_bytes", "data_offset", "meta_crc32")
 
 
 @dataclass
@@ -64,7 +63,7 @@ def write_entry(root: str, shard: int, size: int, entries: np.ndarray, bases: Li
     its index entries and all bases created so far."""
     buf = io.BytesIO()
     np.savez(buf, size=np.int64(size), entries=entries,
-             members=np.array([members[k] for k in _MEMBERS], np.int64),
+             members=np.array([members[k] for k in SHARD_MEMBERS], np.int64),
              basis_blob=np.frombuffer(b"".join(b.blob for b in bases), np.uint8),
              basis_lengths=np.array([len(b.blob) for b in bases], np.int64),
              basis_ranks=np.array([b.rank for b in bases], np.int64),
@@ -99,7 +98,7 @@ def load_journal(root: str, options: Dict[str, Any]) -> JournalState:
             if "members" not in z.files:
                 raise InputError(f"{jf}: journal written by an older score_codec (no shard checksums); "
                                  "remove the partial store and encode again")
-            members = {k: int(v) for k, v in zip(_MEMBERS, z["members"])}
+            members = {k: int(v) for k, v in zip(SHARD_MEMBERS, z["members"])}
             try:
                 # the shard is sealed with what was measured when it was written, so check it is still that
                 check_shard_file(shard_file, {"bytes": int(z["size"]), **members})

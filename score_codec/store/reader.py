@@ -21,7 +21,7 @@ from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, Inde
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
 from .aug_reader import AugReader
-from .integrity import check_index_file, check_prefix, check_shard_file
+from .integrity import SHARD_MEMBERS, check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
 from ..codecs.quantize import QUANT_NAMES, dequantize, quantized_nbytes
 from .record import MAX_CELLS, Record, unpack_record
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
 
 
-_SHARD_MEMBERS = ("file_bytes", "data_offset", "meta_crc32")
-
-
 def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
     """Validate the manifest's structure and version before any of it (or the index) is used."""
     if isinstance(m, dict) and m.get("format") == "score-label-store" and m.get("format_version") not in READABLE_VERSIONS:
@@ -51,12 +48,12 @@ def _check_manifest(m: Any, where: str) -> Dict[str, Any]:
                          f"shards:[{{name: shard-NNNNN.h5 in order, bytes:int}}])")
     # a store is sealed (index member + every shard's members) or legacy (none of them): a partly sealed
     # manifest is a damaged one, and reading it as legacy would hand unchecked files to libhdf5
-    members = ["index" in m] + [all(k in e for k in _SHARD_MEMBERS) for e in m["shards"]]
-    partial = [i for i, e in enumerate(m["shards"]) if any(k in e for k in _SHARD_MEMBERS) and not members[i + 1]]
+    members = ["index" in m] + [all(k in e for k in SHARD_MEMBERS) for e in m["shards"]]
+    partial = [i for i, e in enumerate(m["shards"]) if any(k in e for k in SHARD_MEMBERS) and not members[i + 1]]
     if partial or (any(members) and not all(members)):
-        what = (f"shard {partial[0]} has only some of {list(_SHARD_MEMBERS)}" if partial else
+        what = (f"shard {partial[0]} has only some of {list(SHARD_MEMBERS)}" if partial else
                 "the index member is missing" if not members[0] else
-                f"shard {members.index(False, 1) - 1} lacks {list(_SHARD_MEMBERS)}")
+                f"shard {members.index(False, 1) - 1} lacks {list(SHARD_MEMBERS)}")
         raise StoreError(f"{where}: integrity members are incomplete ({what}); a store written with them has them "
                          "for the index and every shard")
     return m
