@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -73,8 +74,9 @@ def _images(spec: str, size: Optional[int], limit: Optional[int] = None):
 class Pipeline:
     """The benchmark's steps over one config; every step reads its cached output when present."""
 
-    def __init__(self, cfg: Config, cache_dir: str) -> None:
-        self.cfg, self.dir = cfg, cache_dir
+    def __init__(self, cfg: Config, cache_dir: str, deadline: Optional[float] = None) -> None:
+        self.cfg, self.dir, self.deadline = cfg, cache_dir, deadline
+        self.skipped = 0
         os.makedirs(cache_dir, exist_ok=True)
         self.train = _images(cfg.data, cfg.image_size)
         self.test = _images(cfg.test, cfg.image_size or int(self.train.images.shape[-1]), cfg.test_limit)
@@ -160,13 +162,20 @@ class Pipeline:
         return store, torch.load(ypath).float(), BatchTable(meta.batches, meta.rows)
 
     # -- 6. students ----------------------------------------------------------------------------------
-    def students(self, key: str, source: LabelSource, views, table: BatchTable, seeds, curve: bool = False) -> Dict[str, Any]:
-        """Top-1 per seed (cached per student) and, with ``curve``, the first seed's convergence curve."""
-        c = self.cfg
+    def students(self, key: str, source: LabelSource, views, table: BatchTable, seeds, curve: bool = False,
+                 cfg: Optional[Config] = None, optional: bool = False) -> Dict[str, Any]:
+        """Top-1 per seed (cached per student) and, with ``curve``, the first seed's convergence curve.
+
+        ``cfg`` overrides the pipeline's config (another schedule); ``optional`` students are not started
+        after the pipeline's deadline (their seeds are left out of the result and counted in ``skipped``)."""
+        c = cfg or self.cfg
         accs, curves = [], []
         for seed in seeds:
             k = (f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{c.train_epochs}"
                  f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
+            if k not in self.done and optional and self.deadline is not None and time.time() > self.deadline:
+                self.skipped += 1
+                continue
             if k not in self.done:
                 t0 = time.time()
                 res = train_one(source, table, views, c, seed, self.test, self.C,
@@ -210,8 +219,12 @@ def _best_rows(rows: List[Dict[str, Any]], cfg: Config) -> List[Dict[str, Any]]:
     return list(best.values())
 
 
-def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Run every step of ``cfg`` and write the report; returns the result rows (see benchmarks.report)."""
+def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = None,
+        time_limit: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Run every step of ``cfg`` and write the report; returns the result rows (see benchmarks.report).
+
+    ``time_limit`` (minutes from the start): no extra-seed student starts after it; the report then holds the
+    seeds that ran, and a re-run resumes from the cache."""
     from benchmarks.peers import storage_variants
     from benchmarks.report import write_report
 
@@ -219,7 +232,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     torch.set_num_threads(cfg.threads)
     cache_dir = cache_dir or os.path.join(HERE, "cache", cfg.cache or cfg.name)
     out_dir = out_dir or os.path.join(HERE, "runs")
-    pipe = Pipeline(cfg, cache_dir)
+    pipe = Pipeline(cfg, cache_dir, None if time_limit is None else t_start + 60 * time_limit)
     teacher = pipe.teacher()
     sels = pipe.selections(teacher)
     first = cfg.seeds[:1] if cfg.extra_seeds_for_best else cfg.seeds
@@ -243,6 +256,11 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     reference = pipe.students(ref_key, LogitSource(Y), views, table, cfg.seeds, curve=True)
     rows.append(dict(experiment="selection", method=cfg.sweep_method, ipc=cfg.sweep_ipc, images=len(sweep_idx),
                      K=cfg.label_epochs, top1=reference["top1"][:1]))
+    if cfg.double_check:   # the curve's last quarter is the cosine's annealing: a twice-as-long run is the test
+        epochs = 2 * (cfg.train_epochs or (math.ceil(cfg.train_steps / table.per_epoch) if cfg.train_steps else table.epochs))
+        long_cfg = dataclasses.replace(cfg, train_epochs=epochs, train_steps=None)
+        dbl = pipe.students(ref_key, LogitSource(Y), views, table, cfg.seeds[:1], curve=True, cfg=long_cfg)
+        reference["doubled"] = dict(epochs=epochs, top1=dbl["top1"][0], curve=dbl["curve"])
     if cfg.hard_labels:
         hard = HardLabelSource(classes, table, pipe.C, int(views[0].shape[-1]))
         rows.append(dict(experiment="hard", name="hard labels", **pipe.students(f"hard|{key}|K{cfg.label_epochs}", hard,
@@ -275,9 +293,14 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
 
     if cfg.extra_seeds_for_best and len(cfg.seeds) > 1:
         report()   # every variant has its first seed: a complete (interim) table before the extra seeds
-        for r in _best_rows(rows, cfg):
-            k, src = r["_job"]
-            r["top1"] = pipe.students(k, src, views, table, cfg.seeds)["top1"]
+        best = _best_rows(rows, cfg)
+        for i in range(1, len(cfg.seeds)):   # seed-major: a time limit leaves every best row with as many seeds
+            for r in best:
+                k, src = r["_job"]
+                r["top1"] = pipe.students(k, src, views, table, cfg.seeds[:i + 1], optional=True)["top1"]
+        if pipe.skipped:
+            log.warning("time limit reached: %d extra-seed students not run (a re-run resumes from the cache)",
+                        pipe.skipped)
     paths = report()
     for r in rows:
         r.pop("_job", None)
@@ -300,17 +323,23 @@ def main(argv=None) -> int:
     p.add_argument("--name", help="output name (default: the preset's; set it when changing data)")
     p.add_argument("--cache-dir", help="step cache (default benchmarks/cache/<name>)")
     p.add_argument("--out-dir", help="results folder (default benchmarks/runs, untracked)")
+    p.add_argument("--double-check", action="store_true",
+                   help="also train the reference's first seed at twice the schedule (the convergence test)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="start no extra-seed student after this many minutes; the report holds the seeds that ran")
     p.add_argument("--commit-results", action="store_true", help="write to benchmarks/results (the committed tables)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     over = {k: v for k, v in dict(data=a.data, test=a.test, image_size=a.image_size, threads=a.threads,
                                   name=a.name, quant=a.quant, train_steps=a.steps, train_epochs=a.epochs).items()
             if v is not None}
+    if a.double_check:
+        over["double_check"] = True
     if a.seeds:
         over["seeds"] = tuple(range(a.seeds))
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
     out = a.out_dir or (os.path.join(HERE, "results") if a.commit_results else None)
-    run(cfg, a.cache_dir, out)
+    run(cfg, a.cache_dir, out, a.time_limit)
     return 0
 
 

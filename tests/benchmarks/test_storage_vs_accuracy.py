@@ -104,6 +104,27 @@ def test_json_result_has_the_documented_fields(smoke):
                           "top1_mean", "top1_std", "seeds"}
     txt = (base / "results" / f"{cfg.name}.txt").read_text()
     assert "raw fp16 labels" in txt and "hard labels" in txt            # the table printed at the end
+    d = ref["doubled_schedule"]                                         # the convergence test by doubling
+    assert d["epochs"] == 2 * cfg.train_epochs and 0 <= d["top1"] <= 1
+    assert d["gain"] == pytest.approx(d["top1"] - ref["top1_mean"]) and d["converged"] == (d["gain"] < 0.005)
+    assert "twice the schedule" in txt
+
+
+def test_time_limit_skips_extra_seeds_and_resumes(smoke):
+    """Past the time limit no extra-seed student starts: best rows keep the seeds that ran (the first,
+    from the cache), the reference gets all its seeds, and the report is complete for what ran."""
+    import json
+
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    two = dataclasses.replace(cfg, seeds=(0, 1), best_seed_families=("LPLD",))
+    rows = run(two, cache_dir=str(base / "cache"), out_dir=str(base / "limited"), time_limit=0.0)
+    lpld = [r for r in _storage(rows) if r["family"] == "LPLD" and r.get("top1")]
+    assert lpld and all(len(r["top1"]) == 1 for r in lpld)
+    j = json.load(open(base / "limited" / f"{cfg.name}.json"))
+    assert j["reference"]["seeds"] == 2                                # zstd is lossless: the reference's seeds
+    assert all(r["seeds"] <= 1 for r in j["rows"] if r["family"] != "zstd")
 
 
 def test_hard_label_targets_mix_classes_by_the_box_area():
