@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ def glyph_teacher_logits(n: int, k: int, mix: str, progress: bool = True):
     The teacher is the ``glyphs-full`` benchmark's (trained and cached there on first use); the images are
     a seeded subset of the training split, ``n / 1000`` per class rounded up."""
     from benchmarks.presets import PRESETS
-    from benchmarks.storage_vs_accuracy import Pipeline
+    from benchmarks.pipeline import Pipeline
     from score_codec.training.models import classifier_of
 
     cfg = PRESETS["glyphs-full"]

@@ -16,15 +16,11 @@ directly (LPQLD MR-k, FKD marginal smoothing) and logit stores go through the sa
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 __all__ = ["LabelSource", "LogitSource", "StoreSource", "TopKSource", "PoolSource", "HardLabelSource", "BatchTable",
            "rows_to_probs", "kd_metrics"]

@@ -148,7 +148,6 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     (whole epochs) and encode them at ratio ``inner``, so the total is ``x``.  Per-image low-rank factors
     cost at least 2 bytes per row (one fp16 entry of U) plus a 32-byte header per image, so with 10
     classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
-    from score_codec.errors import ScoreError
 
     cfg_tag = "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
     vid = f"{method}{'' if quant == 'fp16' else '-' + quant}{cfg_tag}+pool@{x:g}"

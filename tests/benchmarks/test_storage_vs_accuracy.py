@@ -188,3 +188,36 @@ def test_quick_preset_runs(tmp_path):
     for r in _storage(rows):
         assert r.get("label_bytes") is None or r["family"] == "fp16+zstd" or meets_budget(r)
     assert min(next(r for r in rows if r.get("vid") == "raw")["top1"]) > 0.3
+
+
+def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
+    """Saved artifacts let an empty cache resume: the same teacher bytes, no feature pass for the stored
+    selection, every student taken from students.jsonl (same top-1, no new lines)."""
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, rows, base = smoke
+    art = tmp_path / "art"
+    run(cfg, cache_dir=str(base / "cache"), out_dir=str(tmp_path / "o1"), artifacts=str(art), save_artifacts=True)
+    assert {"data.json", "teacher.safetensors", "teacher.json", "students.jsonl"} <= {p.name for p in art.iterdir()}
+    assert any(p.name.startswith("select_") for p in art.iterdir())
+    fresh = tmp_path / "fresh"
+    again = run(cfg, cache_dir=str(fresh), out_dir=str(tmp_path / "o2"), artifacts=str(art))
+    assert (fresh / "teacher.safetensors").read_bytes() == (base / "cache" / "teacher.safetensors").read_bytes()
+    assert not (fresh / "features.pt").exists()
+    assert (fresh / "students.jsonl").read_text() == (art / "students.jsonl").read_text()
+    top1 = lambda rs: {r.get("vid", r.get("method")): r.get("top1") for r in rs if r["experiment"] == "storage"}
+    assert top1(again) == top1(rows)
+
+
+def test_artifacts_from_other_images_are_refused(smoke, tmp_path, caplog):
+    import json
+
+    from benchmarks.artifacts import save_artifacts, seed_cache
+
+    _, _, base = smoke
+    art = tmp_path / "art"
+    save_artifacts(str(base / "cache"), str(art), {"train": "a" * 64, "test": "b" * 64})
+    assert not seed_cache(str(tmp_path / "c"), str(art), {"train": "c" * 64, "test": "b" * 64})
+    assert "made from other images" in caplog.text and "c" * 64 in caplog.text
+    assert not (tmp_path / "c").exists()
+    assert json.load(open(art / "data.json")) == {"train": "a" * 64, "test": "b" * 64}

@@ -1,0 +1,86 @@
+"""Committed artifacts of a long benchmark preset, so that a fresh machine resumes it instead of starting over.
+
+``benchmarks/artifacts/<cache>/`` holds what is small and expensive (the 1000-class teacher takes 9 minutes to
+train, its selection 12 minutes of features, every student 4-9 minutes; together a few MB):
+
+- ``data.json``: sha256 of the training and test images the teacher saw (uint8 bytes, as loaded);
+- ``teacher.safetensors``, ``teacher.json`` (its test top-1), ``select_<method>_ipc<N>.pt`` (image ids);
+- ``students.jsonl``: one finished student per line, keyed like the step cache.
+
+A cache without a teacher is seeded from these when both image hashes match; otherwise a warning names the
+expected and found hashes and nothing is copied.  The relabel dump and the label variants are recomputed from
+the teacher (the same views and logits up to float rounding), and students already listed are not trained
+again.  ``--save-artifacts`` writes the folder at the end of a run.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Dict, List
+
+import numpy as np
+
+__all__ = ["image_hashes", "seed_cache", "save_artifacts"]
+
+log = logging.getLogger("benchmarks.artifacts")
+_FILES = ("teacher.safetensors", "teacher.json")
+_STUDENTS = "students.jsonl"
+
+
+def image_hashes(train, test) -> Dict[str, str]:
+    """sha256 (hex) of the train and test images' bytes (TensorImages: ``.images`` tensors)."""
+    return {name: hashlib.sha256(np.ascontiguousarray(ds.images.numpy()).tobytes()).hexdigest()
+            for name, ds in (("train", train), ("test", test))}
+
+
+def _students(path: str) -> List[str]:
+    """Lines of a students.jsonl, the first of each key kept."""
+    out, seen = [], set()
+    if os.path.isfile(path):
+        for line in open(path):
+            if line.strip() and (k := json.loads(line)["key"]) not in seen:
+                seen.add(k)
+                out.append(line if line.endswith("\n") else line + "\n")
+    return out
+
+
+def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
+    """Copy ``art_dir``'s teacher, selections and students into ``cache_dir`` (which has no teacher yet).
+
+    Returns True when seeded; False (with a warning) when the artifacts were made from other images."""
+    with open(os.path.join(art_dir, "data.json")) as fh:
+        want = json.load(fh)
+    if want != hashes:
+        log.warning("artifacts %s were made from other images (expected sha256 %s, found %s): not used; "
+                    "the teacher and selection are computed again", art_dir, want, hashes)
+        return False
+    os.makedirs(cache_dir, exist_ok=True)
+    for path in [os.path.join(art_dir, f) for f in _FILES] + sorted(glob.glob(os.path.join(art_dir, "select_*.pt"))):
+        shutil.copyfile(path, os.path.join(cache_dir, os.path.basename(path)))
+    lines = _students(os.path.join(art_dir, _STUDENTS))
+    keys = {json.loads(line)["key"] for line in lines}
+    lines += [line for line in _students(os.path.join(cache_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
+    with open(os.path.join(cache_dir, _STUDENTS), "w") as fh:
+        fh.writelines(lines)
+    log.info("cache %s seeded from %s: teacher, selections and %d finished students", cache_dir, art_dir, len(keys))
+    return True
+
+
+def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None:
+    """Write ``cache_dir``'s teacher, selections and finished students to ``art_dir`` (replacing it)."""
+    tmp = art_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for path in [os.path.join(cache_dir, f) for f in _FILES] + sorted(glob.glob(os.path.join(cache_dir, "select_*.pt"))):
+        shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+    with open(os.path.join(tmp, _STUDENTS), "w") as fh:
+        fh.writelines(_students(os.path.join(cache_dir, _STUDENTS)))
+    with open(os.path.join(tmp, "data.json"), "w") as fh:
+        json.dump(hashes, fh, indent=1)
+    shutil.rmtree(art_dir, ignore_errors=True)
+    os.replace(tmp, art_dir)
+    log.info("artifacts written to %s", art_dir)
