@@ -48,6 +48,12 @@ def _students(path: str) -> List[str]:
     return out
 
 
+def _copy_models(src: str, dst: str) -> None:
+    """Copy the teacher files and every stored selection from folder ``src`` to folder ``dst``."""
+    for path in [os.path.join(src, f) for f in _FILES] + sorted(glob.glob(os.path.join(src, "select_*.pt"))):
+        shutil.copyfile(path, os.path.join(dst, os.path.basename(path)))
+
+
 def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
     """Copy ``art_dir``'s teacher, selections and students into ``cache_dir`` (which has no teacher yet).
 
@@ -59,8 +65,7 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
                     "the teacher and selection are computed again", art_dir, want, hashes)
         return False
     os.makedirs(cache_dir, exist_ok=True)
-    for path in [os.path.join(art_dir, f) for f in _FILES] + sorted(glob.glob(os.path.join(art_dir, "select_*.pt"))):
-        shutil.copyfile(path, os.path.join(cache_dir, os.path.basename(path)))
+    _copy_models(art_dir, cache_dir)
     lines = _students(os.path.join(art_dir, _STUDENTS))
     keys = {json.loads(line)["key"] for line in lines}
     lines += [line for line in _students(os.path.join(cache_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
@@ -75,8 +80,7 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
     tmp = art_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    for path in [os.path.join(cache_dir, f) for f in _FILES] + sorted(glob.glob(os.path.join(cache_dir, "select_*.pt"))):
-        shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+    _copy_models(cache_dir, tmp)
     with open(os.path.join(tmp, _STUDENTS), "w") as fh:
         fh.writelines(_students(os.path.join(cache_dir, _STUDENTS)))
     with open(os.path.join(tmp, "data.json"), "w") as fh:

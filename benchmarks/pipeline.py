@@ -53,7 +53,7 @@ class Pipeline:
 
     def __init__(self, cfg: Config, cache_dir: str, deadline: Optional[float] = None,
                  artifacts: Optional[str] = None) -> None:
-        from benchmarks.artifacts import image_hashes, seed_cache
+        from benchmarks.artifacts import seed_cache
 
         self.cfg, self.dir, self.deadline = cfg, cache_dir, deadline
         self.skipped = 0
@@ -61,7 +61,7 @@ class Pipeline:
         self.train = _images(cfg.data, cfg.image_size)
         self.test = _images(cfg.test, cfg.image_size or int(self.train.images.shape[-1]), cfg.test_limit)
         self.C = len(self.train.classes)
-        self.hashes = image_hashes(self.train, self.test)
+        self._hashes: Optional[Dict[str, str]] = None
         if artifacts and os.path.isfile(os.path.join(artifacts, "data.json")) and \
                 not os.path.isfile(os.path.join(cache_dir, "teacher.safetensors")):
             seed_cache(cache_dir, artifacts, self.hashes)
@@ -71,6 +71,15 @@ class Pipeline:
             for line in open(self.results_path):
                 r = json.loads(line)
                 self.done[r["key"]] = r
+
+    @property
+    def hashes(self) -> Dict[str, str]:
+        """sha256 of the train and test images (computed on first use: only artifacts need it)."""
+        if self._hashes is None:
+            from benchmarks.artifacts import image_hashes
+
+            self._hashes = image_hashes(self.train, self.test)
+        return self._hashes
 
     # -- 2. teacher -----------------------------------------------------------------------------------
     def teacher(self) -> torch.nn.Module:
@@ -117,17 +126,13 @@ class Pipeline:
             feats["pool"] = pool
             _atomic_save(feats, path)
         f = torch.load(path)
-        out = {}
-        for method in self.cfg.select_methods:
-            for ipc in self.cfg.ipcs:
-                p = os.path.join(self.dir, f"select_{method}_ipc{ipc}.pt")
-                if not os.path.isfile(p):
-                    soft = f["soft_labels"].float() if method != "rded" else f["logits"]
-                    idx, _ = score_select.select(f["features"], f["labels"], ipc, method=method,
-                                                 soft_labels=soft, alpha=self.cfg.alpha, beta=self.cfg.beta, seed=0)
-                    _atomic_save(f["pool"][idx].sort().values, p)
-                out[(method, ipc)] = torch.load(p).numpy()
-        return out
+        for (method, ipc), p in wanted.items():
+            if not os.path.isfile(p):
+                soft = f["soft_labels"].float() if method != "rded" else f["logits"]
+                idx, _ = score_select.select(f["features"], f["labels"], ipc, method=method,
+                                             soft_labels=soft, alpha=self.cfg.alpha, beta=self.cfg.beta, seed=0)
+                _atomic_save(f["pool"][idx].sort().values, p)
+        return {k: torch.load(p).numpy() for k, p in wanted.items()}
 
     # -- 4. relabel -----------------------------------------------------------------------------------
     def relabel(self, teacher, key: str, idx: np.ndarray, epochs: int) -> Tuple[str, torch.Tensor, BatchTable]:
