@@ -135,6 +135,14 @@ class Pipeline:
         return {k: torch.load(p).numpy() for k, p in wanted.items()}
 
     # -- 4. relabel -----------------------------------------------------------------------------------
+    def past_deadline(self) -> bool:
+        """True once the time limit (if any) has passed."""
+        return self.deadline is not None and time.time() > self.deadline
+
+    def relabelled(self, key: str, epochs: int) -> bool:
+        """Whether :meth:`relabel` of ``key`` at K = ``epochs`` is cached."""
+        return os.path.isfile(os.path.join(self.dir, "relabel", f"{key}_K{epochs}", "Y.pt"))
+
     def relabel(self, teacher, key: str, idx: np.ndarray, epochs: int) -> Tuple[str, torch.Tensor, BatchTable]:
         """(reference store path, Y (N, K, C) float32 from the SRe2L dump, batch table); K = ``epochs``."""
         from score_codec import LabelStore
@@ -144,7 +152,7 @@ class Pipeline:
         d = os.path.join(self.dir, "relabel", f"{key}_K{epochs}")
         ypath = os.path.join(d, "Y.pt")
         store = os.path.join(d, "meta.store")
-        if not os.path.isfile(ypath):
+        if not self.relabelled(key, epochs):
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
             ds = TensorImages(self.train.images[idx], self.train.targets[idx], self.train.classes)
@@ -166,7 +174,7 @@ class Pipeline:
         for seed in seeds:
             k = (f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{c.train_epochs}"
                  f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
-            if k not in self.done and optional and self.deadline is not None and time.time() > self.deadline:
+            if k not in self.done and optional and self.past_deadline():
                 self.skipped += 1
                 continue
             if k not in self.done:

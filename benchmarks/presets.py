@@ -93,7 +93,7 @@ PRESETS: Dict[str, Config] = {
             "label_epochs": 100, "select_label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
             "ratios": (10, 20, 30, 100), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
             "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
-            "double_check": True,
+            "double_check": True, "codec_config": (("newton_steps", 0),),   # glyphs-1k says why; shares its students
         }),
     # The 1000-class run that fits a few hours on 2 cores: glyphs-full's teacher, pool and SCORE selection
     # (same cache, so its students count towards glyphs-full), 3 seeds for the reference and for our and

@@ -17,7 +17,7 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional
 
-__all__ = ["budget_bytes", "meets_budget", "mean_std", "converged", "write_report", "FAMILY_ORDER", "JSON_FAMILY"]
+__all__ = ["budget_bytes", "meets_budget", "mean_std", "NOT_RUN", "converged", "write_report", "FAMILY_ORDER", "JSON_FAMILY"]
 
 log = logging.getLogger("benchmarks.report")
 FAMILY_ORDER = ["raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"]
@@ -38,6 +38,10 @@ def meets_budget(row: Dict[str, Any]) -> Optional[bool]:
     if row.get("label_bytes") is None or row["family"] == "fp16+zstd":   # lossless: measured, not budgeted
         return None
     return row["label_bytes"] <= budget_bytes(row) * (1 + 1e-12)
+
+
+#: the student cell of a row whose student was not started (``--time-limit``); a re-run resumes it
+NOT_RUN = "not run (time limit)"
 
 
 def mean_std(v: Optional[List[float]]) -> str:
@@ -88,7 +92,7 @@ def _storage_table(rows: List[Dict[str, Any]], T: float) -> List[str]:
         out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | {r['label_bytes']:,} | "
                    f"{r['label_bytes'] / r['rows']:.3f} | {ratio:.2f}x | {_yes(meets_budget(r))} | "
                    f"{r.get('kl_t1', float('nan')):.3g} | {r['kl']:.3g} | {100 * r['agree']:.1f}% | "
-                   f"{mean_std(r.get('top1'))} | {note} |")
+                   f"{mean_std(r.get('top1')) or NOT_RUN} | {note} |")
     return out
 
 
@@ -140,7 +144,7 @@ def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[s
                 reference=dict(top1_mean=statistics.fmean(t), top1_std=statistics.stdev(t) if len(t) > 1 else None,
                                seeds=len(t), converged=converged(ref["curve"]), curve=ref["curve"],
                                doubled_schedule=dbl),
-                hard_label_top1=statistics.fmean(hard["top1"]) if hard else None,
+                hard_label_top1=statistics.fmean(hard["top1"]) if hard and hard.get("top1") else None,
                 selection=[dict(method=r["method"], ipc=r["ipc"], K=r["K"], top1=r["top1"]) for r in rows
                            if r["experiment"] == "selection"],
                 rows=out_rows, seconds=info.get("seconds"))
@@ -216,7 +220,7 @@ def write_report(rows: List[Dict[str, Any]], info: Dict[str, Any], out_dir: str,
           f"- Hard labels on the same views: {hard_txt}; teacher {100 * info['teacher_top1']:.2f}%.", "",
           "## Selection (uncompressed labels)", "",
           "| method | IPC | images | K | student top-1 (%) |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['method']} | {r['ipc']} | {r['images']} | {r.get('K', '')} | {mean_std(r['top1'])} |" for r in sel]
+    md += [f"| {r['method']} | {r['ipc']} | {r['images']} | {r.get('K', '')} | {mean_std(r['top1']) or NOT_RUN} |" for r in sel]
     row_b = 2 * info["classes"]
     md += ["", f"## Label storage at matched budgets ({cfg['sweep_method']} selection, IPC {cfg['sweep_ipc']}, "
                f"{info['sweep_images']} images x {info['label_epochs']} rows)", "",

@@ -65,8 +65,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         save_artifacts: bool = False) -> List[Dict[str, Any]]:
     """Run every step of ``cfg`` and write the report; returns the result rows (see benchmarks.report).
 
-    ``time_limit`` (minutes from the start): no extra-seed student starts after it; the report then holds the
-    seeds that ran, and a re-run resumes from the cache.  ``artifacts`` (default
+    Order: the storage sweep (reference, its doubled-schedule check, hard labels, every variant's first seed),
+    the extra seeds of the best rows, then the selection comparison.  ``time_limit`` (minutes from the start):
+    no student but the reference's, and no relabel, starts after it; the report then holds what ran (rows
+    without a student say "not run"), and a re-run resumes from the cache.  ``artifacts`` (default
     ``benchmarks/artifacts/<cache>``) seeds an empty cache (:mod:`benchmarks.artifacts`); ``save_artifacts``
     writes it at the end."""
     from benchmarks.peers import storage_variants
@@ -82,15 +84,6 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     sels = pipe.selections(teacher)
     first = cfg.seeds[:1] if cfg.extra_seeds_for_best else cfg.seeds
     rows: List[Dict[str, Any]] = []
-    ks = cfg.select_label_epochs or cfg.label_epochs
-    for (method, ipc), idx in sels.items():
-        if (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs:
-            continue   # the sweep's reference row is this selection's result
-        store, Y, table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
-        views = load_views(store, pipe.train, idx)
-        res = pipe.students(f"select|{method}|ipc{ipc}|K{ks}", LogitSource(Y), views, table, first)
-        rows.append(dict(experiment="selection", method=method, ipc=ipc, images=len(idx), K=ks, **res))
-        del views
     key = f"{cfg.sweep_method}_ipc{cfg.sweep_ipc}"
     sweep_idx = sels[(cfg.sweep_method, cfg.sweep_ipc)]
     store, Y, table = pipe.relabel(teacher, key, sweep_idx, cfg.label_epochs)
@@ -109,7 +102,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     if cfg.hard_labels:
         hard = HardLabelSource(classes, table, pipe.C, int(views[0].shape[-1]))
         rows.append(dict(experiment="hard", name="hard labels", **pipe.students(f"hard|{key}|K{cfg.label_epochs}", hard,
-                                                                               views, table, first)))
+                                                                               views, table, first, optional=True)))
     for var in variants:
         row = dict(experiment="storage", vid=var.vid, family=var.family, name=var.name, target=var.ratio,
                    note=var.note, rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
@@ -126,7 +119,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             if same == "raw":
                 row["top1"] = reference["top1"]
             else:
-                row["top1"] = pipe.students(k, src, views, table, first)["top1"]
+                row["top1"] = pipe.students(k, src, views, table, first, optional=True)["top1"]
         rows.append(row)
     def report() -> Dict[str, str]:
         clean = [{k: v for k, v in r.items() if k != "_job"} for r in rows]
@@ -142,9 +135,24 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             for r in best:
                 k, src = r["_job"]
                 r["top1"] = pipe.students(k, src, views, table, cfg.seeds[:i + 1], optional=True)["top1"]
-        if pipe.skipped:
-            log.warning("time limit reached: %d extra-seed students not run (a re-run resumes from the cache)",
-                        pipe.skipped)
+    del views
+    # the selection comparison last: the storage rows (the preset's goal) come first when a sitting is cut short
+    ks = cfg.select_label_epochs or cfg.label_epochs
+    for (method, ipc), idx in sels.items():
+        if (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs:
+            continue   # the sweep's reference row is this selection's result
+        row = dict(experiment="selection", method=method, ipc=ipc, images=len(idx), K=ks, top1=[])
+        rows.append(row)
+        if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
+            pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
+            continue
+        store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
+        sel_views = load_views(store, pipe.train, idx)
+        row.update(pipe.students(f"select|{method}|ipc{ipc}|K{ks}", LogitSource(Ys), sel_views, sel_table, first,
+                                 optional=True))
+        del sel_views, Ys
+    if pipe.skipped:
+        log.warning("time limit reached: %d students not run (a re-run resumes from the cache)", pipe.skipped)
     paths = report()
     if save_artifacts:
         from benchmarks.artifacts import save_artifacts as save
@@ -174,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--double-check", action="store_true",
                    help="also train the reference's first seed at twice the schedule (the convergence test)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="start no extra-seed student after this many minutes; the report holds the seeds that ran")
+                   help="start no student (but the reference's) and no relabel after this many minutes; the report holds "
+                        "what ran and a re-run resumes from the cache")
     p.add_argument("--save-artifacts", action="store_true",
                    help="write the teacher, selections and finished students to benchmarks/artifacts/<cache> "
                         "(committed, so a fresh machine resumes the preset)")

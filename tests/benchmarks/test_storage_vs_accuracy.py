@@ -127,6 +127,26 @@ def test_time_limit_skips_extra_seeds_and_resumes(smoke):
     assert all(r["seeds"] <= 1 for r in j["rows"] if r["family"] != "zstd")
 
 
+def test_time_limit_stops_every_student_but_the_reference(smoke):
+    """A sitting past its limit starts only the reference: the storage rows, the hard-label row and the
+    selection comparison (run last) are reported as not run, and the cached steps are reused."""
+    import json
+
+    from benchmarks.report import NOT_RUN
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2, double_check=False)   # new student keys, same cached steps
+    rows = run(other, cache_dir=str(base / "cache"), out_dir=str(base / "cut"), time_limit=0.0)
+    j = json.load(open(base / "cut" / f"{cfg.name}.json"))
+    assert j["reference"]["seeds"] == len(cfg.seeds) and j["hard_label_top1"] is None
+    assert all(r["top1_mean"] is None for r in j["rows"] if r["family"] != "zstd")
+    sel = [r for r in rows if r["experiment"] == "selection" and r["method"] != cfg.sweep_method]
+    assert sel and all(r["top1"] == [] for r in sel)
+    md = open(base / "cut" / f"{cfg.name}.md").read()
+    assert md.count(NOT_RUN) >= len(sel) + sum(1 for r in j["rows"] if r["label_bytes"] and r["family"] != "zstd")
+
+
 def test_hard_label_targets_mix_classes_by_the_box_area():
     from benchmarks.label_sources import BatchTable, HardLabelSource
     from score_codec.store.meta import BATCH_DTYPE, MIX_CUTMIX, ROW_DTYPE
