@@ -170,10 +170,16 @@ class Pipeline:
         ``cfg`` overrides the pipeline's config (another schedule); ``optional`` students are not started
         after the pipeline's deadline (their seeds are left out of the result and counted in ``skipped``)."""
         c = cfg or self.cfg
+        # the key names the schedule that runs: no epochs or steps given means one pass per label epoch, the
+        # same student as train_epochs = K (so presets that differ only in how they say it share students);
+        # keys written before that spelled it "eNone" and are still read
+        epochs = c.train_epochs or (None if c.train_steps else table.epochs)
         accs, curves = [], []
         for seed in seeds:
-            k = (f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{c.train_epochs}"
-                 f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
+            spelled = [(f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{e}"
+                        f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
+                       for e in dict.fromkeys((epochs, c.train_epochs))]
+            k = next((s for s in spelled if s in self.done), spelled[0])
             if k not in self.done and optional and self.past_deadline():
                 self.skipped += 1
                 continue

@@ -147,6 +147,32 @@ def test_time_limit_stops_every_student_but_the_reference(smoke):
     assert md.count(NOT_RUN) >= len(sel) + sum(1 for r in j["rows"] if r["label_bytes"] and r["family"] != "zstd")
 
 
+def test_one_pass_per_label_epoch_is_one_student_however_it_is_spelled(smoke, tmp_path):
+    """No epochs given and ``train_epochs = K`` train the same student, so they share one cache entry; a
+    cache written when the key said "eNone" is still read."""
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("teacher.safetensors", "teacher.json", "relabel"):
+        src = base / "cache" / name
+        os.symlink(src, cache / name, target_is_directory=src.is_dir())
+    for p in (base / "cache").glob("select_*.pt"):
+        os.symlink(p, cache / p.name)
+    implicit = dataclasses.replace(cfg, train_epochs=None, train_steps=None, double_check=False, seeds=(0,))
+    first = run(implicit, cache_dir=str(cache), out_dir=str(tmp_path / "a"), time_limit=0.0)   # the reference only
+    jsonl = cache / "students.jsonl"
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 1 and f"|e{cfg.label_epochs}|" in lines[0]
+    ref = lambda rows: next(r for r in rows if r.get("vid") == "raw")["top1"]
+    spelled = dataclasses.replace(implicit, train_epochs=cfg.label_epochs)
+    assert ref(run(spelled, cache_dir=str(cache), out_dir=str(tmp_path / "b"), time_limit=0.0)) == ref(first)
+    jsonl.write_text(lines[0].replace(f"|e{cfg.label_epochs}|", "|eNone|") + "\n")   # the old spelling
+    assert ref(run(implicit, cache_dir=str(cache), out_dir=str(tmp_path / "c"), time_limit=0.0)) == ref(first)
+    assert len(jsonl.read_text().splitlines()) == 1                                  # nothing retrained
+
+
 def test_hard_label_targets_mix_classes_by_the_box_area():
     from benchmarks.label_sources import BatchTable, HardLabelSource
     from score_codec.store.meta import BATCH_DTYPE, MIX_CUTMIX, ROW_DTYPE
