@@ -1,6 +1,7 @@
 """The label path at ImageNet scale, as ratios measured in one run on this machine.
 
     python benchmarks/label_path.py                 # about 5 minutes on 2 cores; writes benchmarks/results/label_path.md
+    python benchmarks/label_path.py --device cuda --sections decode encode --out benchmarks/results/label_path_cuda.md
 
 At C = 1000, rank 16, int8 factors, 256 images x 300 views of teacher-like logits (``W h + b`` with a
 128-wide feature process: the structure of a real teacher's last layer):
@@ -14,6 +15,10 @@ At C = 1000, rank 16, int8 factors, 256 images x 300 views of teacher-like logit
 * whole-dump encode (``score-codec encode`` of an SRe2L dump, global codec) against ``torch.load`` of
   the same batch files;
 * a training data path with 2 DataLoader workers: labels from the store against labels held in RAM.
+
+``--device cuda`` runs the decode and encode sections on the GPU (decode into and gather from GPU memory,
+peak growth from ``torch.cuda.max_memory_allocated``; ``score-codec encode --device cuda``); the other
+sections are CPU-only.
 """
 from __future__ import annotations
 
@@ -45,11 +50,19 @@ def teacher_like(n: int, k: int, c: int = 1000, d: int = 128, seed: int = 0) -> 
     return torch.relu(h) @ w + torch.randn(c, generator=g)
 
 
-def _rate(fn: Callable[[], int], repeat: int = 3) -> float:
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rate(fn: Callable[[], int], repeat: int = 3, device: str = "cpu") -> float:
+    """Best items/s of ``repeat`` calls (``fn`` returns its item count; CUDA work is waited for)."""
     best = 0.0
     for _ in range(repeat):
+        _sync(device)
         t = time.perf_counter()
         n = fn()
+        _sync(device)
         best = max(best, n / (time.perf_counter() - t))
     return best
 
@@ -65,52 +78,79 @@ def _child(code: str) -> Dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def decode_section(tmp: str) -> List[str]:
+def _peak_growth_mb(path: str, n: int, k: int, device: str) -> Dict:
+    """Peak memory growth (MB) of one 65,536-row ``rows`` call: VmHWM of a fresh process on the CPU, the
+    allocator's peak on CUDA; with the result's own size."""
+    if device == "cpu":
+        res = _child(f"import numpy as np, score_codec as sc\nst = sc.LabelStore({path!r}); st.rows([0], [0])\n"
+                     f"hwm=[l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]\n"
+                     f"g = np.random.default_rng(1)\nout = st.rows(g.integers(0, {n}, 65536), g.integers(0, {k}, 65536))\n"
+                     f"RES = dict(before_mb=int(hwm) / 1024, out_mb=out.numel() * 4 / 2**20)")
+        return dict(growth=res["vmhwm_mb"] - res["before_mb"], out_mb=res["out_mb"])
+    import score_codec as sc
+
+    st = sc.LabelStore(path)
+    st.rows([0], [0], device=device)
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    g = np.random.default_rng(1)
+    out = st.rows(g.integers(0, n, 65536), g.integers(0, k, 65536), device=device)
+    _sync(device)
+    return dict(growth=(torch.cuda.max_memory_allocated() - before) / 2**20, out_mb=out.numel() * 4 / 2**20)
+
+
+def decode_section(tmp: str, device: str = "cpu") -> List[str]:
     import score_codec as sc
 
     y = teacher_like(256, 300)
     n, k, c = y.shape
     dense = y.half().numpy()
+    dense_dev = y.half().to(device)
     rng = np.random.default_rng(0)
     pairs = [(rng.integers(0, n, 256), rng.integers(0, k, 256)) for _ in range(300)]
+    pairs_dev = [(torch.as_tensor(i, device=device), torch.as_tensor(a, device=device)) for i, a in pairs]
 
     def gather() -> int:
-        for i, a in pairs:
-            torch.from_numpy(dense[i, a]).float()
+        if device == "cpu":   # numpy fancy indexing: the cheapest in-RAM gather on the CPU
+            for i, a in pairs:
+                torch.from_numpy(dense[i, a]).float()
+        else:
+            for i, a in pairs_dev:
+                dense_dev[i, a].float()
         return 256 * len(pairs)
 
-    base = _rate(gather)
-    lines = ["## Decode (C = 1000, rank 16, int8 factors, 256 images x 300 views)", "",
-             f"Baseline: fp16 labels in RAM, gather 256 random rows and widen to float32: {base:,.0f} rows/s.", "",
+    gather()
+    base = _rate(gather, device=device)
+    where = "in RAM" if device == "cpu" else f"in {device} memory"
+    lines = [f"## Decode on {device} (C = 1000, rank 16, int8 factors, 256 images x 300 views)", "",
+             f"Baseline: fp16 labels {where}, gather 256 random rows and widen to float32: {base:,.0f} rows/s.", "",
              "| codec | random rows, batch 256 (rows/s) | vs fp16 gather | 65,536-row call: peak growth | "
              "full matrices (rows/s) |", "|---|---:|---:|---:|---:|"]
     for method, kw in (("global", dict(codec_config={"newton_steps": 0})), ("svd", {})):
         path = os.path.join(tmp, f"{method}.store")
         sc.encode(y, path, method=method, rank=16, quant="int8", overwrite=True, **kw)
         st = sc.LabelStore(path)
-        st.rows(*pairs[0])
+        st.rows(*pairs[0], device=device)
 
         def rows(st=st) -> int:
             for i, a in pairs:
-                st.rows(i, a)
+                st.rows(i, a, device=device)
             return 256 * len(pairs)
 
-        r = _rate(rows)
-        fac = st.factors()
+        r = _rate(rows, device=device)
+        fac = st.factors(device)
 
         def full(fac=fac) -> int:
             for s in range(0, n, 4):
                 fac.matrices(range(s, min(s + 4, n)))
             return n * k
 
-        f = _rate(full)
-        mem = _child(f"import numpy as np, score_codec as sc\nst = sc.LabelStore({path!r}); st.rows([0], [0])\n"
-                     f"hwm=[l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]\n"
-                     f"g = np.random.default_rng(1)\nout = st.rows(g.integers(0, {n}, 65536), g.integers(0, {k}, 65536))\n"
-                     f"RES = dict(before_mb=int(hwm) / 1024, out_mb=out.numel() * 4 / 2**20)")
-        growth = mem["vmhwm_mb"] - mem["before_mb"]
-        lines.append(f"| {method} | {r:,.0f} | {r / base:.2f}x | {growth:.0f} MB (the (65536, 1000) float32 result "
-                     f"is {mem['out_mb']:.0f} MB) | {f:,.0f} |")
+        full()
+        f = _rate(full, device=device)
+        mem = _peak_growth_mb(path, n, k, device)
+        lines.append(f"| {method} | {r:,.0f} | {r / base:.2f}x | {mem['growth']:.0f} MB (the (65536, 1000) float32 "
+                     f"result is {mem['out_mb']:.0f} MB) | {f:,.0f} |")
     lines += ["", "Per-image bases must be read for every row (16 x 1000 int8 values per row against 1000 fp16 values "
               "of the raw label), so random-row decode of per-image codecs is memory-bound far below the raw "
               "gather; a store-wide basis is read once per batch.", ""]
@@ -225,6 +265,7 @@ def cli_section(tmp: str = "") -> List[str]:
 
 
 def _encode_wall(src: str, dst: str, extra: List[str]) -> float:
+    """Wall time (s) of one ``score-codec encode`` command (a fresh interpreter: torch import included)."""
     argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
             "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
     t = time.perf_counter()
@@ -232,7 +273,7 @@ def _encode_wall(src: str, dst: str, extra: List[str]) -> float:
     return time.perf_counter() - t
 
 
-def encode_section(tmp: str) -> List[str]:
+def encode_section(tmp: str, device: str = "cpu") -> List[str]:
     """An SRe2L dump at C = 1000 (4,000 images x 25 epochs, batch 500), and the same files repeated to 100
     epochs, encoded by the CLI against torch.load of the same files: total and per-row (marginal) cost."""
     from score_codec.formats.safe_load import safe_torch_load
@@ -267,14 +308,14 @@ def encode_section(tmp: str) -> List[str]:
     t_plain = [load_time(files(d, e), plain) for d, e in sizes]
     t_safe = [load_time(files(d, e), safe_torch_load) for d, e in sizes]
     rows = [n * e for _, e in sizes]
-    lines = [f"## Whole-dump encode (SRe2L dump, C = 1000, {n:,} images, {bs}-row batch files, in the page cache)", "",
+    lines = [f"## Whole-dump encode on {device} (SRe2L dump, C = 1000, {n:,} images, {bs}-row batch files, in the page cache)", "",
              f"Reading the batch files alone ({rows[0]:,} / {rows[1]:,} rows): torch.load {t_plain[0]:.2f} / "
              f"{t_plain[1]:.2f} s; our safe loader (weights_only + allow-list) {t_safe[0]:.2f} / {t_safe[1]:.2f} s.", "",
              "| score-codec encode (--method global --ratio 30) | rows | wall time (s) | vs torch.load | rows/s |",
              "|---|---:|---:|---:|---:|"]
     marginal = {}
     for name, extra in (("--newton-steps 0 (projection)", ["--newton-steps", "0"]), ("default (KL fit)", [])):
-        walls = [_encode_wall(d, os.path.join(tmp, "enc.store"), extra) for d, _ in sizes]
+        walls = [_encode_wall(d, os.path.join(tmp, "enc.store"), extra + ["--device", device]) for d, _ in sizes]
         for j in range(2):
             lines.append(f"| {name} | {rows[j]:,} | {walls[j]:.2f} | {walls[j] / t_plain[j]:.1f}x | {rows[j] / walls[j]:,.0f} |")
         per_row = (walls[1] - walls[0]) / (rows[1] - rows[0])
@@ -323,6 +364,7 @@ def dataloader_section(tmp: str) -> List[str]:
 
 SECTIONS = {"decode": decode_section, "metadata": metadata_section, "encode": encode_section,
             "dataloader": dataloader_section, "cli": cli_section}
+ON_DEVICE = ("decode", "encode")   # sections that take the --device (the others measure CPU processes)
 
 
 def main(argv=None) -> int:
@@ -331,16 +373,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
                    help="run only these sections (the table then holds only them)")
+    p.add_argument("--device", default="cpu", help="device of the decode and encode sections: cpu or cuda[:N]")
     a = p.parse_args(argv)
+    if a.device != "cpu" and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: torch sees no CUDA device here")
     torch.set_num_threads(a.threads)
     from benchmarks.common import cpu_name
 
-    md = [f"# Label path at ImageNet scale ({cpu_name()}, {os.cpu_count()} CPUs, {a.threads} torch threads, "
-          f"torch {torch.__version__})", "", "`python benchmarks/label_path.py`", ""]
+    where = "" if a.device == "cpu" else f", {torch.cuda.get_device_name(torch.device(a.device))} (CUDA {torch.version.cuda})"
+    cmd = "python benchmarks/label_path.py" + (f" --device {a.device}" if a.device != "cpu" else "") + \
+        (f" --threads {a.threads}" if a.threads != 2 else "") + \
+        (" --sections " + " ".join(a.sections) if sorted(a.sections) != sorted(SECTIONS) else "")
+    md = [f"# Label path at ImageNet scale ({cpu_name()}, {os.cpu_count()} CPUs, {a.threads} torch threads{where}, "
+          f"torch {torch.__version__})", "", f"`{cmd}`", ""]
     with tempfile.TemporaryDirectory(prefix="label_path_") as tmp:
         for name in ("decode", "metadata", "encode", "dataloader", "cli"):
             if name in a.sections:
-                md += SECTIONS[name](tmp)
+                md += SECTIONS[name](tmp, a.device) if name in ON_DEVICE else SECTIONS[name](tmp)
                 print("\n".join(md[-12:]), flush=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:

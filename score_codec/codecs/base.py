@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Type
 
+import numpy as np
 import torch
 
 from ..errors import CodecError, InputError, UnknownCodecError
 
 __all__ = ["Factors", "Codec", "register_codec", "get_codec", "codec_from_config", "registered_codecs", "check_matrix",
-           "all_finite"]
+           "all_finite", "to_float32"]
 
 
 @dataclass
@@ -115,6 +116,18 @@ def codec_from_config(config: Dict[str, Any]) -> Codec:
     if "id" not in config:
         raise CodecError(f"codec config has no 'id': {config!r}")
     return get_codec(config["id"], **{k: v for k, v in config.items() if k != "id"})
+
+
+def to_float32(x: Any, device: Any = "cpu") -> torch.Tensor:
+    """An array or tensor of any float dtype as a float32 tensor on ``device``.
+
+    Moved in its own dtype and widened by torch: numpy's float16 -> float32 conversion is about 20x
+    slower, and a float16 copy halves a host-to-GPU transfer.  Shares memory with ``x`` when nothing
+    needs converting."""
+    if not isinstance(x, torch.Tensor):
+        a = np.ascontiguousarray(x)
+        x = torch.from_numpy(a if a.flags.writeable else a.copy())
+    return x.to(device).to(torch.float32)
 
 
 def all_finite(x: torch.Tensor) -> bool:

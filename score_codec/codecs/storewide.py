@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import BudgetError, CodecError
-from .base import Codec, check_matrix, register_codec
+from .base import Codec, check_matrix, register_codec, to_float32
 from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
 from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
@@ -101,7 +101,7 @@ class FitSource:
         """Matrix ``i`` (K_i, C) as float32 with each row's mean removed; InputError for a matrix that is
         not 2-D, has no rows, has a different C from matrix 0, or holds NaN/Inf."""
         m = self.matrices[i]
-        m = m.to(torch.float32) if isinstance(m, torch.Tensor) else torch.from_numpy(np.array(m, dtype=np.float32))
+        m = to_float32(m)
         if self._c is None and m.ndim == 2:
             self._c = int(m.shape[1])
         check_matrix(m, self._c, f"fit: matrix {i}")

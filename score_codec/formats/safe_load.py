@@ -55,11 +55,20 @@ def _wanted_global(msg: str) -> str:
     return next(g for g in m.groups() if g)
 
 
-def safe_torch_load(path: str) -> Any:
+def _on_cpu(storage: Any, location: str) -> Any:
+    """map_location that keeps every storage where torch deserialised it, on the CPU (also those saved
+    from a GPU).  Same result as ``map_location="cpu"``, whose per-storage move costs 0.5 ms per SRe2L
+    batch file (measured: 1.18 vs 0.70 ms per 500 x 1000 file)."""
+    return storage
+
+
+def safe_torch_load(path: str, mmap: bool = False) -> Any:
     """``torch.load`` a dump file on the CPU without executing pickled code.
 
     Args:
         path: a ``torch.save`` file (zip archive or legacy pickle).
+        mmap: map a zip archive's tensors instead of reading them (their bytes are read when first
+            touched; a legacy pickle is read as usual).
     Returns:
         the unpickled object (tensors, numpy arrays of plain dtypes, Python scalars, lists, dicts).
     Raises:
@@ -75,7 +84,9 @@ def safe_torch_load(path: str) -> Any:
         raise FormatError(f"{path}: dump file is empty (expected a torch.save archive)")
     try:
         with torch.serialization.safe_globals(numpy_allow_list()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            if mmap and zipfile.is_zipfile(path):
+                return torch.load(path, map_location=_on_cpu, weights_only=True, mmap=True)
+            return torch.load(path, map_location=_on_cpu, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg or "GLOBAL" in msg:

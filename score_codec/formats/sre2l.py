@@ -96,7 +96,7 @@ class EpochDumpReader(DumpReader):
 
     def load(self, path: str, epoch: int, batch: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Any]]:
         """Load and validate one batch file: (logits, rows, batch record, the full item list)."""
-        obj = safe_torch_load(path)
+        obj = safe_torch_load(path, mmap=self.scan_only)
         if not isinstance(obj, list) or len(obj) != self.items:
             found = f"a list of {len(obj)} items" if isinstance(obj, list) else type(obj).__name__
             raise FormatError(f"{path}: expected a list of {self.items} items {self.layout_desc} ({self.description}), "
@@ -186,8 +186,15 @@ class SRe2LReader(EpochDumpReader):
         if self._class is None:
             self._class = self.labels()
             log.info("%s", self.label_note)
+        # the mapping test reads epoch 0's argmax and, until it is settled, every epoch's rows; with
+        # --trust-order (or once settled) the logits are not touched here (a widening copy per file)
+        if not self.check_mapping or (epoch > 0 and self._check is None):
+            return
         logits = items[5].float().numpy()
-        self._argmax[-1].append(np.asarray(logits.argmax(1), dtype=np.int64))
+        if self.scan_only:   # values unchecked so far; a NaN must not pass for a mapping failure
+            self.check_values(logits, path)
+        if epoch == 0:
+            self._argmax[-1].append(np.asarray(logits.argmax(1), dtype=np.int64))
         if self._check is not None:
             self._check.add(epoch, {self.sampler_draws: want, self._other: self._other_batches[batch]}, logits)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..codecs.base import all_finite
+from ..codecs.base import all_finite, to_float32
 from ..codecs.storewide import BasisSet
 from ..errors import InputError
 from .encoder import EncodedChunk
@@ -70,7 +70,7 @@ def _chunks(rows: Any, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
 
 
 def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: np.ndarray,
-                labels: Optional[Sequence[int]] = None, head=None, chunk_rows: int = 8192,
+                labels: Optional[Sequence[int]] = None, head=None, chunk_rows: int = 4096,
                 images_per_record_chunk: int = 1024, progress: bool = False,
                 fit_on: Optional[Sequence[np.ndarray]] = None) -> None:
     """Encode rows in dump order into ``writer`` (a fresh global-codec StoreWriter).
@@ -109,7 +109,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
             if block.ndim != 2 or block.shape[1] != c or s + len(block) > nrows:
                 raise InputError(f"rows {s}..{s + len(block)}: block of shape {tuple(block.shape)} does not fit "
                                  f"({nrows}, {c})")
-            y = torch.from_numpy(np.array(block, dtype=np.float32)).to(writer.device)
+            y = to_float32(block, writer.device)
             if not all_finite(y):
                 bad = int((~torch.isfinite(y)).any(1).nonzero()[0]) + s
                 raise InputError(f"image {int(image[bad])}: non-finite logit (NaN or Inf) in its row {int(aug[bad])}")

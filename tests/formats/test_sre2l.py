@@ -301,3 +301,15 @@ def test_scratch_is_deleted(dumps, tmp_path):
     assert len(os.listdir(tmp_path)) == 1
     c.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_safe_load_maps_zip_archives_and_reads_legacy_pickles_whole(tmp_path):
+    from score_codec.formats.safe_load import safe_torch_load
+
+    items = [torch.rand(4, 2), torch.tensor([1, 0, 1, 1]), (torch.randn(4, 7) * 5).half()]
+    for legacy in (False, True):
+        p = str(tmp_path / f"b{int(legacy)}.tar")
+        torch.save(items, p, _use_new_zipfile_serialization=not legacy)
+        for mmap in (False, True):
+            got = safe_torch_load(p, mmap=mmap)
+            assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, items))
