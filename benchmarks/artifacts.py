@@ -5,7 +5,9 @@ train, its selection 12 minutes of features, every student 4-9 minutes; together
 
 - ``data.json``: sha256 of the training and test images the teacher saw (uint8 bytes, as loaded);
 - ``teacher.safetensors``, ``teacher.json`` (its test top-1), ``select_<method>_ipc<N>.pt`` (image ids);
-- ``students.jsonl``: one finished student per line, keyed like the step cache.
+- ``students.jsonl``: one finished student per line, keyed like the step cache;
+- ``metrics_<selection>.json``: each label variant's storage and fidelity metrics
+  (:mod:`benchmarks.variant_metrics`), so finished variants are reported without encoding them again.
 
 A cache without a teacher is seeded from these when both image hashes match; otherwise a warning names the
 expected and found hashes and nothing is copied.  The relabel dump and the label variants are recomputed from
@@ -54,6 +56,19 @@ def _copy_models(src: str, dst: str) -> None:
         shutil.copyfile(path, os.path.join(dst, os.path.basename(path)))
 
 
+def _merge_metrics(src: str, dst: str) -> None:
+    """Add ``src``'s variant metrics (JSON dicts keyed by variant id) to ``dst``'s, keeping ``dst``'s entries."""
+    have = {}
+    if os.path.isfile(dst):
+        with open(dst) as fh:
+            have = json.load(fh)
+    with open(src) as fh:
+        add = json.load(fh)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(dst, "w") as fh:
+        json.dump({**add, **have}, fh, indent=1, sort_keys=True)
+
+
 def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
     """Copy ``art_dir``'s teacher, selections and students into ``cache_dir`` (which has no teacher yet).
 
@@ -71,6 +86,9 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
     lines += [line for line in _students(os.path.join(cache_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
     with open(os.path.join(cache_dir, _STUDENTS), "w") as fh:
         fh.writelines(lines)
+    for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
+        sel = os.path.basename(path)[len("metrics_"):-len(".json")]
+        _merge_metrics(path, os.path.join(cache_dir, "variants", sel, "metrics.json"))
     log.info("cache %s seeded from %s: teacher, selections and %d finished students", cache_dir, art_dir, len(keys))
     return True
 
@@ -83,6 +101,9 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
     _copy_models(cache_dir, tmp)
     with open(os.path.join(tmp, _STUDENTS), "w") as fh:
         fh.writelines(_students(os.path.join(cache_dir, _STUDENTS)))
+    for path in glob.glob(os.path.join(cache_dir, "variants", "*", "metrics.json")):
+        sel = os.path.basename(os.path.dirname(path))
+        shutil.copyfile(path, os.path.join(tmp, f"metrics_{sel}.json"))
     with open(os.path.join(tmp, "data.json"), "w") as fh:
         json.dump(hashes, fh, indent=1)
     shutil.rmtree(art_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from benchmarks.label_sources import BatchTable, LabelSource, LogitSource, PoolS
 
 log = logging.getLogger("benchmarks.peers")
 
-__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "build_peers", "ours", "ours_pooled", "storage_variants"]
+__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "LazyVariant", "build_peers",
+           "ours", "ours_pooled", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
@@ -77,6 +78,38 @@ class PeerVariant:
         self.name = name or (source.name if source is not None else vid)
 
 
+class LazyVariant:
+    """A variant built (encoded, top-k'd) on first use of ``source`` / ``note``: its id, family, target and
+    a display name are known without building it, so a sitting can report a variant from cached students
+    and metrics, or skip it, without paying its encode."""
+
+    def __init__(self, vid: str, family: str, ratio: float, make: Callable[[], PeerVariant],
+                 name: Optional[str] = None, same_as: Optional[str] = None) -> None:
+        self.vid, self.family, self.ratio, self.same_as = vid, family, float(ratio), same_as
+        self._make, self._built, self._name = make, None, name or vid
+
+    def build(self) -> PeerVariant:
+        if self._built is None:
+            self._built = self._make()
+        return self._built
+
+    @property
+    def built(self) -> bool:
+        return self._built is not None
+
+    @property
+    def source(self) -> Optional[LabelSource]:
+        return self.build().source
+
+    @property
+    def note(self) -> str:
+        return self.build().note
+
+    @property
+    def name(self) -> str:
+        return self._built.name if self._built is not None else self._name
+
+
 def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bool = True,
                 topk: bool = True) -> List[PeerVariant]:
     """LPLD (``lpld``), LPQLD and FKD (``topk``) variants for target ratio ``x`` (x = 1: only the top-k
@@ -116,6 +149,16 @@ def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bo
     return out
 
 
+def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
+    tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
+    return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+
+
+def _pooled_vid(x: float, method: str, quant: str, codec_config: Optional[dict]) -> str:
+    cfg_tag = "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+    return f"{method}{'' if quant == 'fp16' else '-' + quant}{cfg_tag}+pool@{x:g}"
+
+
 def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: str, quant: str = "fp16",
          codec_config: Optional[dict] = None) -> PeerVariant:
     """Our codec at ratio ``x`` (``score_codec.encode(..., ratio=x)`` rate control), cached at ``path``;
@@ -123,8 +166,7 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
     from score_codec import encode
     from score_codec.errors import ScoreError
 
-    tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
-    tag += "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+    tag = _ours_tag(method, residual, quant, codec_config)
     vid = f"{tag}@{x:g}"
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         try:
@@ -149,8 +191,7 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     cost at least 2 bytes per row (one fp16 entry of U) plus a 32-byte header per image, so with 10
     classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
 
-    cfg_tag = "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
-    vid = f"{method}{'' if quant == 'fp16' else '-' + quant}{cfg_tag}+pool@{x:g}"
+    vid = _pooled_vid(x, method, quant, codec_config)
     keep = int(table.epochs * inner / float(x) + 1e-9)
     if keep < 1 or x <= inner:
         return PeerVariant(vid, "ours+pool", x, None, f"n/a: keeps {keep} of {table.epochs} epochs", name=vid)
@@ -163,16 +204,17 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     return PeerVariant(vid, "ours+pool", x, src)
 
 
-def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[PeerVariant]:
+def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[LazyVariant]:
     """Every variant of the storage sweep: raw fp16, fp16 + zstd, then per target ratio in ``cfg.ratios``
     our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row) and the peers.
-    ``classes`` (N,) are the images' classes (``method="shared"`` fits one basis per class)."""
-    from tqdm import tqdm
-
+    ``classes`` (N,) are the images' classes (``method="shared"`` fits one basis per class).  Each is built
+    (encoded under ``store_dir``) only when its source is first used."""
     os.makedirs(store_dir, exist_ok=True)
-    out = [PeerVariant("raw", "raw", 1, LogitSource(Y, "raw fp16 (SRe2L dump)")),
-           PeerVariant("zstd", "fp16+zstd", 1, LogitSource(Y, "fp16 + zstd", fp16_zstd_bytes(Y, table)),
-                       same_as="raw")]
+    out = [LazyVariant("raw", "raw", 1, lambda: PeerVariant("raw", "raw", 1, LogitSource(Y, "raw fp16 (SRe2L dump)")),
+                       name="raw fp16 (SRe2L dump)"),
+           LazyVariant("zstd", "fp16+zstd", 1, lambda: PeerVariant(
+               "zstd", "fp16+zstd", 1, LogitSource(Y, "fp16 + zstd", fp16_zstd_bytes(Y, table)), same_as="raw"),
+               name="fp16 + zstd", same_as="raw")]
     cls = [int(c) for c in classes]
     high = cfg.codecs if getattr(cfg, "codecs_high", None) is None else cfg.codecs_high
     with_res = cfg.codecs if getattr(cfg, "residual_codecs", None) is None else cfg.residual_codecs
@@ -181,18 +223,31 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
     cc = dict(getattr(cfg, "codec_config", None) or ())
     ctag = "".join(f"_{k}{v}" for k, v in sorted(cc.items()))
-    for x, m, r in tqdm(jobs, desc="encode variants", unit="store", leave=False):
-        qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
-        out.append(ours(x, m, r, Y, cls, os.path.join(store_dir, f"{m}{qtag}{ctag}_res{r}_x{x:g}"), cfg.quant, cc or None))
+    qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
+    for x, m, r in jobs:
+        tag = _ours_tag(m, r, cfg.quant, cc or None)
+        path = os.path.join(store_dir, f"{m}{qtag}{ctag}_res{r}_x{x:g}")
+        out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path: ours(
+            x, m, r, Y, cls, path, cfg.quant, cc or None), name=tag))
     pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
     peers_at = getattr(cfg, "peers_at", None)
     for x in cfg.ratios:
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
-            out.append(ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls,
-                                   os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}"),
-                                   cfg.quant, cc or None))
+            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
+            out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
+                                   lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
+                                                                      cfg.quant, cc or None)))
         lpld_at = getattr(cfg, "lpld_at", None) or peers_at
         topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
-        if topk or lpld:
-            out.extend(build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk))
+        group: Dict[str, PeerVariant] = {}
+
+        def peer(vid: str, x=x, topk=topk, lpld=lpld, group=group) -> PeerVariant:
+            if not group:   # the peers of one target are built together (LPQLD and FKD share the top-k pass)
+                group.update((v.vid, v) for v in build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk))
+            return group[vid]
+
+        wanted = ([("lpld", "LPLD")] if lpld and x > 1 else []) + ([("lpqld", "LPQLD"), ("fkd", "FKD")] if topk else [])
+        for p, family in wanted:
+            vid = f"{p}@{x:g}"
+            out.append(LazyVariant(vid, family, x, lambda vid=vid, peer=peer: peer(vid)))
     return out

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class Pipeline:
         if artifacts and os.path.isfile(os.path.join(artifacts, "data.json")) and \
                 not os.path.isfile(os.path.join(cache_dir, "teacher.safetensors")):
             seed_cache(cache_dir, artifacts, self.hashes)
+        self.after_student: Optional[Callable[[], None]] = None   # called after each trained student
         self.results_path = os.path.join(cache_dir, "students.jsonl")
         self.done: Dict[str, Dict[str, Any]] = {}
         if os.path.isfile(self.results_path):
@@ -163,27 +164,40 @@ class Pipeline:
         return store, torch.load(ypath).float(), BatchTable(meta.batches, meta.rows)
 
     # -- 6. students ----------------------------------------------------------------------------------
-    def students(self, key: str, source: LabelSource, views, table: BatchTable, seeds, curve: bool = False,
-                 cfg: Optional[Config] = None, optional: bool = False) -> Dict[str, Any]:
+    def _key(self, key: str, seed: int, c: Config, label_epochs: int, curve: bool) -> str:
+        """The cache key of one student.  It names the schedule that runs: no epochs or steps given means
+        one pass per label epoch, the same student as train_epochs = K (so presets that differ only in how
+        they say it share students); keys written before that spelled it "eNone" and are still read."""
+        epochs = c.train_epochs or (None if c.train_steps else label_epochs)
+        spelled = [(f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{e}"
+                    f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
+                   for e in dict.fromkeys((epochs, c.train_epochs))]
+        return next((s for s in spelled if s in self.done), spelled[0])
+
+    def missing(self, key: str, table: BatchTable, seeds, cfg: Optional[Config] = None, curve: bool = False) -> List[int]:
+        """The seeds of ``key`` with no finished student in the cache."""
+        c = cfg or self.cfg
+        return [s for s in seeds if self._key(key, s, c, table.epochs, curve) not in self.done]
+
+    def students(self, key: str, source: Union[LabelSource, Callable[[], LabelSource]], views, table: BatchTable,
+                 seeds, curve: bool = False, cfg: Optional[Config] = None, optional: bool = False,
+                 train: bool = True) -> Dict[str, Any]:
         """Top-1 per seed (cached per student) and, with ``curve``, the first seed's convergence curve.
 
-        ``cfg`` overrides the pipeline's config (another schedule); ``optional`` students are not started
-        after the pipeline's deadline (their seeds are left out of the result and counted in ``skipped``)."""
+        ``source`` may be a callable that builds it (called only when a student trains).  ``cfg`` overrides
+        the pipeline's config (another schedule); ``optional`` students are not started after the
+        pipeline's deadline (their seeds are left out of the result and counted in ``skipped``); with
+        ``train=False`` only cached students are reported."""
         c = cfg or self.cfg
-        # the key names the schedule that runs: no epochs or steps given means one pass per label epoch, the
-        # same student as train_epochs = K (so presets that differ only in how they say it share students);
-        # keys written before that spelled it "eNone" and are still read
-        epochs = c.train_epochs or (None if c.train_steps else table.epochs)
         accs, curves = [], []
         for seed in seeds:
-            spelled = [(f"{key}|T{c.T:g}|lr{c.lr:g}|w{c.student_width}d{c.student_depth}{c.student_norm[0]}|e{e}"
-                        f"|s{c.train_steps}|bf{int(c.bf16)}|seed{seed}" + ("|curve" if curve else ""))
-                       for e in dict.fromkeys((epochs, c.train_epochs))]
-            k = next((s for s in spelled if s in self.done), spelled[0])
-            if k not in self.done and optional and self.past_deadline():
-                self.skipped += 1
+            k = self._key(key, seed, c, table.epochs, curve)
+            if k not in self.done and (not train or (optional and self.past_deadline())):
+                self.skipped += train
                 continue
             if k not in self.done:
+                if callable(source) and not isinstance(source, LabelSource):
+                    source = source()
                 t0 = time.time()
                 res = train_one(source, table, views, c, seed, self.test, self.C,
                                 eval_fractions=c.curve if curve else ())
@@ -191,6 +205,8 @@ class Pipeline:
                 with open(self.results_path, "a") as fh:
                     fh.write(json.dumps(res) + "\n")
                 self.done[k] = res
+                if self.after_student is not None:
+                    self.after_student()
             accs.append(self.done[k]["top1"])
             curves.append(self.done[k].get("curve") or [])
         return dict(top1=accs, curve=curves[0] if curves else [])

@@ -84,7 +84,8 @@ def _storage_table(rows: List[Dict[str, Any]], T: float) -> List[str]:
            "|---:|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=_sort_key):
         if r.get("label_bytes") is None:
-            out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | | | | | | | | n/a | {r['note'][:110]} |")
+            top = mean_std(r.get("top1")) or ("n/a" if r["note"].startswith(("n/a", "error")) else NOT_RUN)
+            out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | | | | | | | | {top} | {r['note'][:110]} |")
             continue
         ratio = r["rows"] * 2 * r["C"] / r["label_bytes"] if r["label_bytes"] else float("inf")
         kept = r["rows_kept"] / r["rows"]

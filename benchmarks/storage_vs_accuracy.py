@@ -28,16 +28,18 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.label_sources import HardLabelSource, LogitSource, kd_metrics  # noqa: E402
+from benchmarks.label_sources import HardLabelSource, LogitSource  # noqa: E402
 from benchmarks.pipeline import Pipeline, read_sre2l  # noqa: E402
 from benchmarks.presets import PRESETS, Config  # noqa: E402
+from benchmarks.report import NOT_RUN  # noqa: E402
 from benchmarks.students import load_views  # noqa: E402
+from benchmarks.variant_metrics import MetricsCache  # noqa: E402
 
 __all__ = ["Config", "PRESETS", "Pipeline", "run", "main", "read_sre2l"]
 
@@ -62,7 +64,7 @@ def _best_rows(rows: List[Dict[str, Any]], cfg: Config) -> List[Dict[str, Any]]:
 
 def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = None,
         time_limit: Optional[float] = None, artifacts: Optional[str] = None,
-        save_artifacts: bool = False) -> List[Dict[str, Any]]:
+        save_artifacts: bool = False, targets: Optional[Sequence[float]] = None) -> List[Dict[str, Any]]:
     """Run every step of ``cfg`` and write the report; returns the result rows (see benchmarks.report).
 
     Order: the storage sweep (reference, its doubled-schedule check, hard labels, every variant's first seed),
@@ -70,7 +72,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     no student but the reference's, and no relabel, starts after it; the report then holds what ran (rows
     without a student say "not run"), and a re-run resumes from the cache.  ``artifacts`` (default
     ``benchmarks/artifacts/<cache>``) seeds an empty cache (:mod:`benchmarks.artifacts`); ``save_artifacts``
-    writes it at the end."""
+    writes it after every student and at the end.  ``targets``: build and train only the variants at these
+    target ratios (and the reference); the others are reported from the cache, so a long preset can be run
+    in sittings that each finish some targets."""
     from benchmarks.peers import storage_variants
     from benchmarks.report import write_report
 
@@ -80,6 +84,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     out_dir = out_dir or os.path.join(HERE, "runs")
     artifacts = artifacts or os.path.join(HERE, "artifacts", cfg.cache or cfg.name)
     pipe = Pipeline(cfg, cache_dir, None if time_limit is None else t_start + 60 * time_limit, artifacts)
+    if save_artifacts:   # every finished student reaches the committed folder at once: a lost machine loses none
+        from benchmarks.artifacts import save_artifacts as save
+
+        pipe.after_student = lambda: save(cache_dir, artifacts, pipe.hashes)
     teacher = pipe.teacher()
     sels = pipe.selections(teacher)
     first = cfg.seeds[:1] if cfg.extra_seeds_for_best else cfg.seeds
@@ -103,23 +111,28 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         hard = HardLabelSource(classes, table, pipe.C, int(views[0].shape[-1]))
         rows.append(dict(experiment="hard", name="hard labels", **pipe.students(f"hard|{key}|K{cfg.label_epochs}", hard,
                                                                                views, table, first, optional=True)))
+    metrics = MetricsCache(os.path.join(cache_dir, "variants", key, "metrics.json"))
     for var in variants:
         row = dict(experiment="storage", vid=var.vid, family=var.family, name=var.name, target=var.ratio,
-                   note=var.note, rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
-        if var.source is not None:
-            src = var.source
-            row.update(label_bytes=src.label_bytes, rows_kept=src.rows_kept, **kd_metrics(src, Y, table, cfg.T))
-            try:
-                row.update(kl_t1=kd_metrics(src, Y, table, 1.0)["kl"])
-            except ValueError:   # FKD stores probabilities at the student's T only
-                row.update(kl_t1=float("nan"))
-            same = var.same_as or var.vid
-            k = ref_key if same == "raw" else f"storage|{key}|K{cfg.label_epochs}|{same}"
-            row["_job"] = (k, src)
-            if same == "raw":
-                row["top1"] = reference["top1"]
-            else:
-                row["top1"] = pipe.students(k, src, views, table, first, optional=True)["top1"]
+                   rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
+        same = var.same_as or var.vid
+        k = ref_key if same == "raw" else f"storage|{key}|K{cfg.label_epochs}|{same}"
+        # a variant is built (encoded) only for what this sitting runs: its students when some are missing
+        # and the time limit has not passed, and its metrics when not cached (past the limit only for a
+        # variant whose students are finished: they complete its row)
+        chosen = targets is None or var.ratio in targets or same == "raw"
+        todo = same != "raw" and bool(pipe.missing(k, table, first))
+        m = metrics.get(var.vid)
+        live = not (todo and pipe.past_deadline())
+        if chosen and live and (m is None or (todo and "note" not in m)):
+            m = metrics.compute(var, Y, table, cfg.T)
+        row.update(m or dict(note=NOT_RUN if chosen else "not in this sitting's --targets (no cached metrics)"))
+        if m is not None and m.get("label_bytes") is None:
+            rows.append(row)   # n/a at this budget
+            continue
+        row["_job"] = (k, var, chosen)
+        row["top1"] = reference["top1"] if same == "raw" else \
+            pipe.students(k, lambda var=var: var.source, views, table, first, optional=True, train=chosen)["top1"]
         rows.append(row)
     def report() -> Dict[str, str]:
         clean = [{k: v for k, v in r.items() if k != "_job"} for r in rows]
@@ -133,8 +146,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         best = _best_rows(rows, cfg)
         for i in range(1, len(cfg.seeds)):   # seed-major: a time limit leaves every best row with as many seeds
             for r in best:
-                k, src = r["_job"]
-                r["top1"] = pipe.students(k, src, views, table, cfg.seeds[:i + 1], optional=True)["top1"]
+                k, var, chosen = r["_job"]
+                r["top1"] = pipe.students(k, lambda var=var: var.source, views, table, cfg.seeds[:i + 1],
+                                          optional=True, train=chosen)["top1"]
     del views
     # the selection comparison last: the storage rows (the preset's goal) come first when a sitting is cut short
     ks = cfg.select_label_epochs or cfg.label_epochs
@@ -155,8 +169,6 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         log.warning("time limit reached: %d students not run (a re-run resumes from the cache)", pipe.skipped)
     paths = report()
     if save_artifacts:
-        from benchmarks.artifacts import save_artifacts as save
-
         save(cache_dir, artifacts, pipe.hashes)
     for r in rows:
         r.pop("_job", None)
@@ -187,6 +199,12 @@ def main(argv=None) -> int:
     p.add_argument("--save-artifacts", action="store_true",
                    help="write the teacher, selections and finished students to benchmarks/artifacts/<cache> "
                         "(committed, so a fresh machine resumes the preset)")
+    p.add_argument("--targets", type=float, nargs="+", metavar="X",
+                   help="build and train only the variants at these target ratios (and the reference) in this sitting; "
+                        "the others are reported from the cache")
+    p.add_argument("--select-methods", nargs="+", metavar="METHOD",
+                   help="selections to run (the preset's select_methods; e.g. only 'score' to leave the selection "
+                        "comparison, and its feature pass, to a later sitting)")
     p.add_argument("--commit-results", action="store_true", help="write to benchmarks/results (the committed tables)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -197,9 +215,11 @@ def main(argv=None) -> int:
         over["double_check"] = True
     if a.seeds:
         over["seeds"] = tuple(range(a.seeds))
+    if a.select_methods:
+        over["select_methods"] = tuple(a.select_methods)
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
     out = a.out_dir or (os.path.join(HERE, "results") if a.commit_results else None)
-    run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts)
+    run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts, targets=a.targets)
     return 0
 
 

@@ -154,12 +154,7 @@ def test_one_pass_per_label_epoch_is_one_student_however_it_is_spelled(smoke, tm
 
     cfg, _, base = smoke
     cache = tmp_path / "cache"
-    cache.mkdir()
-    for name in ("teacher.safetensors", "teacher.json", "relabel"):
-        src = base / "cache" / name
-        os.symlink(src, cache / name, target_is_directory=src.is_dir())
-    for p in (base / "cache").glob("select_*.pt"):
-        os.symlink(p, cache / p.name)
+    _linked_cache(base, cache)
     implicit = dataclasses.replace(cfg, train_epochs=None, train_steps=None, double_check=False, seeds=(0,))
     first = run(implicit, cache_dir=str(cache), out_dir=str(tmp_path / "a"), time_limit=0.0)   # the reference only
     jsonl = cache / "students.jsonl"
@@ -236,21 +231,66 @@ def test_quick_preset_runs(tmp_path):
     assert min(next(r for r in rows if r.get("vid") == "raw")["top1"]) > 0.3
 
 
+def _linked_cache(base, cache) -> None:
+    """A new cache folder sharing ``base``'s teacher, selections and relabel dump (symlinks)."""
+    cache.mkdir()
+    for name in ("teacher.safetensors", "teacher.json", "relabel"):
+        src = base / "cache" / name
+        os.symlink(src, cache / name, target_is_directory=src.is_dir())
+    for p in (base / "cache").glob("select_*.pt"):
+        os.symlink(p, cache / p.name)
+
+
+def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
+    """A sitting with ``targets`` encodes and trains only those targets' variants; the next sitting reports
+    them from the cached students and metrics without encoding them again (their stores are deleted)."""
+    import shutil
+
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    cache = tmp_path / "cache"
+    _linked_cache(base, cache)
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2, double_check=False, seeds=(0,))   # new student keys
+    first = _storage(run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), targets=(10,)))
+    at10 = [r for r in first if r["target"] == 10 and r.get("label_bytes")]
+    rest = [r for r in first if r["target"] not in (1, 10)]
+    assert at10 and all(len(r["top1"]) == 1 for r in at10)
+    assert rest and all(not r.get("top1") and r.get("label_bytes") is None for r in rest)
+    stores = cache / "variants" / f"{cfg.sweep_method}_ipc{cfg.sweep_ipc}"
+    assert not [p for p in stores.iterdir() if p.name.endswith("_x100")]
+    for p in stores.iterdir():
+        if p.is_dir() and p.name.endswith("_x10"):
+            shutil.rmtree(p)
+    second = _storage(run(other, cache_dir=str(cache), out_dir=str(tmp_path / "b"), targets=(100,)))
+    assert not [p for p in stores.iterdir() if p.name.endswith("_x10")]          # 10x: not encoded again
+    keep = ("vid", "top1", "label_bytes", "kl", "kl_t1", "agree")
+    again = {r["vid"]: {k: r.get(k) for k in keep} for r in second if r["target"] == 10}
+    assert again == {r["vid"]: {k: r.get(k) for k in keep} for r in first if r["target"] == 10}
+    assert all(len(r["top1"]) == 1 for r in second if r["target"] == 100 and r.get("label_bytes"))
+
+
 def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
     """Saved artifacts let an empty cache resume: the same teacher bytes, no feature pass for the stored
-    selection, every student taken from students.jsonl (same top-1, no new lines)."""
+    selection, every student taken from students.jsonl (same top-1, no new lines), the variants' metrics."""
+    import json
+
     from benchmarks.storage_vs_accuracy import run
 
     cfg, rows, base = smoke
     art = tmp_path / "art"
     run(cfg, cache_dir=str(base / "cache"), out_dir=str(tmp_path / "o1"), artifacts=str(art), save_artifacts=True)
-    assert {"data.json", "teacher.safetensors", "teacher.json", "students.jsonl"} <= {p.name for p in art.iterdir()}
+    assert {"data.json", "teacher.safetensors", "teacher.json", "students.jsonl",
+            f"metrics_{cfg.sweep_method}_ipc{cfg.sweep_ipc}.json"} <= {p.name for p in art.iterdir()}
     assert any(p.name.startswith("select_") for p in art.iterdir())
     fresh = tmp_path / "fresh"
     again = run(cfg, cache_dir=str(fresh), out_dir=str(tmp_path / "o2"), artifacts=str(art))
     assert (fresh / "teacher.safetensors").read_bytes() == (base / "cache" / "teacher.safetensors").read_bytes()
     assert not (fresh / "features.pt").exists()
     assert (fresh / "students.jsonl").read_text() == (art / "students.jsonl").read_text()
+    sel = f"{cfg.sweep_method}_ipc{cfg.sweep_ipc}"
+    assert (json.load(open(fresh / "variants" / sel / "metrics.json")).keys()
+            >= json.load(open(art / f"metrics_{sel}.json")).keys())
     top1 = lambda rs: {r.get("vid", r.get("method")): r.get("top1") for r in rs if r["experiment"] == "storage"}
     assert top1(again) == top1(rows)
 
