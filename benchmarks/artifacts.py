@@ -56,8 +56,9 @@ def _copy_models(src: str, dst: str) -> None:
         shutil.copyfile(path, os.path.join(dst, os.path.basename(path)))
 
 
-def _merge_metrics(src: str, dst: str) -> None:
-    """Add ``src``'s variant metrics (JSON dicts keyed by variant id) to ``dst``'s, keeping ``dst``'s entries."""
+def _merge_metrics(src: str, dst: str, prefer_src: bool = False) -> None:
+    """Add ``src``'s variant metrics (JSON dicts keyed by variant id) to ``dst``'s; where both have a variant,
+    ``dst``'s entry is kept (``prefer_src``: ``src``'s)."""
     have = {}
     if os.path.isfile(dst):
         with open(dst) as fh:
@@ -66,7 +67,7 @@ def _merge_metrics(src: str, dst: str) -> None:
         add = json.load(fh)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with open(dst, "w") as fh:
-        json.dump({**add, **have}, fh, indent=1, sort_keys=True)
+        json.dump({**have, **add} if prefer_src else {**add, **have}, fh, indent=1, sort_keys=True)
 
 
 def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
@@ -94,16 +95,24 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
 
 
 def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None:
-    """Write ``cache_dir``'s teacher, selections and finished students to ``art_dir`` (replacing it)."""
+    """Write ``cache_dir``'s teacher and selections to ``art_dir``, and its finished students and variant
+    metrics merged with those already there."""
     tmp = art_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     _copy_models(cache_dir, tmp)
+    # merged with what is committed, never replacing it: a cache that was not seeded from these artifacts
+    # (it had a teacher already) must not drop the students and metrics other machines saved
+    lines = _students(os.path.join(cache_dir, _STUDENTS))
+    keys = {json.loads(line)["key"] for line in lines}
+    lines += [line for line in _students(os.path.join(art_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
     with open(os.path.join(tmp, _STUDENTS), "w") as fh:
-        fh.writelines(_students(os.path.join(cache_dir, _STUDENTS)))
+        fh.writelines(lines)
+    for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
+        _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
     for path in glob.glob(os.path.join(cache_dir, "variants", "*", "metrics.json")):
         sel = os.path.basename(os.path.dirname(path))
-        shutil.copyfile(path, os.path.join(tmp, f"metrics_{sel}.json"))
+        _merge_metrics(path, os.path.join(tmp, f"metrics_{sel}.json"), prefer_src=True)
     with open(os.path.join(tmp, "data.json"), "w") as fh:
         json.dump(hashes, fh, indent=1)
     shutil.rmtree(art_dir, ignore_errors=True)

@@ -198,6 +198,9 @@ class Pipeline:
             if k not in self.done:
                 if callable(source) and not isinstance(source, LabelSource):
                     source = source()
+                    if source is None:   # cached metrics said buildable, the build says n/a: report, do not train
+                        log.warning("%s: no label source (the variant is n/a now): student not trained", key)
+                        break
                 t0 = time.time()
                 res = train_one(source, table, views, c, seed, self.test, self.C,
                                 eval_fractions=c.curve if curve else ())
@@ -206,7 +209,10 @@ class Pipeline:
                     fh.write(json.dumps(res) + "\n")
                 self.done[k] = res
                 if self.after_student is not None:
-                    self.after_student()
+                    try:
+                        self.after_student()
+                    except Exception as exc:   # the student is in students.jsonl already: keep going
+                        log.warning("after-student hook failed: %s: %s", type(exc).__name__, exc)
             accs.append(self.done[k]["top1"])
             curves.append(self.done[k].get("curve") or [])
         return dict(top1=accs, curve=curves[0] if curves else [])

@@ -84,7 +84,8 @@ def _storage_table(rows: List[Dict[str, Any]], T: float) -> List[str]:
            "|---:|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=_sort_key):
         if r.get("label_bytes") is None:
-            top = mean_std(r.get("top1")) or ("n/a" if r["note"].startswith(("n/a", "error")) else NOT_RUN)
+            top = mean_std(r.get("top1")) or ("n/a" if r["note"].startswith(("n/a", "error")) else
+                                              NOT_RUN if r["note"] == NOT_RUN else "not run")
             out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | | | | | | | | {top} | {r['note'][:110]} |")
             continue
         ratio = r["rows"] * 2 * r["C"] / r["label_bytes"] if r["label_bytes"] else float("inf")
@@ -169,8 +170,10 @@ def _console(j: Dict[str, Any]) -> List[str]:
     for r in sorted(j["rows"], key=lambda r: (r["target_ratio"], r["family"])):
         if r["top1_mean"] is None:
             continue
+        ratio = "-" if r["achieved_ratio"] is None else f"{r['achieved_ratio']:.1f}x"
+        kl = "-" if r["kl_t1"] is None else f"{r['kl_t1']:.4f}"   # a row reported from cached students only
         lines.append(f"{r['target_ratio']:>6g}x {r['family']:<10} {r['variant'][:34]:<34} "
-                     f"{r['achieved_ratio']:>7.1f}x {r['kl_t1']:>9.4f} {100 * r['top1_mean']:>8.2f}")
+                     f"{ratio:>8} {kl:>9} {100 * r['top1_mean']:>8.2f}")
     if j.get("seconds") is not None:
         lines.append(f"({j['seconds'] / 60:.1f} min)")
     return lines

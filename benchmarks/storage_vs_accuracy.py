@@ -3,6 +3,7 @@
     python benchmarks/storage_vs_accuracy.py --preset glyphs-quick    # the README's main command (~7 min, 2 cores)
     python benchmarks/storage_vs_accuracy.py --preset glyphs-1k       # 1000 classes, one seed (~100 min)
     python benchmarks/storage_vs_accuracy.py --preset glyphs-full     # 1000 classes, every row, 3 seeds (hours)
+    python benchmarks/storage_vs_accuracy.py --preset glyphs-full --targets 100 --time-limit 90   # one sitting
     python benchmarks/storage_vs_accuracy.py --preset full            # Fashion-MNIST, 10 classes
     python benchmarks/storage_vs_accuracy.py --preset full --data /path/to/imagefolder --test /path/to/val \
         --image-size 64 --name mine                                    # any ImageFolder, any class count
@@ -218,6 +219,11 @@ def main(argv=None) -> int:
     if a.select_methods:
         over["select_methods"] = tuple(a.select_methods)
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
+    if a.targets and not set(a.targets) <= set(cfg.ratios):
+        p.error(f"--targets {' '.join(f'{x:g}' for x in a.targets)}: the preset's target ratios are "
+                f"{' '.join(f'{x:g}' for x in cfg.ratios)}")
+    if cfg.sweep_method not in cfg.select_methods:
+        p.error(f"--select-methods must include {cfg.sweep_method!r}, the selection the storage sweep runs on")
     out = a.out_dir or (os.path.join(HERE, "results") if a.commit_results else None)
     run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts, targets=a.targets)
     return 0

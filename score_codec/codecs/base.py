@@ -118,16 +118,19 @@ def codec_from_config(config: Dict[str, Any]) -> Codec:
     return get_codec(config["id"], **{k: v for k, v in config.items() if k != "id"})
 
 
-def to_float32(x: Any, device: Any = "cpu") -> torch.Tensor:
-    """An array or tensor of any float dtype as a float32 tensor on ``device``.
+def to_float32(x: Any, device: Any = None) -> torch.Tensor:
+    """An array or tensor of any float dtype as a float32 tensor on ``device`` (None: where ``x`` is; the
+    CPU for arrays).
 
     Moved in its own dtype and widened by torch: numpy's float16 -> float32 conversion is about 20x
     slower, and a float16 copy halves a host-to-GPU transfer.  Shares memory with ``x`` when nothing
     needs converting."""
     if not isinstance(x, torch.Tensor):
         a = np.ascontiguousarray(x)
+        if not a.dtype.isnative:
+            a = a.astype(a.dtype.newbyteorder("="))
         x = torch.from_numpy(a if a.flags.writeable else a.copy())
-    return x.to(device).to(torch.float32)
+    return (x if device is None else x.to(device)).to(torch.float32)
 
 
 def all_finite(x: torch.Tensor) -> bool:

@@ -55,6 +55,13 @@ def _wanted_global(msg: str) -> str:
     return next(g for g in m.groups() if g)
 
 
+def _is_zip(path: str) -> bool:
+    """A torch zip archive starts with a local file header; ``zipfile.is_zipfile`` would also accept a
+    legacy pickle that happens to hold an end-of-archive signature near its end."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
 def _on_cpu(storage: Any, location: str) -> Any:
     """map_location that keeps every storage where torch deserialised it, on the CPU (also those saved
     from a GPU).  Same result as ``map_location="cpu"``, whose per-storage move costs 0.5 ms per SRe2L
@@ -84,7 +91,7 @@ def safe_torch_load(path: str, mmap: bool = False) -> Any:
         raise FormatError(f"{path}: dump file is empty (expected a torch.save archive)")
     try:
         with torch.serialization.safe_globals(numpy_allow_list()):
-            if mmap and zipfile.is_zipfile(path):
+            if mmap and _is_zip(path):
                 return torch.load(path, map_location=_on_cpu, weights_only=True, mmap=True)
             return torch.load(path, map_location=_on_cpu, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -270,6 +270,30 @@ def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
     assert all(len(r["top1"]) == 1 for r in second if r["target"] == 100 and r.get("label_bytes"))
 
 
+def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
+    """Students trained before metrics were cached (or by another sitting) still reach every output when
+    their target is not in this sitting's ``targets``: top-1 shown, ratio and KL left blank."""
+    import json
+    import shutil
+
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, rows, base = smoke
+    cache = tmp_path / "cache"
+    _linked_cache(base, cache)
+    shutil.copyfile(base / "cache" / "students.jsonl", cache / "students.jsonl")
+    got = _storage(run(cfg, cache_dir=str(cache), out_dir=str(tmp_path / "o"), targets=(10,)))
+    ours_1x = lambda rs: {r["vid"]: r for r in rs if r["target"] == 1 and r["family"] == "ours"}   # not in targets
+    want = {v: r["top1"] for v, r in ours_1x(_storage(rows)).items() if r.get("top1")}
+    assert want and all(ours_1x(got)[v]["top1"] == t and ours_1x(got)[v].get("label_bytes") is None
+                        for v, t in want.items())
+    j = json.load(open(tmp_path / "o" / f"{cfg.name}.json"))
+    shown = [r for r in j["rows"] if r["target_ratio"] == 1 and r["family"] == "ours" and r["top1_mean"] is not None]
+    assert len(shown) == len(want) and all(r["achieved_ratio"] is None and r["kl_t1"] is None for r in shown)
+    console = open(tmp_path / "o" / f"{cfg.name}.txt").read()
+    assert all(f"{100 * r['top1_mean']:.2f}" in console for r in shown)
+
+
 def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
     """Saved artifacts let an empty cache resume: the same teacher bytes, no feature pass for the stored
     selection, every student taken from students.jsonl (same top-1, no new lines), the variants' metrics."""

@@ -38,3 +38,15 @@ def test_to_float32_widens_every_input_and_copies_only_what_it_must():
     f.setflags(write=False)
     ro = to_float32(f)
     assert torch.equal(ro, want) and ro.data_ptr() != f.ctypes.data   # read-only input: copied, not aliased
+
+
+def test_to_float32_keeps_the_device_unless_told_and_reads_any_byte_order():
+    import numpy as np
+    import torch
+
+    from score_codec.codecs.base import to_float32
+
+    big = np.arange(6, dtype=">f4").reshape(2, 3)
+    assert torch.equal(to_float32(big), torch.arange(6.0).reshape(2, 3))
+    t = torch.arange(4, dtype=torch.float16)
+    assert to_float32(t).device == t.device and to_float32(t, "cpu").dtype == torch.float32
