@@ -50,6 +50,13 @@ def _students(path: str) -> List[str]:
     return out
 
 
+def _merged_students(first: str, second: str) -> List[str]:
+    """Lines of students.jsonl ``first``, then those of ``second`` whose key ``first`` lacks."""
+    lines = _students(first)
+    keys = {json.loads(line)["key"] for line in lines}
+    return lines + [line for line in _students(second) if json.loads(line)["key"] not in keys]
+
+
 def _copy_models(src: str, dst: str) -> None:
     """Copy the teacher files and every stored selection from folder ``src`` to folder ``dst``."""
     for path in [os.path.join(src, f) for f in _FILES] + sorted(glob.glob(os.path.join(src, "select_*.pt"))):
@@ -82,15 +89,13 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
         return False
     os.makedirs(cache_dir, exist_ok=True)
     _copy_models(art_dir, cache_dir)
-    lines = _students(os.path.join(art_dir, _STUDENTS))
-    keys = {json.loads(line)["key"] for line in lines}
-    lines += [line for line in _students(os.path.join(cache_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
+    lines = _merged_students(os.path.join(art_dir, _STUDENTS), os.path.join(cache_dir, _STUDENTS))
     with open(os.path.join(cache_dir, _STUDENTS), "w") as fh:
         fh.writelines(lines)
     for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
         sel = os.path.basename(path)[len("metrics_"):-len(".json")]
         _merge_metrics(path, os.path.join(cache_dir, "variants", sel, "metrics.json"))
-    log.info("cache %s seeded from %s: teacher, selections and %d finished students", cache_dir, art_dir, len(keys))
+    log.info("cache %s seeded from %s: teacher, selections; %d finished students", cache_dir, art_dir, len(lines))
     return True
 
 
@@ -103,9 +108,7 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
     _copy_models(cache_dir, tmp)
     # merged with what is committed, never replacing it: a cache that was not seeded from these artifacts
     # (it had a teacher already) must not drop the students and metrics other machines saved
-    lines = _students(os.path.join(cache_dir, _STUDENTS))
-    keys = {json.loads(line)["key"] for line in lines}
-    lines += [line for line in _students(os.path.join(art_dir, _STUDENTS)) if json.loads(line)["key"] not in keys]
+    lines = _merged_students(os.path.join(cache_dir, _STUDENTS), os.path.join(art_dir, _STUDENTS))
     with open(os.path.join(tmp, _STUDENTS), "w") as fh:
         fh.writelines(lines)
     for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):

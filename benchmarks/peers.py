@@ -94,10 +94,6 @@ class LazyVariant:
         return self._built
 
     @property
-    def built(self) -> bool:
-        return self._built is not None
-
-    @property
     def source(self) -> Optional[LabelSource]:
         return self.build().source
 
@@ -155,8 +151,7 @@ def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dic
 
 
 def _pooled_vid(x: float, method: str, quant: str, codec_config: Optional[dict]) -> str:
-    cfg_tag = "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
-    return f"{method}{'' if quant == 'fp16' else '-' + quant}{cfg_tag}+pool@{x:g}"
+    return f"{_ours_tag(method, 0, quant, codec_config)}+pool@{x:g}"
 
 
 def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: str, quant: str = "fp16",

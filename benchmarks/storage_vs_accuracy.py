@@ -125,7 +125,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         todo = same != "raw" and bool(pipe.missing(k, table, first))
         m = metrics.get(var.vid)
         live = not (todo and pipe.past_deadline())
-        if chosen and live and (m is None or (todo and "note" not in m)):
+        if chosen and live and m is None:
             m = metrics.compute(var, Y, table, cfg.T)
         row.update(m or dict(note=NOT_RUN if chosen else "not in this sitting's --targets (no cached metrics)"))
         if m is not None and m.get("label_bytes") is None:
