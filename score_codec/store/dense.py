@@ -5,7 +5,9 @@ image and component, fp16, bf16 or fp32) and widened only after the gather.  Sha
 basis, per-class bases) are held once, widened, with their mean rows; a batch of rows is decoded with one
 GEMM per distinct shared basis in it, so a store-wide codec decodes any batch as ``(B, R) x (R, C)``.
 Per-image bases are held as stored and gathered in chunks of at most ``CHUNK_BYTES`` of float32, so no
-call size grows memory beyond that.  Residual entries are kept per row, padded to the largest count.
+call size grows memory beyond that.  Residual entries are kept in compressed-row form (one offset per row,
+then the entries of every row in row order), so their memory is exactly what the index's ``nnz`` counts
+say, however unevenly they are spread over rows.
 """
 from __future__ import annotations
 
@@ -31,16 +33,20 @@ def _rmax(store: StoreTables) -> int:
 
 
 def dense_bytes(store: StoreTables) -> int:
-    """Memory (bytes) that :meth:`DenseFactors.build` takes for ``store``."""
+    """Memory (bytes) that :meth:`DenseFactors.build` takes for ``store``, from its index alone."""
     rmax = _rmax(store)
     quant = store.encoding.get("quant")
     item = bytes_per_value(quant) if quant else 4
     own = int((store.index["basis"] < 0).sum())
     rows = int(store.ks.sum())
-    smax = int(store.index["nnz"].max()) if len(store) else 0  # an upper bound on entries per row
+    nnz = int(store.index["nnz"].sum()) if len(store) else 0
     scales = 4 * rmax * (len(store) + own) if item == 1 else 0
     shared = sum(4 * int(r) * store.num_classes for r in store.basis_full_rank) if len(store.basis_table) else 0
-    return rows * (item * rmax + 4 * smax + 4) + item * rmax * store.num_classes * own + scales + shared
+    means = 4 * rows if store.encoding.get("keep_mean") else 0
+    # coefficients, residual row offsets (int64) and entries (int64 column + float32 value), per-image bases,
+    # five int64 per-image tables, the shared bases' mean rows (an upper bound: not every basis has one)
+    return (rows * item * rmax + 8 * (rows + 1) + 12 * nnz + item * rmax * store.num_classes * own + scales
+            + shared + means + 40 * len(store) + 4 * store.num_classes * len(store.basis_table))
 
 
 def rows_from_records(store: StoreTables, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
@@ -101,8 +107,9 @@ class DenseFactors:
     row_start: torch.Tensor          # (N,) first row of each image in a
     ks: torch.Tensor                 # (N,)
     mean: Optional[torch.Tensor]     # (rows,) row means or None
-    res_cols: torch.Tensor           # (rows, s) int64, padded with 0
-    res_vals: torch.Tensor           # (rows, s) float32, padded with 0
+    res_ptr: torch.Tensor            # (rows + 1,) int64: row g's entries are res_cols/res_vals[ptr[g]:ptr[g+1]]
+    res_cols: torch.Tensor           # (nnz,) int64, ascending within a row
+    res_vals: torch.Tensor           # (nnz,) float32
 
     @classmethod
     def build(cls, store: StoreTables, device: str = "cpu") -> "DenseFactors":
@@ -120,8 +127,7 @@ class DenseFactors:
         own_scale = torch.zeros(len(own), rmax) if quant == "int8" else None
         has_mean = bool(store.encoding.get("keep_mean"))
         mean = torch.zeros(total) if has_mean else None
-        recs = []
-        smax = 0
+        res_rows, res_cols, res_vals = [], [], []
         for i in range(n):
             rec = store.record(i, raw=True)
             s0, r = int(store.row_start[i]), rec.rank
@@ -135,17 +141,18 @@ class DenseFactors:
             if mean is not None and rec.mean is not None:
                 mean[s0:s0 + rec.k] = rec.mean
             if rec.res_rows.numel():
-                recs.append((s0, rec))
-                smax = max(smax, int(torch.bincount(rec.res_rows).max()))
-        res_cols = torch.zeros(total, smax, dtype=torch.int64)
-        res_vals = torch.zeros(total, smax)
-        for s0, rec in recs:
-            rows = rec.res_rows
-            # position of each entry within its row: entries are sorted by row
-            first = torch.searchsorted(rows, rows, right=False)
-            slot = torch.arange(rows.numel()) - first
-            res_cols[s0 + rows, slot] = rec.res_cols
-            res_vals[s0 + rows, slot] = rec.res_vals
+                res_rows.append(s0 + rec.res_rows)
+                res_cols.append(rec.res_cols)
+                res_vals.append(rec.res_vals)
+        g = torch.cat(res_rows) if res_rows else torch.zeros(0, dtype=torch.int64)
+        cols = torch.cat(res_cols) if res_cols else torch.zeros(0, dtype=torch.int64)
+        vals = torch.cat(res_vals) if res_vals else torch.zeros(0)
+        if g.numel() > 1 and bool((g[1:] < g[:-1]).any()):
+            # records need not lie in row order in the shards; a stable sort keeps each row's column order
+            order = torch.sort(g, stable=True).indices
+            g, cols, vals = g[order], cols[order], vals[order]
+        ptr = torch.zeros(total + 1, dtype=torch.int64)
+        ptr[1:] = torch.cumsum(torch.bincount(g, minlength=total), 0)
         dev = torch.device(device)
         nb = len(store.basis_table)
         shared = [store.basis(j).to(dev) for j in range(nb)]
@@ -156,7 +163,7 @@ class DenseFactors:
                    basis_of=torch.from_numpy(store.index["basis"].astype(np.int64)).to(dev),
                    rank_of=torch.from_numpy(store.index["rank"].astype(np.int64)).to(dev),
                    row_start=torch.from_numpy(store.row_start).to(dev), ks=torch.from_numpy(store.ks).to(dev),
-                   mean=to(mean), res_cols=res_cols.to(dev), res_vals=res_vals.to(dev))
+                   mean=to(mean), res_ptr=ptr.to(dev), res_cols=cols.to(dev), res_vals=vals.to(dev))
 
     # -- decoding ------------------------------------------------------------------------------------
     def _coefficients(self, r: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
@@ -227,8 +234,17 @@ class DenseFactors:
         """Add the stored row means and residual entries of global rows ``r`` to ``out`` (B, C), in place."""
         if self.mean is not None:
             out += self.mean[r, None]
-        if self.res_cols.shape[1]:
-            out.scatter_add_(1, self.res_cols[r], self.res_vals[r])
+        if self.res_cols.numel():
+            start = self.res_ptr.index_select(0, r)
+            count = self.res_ptr.index_select(0, r + 1) - start
+            n = int(count.sum())
+            if n:
+                which = torch.repeat_interleave(torch.arange(r.numel(), device=r.device), count, output_size=n)
+                # position of each gathered entry: its row's start plus its rank among that row's entries
+                first = torch.cumsum(count, 0) - count
+                pos = start.index_select(0, which) + torch.arange(n, device=r.device) - first.index_select(0, which)
+                out.index_put_((which, self.res_cols.index_select(0, pos)), self.res_vals.index_select(0, pos),
+                               accumulate=True)
 
     def _check(self, img: np.ndarray, aug: np.ndarray) -> np.ndarray:
         """Validated global row numbers (numpy; cheap next to torch ops on small batches)."""
