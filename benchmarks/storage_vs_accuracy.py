@@ -150,6 +150,12 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
                 k, var, chosen = r["_job"]
                 r["top1"] = pipe.students(k, lambda var=var: var.source, views, table, cfg.seeds[:i + 1],
                                           optional=True, train=chosen)["top1"]
+        # the other rows report the extra seeds earlier sittings trained (a row that was best by then)
+        picked = {id(r) for r in best}
+        for r in rows:
+            if "_job" in r and id(r) not in picked and r["_job"][0] != ref_key:
+                k, var, _ = r["_job"]
+                r["top1"] = pipe.students(k, lambda: None, views, table, cfg.seeds, train=False)["top1"]   # never built
     del views
     # the selection comparison last: the storage rows (the preset's goal) come first when a sitting is cut short
     ks = cfg.select_label_epochs or cfg.label_epochs

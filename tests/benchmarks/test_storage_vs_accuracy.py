@@ -127,6 +127,23 @@ def test_time_limit_skips_extra_seeds_and_resumes(smoke):
     assert all(r["seeds"] <= 1 for r in j["rows"] if r["family"] != "zstd")
 
 
+def test_rows_report_every_cached_seed_after_the_best_row_moves(smoke, tmp_path):
+    """Extra seeds trained while a row was best stay in the report when another family is picked."""
+    import shutil
+
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    shutil.copytree(base / "cache", tmp_path / "cache")
+    lpld_best = dataclasses.replace(cfg, seeds=(0, 1), best_seed_families=("LPLD",))
+    first = run(lpld_best, cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "a"))
+    two = {r["vid"]: r["top1"] for r in _storage(first) if r["family"] == "LPLD" and r.get("top1")}
+    assert two and all(len(t) == 2 for t in two.values())
+    moved = dataclasses.replace(lpld_best, best_seed_families=("FKD",))   # LPLD rows are no longer picked
+    rows = run(moved, cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "b"), time_limit=0.0)
+    assert {r["vid"]: r["top1"] for r in _storage(rows) if r["vid"] in two} == two
+
+
 def test_time_limit_stops_every_student_but_the_reference(smoke):
     """A sitting past its limit starts only the reference: the storage rows, the hard-label row and the
     selection comparison (run last) are reported as not run, and the cached steps are reused."""
