@@ -144,13 +144,11 @@ class DenseFactors:
                 res_rows.append(s0 + rec.res_rows)
                 res_cols.append(rec.res_cols)
                 res_vals.append(rec.res_vals)
+        # images in index order and rows in order within a record (row_start is the cumulative K): the
+        # concatenated entries are already sorted by global row, as compressed-row form needs
         g = torch.cat(res_rows) if res_rows else torch.zeros(0, dtype=torch.int64)
         cols = torch.cat(res_cols) if res_cols else torch.zeros(0, dtype=torch.int64)
         vals = torch.cat(res_vals) if res_vals else torch.zeros(0)
-        if g.numel() > 1 and bool((g[1:] < g[:-1]).any()):
-            # records need not lie in row order in the shards; a stable sort keeps each row's column order
-            order = torch.sort(g, stable=True).indices
-            g, cols, vals = g[order], cols[order], vals[order]
         ptr = torch.zeros(total + 1, dtype=torch.int64)
         ptr[1:] = torch.cumsum(torch.bincount(g, minlength=total), 0)
         dev = torch.device(device)
@@ -240,9 +238,9 @@ class DenseFactors:
             n = int(count.sum())
             if n:
                 which = torch.repeat_interleave(torch.arange(r.numel(), device=r.device), count, output_size=n)
-                # position of each gathered entry: its row's start plus its rank among that row's entries
-                first = torch.cumsum(count, 0) - count
-                pos = start.index_select(0, which) + torch.arange(n, device=r.device) - first.index_select(0, which)
+                # entry j of the gathered list sits at its row's start plus its rank within that row
+                shift = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count, output_size=n)
+                pos = torch.arange(n, device=r.device) + shift
                 out.index_put_((which, self.res_cols.index_select(0, pos)), self.res_vals.index_select(0, pos),
                                accumulate=True)
 
