@@ -57,7 +57,7 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
             num_views: int = 0, logits: bool = True, image_size: Optional[int] = None,
             crop_scale: Tuple[float, float] = (0.4, 1.0), flip: bool = True,
             preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, seed: int = 0,
-            num_workers: int = 0, progress: bool = True) -> Dict[str, torch.Tensor]:
+            num_workers: int = 0, progress: bool = True, fast: bool = True) -> Dict[str, torch.Tensor]:
     """Teacher features (and logits / augmented soft labels) of every image in ``images``.
 
     Args:
@@ -74,6 +74,9 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         seed: seed of the view generator.
         num_workers: DataLoader workers for image decoding.
         progress: tqdm bar on stderr.
+        fast: run an inference copy of the model (batch norm folded into its convolutions, channels-last:
+            2x faster on CPU, the same outputs up to float32 rounding; see
+            :func:`score_codec.training.inference.inference_copy`); False runs ``model`` as given.
     """
     if feature_fn is None:
         if not callable(getattr(model, "features", None)):
@@ -83,7 +86,12 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         raise InputError("no images to extract features from")
     from tqdm.auto import tqdm
 
-    model = model.to(device).eval()
+    if fast:
+        from score_codec.training.inference import inference_copy
+
+        model = inference_copy(model, device)
+    else:
+        model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate(image_size))
     feats, labels, clean, views = [], [], [], []

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .augment import MIX_NAMES, apply_mix, crop_coords, cutmix_box, hflip, mix_type_id, resized_crop, sample_crop
 from .images import load_images
+from .inference import inference_copy
 from ..errors import InputError
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
 from .models import load_model
@@ -98,7 +99,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             scale: Tuple[float, float] = (0.08, 1.0), raw_dump: Optional[str] = None, raw_fp16: bool = True,
             device: str = "cpu", overwrite: bool = False, progress: bool = True,
             writer_options: Optional[Dict[str, Any]] = None,
-            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> Dict[str, Any]:
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+            fast_teacher: bool = True) -> Dict[str, Any]:
     """Relabel ``images`` with ``model`` over ``epochs`` augmented epochs into the store ``dst``.
 
     Args:
@@ -115,6 +117,9 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         head: ``(W, b)`` of a linear layer to use as the basis of ``method="global"`` (e.g.
             :func:`~score_codec.training.models.classifier_of` of the teacher); store-wide codecs otherwise
             fit their bases on all the relabelled rows before encoding.
+        fast_teacher: run an :func:`~score_codec.training.inference.inference_copy` of the teacher (batch
+            norm folded into its convolutions, channels-last; 2x faster on CPU, the same logits up to float32
+            rounding); False runs the module as given.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
     logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
@@ -123,7 +128,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     """
     ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
     teacher = load_model(model, device=device)
-    teacher.eval()
+    teacher = inference_copy(teacher, device) if fast_teacher else teacher.eval()
     n = len(ds)
     if n == 0 or epochs < 1 or batch_size < 1:
         raise InputError(f"relabel needs images, epochs >= 1 and batch_size >= 1; found {n} images, "
