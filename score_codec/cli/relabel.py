@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
                     method=args.method, rank=kw["rank"], quant=args.quant, seed=args.seed,
                     scale=(args.min_scale, 1.0), input_size=args.input_size, raw_dump=args.raw_dump,
                     device=args.device, overwrite=args.overwrite, progress=not args.quiet, writer_options=writer,
-                    head=load_head(args.head) if args.head else None)
+                    head=load_head(args.head) if args.head else None, fast_teacher=not args.plain_teacher)
     r = stats["ratio"]
     size = f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
     print(f"{args.dst}: {stats['images']} images x {args.epochs} epochs, {stats['label_bytes']:,} label bytes "
@@ -63,6 +63,10 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, default=None, help="Side of the square views (default: image height).")
     p.add_argument("--raw-dump", default=None, help="Also write an SRe2L-format dump (epoch_e/batch_b.tar) here.")
     p.add_argument("--device", default="cpu", help="Torch device of the teacher and the encoder.")
+    p.add_argument("--plain-teacher", action="store_true",
+                   help="Run the teacher module as it is. By default a copy with batch norm folded into its "
+                        "convolutions and channels-last weights runs (2x faster on CPU, the same logits up to "
+                        "float32 rounding).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing destination store.")
     p.add_argument("--quiet", action="store_true", help="No progress bar and no info messages.")
     p.set_defaults(func=_run)

@@ -92,6 +92,12 @@ def test_cli_relabel(tmp_path, images, teacher, monkeypatch):
     assert len(store) == N and store.ks.tolist() == [2] * N and store.aug.attrs["seed"] == 42
     assert store.labels.tolist() == images.targets.tolist()
     assert cli_main(["relabel", "fashion-mnist:train", str(model), str(dst), "--epochs", "2", "--quiet"]) == 2
+    # --plain-teacher runs the module as given: the same labels up to rounding
+    plain = tmp_path / "plain.store"
+    assert cli_main(["relabel", "fashion-mnist:train", str(model), str(plain), "--epochs", "2", "--batch-size", "8",
+                     "--rank", "3", "--quiet", "--plain-teacher"]) == 0
+    a, b = store.matrix(5), LabelStore(str(plain)).matrix(5)
+    assert (a - b).abs().max() <= 5e-3 * b.abs().max()   # fp16 factors of each store round differently
 
 
 def test_bad_arguments(tmp_path, images, teacher):
