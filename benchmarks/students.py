@@ -79,6 +79,9 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
     torch.manual_seed(seed)
     model = ConvNet(in_channels=int(views[0].shape[1]), num_classes=num_classes, width=cfg.student_width,
                     depth=cfg.student_depth, norm=getattr(cfg, "student_norm", "instance"))
+    # channels-last: the same computation up to float rounding, 2x faster per step on CPU (students trained
+    # before 2026-12-05 ran NCHW; the cache key leaves the layout out, like the machine)
+    model = model.to(memory_format=torch.channels_last)
     epochs = cfg.train_epochs or (math.ceil(cfg.train_steps / table.per_epoch) if getattr(cfg, "train_steps", None)
                                   else table.epochs)
     plan = source.schedule(table, epochs, seed)

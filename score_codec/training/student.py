@@ -40,6 +40,12 @@ def _device(device: Optional[str]) -> torch.device:
 
 
 @torch.no_grad()
+def _layout(channels_last: bool) -> torch.memory_format:
+    # oneDNN's channels-last convolution kernels (and their backward) are about twice as fast on CPU as
+    # the NCHW ones for these small ConvNets; cuDNN prefers the layout too
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
 def evaluate(model: torch.nn.Module, test_set, input_size: int, device, batch_size: int = 256) -> float:
     """Top-1 accuracy (fraction) on ``test_set``; each image is resized whole to ``input_size``."""
     model.eval()
@@ -57,7 +63,8 @@ def evaluate(model: torch.nn.Module, test_set, input_size: int, device, batch_si
 def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callable[[], torch.nn.Module] = None,
                   epochs: int = 10, T: float = 20.0, lr: float = 1e-3, wd: float = 0.01,
                   batch_size: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
-                  bf16: bool = False, num_workers: int = 0, progress: bool = True) -> Dict[str, Any]:
+                  bf16: bool = False, num_workers: int = 0, progress: bool = True,
+                  channels_last: bool = True) -> Dict[str, Any]:
     """Train ``model_fn()`` on replayed views and decoded soft labels; evaluate top-1 on ``test_set``.
 
     Args:
@@ -67,6 +74,8 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
         batch_size: None uses the dump's; another size is refused when the dump mixes images.
         bf16: autocast the student to bfloat16 (CPU or CUDA).
         num_workers: DataLoader workers (persistent; the epoch reaches them through shared memory).
+        channels_last: keep the student's weights (and so its activations) channels-last: the same
+            training up to float rounding, about 2x faster per step on CPU for the small ConvNets.
     Returns ``{"top1", "final_loss", "epochs", "steps", "label_epochs", "device"}``.
     """
     dev = _device(device)
@@ -79,7 +88,7 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
     decoder = LabelDecoder(store, device=dev) if not ds.decode_labels else None
     test = load_images(test_set) if isinstance(test_set, str) else test_set
     torch.manual_seed(seed)
-    model = model_fn().to(dev)
+    model = model_fn().to(dev, memory_format=_layout(channels_last))
     sampler = ReplayBatchSampler(store, 0, batch_size=batch_size)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
                         pin_memory=on_gpu)
@@ -117,11 +126,12 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
 
 def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2e-3, batch_size: int = 128,
                   scale: Tuple[float, float] = (0.4, 1.0), seed: int = 0, device: Optional[str] = None,
-                  bf16: bool = True, progress: bool = True) -> torch.nn.Module:
+                  bf16: bool = True, progress: bool = True, channels_last: bool = True) -> torch.nn.Module:
     """Fit ``model`` on hard labels of RandomResizedCrop(``scale``) + flip views of ``images`` (the relabel
     augmentation, so the teacher is right on the views it labels): cross-entropy, AdamW (weight decay
-    5e-4), cosine schedule, bf16 autocast (2-3x faster on CPU).  ``images``: a spec or a dataset of
-    (float CHW in [0, 1], class) with equal image sizes.  Returns the model in eval mode."""
+    5e-4), cosine schedule, bf16 autocast (2-3x faster on CPU), channels-last weights (``channels_last``, as
+    in :func:`train_student`).  ``images``: a spec or a dataset of (float CHW in [0, 1], class) with equal
+    image sizes.  Returns the model (moved and trained in place) in eval mode."""
     from .augment import random_resized_views
 
     dev = _device(device)
@@ -134,7 +144,7 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     steps = epochs * math.ceil(len(xs) / batch_size)
-    model = model.to(dev).train()
+    model = model.to(dev, memory_format=_layout(channels_last)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     bar = tqdm(total=steps, desc="teacher", unit="step", disable=not progress)

@@ -108,3 +108,24 @@ def test_relabel_fast_teacher_matches_plain_teacher(tmp_path):
         # the same views (the augmentation streams do not depend on the teacher), the same logits to rounding
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) and a[3] == b[3]
         assert_close_rel(a[5], b[5], 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_training_step_is_the_same_computation(name):
+    """What train_student / train_teacher's channels_last changes: the layout, not the loss or gradients."""
+    ch = 3 if name == "resnet" else 1
+    torch.manual_seed(4)
+    nchw = MODELS[name]().train()
+    cl = MODELS[name]().train()
+    cl.load_state_dict(nchw.state_dict())
+    cl = cl.to(memory_format=torch.channels_last)
+    x, y = torch.rand(8, ch, 16, 16), torch.arange(8) % 5
+    losses = []
+    for m in (nchw, cl):
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    assert_close_rel(losses[1], losses[0], 1e-5)
+    # all gradients as one vector: a conv bias before batch norm has a gradient of pure rounding noise
+    grads = [torch.cat([p.grad.flatten() for p in m.parameters()]) for m in (nchw, cl)]
+    assert_close_rel(grads[1], grads[0], 1e-4)
