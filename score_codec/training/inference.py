@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def _conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
-    """(conv name, batch-norm name) pairs where ``model.forward`` feeds a Conv2d's output only into a
-    BatchNorm2d, each module called exactly once (found by tracing with torch.fx; [] if tracing fails)."""
+    """(conv name, batch-norm name) pairs where ``model.forward`` feeds a Conv2d's output only into an
+    eval-mode BatchNorm2d with running statistics, each module called exactly once (found by tracing with
+    torch.fx; [] if tracing fails)."""
     import torch.fx
 
     try:
@@ -43,6 +44,9 @@ def _conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0] if node.args else None
+        bn = modules[node.target]
+        if bn.training or bn.running_mean is None:   # batch statistics at inference: nothing fixed to fold
+            continue
         if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and isinstance(modules.get(src.target), nn.Conv2d)
                 and calls[src.target] == 1 and calls[node.target] == 1):

@@ -52,6 +52,11 @@ def test_fold_counts_pairs_and_refuses_training_mode():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(model)
     assert fold_batchnorm(model.eval()) == 1 + 2 + 3
+    # a batch norm that normalises by the batch's own statistics at inference has nothing fixed to fold
+    model = ResNet(3, 5, width=4, blocks=(1,))
+    model.stem[1] = nn.BatchNorm2d(4, track_running_stats=False)
+    assert fold_batchnorm(model.eval()) == 2
+    assert isinstance(model.stem[1], nn.BatchNorm2d)
 
 
 class _SharedConv(nn.Module):
