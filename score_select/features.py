@@ -57,7 +57,7 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
             num_views: int = 0, logits: bool = True, image_size: Optional[int] = None,
             crop_scale: Tuple[float, float] = (0.4, 1.0), flip: bool = True,
             preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, seed: int = 0,
-            num_workers: int = 0, progress: bool = True, fast: bool = True) -> Dict[str, torch.Tensor]:
+            num_workers: int = 0, progress: bool = True, fast: Optional[bool] = None) -> Dict[str, torch.Tensor]:
     """Teacher features (and logits / augmented soft labels) of every image in ``images``.
 
     Args:
@@ -74,24 +74,21 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         seed: seed of the view generator.
         num_workers: DataLoader workers for image decoding.
         progress: tqdm bar on stderr.
-        fast: run an inference copy of the model (batch norm folded into its convolutions, channels-last:
-            2x faster on CPU, the same outputs up to float32 rounding; see
-            :func:`score_codec.training.inference.inference_copy`); False runs ``model`` as given.
+        fast: run a fast copy of the model (batch norm folded into its convolutions, channels-last: 2x
+            faster on CPU, the same outputs up to float32 rounding, checked on the first batch; see
+            :func:`score_codec.training.inference.fast_inference_model`).  None (the default): fast unless
+            ``feature_fn`` is given (it may reach into the model's layers or close over the model itself).
     """
-    if feature_fn is None:
-        if not callable(getattr(model, "features", None)):
-            raise InputError("the model has no .features(x) method; pass feature_fn(model, x) -> (B, d)")
-        feature_fn = lambda m, x: m.features(x)  # noqa: E731
+    if feature_fn is None and not callable(getattr(model, "features", None)):
+        raise InputError("the model has no .features(x) method; pass feature_fn(model, x) -> (B, d)")
     if len(images) == 0:
         raise InputError("no images to extract features from")
     from tqdm.auto import tqdm
 
-    if fast:
-        from score_codec.training.inference import inference_copy
-
-        model = inference_copy(model, device)
-    else:
-        model = model.to(device).eval()
+    model = model.to(device).eval()
+    fast = feature_fn is None if fast is None else fast
+    if feature_fn is None:
+        feature_fn = lambda m, x: m.features(x)  # noqa: E731
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate(image_size))
     feats, labels, clean, views = [], [], [], []
@@ -99,6 +96,10 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
     for x, y in tqdm(loader, desc="teacher features", unit="batch", disable=not progress, leave=False):
         x = x.to(device)
         px = preprocess(x) if preprocess else x
+        if fast:   # checked against the model on the first batch; the model itself if they differ
+            from score_codec.training.inference import fast_inference_model
+
+            model, fast = fast_inference_model(model, px), False
         feats.append(feature_fn(model, px).flatten(1).float().cpu())
         labels.append(y)
         if logits:

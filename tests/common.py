@@ -35,6 +35,7 @@ def teacher_like_logits(n: int, k: int, c: int, rank: int = 4, seed: int = 0) ->
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
     """max|a - b| <= rel * max|b| (with a floor so all-zero targets compare absolutely)."""
+    a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
     err = float((a - b).abs().max())
     scale = max(float(b.abs().max()), 1e-12)
     if err > rel * scale:

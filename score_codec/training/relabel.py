@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .augment import MIX_NAMES, apply_mix, crop_coords, cutmix_box, hflip, mix_type_id, resized_crop, sample_crop
 from .images import load_images
-from .inference import inference_copy
+from .inference import fast_inference_model
 from ..errors import InputError
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
 from .models import load_model
@@ -117,9 +117,9 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         head: ``(W, b)`` of a linear layer to use as the basis of ``method="global"`` (e.g.
             :func:`~score_codec.training.models.classifier_of` of the teacher); store-wide codecs otherwise
             fit their bases on all the relabelled rows before encoding.
-        fast_teacher: run an :func:`~score_codec.training.inference.inference_copy` of the teacher (batch
-            norm folded into its convolutions, channels-last; 2x faster on CPU, the same logits up to float32
-            rounding); False runs the module as given.
+        fast_teacher: run a :func:`~score_codec.training.inference.fast_inference_model` copy of the
+            teacher (batch norm folded into its convolutions, channels-last; 2x faster on CPU, the same logits
+            up to float32 rounding, checked on the first image); False runs the module as given.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
     logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
@@ -128,13 +128,14 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     """
     ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
     teacher = load_model(model, device=device)
-    teacher = inference_copy(teacher, device) if fast_teacher else teacher.eval()
     n = len(ds)
     if n == 0 or epochs < 1 or batch_size < 1:
         raise InputError(f"relabel needs images, epochs >= 1 and batch_size >= 1; found {n} images, "
                          f"epochs={epochs}, batch_size={batch_size}")
     kind = mix_type_id(mix)
     size = int(input_size) if input_size else int(torch.as_tensor(ds[0][0]).shape[-2])
+    if fast_teacher:   # checked against the module on the first image; the module itself if they differ
+        teacher = fast_inference_model(teacher, torch.as_tensor(ds[0][0])[None, :, :size, :size].to(device).float())
     parent = os.path.dirname(os.path.abspath(dst))
     if os.path.exists(dst) and not overwrite:
         raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .augment import resized_crop
 from .dataset import CompressedSoftLabelDataset, LabelDecoder
 from .images import load_images
+from .inference import channels_last_if_safe
 from .replay import ReplayBatchSampler
 
 __all__ = ["train_student", "train_teacher", "evaluate", "kd_loss"]
@@ -40,12 +41,6 @@ def _device(device: Optional[str]) -> torch.device:
 
 
 @torch.no_grad()
-def _layout(channels_last: bool) -> torch.memory_format:
-    # oneDNN's channels-last convolution kernels (and their backward) are about twice as fast on CPU as
-    # the NCHW ones for these small ConvNets; cuDNN prefers the layout too
-    return torch.channels_last if channels_last else torch.preserve_format
-
-
 def evaluate(model: torch.nn.Module, test_set, input_size: int, device, batch_size: int = 256) -> float:
     """Top-1 accuracy (fraction) on ``test_set``; each image is resized whole to ``input_size``."""
     model.eval()
@@ -75,7 +70,9 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
         bf16: autocast the student to bfloat16 (CPU or CUDA).
         num_workers: DataLoader workers (persistent; the epoch reaches them through shared memory).
         channels_last: keep the student's weights (and so its activations) channels-last: the same
-            training up to float rounding, about 2x faster per step on CPU for the small ConvNets.
+            training up to float rounding, about 2x faster per step on CPU for the small ConvNets (kept
+            NCHW when a probe forward disagrees or fails, e.g. a ``view`` of an activation; see
+            :func:`~score_codec.training.inference.channels_last_if_safe`).
     Returns ``{"top1", "final_loss", "epochs", "steps", "label_epochs", "device"}``.
     """
     dev = _device(device)
@@ -88,7 +85,11 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
     decoder = LabelDecoder(store, device=dev) if not ds.decode_labels else None
     test = load_images(test_set) if isinstance(test_set, str) else test_set
     torch.manual_seed(seed)
-    model = model_fn().to(dev, memory_format=_layout(channels_last))
+    model = model_fn().to(dev)
+    if channels_last:
+        ch = int(torch.as_tensor(ds.images[0][0]).shape[0])
+        side = ds.input_size or int(torch.as_tensor(ds.images[0][0]).shape[-1])
+        channels_last_if_safe(model, torch.rand(2, ch, side, side, generator=torch.Generator().manual_seed(0)).to(dev))
     sampler = ReplayBatchSampler(store, 0, batch_size=batch_size)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
                         pin_memory=on_gpu)
@@ -131,7 +132,8 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
     augmentation, so the teacher is right on the views it labels): cross-entropy, AdamW (weight decay
     5e-4), cosine schedule, bf16 autocast (2-3x faster on CPU), channels-last weights (``channels_last``, as
     in :func:`train_student`).  ``images``: a spec or a dataset of (float CHW in [0, 1], class) with equal
-    image sizes.  Returns the model (moved and trained in place) in eval mode."""
+    image sizes.  Returns ``model`` itself, moved to the device (and to channels-last weights), trained in
+    place, in eval mode."""
     from .augment import random_resized_views
 
     dev = _device(device)
@@ -144,7 +146,11 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     steps = epochs * math.ceil(len(xs) / batch_size)
-    model = model.to(dev, memory_format=_layout(channels_last)).train()
+    model = model.to(dev)
+    if channels_last:
+        x0 = xs[:2].float().div(255.0) if xs.dtype == torch.uint8 else xs[:2].float()
+        channels_last_if_safe(model, x0.to(dev))
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     bar = tqdm(total=steps, desc="teacher", unit="step", disable=not progress)

@@ -43,6 +43,24 @@ def test_extract_matches_the_model_batch_for_batch():
     assert not torch.equal(out["soft_labels"], other["soft_labels"])
 
 
+def test_fast_extract_equals_the_plain_model_and_feature_fn_sees_the_model():
+    from score_codec.training.models import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(3, 3, width=6, depth=2, norm="batch")
+    with torch.no_grad():
+        model(torch.rand(16, 3, 12, 12))   # running statistics
+    data = pool()
+    fast = extract(model, data, batch_size=4, num_views=2, progress=False)   # folded, channels-last copy
+    plain = extract(model, data, batch_size=4, num_views=2, progress=False, fast=False)
+    for k in ("features", "logits"):
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast["soft_labels"], plain["soft_labels"], rtol=2e-3, atol=2e-3)   # fp16
+    seen = []
+    extract(model, data, batch_size=4, progress=False, feature_fn=lambda m, x: seen.append(m) or m.features(x))
+    assert all(m is model for m in seen)   # a feature_fn gets the model itself unless fast=True is asked for
+
+
 def test_feature_fn_and_resizing_and_missing_features_method():
     model = Tiny()
     data = [(torch.rand(3, 10, 10), 0), (torch.rand(1, 14, 14), 1)]
