@@ -168,9 +168,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
             continue
         store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
-        sel_views = load_views(store, pipe.train, idx)
-        row.update(pipe.students(f"select|{method}|ipc{ipc}|K{ks}", LogitSource(Ys), sel_views, sel_table, first,
-                                 optional=True))
+        sel_key = f"select|{method}|ipc{ipc}|K{ks}"
+        # replaying 1M views takes minutes: only when a student will train
+        sel_views = load_views(store, pipe.train, idx) if pipe.missing(sel_key, sel_table, first) else None
+        row.update(pipe.students(sel_key, LogitSource(Ys), sel_views, sel_table, first, optional=True))
         del sel_views, Ys
     if pipe.skipped:
         log.warning("time limit reached: %d students not run (a re-run resumes from the cache)", pipe.skipped)

@@ -117,9 +117,12 @@ def test_time_limit_skips_extra_seeds_and_resumes(smoke):
 
     from benchmarks.storage_vs_accuracy import run
 
-    cfg, _, base = smoke
+    cfg, first, base = smoke
     two = dataclasses.replace(cfg, seeds=(0, 1), best_seed_families=("LPLD",))
     rows = run(two, cache_dir=str(base / "cache"), out_dir=str(base / "limited"), time_limit=0.0)
+    # the selection comparison's cached students are reported (their views are not replayed again)
+    sel = {r["method"]: r["top1"] for r in rows if r["experiment"] == "selection"}
+    assert sel["random"] and sel["random"] == [r["top1"] for r in first if r.get("method") == "random"][0]
     lpld = [r for r in _storage(rows) if r["family"] == "LPLD" and r.get("top1")]
     assert lpld and all(len(r["top1"]) == 1 for r in lpld)
     j = json.load(open(base / "limited" / f"{cfg.name}.json"))
