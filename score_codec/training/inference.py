@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Dict, List, Optional, Tuple, Union
+from collections import Counter
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -52,10 +53,7 @@ def _conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
                  type(model).__name__, type(exc).__name__, exc)
         return []
     modules = dict(model.named_modules())
-    calls: Dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None

@@ -133,9 +133,11 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         raise InputError(f"relabel needs images, epochs >= 1 and batch_size >= 1; found {n} images, "
                          f"epochs={epochs}, batch_size={batch_size}")
     kind = mix_type_id(mix)
-    size = int(input_size) if input_size else int(torch.as_tensor(ds[0][0]).shape[-2])
+    first = torch.as_tensor(ds[0][0])   # read once: the size, the fast-teacher probe, the class count
+    size = int(input_size) if input_size else int(first.shape[-2])
+    probe = first[None, :, :size, :size].to(device).float()
     if fast_teacher:   # checked against the module on the first image; the module itself if they differ
-        teacher = fast_inference_model(teacher, torch.as_tensor(ds[0][0])[None, :, :size, :size].to(device).float())
+        teacher = fast_inference_model(teacher, probe)
     parent = os.path.dirname(os.path.abspath(dst))
     if os.path.exists(dst) and not overwrite:
         raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")
@@ -154,7 +156,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         # only on its own batches, writing into one scratch file on the shared file system
         scratch_path = f"{dst}.relabel-scratch.f16"
         with torch.no_grad():
-            c_out = int(teacher(torch.as_tensor(ds[0][0])[None, :, :size, :size].to(device).float()).shape[1])
+            c_out = int(teacher(probe).shape[1])
         if rank_id == 0:
             np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, c_out)).flush()
         torch.distributed.barrier()

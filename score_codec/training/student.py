@@ -87,8 +87,8 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
     torch.manual_seed(seed)
     model = model_fn().to(dev)
     if channels_last:
-        ch = int(torch.as_tensor(ds.images[0][0]).shape[0])
-        side = ds.input_size or int(torch.as_tensor(ds.images[0][0]).shape[-1])
+        first = torch.as_tensor(ds.images[0][0])
+        ch, side = int(first.shape[0]), ds.input_size or int(first.shape[-1])
         channels_last_if_safe(model, torch.rand(2, ch, side, side, generator=torch.Generator().manual_seed(0)).to(dev))
     sampler = ReplayBatchSampler(store, 0, batch_size=batch_size)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -125,6 +125,11 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
                 model=model)
 
 
+def _unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as float in [0, 1]: uint8 scaled by 1/255, floats as they are (same shape)."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2e-3, batch_size: int = 128,
                   scale: Tuple[float, float] = (0.4, 1.0), seed: int = 0, device: Optional[str] = None,
                   bf16: bool = True, progress: bool = True, channels_last: bool = True) -> torch.nn.Module:
@@ -148,8 +153,7 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
     steps = epochs * math.ceil(len(xs) / batch_size)
     model = model.to(dev)
     if channels_last:
-        x0 = xs[:2].float().div(255.0) if xs.dtype == torch.uint8 else xs[:2].float()
-        channels_last_if_safe(model, x0.to(dev))
+        channels_last_if_safe(model, _unit_float(xs[:2]).to(dev))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -158,7 +162,7 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
         order = torch.randperm(len(xs), generator=g)
         for s in range(0, len(xs), batch_size):
             b = order[s:s + batch_size]
-            x = xs[b].float().div(255.0) if xs.dtype == torch.uint8 else xs[b].float()
+            x = _unit_float(xs[b])
             x = random_resized_views(x, g, scale=scale).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(x), ys[b].to(dev))
