@@ -23,7 +23,7 @@ from . import _compat
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: public name -> module that defines it
 _LAZY = {
