@@ -1,6 +1,6 @@
 """The ``score-select`` command line: teacher features -> SCORE selection -> JSON (+ condensed ImageFolder).
 
-Exit codes: 0 success, 2 bad input (one-line message on stderr), 1 failed integrity check.
+Exit codes: 0 success, 1 failed integrity check, 2 bad input (one-line message on stderr), 3 I/O failure.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import sys
 from typing import List, Optional
 
 
-from score_codec.errors import InputError, ScoreError, cli_message
+from score_codec.cli.exits import EXIT_STATUS_HELP, run_reporting_errors
+from score_codec.errors import InputError
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +30,8 @@ OUT is a directory: OUT/selection.json holds the picks in order (indices, paths,
 OUT/features.safetensors caches the teacher outputs (reused on the next run; pass --features to share one
 cache between runs with other alpha/beta), and with --copy OUT/images/<class>/ is the condensed ImageFolder.
 eps_sq is eps squared (MCR^2's convention, default 0.5).
-"""
+
+""" + EXIT_STATUS_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +127,6 @@ def _copy(out_dir: str, idx: List[int], labels: List[int], meta: dict, images_sp
 
 
 def run(args) -> dict:
-    from . import select
     from .presets import preset
 
     alpha, beta, temperature = 1.0, 0.1, 1.0
@@ -183,14 +184,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``score-select``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        summary = run(args)
-    except ScoreError as exc:
-        print(f"score-select: error: {cli_message(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("score-select: interrupted", file=sys.stderr)
-        return 130
+    result = {}
+
+    def call() -> int:
+        result["summary"] = run(args)
+        return 0
+
+    rc = run_reporting_errors("score-select", call)
+    if rc:
+        return rc
+    summary = result["summary"]
     if args.json:
         short = {k: v for k, v in summary.items() if k not in ("indices", "labels", "paths", "gains")}
         short["selection"] = os.path.join(args.out, "selection.json")

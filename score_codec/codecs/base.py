@@ -45,7 +45,7 @@ class Codec:
     #: True when images of a group share ``b`` (only ``a`` is stored per image).
     shared_basis: ClassVar[bool] = False
     #: "image": factors per image (or per chunk group); "store": bases fitted on the whole store first
-    #: (:class:`~score_codec.codecs.storewide.StoreCodec`)
+    #: (:class:`~score_codec.codecs.global_basis.StoreScopeCodec`)
     scope: ClassVar[str] = "image"
 
     def __init__(self, **config: Any) -> None:

@@ -1,4 +1,4 @@
-"""Numeric kernels of the store-wide codecs: streaming PCA, KL-optimal coefficients, a teacher-head basis.
+"""Numeric kernels of the global codecs: streaming PCA, KL-optimal coefficients, a teacher-head basis.
 
 All functions are batched torch and run on the device of their inputs (CPU or CUDA); none holds more
 than ``chunk_rows`` rows of per-row work at a time.
@@ -95,7 +95,7 @@ def head_basis(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Tup
 
     ``weight`` (C, d), ``bias`` (C,).  Row-centred logits lie in ``mean + span(rows)`` with
     mean = centred bias and rows = an orthonormal basis (d', C) of the centred columns of ``weight``,
-    so the store-wide codec with this basis reproduces the teacher's logits up to quantisation."""
+    so the global codec with this basis reproduces the teacher's logits up to quantisation."""
     w = weight.detach().to(torch.float64)
     if w.ndim != 2:
         raise CodecError(f"head_basis: weight must be (C, d), found shape {tuple(w.shape)}")

@@ -6,12 +6,17 @@ registries (one class / function per format, looked up by name).
 """
 from __future__ import annotations
 
+import importlib
+
 from .base import FORMATS, BatchRecord, DumpReader, register_format
 from .contents import DumpContents, DumpScan, read_dump, scan_dump
 from .detect import detect_format, format_names, open_reader
 from .safe_load import safe_torch_load
 from .writers import WRITERS, write_dump
-from . import sre2l, gvbsm_edc, fkd, lpqld, npy  # noqa: F401  (register readers)
+
+# importing a reader's module registers it in FORMATS
+for _module in ("sre2l", "gvbsm_edc", "fkd", "lpqld", "npy"):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "DumpScan", "register_format", "read_dump", "scan_dump",
            "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load"]

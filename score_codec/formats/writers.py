@@ -1,7 +1,7 @@
 """Write label sources (a LabelStore or a DumpContents) back as dumps.
 
 Every writer takes a *row source*: ``.aug`` (AugMeta), ``.num_classes``, ``.ks`` and
-``.rows(image_ids, aug_ids) -> (B, C) float32``.  Non-logit fields come from the AugMeta tables and the
+``.rows(image_ids, view_ids) -> (B, C) float32``.  Non-logit fields come from the AugMeta tables and the
 ``attrs['style']`` recorded by the reader, so they are written back bit-exactly; only logits are lossy.
 Output is assembled in ``<dst>.partial-<pid>`` and renamed into place, so nothing half-written remains.
 """

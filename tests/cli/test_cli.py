@@ -277,7 +277,7 @@ def test_global_rowwise_encode_equals_the_per_image_path(dump, tmp_path, capsys)
 
 def st_bases(store):
     """The BasisSet of a global store, read back from its basis table."""
-    from score_codec.codecs.storewide import BasisEntry, BasisSet
+    from score_codec.codecs.global_basis import BasisEntry, BasisSet
 
     return BasisSet([BasisEntry(store.basis(0), -1, store.basis_mean(0))])
 
