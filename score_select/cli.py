@@ -14,7 +14,7 @@ from typing import List, Optional
 
 
 from score_codec.cli.exits import EXIT_STATUS_HELP, run_reporting_errors
-from score_codec.errors import InputError
+from score_codec.errors import InputError, WriteFailedError
 
 __all__ = ["main", "build_parser"]
 
@@ -142,7 +142,7 @@ def run(args) -> dict:
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create output directory {out_dir}: {exc}") from exc
+        raise WriteFailedError(f"{out_dir}: cannot create the output directory ({exc})") from exc
     try:
         return _select_into(args, out_dir, alpha, beta, temperature)
     except BaseException:

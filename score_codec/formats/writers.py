@@ -139,7 +139,7 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
         raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")
     dst = os.fspath(dst)
     if os.path.exists(dst) and not overwrite:
-        raise InputError(f"{dst}: destination exists (pass --overwrite to replace it)")
+        raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")
     parent = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(parent):
         raise InputError(f"{dst}: parent directory {parent} does not exist")
