@@ -63,8 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="Torch device of the teacher and the encoder.")
     p.add_argument("--plain-teacher", action="store_true",
                    help="Run the teacher module as it is. By default a copy with batch norm folded into its "
-                        "convolutions and channels-last weights runs (2x faster on CPU, the same logits up to "
-                        "float32 rounding).")
+                        "convolutions and channels-last weights runs (faster, the same logits up to float32 "
+                        "rounding).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing destination store.")
     p.add_argument("--quiet", action="store_true", help="No progress bar and no info messages.")
     p.set_defaults(func=_run)

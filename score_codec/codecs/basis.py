@@ -28,8 +28,8 @@ class GramAccumulator:
         self.shift = torch.zeros(self.c, device=device)
 
     def add(self, rows: torch.Tensor, chunk_rows: int = 8192) -> None:
-        """Add row-centred logit rows (n, C).  Each chunk's products are float32 GEMMs (4x faster than float64
-        on CPUs), summed into float64; the rows are shifted by the first chunk's mean first, so the float32
+        """Add row-centred logit rows (n, C).  Each chunk's products are float32 GEMMs (float64 ones
+        are several times slower), summed into float64; the rows are shifted by the first chunk's mean first, so the float32
         products see centred values and keep their precision."""
         if rows.ndim != 2 or rows.shape[1] != self.c:
             raise CodecError(f"GramAccumulator: expected (n, {self.c}) rows, found {tuple(rows.shape)}")

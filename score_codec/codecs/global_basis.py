@@ -9,10 +9,9 @@ minimise KL at ``fit_temperature`` (:func:`~score_codec.codecs.basis.fit_coeffic
 
 Coefficients minimise KL(T = ``fit_temperature``) plus ``penalty`` times a pull towards the least-squares
 fit (``newton_steps`` damped Newton steps from the projection, at basis ranks up to ``newton_max_rank``;
-0: the projection alone, fastest): KL at one temperature alone pushes logits far below the top ones wherever that is free, which a
-student at another temperature would see (1000-class CutMix glyph logits, rank 16: KL at T = 1 / 4 / 20 is
-0.276 / 0.025 / 0.0010 for the projection, 0.066 / 0.043 / 0.0026 for pure KL(T=1), 0.080 / 0.028 / 0.0014
-with the default penalty 0.3).  Set ``fit_temperature`` to the student's temperature when it is known.
+0: the projection alone, fastest).  KL at one temperature alone pushes logits far below the top ones wherever
+that is free, which a student at another temperature would see; the pull keeps the fit good at other
+temperatures too.  Set ``fit_temperature`` to the student's temperature when it is known.
 
 ``two-level`` adds, per class, a basis of what the global basis leaves in that class's rows (orthogonal
 to the global one), and its rate control spends the byte budget greedily on whichever of {more global
@@ -134,8 +133,8 @@ class StoreScopeCodec(Codec):
 
     def steps_for(self, rank: int) -> int:
         """Newton steps of the KL fit at basis rank ``rank``: none above ``newton_max_rank``.  Each step solves
-        an r x r system per row (r^3); above rank 128 the projection is already as close in KL (1000-class
-        CutMix glyph logits, rank 160: KL(T=1) 0.000193 either way) and the step cost 14x the encode time."""
+        an r x r system per row (r^3); at high ranks the projection is already as close in KL and the steps
+        would dominate the encode time."""
         return self.newton_steps if rank <= self.newton_max_rank else 0
 
     def factorize(self, y, ranks):  # pragma: no cover - store codecs go through fit/coefficients

@@ -179,7 +179,7 @@ class DenseFactors:
         """``a`` (n, K, R) times the per-image bases of images ``img`` (n,): (n, K, C) float32.
 
         The int8 bases' row scales are folded into the coefficients (a_j s_j) Q_j instead of widening and
-        then scaling Q: one pass over the gathered (n, R, C) bases instead of two (3x at batch 256)."""
+        then scaling Q: one pass over the gathered (n, R, C) bases instead of two."""
         slot = self.own_of.index_select(0, img)
         q = self.own_b.index_select(0, slot).float()
         if self.own_scale is not None:

@@ -1,6 +1,6 @@
 """``score-codec relabel``: run a teacher over augmented epochs and write a compressed label store.
 
-The pipeline is SRe2L's relabel step (docs: fkd-dump-formats.md section 1.1) in plain torch:
+The pipeline is SRe2L's relabel step in plain torch:
 for each epoch, a seeded ``RandomSampler`` / ``BatchSampler(drop_last=False)`` order; per image a
 RandomResizedCrop box (:func:`~score_codec.training.augment.sample_crop`) and a flip with p = 0.5; per batch one
 CutMix (lam ~ Beta(1, 1)) or Mixup (lam ~ Beta(0.8, 0.8)); then the teacher's fp32 logits of the mixed
@@ -124,7 +124,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             :func:`~score_codec.training.models.classifier_of` of the teacher); store-scope codecs otherwise
             fit their bases on all the relabelled rows before encoding.
         fast_teacher: run a :func:`~score_codec.training.inference.fast_inference_model` copy of the
-            teacher (batch norm folded into its convolutions, channels-last; 2x faster on CPU, the same logits
+            teacher (batch norm folded into its convolutions, channels-last; faster, the same logits
             up to float32 rounding, checked on the first image); False runs the module as given.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their

@@ -116,12 +116,12 @@ def test_an_untranslated_os_error_exits_3_with_one_line(capsys):
 
 
 def test_score_select_unwritable_output_exits_3(tmp_path, capsys, monkeypatch):
-    from score_select import cli
+    from score_select import cli, pipeline
 
     def refuse(path, exist_ok=False):
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr(cli.os, "makedirs", refuse)
+    monkeypatch.setattr(pipeline.os, "makedirs", refuse)
     rc = cli.main(["fashion-mnist:train:20", "-", str(tmp_path / "sel"), "--ipc", "1", "--quiet"])
     assert rc == EXIT_IO_FAILURE and "Permission denied" in _err(capsys)
     assert not (tmp_path / "sel").exists()
