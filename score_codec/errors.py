@@ -1,13 +1,47 @@
 """One exception hierarchy for the whole library.
 
-Every error the library raises on bad input or a damaged file is a :class:`ScoreError`; the CLI maps
-them to exit codes (2 for bad input, 1 for a failed integrity check).  Messages name the file, the record
-and the expected versus the found value.
+Every error that score_codec and score_select raise on bad input, a damaged file or a failed read or
+write is a :class:`ScoreError`.  Messages name the file, the record and the expected versus the found
+value.  Each class carries the exit code that ``score-codec`` and ``score-select`` return for it:
+
+====  ==========================================================================================
+code  meaning
+====  ==========================================================================================
+0     success
+1     a failed integrity check (:class:`CorruptRecordError` and its subclasses; ``verify``)
+2     bad input: arguments, shapes, values, dump or store contents (:class:`InputError`,
+      :class:`StoreError`, :class:`CodecError`)
+3     an I/O failure: the disk is full, the destination cannot be written, a file cannot be read
+      (:class:`IOFailureError`; the command line also maps an unexpected ``OSError`` here)
+====  ==========================================================================================
+
+::
+
+    ScoreError
+    +-- InputError (ValueError)
+    |   +-- FormatError
+    |   |   +-- UnsafePickleError
+    |   +-- BudgetError
+    |   +-- BatchSizeMismatchError
+    +-- StoreError
+    |   +-- StoreVersionError
+    |   +-- IncompleteStoreError
+    |   +-- CorruptRecordError                    (exit 1)
+    |       +-- TruncatedFileError
+    |       +-- MissingShardError
+    |       +-- IndexMismatchError
+    +-- CodecError
+    |   +-- UnknownCodecError (KeyError)
+    +-- IOFailureError                            (exit 3)
+        +-- WriteFailedError
 """
 from __future__ import annotations
 
 __all__ = [
-    "cli_message",
+    "EXIT_OK",
+    "EXIT_VERIFY_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_IO_FAILURE",
     "ScoreError",
     "InputError",
     "FormatError",
@@ -22,18 +56,26 @@ __all__ = [
     "CodecError",
     "UnknownCodecError",
     "BudgetError",
+    "BatchSizeMismatchError",
+    "IOFailureError",
     "WriteFailedError",
 ]
+
+#: process exit codes of ``score-codec`` and ``score-select``
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_IO_FAILURE = 3
 
 
 class ScoreError(Exception):
     """Base class of every error raised by score_codec and score_select."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class InputError(ScoreError, ValueError):
-    """Bad user input: wrong shapes, NaN/Inf logits, wrong class count, unwritable destination."""
+    """Bad user input: wrong shapes, NaN/Inf logits, wrong class count, a destination that exists."""
 
 
 class FormatError(InputError):
@@ -55,7 +97,7 @@ class StoreVersionError(StoreError):
 class CorruptRecordError(StoreError):
     """A record's checksum or internal sizes disagree with the index."""
 
-    exit_code = 1
+    exit_code = EXIT_VERIFY_FAILED
 
 
 class TruncatedFileError(CorruptRecordError):
@@ -89,26 +131,18 @@ class BudgetError(InputError):
     """A rate target (ratio / target_bytes) cannot be met by any allowed rank."""
 
 
-class WriteFailedError(InputError):
-    """The destination could not be written (disk full, file too large, I/O error); nothing was kept."""
+class BatchSizeMismatchError(InputError):
+    """Training asked for a batch size other than the dump's while the dump mixes images per batch."""
 
 
-#: Python keyword spellings in messages -> the command-line flags that do the same
-_CLI_SPELLING = {
-    "overwrite=True": "--overwrite",
-    "resume=True": "--resume",
-    "check_mapping=False": "--trust-order",
-    "keep_mean=True": "--keep-mean",
-    "labels=": "--images or --ipc",
-    "num_classes=": "--num-classes",
-    "quant='fp32'": "--quant fp32",
-    "resume with resume=True": "resume with --resume",
-}
+class IOFailureError(ScoreError):
+    """The operating system refused a read or a write (disk full, permission denied, I/O error).
+
+    Not the input's fault: the same call can succeed once the disk or the permissions are fixed.
+    """
+
+    exit_code = EXIT_IO_FAILURE
 
 
-def cli_message(exc: BaseException) -> str:
-    """``str(exc)`` with Python keyword spellings replaced by their command-line flags."""
-    msg = str(exc)
-    for py, flag in sorted(_CLI_SPELLING.items(), key=lambda kv: -len(kv[0])):
-        msg = msg.replace(py, flag)
-    return msg
+class WriteFailedError(IOFailureError):
+    """The destination could not be written (disk full, file too large, not writable); nothing was kept."""

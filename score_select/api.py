@@ -1,6 +1,7 @@
 """The functional entry point :func:`select`."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -9,8 +10,6 @@ import torch
 
 from score_codec.errors import InputError
 
-from . import baselines as _baselines  # noqa: F401  (registers random/herding/kcenter/rded)
-from . import methods as _methods  # noqa: F401  (registers score/coding-rate)
 from .coding_rate import DEFAULT_EPS_SQ, label_coding_rate
 from .greedy import budgets_from_ipc, prepare, sequence_gains
 from .registry import SelectionTask, get_selector, method_options
@@ -18,6 +17,10 @@ from .registry import SelectionTask, get_selector, method_options
 __all__ = ["select", "DEFAULT_ALPHA", "DEFAULT_BETA"]
 
 log = logging.getLogger(__name__)
+
+# importing a method's module registers it: random/herding/kcenter/rded and score/coding-rate
+for _module in ("baselines", "methods"):
+    importlib.import_module(f"{__package__}.{_module}")
 
 #: Our defaults (the paper gives only per-dataset values; see :mod:`score_select.presets`).
 DEFAULT_ALPHA = 1.0

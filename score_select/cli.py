@@ -1,6 +1,6 @@
 """The ``score-select`` command line: teacher features -> SCORE selection -> JSON (+ condensed ImageFolder).
 
-Exit codes: 0 success, 2 bad input (one-line message on stderr), 1 failed integrity check.
+Exit codes: 0 success, 1 failed integrity check, 2 bad input (one-line message on stderr), 3 I/O failure.
 """
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from typing import List, Optional
 
 
-from score_codec.errors import InputError, ScoreError, cli_message
+from score_codec.cli.exits import EXIT_STATUS_HELP, run_reporting_errors
 
-__all__ = ["main", "build_parser"]
-
-log = logging.getLogger("score_select")
+__all__ = ["main", "build_parser", "run"]
 
 EPILOG = """examples:
   score-select data/imagenette/train teacher.safetensors sel_ipc10 --ipc 10 --preset imagenette --copy
@@ -29,7 +26,8 @@ OUT is a directory: OUT/selection.json holds the picks in order (indices, paths,
 OUT/features.safetensors caches the teacher outputs (reused on the next run; pass --features to share one
 cache between runs with other alpha/beta), and with --copy OUT/images/<class>/ is the condensed ImageFolder.
 eps_sq is eps squared (MCR^2's convention, default 0.5).
-"""
+
+""" + EXIT_STATUS_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,127 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _features(args, out_dir: str):
-    from .features import extract, load_features, save_features
+def run(args: argparse.Namespace) -> dict:
+    """:func:`score_select.select_images` with the parsed arguments."""
+    from .pipeline import select_images
 
-    cache = args.features or os.path.join(out_dir, "features.safetensors")
-    if os.path.isfile(cache):
-        log.info("reusing teacher outputs from %s", cache)
-        return load_features(cache)
-    if args.teacher == "-":
-        raise InputError(f"TEACHER is '-' but the feature cache {cache} does not exist")
-    from score_codec.training.images import load_images
-    from score_codec.training.models import load_model
-
-    images = load_images(args.images)
-    model = load_model(args.teacher, device=args.device)
-    data = extract(model, images, batch_size=args.batch_size, device=args.device, num_views=args.views,
-                   image_size=args.image_size, seed=args.seed, progress=not args.quiet)
-    samples = getattr(images, "samples", None)
-    meta = {"images": os.path.abspath(args.images) if os.path.isdir(args.images) else args.images,
-            "teacher": args.teacher, "views": args.views, "seed": args.seed,
-            "classes": list(getattr(images, "classes", [])),
-            "paths": [s[0] for s in samples] if samples is not None else []}
-    save_features(cache, data, meta)
-    log.info("teacher outputs cached in %s", cache)
-    return data, meta
-
-
-def _copy(out_dir: str, idx: List[int], labels: List[int], meta: dict, images_spec: str) -> str:
-    dest = os.path.join(out_dir, "images")
-    classes = meta.get("classes") or []
-    paths = meta.get("paths") or []
-    names = lambda c: classes[c] if c < len(classes) else f"{c:05d}"  # noqa: E731
-    for c in sorted(set(labels)):
-        os.makedirs(os.path.join(dest, names(c)), exist_ok=True)
-    source = None
-    for i, c in zip(idx, labels):
-        if paths:
-            src = paths[i]
-            base = os.path.basename(src)
-            target = os.path.join(dest, names(c), base)
-            if os.path.exists(target):
-                target = os.path.join(dest, names(c), f"{i:08d}_{base}")
-            shutil.copy2(src, target)
-        else:  # in-memory pools (fashion-mnist) have no files: write PNGs
-            if source is None:
-                from score_codec.training.images import load_images
-                source = load_images(images_spec)
-            from PIL import Image
-
-            x = (source[i][0].clamp(0, 1) * 255).round().byte()
-            arr = x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
-            Image.fromarray(arr).save(os.path.join(dest, names(c), f"{i:08d}.png"))
-    return dest
-
-
-def run(args) -> dict:
-    from . import select
-    from .presets import preset
-
-    alpha, beta, temperature = 1.0, 0.1, 1.0
-    if args.preset:
-        alpha, beta, temperature = preset(args.preset, args.ipc)
-    alpha = args.alpha if args.alpha is not None else alpha
-    beta = args.beta if args.beta is not None else beta
-    temperature = args.temperature if args.temperature is not None else temperature
-    if args.ipc <= 0:
-        raise InputError(f"--ipc must be positive, got {args.ipc}")
-    out_dir = args.out
-    created = not os.path.exists(out_dir)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory {out_dir}: {exc}") from exc
-    try:
-        return _select_into(args, out_dir, alpha, beta, temperature)
-    except BaseException:
-        if created:   # a failed run leaves nothing behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-
-
-def _select_into(args, out_dir: str, alpha: float, beta: float, temperature: float) -> dict:
-    from . import select
-    from .registry import method_options
-
-    data, meta = _features(args, out_dir)
-    y = data["labels"]
-    soft = data.get("soft_labels")
-    if soft is None and args.method == "rded":
-        soft = data.get("logits")
-    idx, gains = select(data["features"], y, args.ipc, method=args.method, alpha=alpha, beta=beta,
-                        eps_sq=args.eps_sq, soft_labels=soft, device=args.device, temperature=temperature,
-                        seed=args.seed, progress=not args.quiet,
-                        **({"order": args.order} if "order" in method_options(args.method) else {}))
-    idx_l, lab_l = idx.tolist(), y[idx].tolist()
-    paths = meta.get("paths") or []
-    summary = {
-        "method": args.method, "ipc": args.ipc, "alpha": alpha, "beta": beta, "eps_sq": args.eps_sq,
-        "temperature": temperature, "order": args.order, "candidates": int(y.shape[0]),
-        "selected": len(idx_l), "objective_nats": float(gains.sum()), "classes": meta.get("classes", []),
-        "indices": idx_l, "labels": lab_l, "paths": [paths[i] for i in idx_l] if paths else [],
-        "gains": gains.tolist(),
-    }
-    with open(os.path.join(out_dir, "selection.json"), "w") as f:
-        json.dump(summary, f)
-    if args.copy:
-        summary["copied_to"] = _copy(out_dir, idx_l, lab_l, meta, args.images)
-    return summary
+    return select_images(args.images, args.teacher, args.out, args.ipc, method=args.method, preset=args.preset,
+                         alpha=args.alpha, beta=args.beta, eps_sq=args.eps_sq, temperature=args.temperature,
+                         order=args.order, views=args.views, features=args.features, image_size=args.image_size,
+                         batch_size=args.batch_size, device=args.device, seed=args.seed, copy=args.copy,
+                         progress=not args.quiet)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``score-select``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        summary = run(args)
-    except ScoreError as exc:
-        print(f"score-select: error: {cli_message(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("score-select: interrupted", file=sys.stderr)
-        return 130
+    result = {}
+
+    def call() -> int:
+        result["summary"] = run(args)
+        return 0
+
+    rc = run_reporting_errors("score-select", call)
+    if rc:
+        return rc
+    summary = result["summary"]
     if args.json:
         short = {k: v for k, v in summary.items() if k not in ("indices", "labels", "paths", "gains")}
         short["selection"] = os.path.join(args.out, "selection.json")

@@ -1,6 +1,6 @@
 """Coding rates of SCORE (paper Eq. 4), computed exactly with batched log-determinants.
 
-Conventions (``shared/reference/score-method.md``; marked *ours* where the paper is silent):
+Conventions (marked *ours* where the paper is silent):
 
 * Features are rows: ``Z`` is ``(m, d)``, one L2-normalised teacher feature per row (MCR^2 convention).
 * ``eps_sq`` is the squared distortion eps^2, exactly like the ``eps`` argument of MCR^2's reference

@@ -19,8 +19,7 @@ applied in one matrix-matrix product when the class is next examined, which turn
 GEMMs over each class's candidates.  The picks equal those of plain incremental greedy (``lazy=False``), ties
 broken by the smallest original index, up to floating-point summation order.
 
-``order="round_robin"`` (ours, opt-in) is the blocked round-robin of score-method.md: rounds over classes in
-class order, each class adding its best candidate; it is a different selection from the global greedy.
+``order="round_robin"`` (ours, opt-in) is a blocked round-robin: rounds over classes in class order, each class adding its best candidate; it is a different selection from the global greedy.
 """
 from __future__ import annotations
 

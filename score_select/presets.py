@@ -1,5 +1,5 @@
 """Paper hyperparameters (SCORE, Table 5) as presets.  The first table row is read as alpha and the second
-as beta (our reading; the extracted table lost its headers).  They are starting points, not truths: sweep
+as beta (our reading: the table does not label its rows).  They are starting points, not truths: sweep
 alpha/beta on your own data.  IPCs other than 10 and 50 use the nearer of the two (ours)."""
 from __future__ import annotations
 

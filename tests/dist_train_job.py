@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 torch.set_num_threads(1)
-from score_codec.training.dataset import ReplayBatchSampler  # noqa: E402
+from score_codec.training.replay import ReplayBatchSampler  # noqa: E402
 
 if __name__ == "__main__":
     store, out = sys.argv[1], sys.argv[2]

@@ -1,11 +1,11 @@
 """Build small but structurally real soft-label dumps for the format tests.
 
-A tiny MLP teacher is trained for a few seconds on Fashion-MNIST; a synthetic set of ``ipc`` images
+A tiny MLP teacher is trained briefly on Fashion-MNIST; a synthetic set of ``ipc`` images
 per class is taken in SRe2L's ImageFolder order (dataset index = class * IPC + k).  Dumps are produced the
 way the original relabel scripts do it: a seeded RandomSampler/BatchSampler, real RandomResizedCrop
 draws and horizontal flips per row, one CutMix box / Mixup lambda and partner permutation per batch,
-and the teacher's (fp16) logits of the mixed batch.  File layouts and item types follow
-/work/shared/reference/fkd-dump-formats.md (sections 1-3, 6).
+and the teacher's (fp16) logits of the mixed batch.  File layouts and item types follow the original
+tools' loaders (the readers in score_codec/formats/ document each family).
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def synthetic_set(ipc: int) -> Tuple[torch.Tensor, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def teacher() -> torch.nn.Module:
-    """A small MLP trained for 500 steps (~2 s) on random crops of 4000 Fashion-MNIST images (~68% top-1
-    on held-out crops: far above chance, which is what the sampler check needs)."""
+    """A small MLP trained for 500 steps on random crops of 4000 Fashion-MNIST images: far above chance on
+    held-out crops, which is what the sampler check needs."""
     x, y = _fmnist()
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

@@ -5,14 +5,13 @@ import ast
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: layer of each sub-package; a module may import only from layers at or below its own (peers excluded)
-LAYERS = {"errors": 0, "_compat": 0, "codecs": 1, "store": 2, "formats": 3, "training": 3, "cli": 4}
+LAYERS = {"errors": 0, "_version": 0, "codecs": 1, "store": 2, "formats": 3, "training": 3, "cli": 4}
 
 
 def _modules():
@@ -102,21 +101,52 @@ def test_no_import_circles():
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("old,new,name", [
-    ("score_codec.dataset", "score_codec.training.dataset", "CompressedSoftLabelDataset"),
-    ("score_codec.reader", "score_codec.store.reader", "LabelStore"),
-    ("score_codec.meta", "score_codec.store.meta", "AugMeta"),
-    ("score_codec.data", "score_codec.training.images", "load_images"),
-])
-def test_old_module_paths_are_deprecated_aliases(old, new, name):
+def test_every_public_module_declares_all():
+    missing = [name for name, path in _modules()
+               if not any(part.startswith("_") for part in name.split(".")[1:])
+               and "__all__" not in open(path).read()]
+    assert not missing, missing
+
+
+def test_top_level_all_lists_every_lazy_name_and_error_class_once():
+    import inspect
+
+    import score_codec
+    import score_codec.errors as errors
+
+    assert len(set(score_codec.__all__)) == len(score_codec.__all__)
+    assert set(score_codec._LAZY) <= set(score_codec.__all__)
+    classes = {n for n, v in vars(errors).items() if inspect.isclass(v) and issubclass(v, Exception)}
+    assert classes <= set(score_codec.__all__)
+    # command-line helpers are not library API
+    assert "cli_message" not in score_codec.__all__ and not hasattr(score_codec, "cli_message")
+
+
+def test_every_error_class_is_defined_in_errors():
+    import inspect
+
+    import score_codec.errors as errors
+
+    stray = []
+    for name, path in _modules():
+        if name == "score_codec.errors":
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ClassDef) and (node.name.endswith("Error") or node.name.endswith("Exception")):
+                stray.append(f"{name}.{node.name}")
+    assert not stray, stray
+    assert all(issubclass(v, errors.ScoreError) for v in vars(errors).values()
+               if inspect.isclass(v) and issubclass(v, Exception))
+
+
+def test_removed_module_paths_are_gone():
     import importlib
 
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        mod = importlib.import_module(old)
-    assert any(issubclass(x.category, DeprecationWarning) and new in str(x.message) for x in w)
-    assert getattr(mod, name) is getattr(importlib.import_module(new), name)
+    for gone in ("score_codec/_compat.py", "score_codec/codecs/storewide.py"):
+        assert not os.path.exists(os.path.join(ROOT, gone)), gone
+    for old in ("score_codec.reader", "score_codec.dataset"):   # flat paths of the pre-layered package
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
 
 
 def test_public_api_at_the_top_level():

@@ -1,4 +1,5 @@
-"""``score-codec encode`` and ``score-codec decode``: convert between soft-label dumps and label stores.
+"""``score-codec encode`` and ``score-codec decode``: argument parsing around :func:`score_codec.encode_dump`
+and :func:`score_codec.decode_dump`.
 
 Only argparse is imported at module level; the library (torch, h5py) loads when a command runs.
 """
@@ -7,14 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 from typing import Any, Dict, Optional
 
 from ..errors import InputError
-from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_kwargs
+from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_options
 
-__all__ = ["register", "cmd_encode", "cmd_decode", "reader_options", "add_reader_arguments", "load_head"]
+__all__ = ["register", "cmd_encode", "cmd_decode", "dump_options", "add_reader_arguments", "load_head",
+           "check_codec_args"]
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,12 @@ def add_reader_arguments(p: argparse.ArgumentParser) -> None:
                    "the last images never appear in the dump.")
 
 
-def reader_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Reader keyword options from parsed arguments (``attrs`` of a store fill in seed / draws)."""
+def dump_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = None) -> Any:
+    """A :class:`~score_codec.formats.options.DumpOptions` from parsed :func:`add_reader_arguments` options
+    (``attrs`` of a store fill in the seed, sampler draws, class count and dataset size it was encoded with)."""
     import numpy as np
+
+    from ..formats.options import DumpOptions
 
     attrs = attrs or {}
     labels = None
@@ -64,12 +67,10 @@ def reader_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = N
         from ..training.images import load_images
 
         labels = np.asarray(load_images(args.images).targets, dtype=np.int64)
-    opts: Dict[str, Any] = dict(num_classes=args.num_classes if args.num_classes is not None else attrs.get("num_classes"),
-                                labels=labels, ipc=args.ipc, check_mapping=not getattr(args, "trust_order", False),
-                                seed=attrs.get("seed", args.seed), sampler_draws=attrs.get("sampler_draws", args.sampler_draws))
-    if args.num_images is not None or attrs.get("num_images") is not None:
-        opts["num_images"] = args.num_images if args.num_images is not None else attrs.get("num_images")
-    return opts
+    return DumpOptions(num_classes=args.num_classes if args.num_classes is not None else attrs.get("num_classes"),
+                       labels=labels, ipc=args.ipc, check_mapping=not getattr(args, "trust_order", False),
+                       seed=attrs.get("seed", args.seed), sampler_draws=attrs.get("sampler_draws", args.sampler_draws),
+                       num_images=args.num_images if args.num_images is not None else attrs.get("num_images"))
 
 
 def load_head(spec: str):
@@ -79,12 +80,8 @@ def load_head(spec: str):
     return classifier_of(load_model(spec))
 
 
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr)
-
-
-def _check_codec_args(args: argparse.Namespace) -> None:
+def check_codec_args(args: argparse.Namespace) -> None:
+    """Refuse store-scope codec flags given with a codec that has no use for them."""
     if args.method not in STORE_METHODS:
         for flag, v in (("--fit-temperature", args.fit_temperature), ("--class-rank", args.class_rank), ("--head", args.head),
                         ("--newton-steps", args.newton_steps)):
@@ -94,122 +91,21 @@ def _check_codec_args(args: argparse.Namespace) -> None:
         raise InputError("--class-rank applies to --method two-level")
 
 
-class _Matrices:
-    """The dump's per-image matrices as an indexable (what store-wide codecs fit on)."""
-
-    def __init__(self, contents: Any) -> None:
-        self.c = contents
-
-    def __len__(self) -> int:
-        return self.c.num_images
-
-    def __getitem__(self, i: int):
-        return self.c.matrix(i)
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
-    """Read a dump, encode every image's (K, C) matrix, attach the augmentation metadata."""
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..formats import open_reader, read_dump
-    from ..store.reader import LabelStore
-    from ..store.writer import StoreWriter
+    """Parse, call :func:`score_codec.encode_dump`, print its summary."""
+    from ..formats.convert import encode_dump
 
     if args.quiet:  # notes are INFO logs; warnings and errors still show
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    _check_codec_args(args)
-    if os.path.exists(args.dst) and not args.overwrite and not args.resume:
-        raise InputError(f"{args.dst}: destination exists (pass --overwrite to replace it)")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.dst))):
-        raise InputError(f"{args.dst}: parent directory does not exist")
+    check_codec_args(args)
     if args.workers:
+        import torch
+
         torch.set_num_threads(args.workers)
-    head = load_head(args.head) if args.head else None
-    options = reader_options(args)
-    reader = open_reader(args.src, args.src_format, **options)
-    _say(args, f"format: {reader.name} ({reader.summary()})")
-    scratch = os.path.dirname(os.path.abspath(args.dst))
-    kw = codec_kwargs(args)
-    if args.method == "global" and not args.residual and not args.resume:
-        return _encode_streaming(args, reader, options, kw, head)
-    with read_dump(args.src, reader=reader, scratch_dir=scratch, progress=not args.quiet) as c:
-        _check_contents(args, c)
-        labels = c.labels if (c.labels >= 0).all() else None
-        if args.method in ("shared", "two-level") and labels is None:
-            raise InputError(f"--method {args.method} needs image classes: pass --images or --ipc")
-        with StoreWriter(args.dst, c.num_classes, device=args.device, overwrite=args.overwrite, resume=args.resume,
-                         shard_bytes=int(args.shard_mb * 2**20), **kw) as w:
-            from ..store.rowwise import encode_rows, supports_rowwise
-
-            if supports_rowwise(w):
-                # one basis for all rows: code them in dump order, no per-image regrouping of the logits
-                encode_rows(w, c.row_logits, c.aug.rows["image"].astype(np.int64), c.aug.rows["aug"].astype(np.int64),
-                            c.ks, labels, head=head, progress=not args.quiet)
-            elif w.codec.scope == "store" and w._basis_set is None:
-                _say(args, f"fitting the {args.method} bases on {c.num_images} images")
-                w.fit(_Matrices(c), labels, ks=c.ks, head=head)
-            step = c.num_images if args.method == "shared" else args.chunk_images
-            done = w.num_images  # images already in complete shards when resuming (all of them after encode_rows)
-            if done and done < c.num_images:
-                _say(args, f"resuming: {done} of {c.num_images} images were already encoded")
-            bar = tqdm(total=c.num_images, initial=done, desc=f"encode {args.method}", unit="img", disable=args.quiet)
-            s = 0
-            for mats in (c.matrices(step) if done < c.num_images else []):
-                if s + len(mats) <= done:
-                    s += len(mats)
-                    continue
-                skip = max(done - s, 0)
-                mats, s = mats[skip:], s + skip
-                w.add(mats, labels=None if labels is None else labels[s:s + len(mats)].tolist())
-                s += len(mats)
-                bar.update(len(mats))
-            bar.close()
-            w.set_meta(c.aug)
-    return _report(args, c.format)
-
-
-def _check_contents(args: argparse.Namespace, c) -> None:
-    import numpy as np
-
-    empty = np.flatnonzero(c.ks == 0)
-    if len(empty):
-        raise InputError(f"{args.src}: images {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} have no rows in "
-                         f"the dump (pass --num-images to fix the dataset size)")
-
-
-def _encode_streaming(args: argparse.Namespace, reader, options: Dict[str, Any], kw, head) -> int:
-    """The store-wide codec without a residual: scan the dump (metadata and a spread sample for the basis),
-    then code its files as they are read again; no scratch copy of the dump is written."""
-    import numpy as np
-
-    from ..formats import scan_dump
-    from ..store.rowwise import encode_rows
-    from ..store.writer import StoreWriter
-
-    from ..codecs.storewide import GlobalBasisCodec
-
-    # the basis is fitted on fit_rows rows (codec default): keep that many from files spread over the dump
-    c = scan_dump(args.src, reader=reader, progress=not args.quiet, sample_rows=GlobalBasisCodec().fit_rows,
-                  **options)
-    _check_contents(args, c)
-    labels = c.labels if (c.labels >= 0).all() else None
-    rows = c.aug.rows
-    with StoreWriter(args.dst, c.num_classes, device=args.device, overwrite=args.overwrite,
-                     shard_bytes=int(args.shard_mb * 2**20), **kw) as w:
-        _say(args, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread over the dump")
-        encode_rows(w, c.logits(progress=not args.quiet), rows["image"].astype(np.int64), rows["aug"].astype(np.int64),
-                    c.ks, labels, head=head, progress=False, fit_on=c.sample)
-        w.set_meta(c.aug)
-    return _report(args, c.format)
-
-
-def _report(args: argparse.Namespace, fmt: str) -> int:
-    from ..store.reader import LabelStore
-
-    stats = LabelStore(args.dst).stats()
-    stats["source_format"] = fmt
+    stats = encode_dump(args.src, args.dst, codec_options(args), format=args.src_format,
+                        dump_options=dump_options(args), overwrite=args.overwrite, resume=args.resume,
+                        progress=not args.quiet, shard_bytes=int(args.shard_mb * 2**20),
+                        chunk_images=args.chunk_images, head=load_head(args.head) if args.head else None)
     if args.json:
         print(json.dumps(stats, default=str))
     else:
@@ -221,36 +117,17 @@ def _report(args: argparse.Namespace, fmt: str) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    """Write a store back as a dump (non-logit fields exact; logits as decoded)."""
-    from ..formats import WRITERS, write_dump
-    from ..store.reader import LabelStore
+    """Parse, call :func:`score_codec.decode_dump`, print its summary."""
+    from ..formats.convert import decode_dump
 
-    store = LabelStore(args.store)
-    fmt = args.format or store.aug.attrs.get("format") or "sre2l"
-    if fmt not in WRITERS:
-        fmt = "sre2l" if len(store.aug.batches) else "npy"
-    _say(args, f"writing {fmt} dump to {args.dst}")
-    if not store.encoding.get("keep_mean"):
-        _say(args, "note: the store holds row-centred logits (encoded without --keep-mean); softmax is unchanged")
-    write_dump(_DeviceRows(store, args.device), args.dst, fmt, overwrite=args.overwrite, progress=not args.quiet,
-               plain_ints=args.plain_ints)
+    out = decode_dump(args.store, args.dst, format=args.format, overwrite=args.overwrite, progress=not args.quiet,
+                      plain_ints=args.plain_ints, device=args.device)
+    out["store"] = args.store
     if args.json:
-        print(json.dumps({"store": args.store, "dst": args.dst, "format": fmt, "images": len(store),
-                          "rows": int(store.ks.sum())}))
+        print(json.dumps(out))
     else:
-        print(f"{args.dst}: {fmt} dump of {len(store)} images, {int(store.ks.sum())} rows")
+        print(f"{args.dst}: {out['format']} dump of {out['images']} images, {out['rows']} rows")
     return 0
-
-
-class _DeviceRows:
-    """A LabelStore whose ``rows`` decode on a chosen device and return CPU tensors."""
-
-    def __init__(self, store: Any, device: str) -> None:
-        self.store, self.device = store, device
-        self.aug, self.ks, self.num_classes, self.labels = store.aug, store.ks, store.num_classes, store.labels
-
-    def rows(self, image_ids: Any, aug_ids: Any, device: str = "cpu"):
-        return self.store.rows(image_ids, aug_ids, device=self.device).cpu()
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any, Dict, List
 
 from ..errors import CorruptRecordError
 from .options import HelpFormatter
@@ -13,9 +12,6 @@ __all__ = ["register", "cmd_info", "cmd_verify"]
 
 log = logging.getLogger(__name__)
 
-#: bytes of non-logit fields per row in an SRe2L fp16 dump (coords 16 + flip 1 + mix_index 8)
-DUMP_ROW_OVERHEAD = 25
-
 INFO_EPILOG = """examples:
   score-codec info labels.store
   score-codec info labels.store --json | python -c 'import json,sys; print(json.load(sys.stdin)["ratio"])'
@@ -23,7 +19,7 @@ INFO_EPILOG = """examples:
 VERIFY_EPILOG = """examples:
   score-codec verify labels.store                                   # checksums of every record
   score-codec verify labels.store --against dumps/FKD_cutmix_fp16   # + KL (T=1, T=20), top-1 per epoch
-exit status: 0 healthy, 1 a record is corrupt, 2 bad input.
+exit status: 0 healthy, 1 a record is corrupt, 2 bad input, 3 a file could not be read.
 """
 
 
@@ -32,15 +28,10 @@ def _ratio(r: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print images, K, C, bytes, ratios, ranks and methods of a store."""
-    from ..store.reader import LabelStore
+    """Parse, call :func:`score_codec.store_info`, print images, K, C, bytes, ratios, ranks and methods."""
+    from ..formats.report import store_info
 
-    store = LabelStore(args.store)
-    st = store.stats()
-    attrs = store.aug.attrs
-    st["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
-    st["dump_fp16_bytes"] = int(st["rows"] * (2 * st["num_classes"] + DUMP_ROW_OVERHEAD))
-    st["ratio_vs_dump"] = st["dump_fp16_bytes"] / st["disk_bytes"] if st["disk_bytes"] else float("inf")
+    st = store_info(args.store)
     if args.json:
         print(json.dumps(st, default=str))
         return 0
@@ -62,19 +53,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every record; with --against, report fidelity per epoch and overall."""
-    from ..formats.fidelity import fidelity
-    from ..store.reader import LabelStore
-    from .encode import reader_options
+    """Parse, call :func:`score_codec.verify_store`, print the report; exit 1 if a record is corrupt."""
+    from ..formats.report import verify_store
+    from .encode import dump_options
 
     if args.quiet:
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    store = LabelStore(args.store)
-    problems: List[str] = store.verify()
-    out: Dict[str, Any] = {"store": args.store, "ok": not problems, "problems": problems}
-    if args.against and not problems:
-        out["fidelity"] = fidelity(store, args.against, reader_options(args, {**store.aug.attrs, "num_classes": store.num_classes}), args.src_format,
-                                   progress=not args.quiet, device=args.device)
+    out = verify_store(args.store, args.against, format=args.src_format,
+                       dump_options=dump_options(args) if args.against else None, progress=not args.quiet,
+                       device=args.device)
+    out["store"] = args.store
+    problems = out["problems"]
     if args.json:
         print(json.dumps(out))
     else:

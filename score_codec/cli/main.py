@@ -1,8 +1,8 @@
 """The ``score-codec`` command line.
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``; this module only
-assembles them and maps :class:`~score_codec.errors.ScoreError` to exit codes (2: bad input,
-1: failed integrity check, 0: success).
+assembles them and maps errors to exit codes (:data:`~score_codec.cli.exits.EXIT_STATUS_HELP`: 0 success,
+1 failed integrity check, 2 bad input, 3 I/O failure).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from ..errors import ScoreError, cli_message
+from .exits import EXIT_STATUS_HELP, run_reporting_errors
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +29,8 @@ EPILOG = """examples:
   score-codec info labels.store
   score-codec verify labels.store --against dumps/FKD_cutmix_fp16
   score-codec decode labels.store restored_dump --format sre2l
-"""
+
+""" + EXIT_STATUS_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,14 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except ScoreError as exc:
-        print(f"score-codec {args.command}: error: {cli_message(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("score-codec: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(f"score-codec {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

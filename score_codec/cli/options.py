@@ -6,9 +6,9 @@ need only argparse; ``tests/cli/test_cli.py`` checks them against the registries
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_kwargs"]
+__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
 METHODS = ("cur", "global", "rpca", "rsvd", "shared", "svd", "two-level")
@@ -29,7 +29,7 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                         "refinements).")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--rank", type=int, default=rank_default, help="Rank per image (per-image codecs) or of the "
-                      "store-wide basis; 8 when no rate option is given.")
+                      "global basis; 8 when no rate option is given.")
     rate.add_argument("--energy", type=float, default=None, help="Share of squared singular values (or of the "
                       "store's variance, for global) to keep.")
     rate.add_argument("--ratio", type=float, default=None, help="Target compression ratio against fp16 logits; "
@@ -49,8 +49,10 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                    "save_model, or 'package.module:factory'); its final linear layer becomes the basis.")
 
 
-def codec_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    """Encoder keyword arguments from parsed :func:`add_codec_arguments` options."""
+def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any:
+    """A :class:`~score_codec.store.options.CodecOptions` from parsed :func:`add_codec_arguments` options."""
+    from ..store.options import CodecOptions
+
     config: Dict[str, Any] = {}
     if args.fit_temperature is not None:
         config["fit_temperature"] = args.fit_temperature
@@ -58,8 +60,6 @@ def codec_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         config["class_rank"] = args.class_rank
     if args.newton_steps is not None:
         config["newton_steps"] = args.newton_steps
-    kw = dict(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
-              residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None)
-    if args.rank is None and args.energy is None and args.ratio is None:
-        kw["rank"] = 8
-    return kw
+    return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
+                        residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None,
+                        device=device or getattr(args, "device", None) or "cpu")

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .options import HelpFormatter, add_codec_arguments, codec_kwargs
+from .options import HelpFormatter, add_codec_arguments, codec_options
 
 __all__ = ["register"]
 
@@ -23,17 +23,15 @@ EPILOG = """examples:
 def _run(args: argparse.Namespace) -> int:
     if args.quiet:
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    from .encode import _check_codec_args, load_head
+    from .encode import check_codec_args, load_head
     from ..training.relabel import relabel
 
-    _check_codec_args(args)
-    kw = codec_kwargs(args)
-    writer = {k: kw[k] for k in ("energy", "ratio", "residual", "keep_mean", "codec_config") if kw.get(k)}
-    stats = relabel(args.images, args.teacher, args.dst, args.epochs, mix=args.mix, batch_size=args.batch_size,
-                    method=args.method, rank=kw["rank"], quant=args.quant, seed=args.seed,
-                    scale=(args.min_scale, 1.0), input_size=args.input_size, raw_dump=args.raw_dump,
-                    device=args.device, overwrite=args.overwrite, progress=not args.quiet, writer_options=writer,
-                    head=load_head(args.head) if args.head else None, fast_teacher=not args.plain_teacher)
+    check_codec_args(args)
+    stats = relabel(args.images, args.teacher, args.dst, args.epochs, codec_options(args), mix=args.mix,
+                    batch_size=args.batch_size, seed=args.seed, scale=(args.min_scale, 1.0),
+                    input_size=args.input_size, raw_dump=args.raw_dump, overwrite=args.overwrite,
+                    progress=not args.quiet, head=load_head(args.head) if args.head else None,
+                    fast_teacher=not args.plain_teacher)
     r = stats["ratio"]
     size = f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
     print(f"{args.dst}: {stats['images']} images x {args.epochs} epochs, {stats['label_bytes']:,} label bytes "
@@ -65,8 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="Torch device of the teacher and the encoder.")
     p.add_argument("--plain-teacher", action="store_true",
                    help="Run the teacher module as it is. By default a copy with batch norm folded into its "
-                        "convolutions and channels-last weights runs (2x faster on CPU, the same logits up to "
-                        "float32 rounding).")
+                        "convolutions and channels-last weights runs (faster, the same logits up to float32 "
+                        "rounding).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing destination store.")
     p.add_argument("--quiet", action="store_true", help="No progress bar and no info messages.")
     p.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""Numeric kernels of the store-wide codecs: streaming PCA, KL-optimal coefficients, a teacher-head basis.
+"""Numeric kernels of the global codecs: streaming PCA, KL-optimal coefficients, a teacher-head basis.
 
 All functions are batched torch and run on the device of their inputs (CPU or CUDA); none holds more
 than ``chunk_rows`` rows of per-row work at a time.
@@ -28,8 +28,8 @@ class GramAccumulator:
         self.shift = torch.zeros(self.c, device=device)
 
     def add(self, rows: torch.Tensor, chunk_rows: int = 8192) -> None:
-        """Add row-centred logit rows (n, C).  Each chunk's products are float32 GEMMs (4x faster than float64
-        on CPUs), summed into float64; the rows are shifted by the first chunk's mean first, so the float32
+        """Add row-centred logit rows (n, C).  Each chunk's products are float32 GEMMs (float64 ones
+        are several times slower), summed into float64; the rows are shifted by the first chunk's mean first, so the float32
         products see centred values and keep their precision."""
         if rows.ndim != 2 or rows.shape[1] != self.c:
             raise CodecError(f"GramAccumulator: expected (n, {self.c}) rows, found {tuple(rows.shape)}")
@@ -95,7 +95,7 @@ def head_basis(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Tup
 
     ``weight`` (C, d), ``bias`` (C,).  Row-centred logits lie in ``mean + span(rows)`` with
     mean = centred bias and rows = an orthonormal basis (d', C) of the centred columns of ``weight``,
-    so the store-wide codec with this basis reproduces the teacher's logits up to quantisation."""
+    so the global codec with this basis reproduces the teacher's logits up to quantisation."""
     w = weight.detach().to(torch.float64)
     if w.ndim != 2:
         raise CodecError(f"head_basis: weight must be (C, d), found shape {tuple(w.shape)}")

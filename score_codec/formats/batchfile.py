@@ -1,6 +1,6 @@
 """Parse and rebuild the per-batch list of SRe2L-style dumps (SRe2L, LPLD, G-VBSM, EDC, LPQLD).
 
-Common head of every list (docs: fkd-dump-formats.md section 1.3)::
+Common head of every list::
 
     [coords [B,4] float, flip [B] bool, mix_index [B] int | None, mix_lam float | None,
      mix_bbox [4 ints] | None, logits [B,C] fp16/fp32, ...family-specific tail]

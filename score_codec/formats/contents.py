@@ -3,7 +3,7 @@
 Rows arrive in dump order (epoch, batch, position) but the codec wants one (K_i, C) matrix per image,
 which needs every epoch.  :func:`read_dump` streams one file at a time, appends its logits to a flat
 (R, C) scratch file (dtype of the dump) and keeps only the small metadata tables in memory; the
-:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.  The store-wide
+:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.  The global
 codec needs no image's rows together: :func:`scan_dump` keeps the metadata and a spread sample of rows
 (for the basis fit) and :meth:`DumpScan.logits` streams the files a second time, so no scratch copy of
 the dump is written (at ImageNet scale that copy is the dump's size on disk).
@@ -82,12 +82,12 @@ class DumpContents:
             block = block[where]
             yield [block[self._start[i] - self._start[s]:self._start[i + 1] - self._start[s]] for i in range(s, e)]
 
-    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
-        """Logits of (image, aug) pairs: (B, C) float32 (the LabelStore.rows interface)."""
+    def rows(self, image_ids: Sequence[int], view_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
+        """Logits of (image, view) pairs: (B, C) float32 (the LabelStore.rows interface)."""
         img = np.asarray(image_ids, dtype=np.int64)
-        aug = np.asarray(aug_ids, dtype=np.int64)
+        aug = np.asarray(view_ids, dtype=np.int64)
         if np.any(aug >= self.ks[img]) or np.any(aug < 0):
-            raise InputError("rows(): an aug id is outside its image's rows")
+            raise InputError("rows(): a view id is outside its image's rows")
         pos = self._order[self._start[img] + aug]
         return torch.from_numpy(np.asarray(self._y[pos], dtype=np.float32)).to(device)
 
@@ -180,7 +180,7 @@ def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, p
 
 class DumpScan:
     """A dump scanned once without a scratch copy: metadata, labels and a sample of rows spread over the
-    files; :meth:`logits` streams the files again in dump order.  For the store-wide codec, which codes
+    files; :meth:`logits` streams the files again in dump order.  For the global codec, which codes
     each row on its own and never needs an image's rows together.
 
     Attributes: as :class:`DumpContents` (``format``, ``num_classes``, ``ks``, ``labels``, ``aug``), plus

@@ -64,8 +64,8 @@ def _is_zip(path: str) -> bool:
 
 def _on_cpu(storage: Any, location: str) -> Any:
     """map_location that keeps every storage where torch deserialised it, on the CPU (also those saved
-    from a GPU).  Same result as ``map_location="cpu"``, whose per-storage move costs 0.5 ms per SRe2L
-    batch file (measured: 1.18 vs 0.70 ms per 500 x 1000 file)."""
+    from a GPU).  Same result as ``map_location="cpu"`` without its per-storage move, which costs more
+    than the rest of loading a small SRe2L batch file."""
     return storage
 
 

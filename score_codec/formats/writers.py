@@ -1,7 +1,7 @@
 """Write label sources (a LabelStore or a DumpContents) back as dumps.
 
 Every writer takes a *row source*: ``.aug`` (AugMeta), ``.num_classes``, ``.ks`` and
-``.rows(image_ids, aug_ids) -> (B, C) float32``.  Non-logit fields come from the AugMeta tables and the
+``.rows(image_ids, view_ids) -> (B, C) float32``.  Non-logit fields come from the AugMeta tables and the
 ``attrs['style']`` recorded by the reader, so they are written back bit-exactly; only logits are lossy.
 Output is assembled in ``<dst>.partial-<pid>`` and renamed into place, so nothing half-written remains.
 """
@@ -139,7 +139,7 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
         raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")
     dst = os.fspath(dst)
     if os.path.exists(dst) and not overwrite:
-        raise InputError(f"{dst}: destination exists (pass --overwrite to replace it)")
+        raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")
     parent = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(parent):
         raise InputError(f"{dst}: parent directory {parent} does not exist")

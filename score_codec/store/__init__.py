@@ -4,8 +4,9 @@
 """
 from .layout import FORMAT_VERSION
 from .meta import AugMeta
+from .options import CodecOptions
 from .writer import StoreWriter
 from .reader import LabelStore
 from .bulk import encode
 
-__all__ = ["FORMAT_VERSION", "AugMeta", "StoreWriter", "LabelStore", "encode"]
+__all__ = ["FORMAT_VERSION", "AugMeta", "CodecOptions", "StoreWriter", "LabelStore", "encode"]

@@ -1,4 +1,4 @@
-"""One-call encoding of in-memory labels (``score_codec.encode``)."""
+"""One-call encoding of logits held in memory (``score_codec.encode``)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..codecs.global_basis import BasisSet
 from .meta import AugMeta
+from .options import CodecOptions
 from .reader import LabelStore
 from .writer import DEFAULT_SHARD_BYTES, StoreWriter
 
@@ -22,42 +24,53 @@ CHUNK_IMAGES = 512
 def encode(
     Y: Union[torch.Tensor, np.ndarray, Iterable[Any]],
     path: Union[str, os.PathLike],
-    method: str = "global",
-    rank: Optional[int] = None,
-    energy: Optional[float] = None,
-    ratio: Optional[float] = None,
-    quant: str = "fp16",
-    device: str = "cpu",
-    meta: Optional[AugMeta] = None,
+    options: Optional[CodecOptions] = None,
     *,
-    residual: int = 0,
-    target_bytes: Optional[int] = None,
-    keep_mean: bool = False,
     labels: Optional[Sequence[int]] = None,
-    zstd_level: int = 3,
-    shuffle: bool = False,
+    meta: Optional[AugMeta] = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
-    codec_config: Optional[Dict[str, Any]] = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     chunk_images: int = CHUNK_IMAGES,
-    resume: bool = False,
     head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
-    bases: Optional[Any] = None,
+    bases: Optional[BasisSet] = None,
+    **codec: Any,
 ) -> Dict[str, Any]:
-    """Encode teacher logits into a label store at ``path`` and return its :meth:`LabelStore.stats`.
+    """Encode teacher logits held in memory into a label store at ``path``.
 
-    ``Y``: (N, K, C) tensor or array, or an iterable of (K_i, C) matrices (fp16/fp32 logits).
-    Rate control: at most one of ``rank`` (per image), ``energy`` (share of squared singular values
-    kept per image), ``ratio`` (fp16 label bytes / stored bytes, met per chunk of ``chunk_images``) or
-    ``target_bytes`` (total stored label bytes); default rank 8.  ``labels`` (N,) are the classes
-    (used by ``method="shared"``; stored in the index).  ``meta`` is the augmentation metadata.
-    ``resume=True`` continues an interrupted run from its last complete shard (same arguments).
-    Store-wide methods (``"global"``, ``"two-level"``) fit their bases on all of ``Y`` first (a sample of
-    ``codec_config["fit_rows"]`` rows for the global basis); ``head=(W, b)`` takes the teacher's final
-    linear layer (``logits = W h + b``, W (C, d)) as the global basis instead of fitting one, and
-    ``bases`` (a :class:`~score_codec.codecs.BasisSet`) uses bases fitted elsewhere (another rank).
+    ``encode(Y, "labels.store", method="global", ratio=30, quant="int8")``
+
+    Args:
+        Y: (N, K, C) tensor or array, or an iterable of (K_i, C) matrices: fp16 / fp32 logits, one matrix
+            per image, one row per view.
+        path: the store to create (a directory, or one file when it ends in ``.h5``).
+        options: :class:`~score_codec.store.options.CodecOptions`; every field may instead (or also) be
+            given as a keyword (``method``, ``rank``, ``energy``, ``ratio``, ``target_bytes``, ``quant``,
+            ``residual``, ``residual_score``, ``keep_mean``, ``zstd_level``, ``shuffle``, ``codec_config``,
+            ``device``); keywords win.  Rate control: at most one of ``rank``, ``energy``, ``ratio`` (met per
+            chunk of ``chunk_images`` by image-scope codecs, by the whole store by store-scope ones) or
+            ``target_bytes`` (total stored label bytes); default rank 8.
+        labels: (N,) class of each image; needed by ``method="shared"`` and ``"two-level"``, stored in the
+            index otherwise.
+        meta: the augmentation metadata of every view (:class:`~score_codec.AugMeta`), or None.
+        overwrite: replace an existing store (only once the new one is complete).
+        resume: continue an interrupted run from its last complete shard (same arguments).
+        progress: a tqdm bar on stderr.
+        shard_bytes: bytes of records per shard file.
+        chunk_images: images coded per batched call; bounds peak memory.
+        head: ``(W, b)`` of the teacher's final linear layer (``logits = W h + b``, W (C, d), b (C,)), used
+            as the global basis instead of fitting one (``method="global"`` only).
+        bases: a :class:`~score_codec.codecs.BasisSet` fitted elsewhere (e.g. on rank 0 of a distributed
+            encode), used instead of fitting (store-scope codecs).
+
+    Store-scope codecs fit their bases on all of ``Y`` first (on a sample of ``codec_config["fit_rows"]``
+    rows for the global basis).
+
+    Returns:
+        The store's :meth:`~score_codec.LabelStore.stats` dict (images, rows, bytes, ratio, ranks, ...).
     """
+    opts = CodecOptions.build(options, **codec)
     if isinstance(Y, np.ndarray):
         Y = torch.from_numpy(Y)
     if isinstance(Y, torch.Tensor):
@@ -71,29 +84,27 @@ def encode(
     if any(m.ndim != 2 for m in mats):
         raise InputError("every label matrix must be 2-D (K, C)")
     c = int(mats[0].shape[1])
-    if target_bytes is not None:
-        if ratio is not None:
+    if opts.target_bytes is not None:
+        if opts.ratio is not None:
             raise InputError("give ratio or target_bytes, not both")
         rows = sum(int(m.shape[0]) for m in mats)
-        if target_bytes <= 0:
-            raise InputError(f"target_bytes must be positive, found {target_bytes}")
-        ratio = 2.0 * c * rows / target_bytes
+        if opts.target_bytes <= 0:
+            raise InputError(f"target_bytes must be positive, found {opts.target_bytes}")
+        opts = opts.replace(ratio=2.0 * c * rows / opts.target_bytes, target_bytes=None)
     if labels is not None and len(labels) != len(mats):
         raise InputError(f"got {len(labels)} labels for {len(mats)} images")
     # shared bases are fitted per chunk: one chunk keeps one basis per class
-    step = len(mats) if method == "shared" else chunk_images
-    with StoreWriter(path, c, method=method, rank=rank, energy=energy, ratio=ratio, quant=quant, residual=residual,
-                     device=device, keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle, overwrite=overwrite,
-                     shard_bytes=shard_bytes, codec_config=codec_config, resume=resume) as w:
-        if w.codec.scope == "store" and w._basis_set is None:
+    step = len(mats) if opts.method == "shared" else chunk_images
+    with StoreWriter(path, c, opts, overwrite=overwrite, shard_bytes=shard_bytes, resume=resume) as w:
+        if w.codec.scope == "store" and w.bases is None:
             if bases is not None:
                 w.set_bases(bases)
             else:
                 w.fit(mats, labels, head=head)
         elif head is not None and w.codec.scope != "store":
-            raise InputError(f"head= gives a store-wide basis; method {method!r} fits per image (use 'global')")
+            raise InputError(f"head= gives a global basis; method {opts.method!r} fits per image (use 'global')")
         done = w.num_images  # > 0 only when resuming
-        for s in tqdm(range(done, len(mats), step), desc=f"encode {method}", disable=not progress, unit="chunk"):
+        for s in tqdm(range(done, len(mats), step), desc=f"encode {opts.method}", disable=not progress, unit="chunk"):
             w.add(mats[s : s + step], labels=None if labels is None else list(labels[s : s + step]))
         if meta is not None:
             w.set_meta(meta)

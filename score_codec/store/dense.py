@@ -1,9 +1,9 @@
 """All of a store's factors in memory, in their stored precision, for batched decode on one device.
 
 Every ``A`` row of every record is one row of ``a`` (total rows, R) kept as stored (int8 with one scale per
-image and component, fp16, bf16 or fp32) and widened only after the gather.  Shared bases (a store-wide
+image and component, fp16, bf16 or fp32) and widened only after the gather.  Shared bases (a global
 basis, per-class bases) are held once, widened, with their mean rows; a batch of rows is decoded with one
-GEMM per distinct shared basis in it, so a store-wide codec decodes any batch as ``(B, R) x (R, C)``.
+GEMM per distinct shared basis in it, so a store-scope codec decodes any batch as ``(B, R) x (R, C)``.
 Per-image bases are held as stored and gathered in chunks of at most ``CHUNK_BYTES`` of float32, so no
 call size grows memory beyond that.  Residual entries are kept in compressed-row form (one offset per row,
 then the entries of every row in row order), so their memory is exactly what the index's ``nnz`` counts
@@ -12,7 +12,7 @@ say, however unevenly they are spread over rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,16 +49,16 @@ def dense_bytes(store: StoreTables) -> int:
             + shared + means + 40 * len(store) + 4 * store.num_classes * len(store.basis_table))
 
 
-def rows_from_records(store: StoreTables, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
-    """Decode (image, aug) pairs straight from their records, without the dense tables.
+def rows_from_records(store: StoreTables, image_ids: Sequence[int], view_ids: Sequence[int]) -> torch.Tensor:
+    """Decode (image, view) pairs straight from their records, without the dense tables.
 
     Reads and parses each distinct image's record once per call: memory stays at one batch, at the
     cost of a record parse per image (used when the dense tables would be too large for a worker).
     """
     img = np.ascontiguousarray(image_ids, dtype=np.int64).reshape(-1)
-    aug = np.ascontiguousarray(aug_ids, dtype=np.int64).reshape(-1)
+    aug = np.ascontiguousarray(view_ids, dtype=np.int64).reshape(-1)
     if img.shape != aug.shape:
-        raise IndexError(f"{img.size} image ids but {aug.size} aug ids")
+        raise IndexError(f"{img.size} image ids but {aug.size} view ids")
     out = torch.empty(len(img), store.num_classes)
     for i in np.unique(img):
         sel = np.flatnonzero(img == i)
@@ -179,7 +179,7 @@ class DenseFactors:
         """``a`` (n, K, R) times the per-image bases of images ``img`` (n,): (n, K, C) float32.
 
         The int8 bases' row scales are folded into the coefficients (a_j s_j) Q_j instead of widening and
-        then scaling Q: one pass over the gathered (n, R, C) bases instead of two (3x at batch 256)."""
+        then scaling Q: one pass over the gathered (n, R, C) bases instead of two."""
         slot = self.own_of.index_select(0, img)
         q = self.own_b.index_select(0, slot).float()
         if self.own_scale is not None:
@@ -188,13 +188,13 @@ class DenseFactors:
 
     @property
     def single_basis(self) -> bool:
-        """True when every image uses shared basis 0 (a store-wide codec): decode is one GEMM per batch."""
+        """True when every image uses shared basis 0 (a store-scope codec): decode is one GEMM per batch."""
         if not hasattr(self, "_single"):
             self._single = len(self.shared) == 1 and bool((self.basis_of == 0).all())
         return self._single
 
     def _single_rows(self, r: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
-        """Store-wide codec: one GEMM with the mean folded in as a basis row whose coefficient is 1."""
+        """Global codec: one GEMM with the mean folded in as a basis row whose coefficient is 1."""
         if not hasattr(self, "_folded"):
             basis, mean = self.shared[0], self.shared_mean[0]
             self._folded = torch.cat([basis, mean[None] if mean is not None else basis.new_zeros(1, basis.shape[1])])
@@ -247,7 +247,7 @@ class DenseFactors:
     def _check(self, img: np.ndarray, aug: np.ndarray) -> np.ndarray:
         """Validated global row numbers (numpy; cheap next to torch ops on small batches)."""
         if img.shape != aug.shape:
-            raise IndexError(f"{img.size} image ids but {aug.size} aug ids")
+            raise IndexError(f"{img.size} image ids but {aug.size} view ids")
         if not hasattr(self, "_np"):
             self._np = (self.ks.cpu().numpy(), self.row_start.cpu().numpy())
         ks, start = self._np
@@ -256,16 +256,16 @@ class DenseFactors:
         bad = (aug < 0) | (aug >= ks[img])
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
-            raise IndexError(f"aug {int(aug[j])} out of range for image {int(img[j])} with {int(ks[img[j]])} rows")
+            raise IndexError(f"view {int(aug[j])} out of range for image {int(img[j])} with {int(ks[img[j]])} rows")
         return start[img] + aug
 
-    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int]) -> torch.Tensor:
-        """Logit rows for (image, aug) pairs: two (B,) index sequences -> (B, C) float32."""
+    def rows(self, image_ids: Sequence[int], view_ids: Sequence[int]) -> torch.Tensor:
+        """Logit rows for (image, view) pairs: two (B,) index sequences -> (B, C) float32."""
         dev = self.a.device
         as_np = (lambda x: x.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1) if isinstance(x, torch.Tensor)
                  else np.ascontiguousarray(x, dtype=np.int64).reshape(-1))
         img_np = as_np(image_ids)
-        r_np = self._check(img_np, as_np(aug_ids))
+        r_np = self._check(img_np, as_np(view_ids))
         r = torch.from_numpy(r_np).to(dev)
         img = torch.from_numpy(img_np).to(dev)
         if self.single_basis:

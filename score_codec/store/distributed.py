@@ -5,7 +5,7 @@ directory store); after a barrier rank 0 merges the parts: shards are renumbered
 entries and shared bases are concatenated in image order, and the manifest is written last.  With
 per-image codecs and a rank or energy target the decoded labels are identical to a single-process run;
 with ``ratio`` each rank meets the ratio on its own block, and ``method="shared"`` fits one basis per
-class per rank.  Store-wide codecs (``global``, ``two-level``) are fitted once, on rank 0, over the whole
+class per rank.  Store-scope codecs (``global``, ``two-level``) are fitted once, on rank 0, over the whole
 sequence (``fit_rows`` rows spread over it for the global basis; every image of a class for its class
 basis); rank 0 saves the bases next to the parts, every rank encodes its block with them, and the merge
 keeps one copy, so the store equals a one-process run.
@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 
 from ..codecs import get_codec
-from ..codecs.storewide import BasisEntry, BasisSet, FitSource
+from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
 from .bulk import encode
 from .integrity import check_shard_file
 from .indexio import make_manifest, write_index, write_manifest_file
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
+from .options import CodecOptions, split_codec_options
 from .reader import LabelStore
 
 __all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
@@ -72,7 +73,7 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
     The parts are consumed: shards are hard-linked into the merged store (copied where the file system has no
     hard links) and removed from the parts once it is in place, unless a part's records refer to shared bases
     whose ids change (the records are rewritten with new checksums).  A refused or interrupted merge leaves every
-    part as it was.  Byte-identical bases (a store-wide basis every part
+    part as it was.  Byte-identical bases (a global basis every part
     holds) are kept once.  The parts must share C and encoding options.
     """
     if is_single_file(dst):
@@ -170,31 +171,35 @@ def _merge_into(stores: Sequence[LabelStore], tmp: str, c: int, enc: Dict[str, A
     write_manifest_file(tmp, make_manifest(len(index_arr), c, [e["bytes"] for e in shards], tmp))
 
 
-def _fit_once(codec: Any, Y: Sequence[Any], labels: Optional[Sequence[int]], kw: Dict[str, Any]) -> BasisSet:
-    """Fit a store-wide codec on the whole sequence, as a one-process :func:`encode` would."""
-    ratio, target = kw.get("ratio"), kw.get("target_bytes")
+def _fit_once(codec: Any, Y: Sequence[Any], labels: Optional[Sequence[int]], opts: CodecOptions,
+              head: Any) -> BasisSet:
+    """Fit a store-scope codec on the whole sequence, as a one-process :func:`encode` would."""
+    ratio = opts.ratio
     c = int(torch.as_tensor(np.asarray(Y[0])).shape[-1])
-    if target is not None:
-        ratio = 2.0 * c * sum(len(Y[i]) for i in range(len(Y))) / target
+    if opts.target_bytes is not None:
+        ratio = 2.0 * c * sum(len(Y[i]) for i in range(len(Y))) / opts.target_bytes
     budget = None if ratio is None else 2.0 * c / ratio
-    rank = kw.get("rank")
-    if rank is None and kw.get("energy") is None and budget is None:
+    rank = opts.rank
+    if rank is None and opts.energy is None and budget is None:
         rank = 8
-    return codec.fit(FitSource(Y, labels), kw.get("quant", "fp16"), rank=rank, energy=kw.get("energy"),
-                     budget_per_row=budget, residual=kw.get("residual", 0), device=kw.get("device", "cpu"),
-                     head=kw.get("head"))
+    return codec.fit(FitSource(Y, labels), opts.quant, rank=rank, energy=opts.energy, budget_per_row=budget,
+                     residual=opts.residual, device=opts.device, head=head)
 
 
-def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[int]] = None,
-                       meta: Optional[AugMeta] = None, overwrite: bool = False, **kwargs: Any) -> Optional[Dict[str, Any]]:
+def encode_distributed(Y: Sequence[Any], path: str, options: Optional[CodecOptions] = None, *,
+                       labels: Optional[Sequence[int]] = None, meta: Optional[AugMeta] = None,
+                       overwrite: bool = False, **kwargs: Any) -> Optional[Dict[str, Any]]:
     """:func:`score_codec.encode` across the ranks of a torch.distributed job.
 
     Every rank passes the same arguments (``Y`` may be a lazy sequence: each rank only touches its
-    block).  Returns the store's stats on rank 0 and ``None`` elsewhere.
+    block); ``options`` and ``kwargs`` are those of :func:`score_codec.encode`.  Returns the store's
+    stats on rank 0 and ``None`` elsewhere.
     """
+    codec_kw, kwargs = split_codec_options(kwargs)
+    opts = CodecOptions.build(options, **codec_kw)
     rank, world = rank_and_world()
     if world == 1:
-        return encode(Y, path, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
+        return encode(Y, path, opts, labels=labels, meta=meta, overwrite=overwrite, **kwargs)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: destination exists (pass overwrite=True to replace it)")
     if is_single_file(path):
@@ -202,11 +207,11 @@ def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[in
     root = f"{path}.dist-parts"
     blk = block_of(len(Y), rank, world)
     part = os.path.join(root, f"rank-{rank:05d}")
-    codec = get_codec(kwargs.get("method", "svd"), **(kwargs.get("codec_config") or {}))
+    codec = get_codec(opts.method, **dict(opts.codec_config or {}))
     if rank == 0:
         os.makedirs(root, exist_ok=True)
         if codec.scope == "store":
-            bs = _fit_once(codec, Y, labels, kwargs)
+            bs = _fit_once(codec, Y, labels, opts, kwargs.get("head"))
             torch.save({"entries": [(e.rows, e.parent, e.mean) for e in bs.entries], "of_class": bs.of_class,
                         "default": bs.default, "residual": bs.residual}, os.path.join(root, "bases.pt"))
     dist.barrier()
@@ -216,7 +221,7 @@ def encode_distributed(Y: Sequence[Any], path: str, labels: Optional[Sequence[in
         extra["bases"] = BasisSet([BasisEntry(r, p, m) for r, p, m in z["entries"]], z["of_class"], z["default"],
                                   z["residual"])
     kwargs = {k: v for k, v in kwargs.items() if k != "head"}
-    encode([Y[i] for i in blk], part, labels=None if labels is None else [labels[i] for i in blk],
+    encode([Y[i] for i in blk], part, opts, labels=None if labels is None else [labels[i] for i in blk],
            overwrite=True, **kwargs, **extra)
     dist.barrier()
     stats = None

@@ -105,7 +105,7 @@ def _check_finite(y: torch.Tensor, approx: torch.Tensor, res: torch.Tensor, quan
 
 def encode_store_chunk(mats: Sequence[torch.Tensor], opts: EncodeOptions, bases: Any,
                        labels: Optional[Sequence[int]] = None, device: str = "cpu") -> EncodedChunk:
-    """Encode a chunk with a store-wide codec whose ``bases`` (:class:`~score_codec.codecs.BasisSet`) were fitted
+    """Encode a chunk with a store-scope codec whose ``bases`` (:class:`~score_codec.codecs.BasisSet`) were fitted
     on the whole store: per image, coefficients on its basis (the class's, or the global one)."""
     codec = opts.make_codec()
     n, c = len(mats), int(mats[0].shape[1])
@@ -149,7 +149,7 @@ def encode_chunk(
     """Encode ``mats`` (list of (K_i, C) float tensors, already validated) under ``opts``.
 
     ``budget`` (bytes) applies to this chunk when ``opts`` uses a ratio or byte target; ``next_basis``
-    is the first free shared-basis id.  (Store-wide codecs use :func:`encode_store_chunk`.)
+    is the first free shared-basis id.  (Store-scope codecs use :func:`encode_store_chunk`.)
     """
     codec = opts.make_codec()
     n = len(mats)

@@ -114,7 +114,7 @@ def load_journal(root: str, options: Dict[str, Any]) -> JournalState:
                                        int(z["basis_flags"][i]), str(z["basis_quants"][i])) for i in range(len(lengths))]
         s += 1
     # bases created for records that never reached a complete shard are dropped (ids are assigned in order);
-    # store-wide bases are written before any record and are all kept
+    # store-scope bases are written before any record and are all kept
     used = max((int(e["basis"].max()) for e in state.index if len(e)), default=-1) + 1
     if options.get("scope") != "store":
         state.bases = state.bases[:used]

@@ -354,15 +354,15 @@ class LabelStore:
             self._dense[key] = DenseFactors.build(self, device)
         return self._dense[key]
 
-    def rows(self, image_ids: Sequence[int], aug_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
-        """Decode one row per (image, aug) pair: returns (B, C) float32 on ``device``.
+    def rows(self, image_ids: Sequence[int], view_ids: Sequence[int], device: str = "cpu") -> torch.Tensor:
+        """Decode one row per (image, view) pair: ``image_ids`` and ``view_ids`` (B,) int -> (B, C) float32 on ``device``.
 
         Uses the dense factor tables (one gather and one batched matmul) when they fit in
         ``max_dense_bytes`` (a constructor argument, 1 GiB by default), else decodes each image's record.
         """
         if str(device) == "cpu" and str(device) not in self._dense and dense_bytes(self) > self.max_dense_bytes:
-            return rows_from_records(self, image_ids, aug_ids)
-        return self.factors(device).rows(image_ids, aug_ids)
+            return rows_from_records(self, image_ids, view_ids)
+        return self.factors(device).rows(image_ids, view_ids)
 
     # -- metadata and statistics -------------------------------------------------------------------
     @property

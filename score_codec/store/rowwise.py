@@ -1,7 +1,7 @@
-"""Encode a dump's rows in dump order with the store-wide codec: no per-image regrouping of the logits.
+"""Encode a dump's rows in dump order with the global codec: no per-image regrouping of the logits.
 
 A dump stores each image's rows in different files (one per epoch), so per-image codecs must regroup
-the C-wide logits first.  With one store-wide basis every row is coded on its own: this module scans the
+the C-wide logits first.  With one global basis every row is coded on its own: this module scans the
 rows sequentially in large chunks (one GEMM per chunk for the coefficients), keeps only the r-wide
 coefficients (in RAM, or in a float32 scratch file beside the store when they are large) and regroups
 those into per-image records at the end.  Memory stays at one chunk of C-wide rows.  Used by
@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..codecs.base import all_finite, to_float32
-from ..codecs.storewide import BasisSet
+from ..codecs.global_basis import BasisSet
 from ..errors import InputError
 from .encoder import EncodedChunk
 from .record import pack_record
@@ -81,7 +81,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
     n, nrows, c = len(ks), len(image), int(writer.num_classes)
     if hasattr(rows, "shape") and (rows.ndim != 2 or int(rows.shape[1]) != c or len(rows) != nrows):
         raise InputError(f"rows have shape {tuple(rows.shape)}, expected ({nrows}, {c})")
-    if writer._basis_set is None:
+    if writer.bases is None:
         if fit_on is not None:
             blocks: Any = list(fit_on)
             fit_ks = [len(b) for b in blocks]
@@ -91,7 +91,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
         else:
             raise InputError("encode_rows: rows given as blocks need fit_on (or a writer with fitted bases)")
         writer.fit(blocks, ks=fit_ks, num_images=n, head=head, total_rows=nrows)
-    bases: BasisSet = writer._basis_set
+    bases: BasisSet = writer.bases
     full, mean = bases.full(0)
     r = int(full.shape[0])
     codec, keep_mean = writer.codec, writer.opts.keep_mean

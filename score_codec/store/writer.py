@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 from ..codecs.quantize import dequantize
-from ..codecs.storewide import BasisEntry, BasisSet, FitSource
+from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
-from .encoder import EncodeOptions, check_matrices, encode_chunk, encode_store_chunk
+from .encoder import check_matrices, encode_chunk, encode_store_chunk
 from .integrity import USERBLOCK_BYTES, shard_entry, write_prefix
 from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .layout import BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
+from .options import CodecOptions
 
 __all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
 
@@ -61,7 +62,7 @@ class StoreWriter:
     store does); ``rank`` and ``energy`` are per image.  ``path`` ending in ``.h5`` writes a single
     file, anything else a directory of shards.
 
-    Store-wide codecs (``method="global"`` or ``"two-level"``) fit their bases before the first record:
+    Store-scope codecs (``method="global"`` or ``"two-level"``) fit their bases before the first record:
     call :meth:`fit` with an indexable of all the store's matrices (or a representative sample), or
     :meth:`set_bases` with bases fitted elsewhere (another rank); otherwise the first :meth:`add` chunk is
     used for fitting (a warning says so).  Their ``ratio`` is met by the whole store, bases included.
@@ -71,29 +72,34 @@ class StoreWriter:
         self,
         path: Union[str, os.PathLike],
         num_classes: int,
-        method: str = "global",
-        rank: Optional[int] = None,
-        energy: Optional[float] = None,
-        ratio: Optional[float] = None,
-        quant: str = "fp16",
-        residual: int = 0,
-        device: str = "cpu",
-        keep_mean: bool = False,
-        zstd_level: int = 3,
-        shuffle: bool = False,
+        options: Optional[CodecOptions] = None,
+        *,
         overwrite: bool = False,
-        shard_bytes: int = DEFAULT_SHARD_BYTES,
-        codec_config: Optional[Dict[str, Any]] = None,
-        residual_score: str = "kl",
         resume: bool = False,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        **codec: Any,
     ) -> None:
+        """Open ``path`` for writing.
+
+        Args:
+            path: the store to create: a directory, or a single file when it ends in ``.h5``.
+            num_classes: C, the width of every logit row.
+            options: how to code the labels (:class:`~score_codec.store.options.CodecOptions`); any of its
+                fields may also be given as keywords (``method="svd", rank=4``), which win.
+            overwrite: replace an existing store at ``path`` (only once the new one is complete).
+            resume: continue an interrupted write from its last complete shard (the options must match).
+            shard_bytes: records per shard file, in bytes; a resumed write restarts after the last full one.
+        """
         self.path = os.fspath(path)
         if num_classes <= 0:
             raise InputError(f"num_classes must be positive, found {num_classes}")
         self.num_classes = int(num_classes)
-        self.opts = EncodeOptions(method=method, codec_config=dict(codec_config or {}), rank=rank, energy=energy,
-                                  ratio=ratio, quant=quant, residual=residual, residual_score=residual_score,
-                                  keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle)
+        self.options = CodecOptions.build(options, **codec)
+        if self.options.target_bytes is not None:
+            raise InputError("target_bytes needs the store's row count in advance: use score_codec.encode, or "
+                             "ratio= with StoreWriter")
+        self.opts = self.options.encode_options()
+        device = self.options.device
         self.codec = self.opts.make_codec()  # fails early on an unknown method
         self.device = device
         self.single = is_single_file(self.path)
@@ -104,7 +110,7 @@ class StoreWriter:
         if not os.path.isdir(parent):
             raise InputError(f"{self.path}: parent directory {parent} does not exist")
         if not os.access(parent, os.W_OK):
-            raise InputError(f"{self.path}: parent directory {parent} is not writable")
+            raise WriteFailedError(f"{self.path}: parent directory {parent} is not writable")
         self.tmp = f"{self.path}.partial"
         if resume and self.single:
             raise InputError(f"{self.path}: resume needs a directory store (single-file stores are written in one go)")
@@ -139,23 +145,30 @@ class StoreWriter:
                 os.makedirs(os.path.join(self.tmp, SHARD_DIR))
                 write_options(self.tmp, options)
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot create the store: {exc}") from exc
+            raise WriteFailedError(f"{self.path}: cannot create the store: {exc}") from exc
         # index entries of the records in the shard being filled (journaled when it is flushed)
         self._open_entries: List[np.ndarray] = []
 
     # -- writing -------------------------------------------------------------------------------
     @property
     def num_images(self) -> int:
+        """Images written so far (after a resume: those in the complete shards that were kept)."""
         return sum(len(x) for x in self._index)
+
+    @property
+    def bases(self) -> Optional[BasisSet]:
+        """The fitted bases of a store-scope codec (``global``, ``two-level``), once :meth:`fit` or
+        :meth:`set_bases` ran or a resumed write restored them; None before that and for image-scope codecs."""
+        return self._basis_set
 
     def fit(self, matrices: Sequence[Any], labels: Optional[Sequence[int]] = None, ks: Optional[Sequence[int]] = None,
             head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
             num_images: Optional[int] = None, total_rows: Optional[int] = None) -> BasisSet:
-        """Fit a store-wide codec's bases on ``matrices`` (an indexable of (K_i, C) logits; read at most
+        """Fit a store-scope codec's bases on ``matrices`` (an indexable of (K_i, C) logits; read at most
         twice) and write them; ``head=(W, b)`` uses the teacher's final linear layer as the basis instead.
         ``num_images`` / ``total_rows``: the store's sizes when ``matrices`` are a sample of it (rate control)."""
         if self.codec.scope != "store":
-            raise InputError(f"method {self.opts.method!r} fits per image; fit() is for store-wide codecs "
+            raise InputError(f"method {self.opts.method!r} fits per image; fit() is for store-scope codecs "
                              f"(global, two-level)")
         if self._basis_set is not None:
             raise InputError(f"{self.path}: the bases are already fitted")
@@ -168,7 +181,7 @@ class StoreWriter:
         return bs
 
     def set_bases(self, bases: BasisSet) -> None:
-        """Use store-wide ``bases`` fitted elsewhere (e.g. on rank 0 of a distributed encode)."""
+        """Use store-scope ``bases`` fitted elsewhere (e.g. on rank 0 of a distributed encode)."""
         if self._basis_set is not None or self.num_images:
             raise InputError(f"{self.path}: set the bases before adding images, once")
         self._basis_set = bases
@@ -179,7 +192,7 @@ class StoreWriter:
                            "residual": bases.residual}, fh)
 
     def _restore_basis_set(self) -> BasisSet:
-        """The BasisSet of a resumed store-wide run, from its journaled bases."""
+        """The BasisSet of a resumed store-scope run, from its journaled bases."""
         entries = []
         for b in self._bases:
             rows, n = dequantize(memoryview(b.blob), b.quant, b.rank, self.num_classes)

@@ -26,10 +26,9 @@ import torch
 from .augment import hflip, resized_crop
 from .images import load_images
 from ..errors import InputError
-from .replay import BatchSizeMismatchError, EpochPlan, ReplayBatchSampler, open_store, replay_mix
+from .replay import EpochPlan, open_store, replay_mix
 
-__all__ = ["CompressedSoftLabelDataset", "LabelDecoder", "ReplayBatchSampler", "BatchSizeMismatchError",
-           "replay_mix"]
+__all__ = ["CompressedSoftLabelDataset", "LabelDecoder"]
 
 Sample = Tuple[torch.Tensor, torch.Tensor, int, int]
 
@@ -196,7 +195,7 @@ class CompressedSoftLabelDataset:
 
 
 class LabelDecoder:
-    """Decode a batch of (image, epoch) label rows on ``device`` with one batched call.
+    """Decode a batch of (image, view) label rows on ``device`` with one batched call.
 
     The store's factors are decoded by ``LabelStore.rows(..., device=device)``, which keeps them on
     the device, so the training loop can fetch labels next to the student instead of in the workers.
@@ -206,8 +205,9 @@ class LabelDecoder:
         self.store = open_store(store)
         self.device = torch.device(device)
 
-    def __call__(self, image_ids, epochs) -> torch.Tensor:
-        """image_ids (B,) int, epochs (B,) int or an int -> (B, C) float32 logits on ``device``."""
+    def __call__(self, image_ids, view_ids) -> torch.Tensor:
+        """``image_ids`` (B,) int and ``view_ids`` (B,) int or one int (the label epoch being replayed: view
+        ``view_ids`` of each image) -> (B, C) float32 logits on ``device``."""
         ids = np.asarray(torch.as_tensor(image_ids).cpu(), dtype=np.int64).reshape(-1)
-        ep = np.broadcast_to(np.asarray(torch.as_tensor(epochs).cpu(), dtype=np.int64), ids.shape).copy()
+        ep = np.broadcast_to(np.asarray(torch.as_tensor(view_ids).cpu(), dtype=np.int64), ids.shape).copy()
         return torch.as_tensor(self.store.rows(ids, ep, device=self.device)).to(self.device)

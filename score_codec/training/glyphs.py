@@ -30,7 +30,7 @@ __all__ = ["GLYPH_FONT_PACKAGES", "FONT_DIRS", "candidate_characters", "Face", "
 
 log = logging.getLogger(__name__)
 
-#: Debian packages of CJK fonts known to install and render (about 1 GB, 75 s to install).
+#: Debian packages of CJK fonts known to install and render (scripts/install-system-deps.sh installs them).
 GLYPH_FONT_PACKAGES = (
     "fonts-noto-cjk", "fonts-arphic-ukai", "fonts-arphic-uming", "fonts-arphic-bkai00mp", "fonts-arphic-bsmi00lp",
     "fonts-arphic-gbsn00lp", "fonts-arphic-gkai00mp", "fonts-ipafont", "fonts-ipaexfont", "fonts-hanazono",

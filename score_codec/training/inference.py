@@ -3,10 +3,9 @@
 Relabelling runs the teacher over every augmented view (a million views for 10,000 images x 100 epochs),
 so its speed bounds ``relabel`` and SCORE's feature pass.  In eval mode a ``BatchNorm2d`` is an affine map
 per channel and folds into the preceding ``Conv2d``'s weights and bias; channels-last weights let oneDNN
-(CPU) and cuDNN (GPU) pick their faster convolution kernels, in training too.  On a 2-core CPU the glyph
-teacher (ConvNet width 128, depth 4, batch norm) runs 2.1x faster this way.  The fast copy computes the same
-function up to float32 rounding (relative differences ~1e-7; after the fp16 rounding of a dump, about
-0.04 % of the values differ by one fp16 ulp).
+(CPU) and cuDNN (GPU) pick their faster convolution kernels, in training too.  The fast copy computes the
+same function up to float32 rounding (after the fp16 rounding of a dump, a rare value differs by one fp16
+ulp).
 
 User models can defeat both tricks (``x.view`` of a channels-last activation raises; hooks and
 parametrizations are invisible to tracing), so :func:`fast_inference_model` and :func:`channels_last_if_safe`

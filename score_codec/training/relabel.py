@@ -1,6 +1,6 @@
 """``score-codec relabel``: run a teacher over augmented epochs and write a compressed label store.
 
-The pipeline is SRe2L's relabel step (docs: fkd-dump-formats.md section 1.1) in plain torch:
+The pipeline is SRe2L's relabel step in plain torch:
 for each epoch, a seeded ``RandomSampler`` / ``BatchSampler(drop_last=False)`` order; per image a
 RandomResizedCrop box (:func:`~score_codec.training.augment.sample_crop`) and a flip with p = 0.5; per batch one
 CutMix (lam ~ Beta(1, 1)) or Mixup (lam ~ Beta(0.8, 0.8)); then the teacher's fp32 logits of the mixed
@@ -25,6 +25,7 @@ from .augment import MIX_NAMES, apply_mix, crop_coords, cutmix_box, hflip, mix_t
 from .images import load_images
 from .inference import fast_inference_model
 from ..errors import InputError
+from ..store.options import CodecOptions
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
 from .models import load_model
 from ..store.distributed import encode_distributed, rank_and_world
@@ -93,14 +94,12 @@ class _ScratchImages:
         return torch.from_numpy(np.asarray(self.scratch[i], dtype=np.float32))
 
 
-def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: str, epochs: int, *,
-            mix: str = "cutmix", batch_size: int = 64, method: str = "global", rank: Optional[int] = 8,
-            quant: str = "fp16", seed: int = 42, input_size: Optional[int] = None,
-            scale: Tuple[float, float] = (0.08, 1.0), raw_dump: Optional[str] = None, raw_fp16: bool = True,
-            device: str = "cpu", overwrite: bool = False, progress: bool = True,
-            writer_options: Optional[Dict[str, Any]] = None,
-            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
-            fast_teacher: bool = True) -> Dict[str, Any]:
+def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: str, epochs: int,
+            options: Optional[CodecOptions] = None, *, mix: str = "cutmix", batch_size: int = 64, seed: int = 42,
+            input_size: Optional[int] = None, scale: Tuple[float, float] = (0.08, 1.0),
+            raw_dump: Optional[str] = None, raw_fp16: bool = True, overwrite: bool = False, progress: bool = True,
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None, fast_teacher: bool = True,
+            **codec: Any) -> Dict[str, Any]:
     """Relabel ``images`` with ``model`` over ``epochs`` augmented epochs into the store ``dst``.
 
     Args:
@@ -110,15 +109,22 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             fp32, without gradients.
         epochs: label rows per image (K).
         mix: "cutmix", "mixup" or "none"; one mix per batch.
+        batch_size: teacher batch size; mixing happens within a batch, so training replays this size.
         input_size: side of the square views (default: the first image's height).
         raw_dump: also write an SRe2L-format dump there (logits fp16 unless ``raw_fp16=False``).
-        writer_options: extra :class:`~score_codec.StoreWriter` keywords (energy, ratio, residual, keep_mean,
-            codec_config, ...).
+        options: how the labels are coded (:class:`~score_codec.store.options.CodecOptions`); its fields may
+            also be given as keywords (``method="global", ratio=30, quant="int8"``).  ``device`` is also where
+            the teacher runs.
+        seed: seed of the sampler (as SRe2L seeds it) and, plus one, of every augmentation draw.
+        scale: area range of RandomResizedCrop.
+        raw_fp16: store the raw dump's logits as fp16 (SRe2L's choice) rather than fp32.
+        overwrite: replace an existing store at ``dst``.
+        progress: a tqdm bar on stderr.
         head: ``(W, b)`` of a linear layer to use as the basis of ``method="global"`` (e.g.
-            :func:`~score_codec.training.models.classifier_of` of the teacher); store-wide codecs otherwise
+            :func:`~score_codec.training.models.classifier_of` of the teacher); store-scope codecs otherwise
             fit their bases on all the relabelled rows before encoding.
         fast_teacher: run a :func:`~score_codec.training.inference.fast_inference_model` copy of the
-            teacher (batch norm folded into its convolutions, channels-last; 2x faster on CPU, the same logits
+            teacher (batch norm folded into its convolutions, channels-last; faster, the same logits
             up to float32 rounding, checked on the first image); False runs the module as given.
 
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
@@ -126,6 +132,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     through :func:`score_codec.store.distributed.encode_distributed`; the store equals a one-process run.
     Returns the store's ``stats()`` dict.
     """
+    opts = CodecOptions.build(options, **codec)
+    device = opts.device
     ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
     teacher = load_model(model, device=device)
     n = len(ds)
@@ -206,12 +214,10 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         chunk = max(1, CHUNK_BYTES // (epochs * c * 4))
         if world > 1:
             torch.distributed.barrier()  # every rank's logits are in the scratch file
-            encode_distributed(_ScratchImages(scratch), dst, labels=images["label"].tolist(), meta=meta,
-                               overwrite=overwrite, method=method, rank=rank, quant=quant, device=device,
-                               chunk_images=chunk, head=head, **(writer_options or {}))
+            encode_distributed(_ScratchImages(scratch), dst, opts, labels=images["label"].tolist(), meta=meta,
+                               overwrite=overwrite, chunk_images=chunk, head=head)
             return LabelStore(dst).stats()
-        with StoreWriter(dst, c, method=method, rank=rank, quant=quant, device=device, overwrite=overwrite,
-                         **(writer_options or {})) as w:
+        with StoreWriter(dst, c, opts, overwrite=overwrite) as w:
             if w.codec.scope == "store":
                 w.fit(_ScratchImages(scratch), images["label"].tolist(), ks=[epochs] * n, head=head)
             for s in range(0, n, chunk):

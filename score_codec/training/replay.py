@@ -16,15 +16,11 @@ from typing import Iterator, List, Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import BatchSizeMismatchError, InputError
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE, AugMeta
 from ..store.reader import LabelStore
 
-__all__ = ["BatchSizeMismatchError", "EpochPlan", "replay_mix", "ReplayBatchSampler", "open_store"]
-
-
-class BatchSizeMismatchError(InputError):
-    """Training asked for a batch size other than the dump's while the dump mixes images per batch."""
+__all__ = ["EpochPlan", "replay_mix", "ReplayBatchSampler", "open_store"]
 
 
 def open_store(store):
@@ -132,7 +128,7 @@ class ReplayBatchSampler:
         store: a store path or LabelStore (only its ``aug`` metadata is read, in this process).
         epoch: the epoch to replay; change it with :meth:`set_epoch`.
         batch_size: training batch size; None means the dump's.  A different size is refused with
-            :class:`BatchSizeMismatchError` when the dump mixes images, else the stored order is
+            :class:`~score_codec.errors.BatchSizeMismatchError` when the dump mixes images, else the stored order is
             re-chunked.
         num_replicas, rank: shard every stored batch across ranks: rank k takes positions
             k, k + num_replicas, ... of each batch.  With ``pad`` (the DistributedSampler default) a

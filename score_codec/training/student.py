@@ -70,7 +70,7 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
         bf16: autocast the student to bfloat16 (CPU or CUDA).
         num_workers: DataLoader workers (persistent; the epoch reaches them through shared memory).
         channels_last: keep the student's weights (and so its activations) channels-last: the same
-            training up to float rounding, about 2x faster per step on CPU for the small ConvNets (kept
+            training up to float rounding, faster per step for small ConvNets (kept
             NCHW when a probe forward disagrees or fails, e.g. a ``view`` of an activation; see
             :func:`~score_codec.training.inference.channels_last_if_safe`).
     Returns ``{"top1", "final_loss", "epochs", "steps", "label_epochs", "device"}``.
@@ -135,7 +135,7 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
                   bf16: bool = True, progress: bool = True, channels_last: bool = True) -> torch.nn.Module:
     """Fit ``model`` on hard labels of RandomResizedCrop(``scale``) + flip views of ``images`` (the relabel
     augmentation, so the teacher is right on the views it labels): cross-entropy, AdamW (weight decay
-    5e-4), cosine schedule, bf16 autocast (2-3x faster on CPU), channels-last weights (``channels_last``, as
+    5e-4), cosine schedule, bf16 autocast, channels-last weights (``channels_last``, as
     in :func:`train_student`).  ``images``: a spec or a dataset of (float CHW in [0, 1], class) with equal
     image sizes.  Returns ``model`` itself, moved to the device (and to channels-last weights), trained in
     place, in eval mode."""

@@ -253,7 +253,6 @@ def test_global_rowwise_encode_equals_the_per_image_path(dump, tmp_path, capsys)
     """--method global codes rows in dump order (no regrouping of the logits); the records match an in-memory
     encode of the same matrices with the same basis."""
     import score_codec as sc
-    from score_codec.store.rowwise import supports_rowwise  # noqa: F401
 
     dst = str(tmp_path / "rows.store")
     assert run(["encode", dump, dst, "--method", "global", "--rank", "4", "--quant", "int8", "--keep-mean", "--quiet"],
@@ -277,7 +276,7 @@ def test_global_rowwise_encode_equals_the_per_image_path(dump, tmp_path, capsys)
 
 def st_bases(store):
     """The BasisSet of a global store, read back from its basis table."""
-    from score_codec.codecs.storewide import BasisEntry, BasisSet
+    from score_codec.codecs.global_basis import BasisEntry, BasisSet
 
     return BasisSet([BasisEntry(store.basis(0), -1, store.basis_mean(0))])
 
@@ -285,14 +284,14 @@ def st_bases(store):
 def test_global_encode_streams_the_dump_without_a_scratch_copy(dump, tmp_path, capsys, monkeypatch):
     """--method global (no residual) reads the dump twice instead of copying it to a scratch file, and the
     store decodes the dump's logits."""
-    import score_codec.formats as formats
+    import score_codec.formats.convert as convert
 
     def no_scratch(*a, **k):
         raise AssertionError("read_dump (the scratch copy) was used")
 
     dst = str(tmp_path / "s.store")
     with monkeypatch.context() as m:
-        m.setattr(formats, "read_dump", no_scratch)
+        m.setattr(convert, "read_dump", no_scratch)
         assert run(["encode", dump, dst, "--method", "global", "--rank", "9", "--quant", "fp16", "--quiet"],
                    capsys)[0] == 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".score-")]

@@ -117,7 +117,7 @@ def test_write_back_is_bit_exact(dumps, mix, tmp_path):
 
 
 def sre2l_loader_stream(root, epochs, train_batch_size):
-    """A reader written to SRe2L's loader rules (fkd-dump-formats.md 1.4): epoch count from listdir,
+    """A reader written to SRe2L's loader rules: epoch count from listdir,
     batch size from batch_0, the run refuses a different batch size; img2batch map from a seed-42
     sampler replay; training batches from a fresh seed-42 RandomSampler/BatchSampler; coords and flip
     consumed sequentially.  Yields (image, coords bits, flip, mix_index, lam, bbox) per row."""

@@ -1,4 +1,4 @@
-"""Coding rates match their textbook definitions (score-method.md), in float64."""
+"""Coding rates match their textbook definitions (MCR^2, SCORE Eq. 4), in float64."""
 import math
 
 import pytest

@@ -59,7 +59,7 @@ def test_torchrun_two_gloo_ranks(tmp_path, method):
     labels = [i % 3 for i in range(30)]
     ref = tmp_path / "ref.store"
     if method in ("global", "two-level"):
-        # store-wide bases are fitted once on rank 0 over everything: the store equals a one-process run
+        # store-scope bases are fitted once on rank 0 over everything: the store equals a one-process run
         sc.encode(y, ref, method=method, rank=3, labels=labels, meta=make_meta(30, 8))
         one = sc.LabelStore(ref)
         assert store.basis_table.tobytes() == one.basis_table.tobytes()         # one copy of each basis

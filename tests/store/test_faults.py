@@ -127,14 +127,14 @@ def test_full_disk_fails_cleanly_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_unwritable_destination_is_bad_input(tmp_path):
+def test_unwritable_destination_is_an_io_failure(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o500)
     try:
         if os.access(ro, os.W_OK):  # root ignores permissions
             pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(InputError, match="not writable"):
+        with pytest.raises(sc.WriteFailedError, match="not writable"):
             sc.encode(Y, ro / "x.store")
     finally:
         os.chmod(ro, 0o700)

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 from score_codec import LabelStore
 from score_codec.training.augment import apply_mix
 from score_codec.training.images import ImageFolder, TensorImages, load_fashion_mnist, load_images
-from score_codec.training.dataset import (BatchSizeMismatchError, CompressedSoftLabelDataset, LabelDecoder,
-                                 ReplayBatchSampler, replay_mix)
-from score_codec.errors import InputError
+from score_codec.training.dataset import CompressedSoftLabelDataset, LabelDecoder
+from score_codec.training.replay import ReplayBatchSampler, replay_mix
+from score_codec.errors import BatchSizeMismatchError, InputError
 from score_codec.store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from score_codec.training.models import ConvNet
 from score_codec.training.relabel import relabel

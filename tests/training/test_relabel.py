@@ -116,7 +116,7 @@ def test_bad_arguments(tmp_path, images, teacher):
 
 def test_train_student_refuses_batch_size_and_is_seeded(tmp_path, images, teacher):
     from score_codec.training.student import train_student
-    from score_codec.training.dataset import BatchSizeMismatchError
+    from score_codec.errors import BatchSizeMismatchError
 
     dst = str(tmp_path / "s.store")
     relabel(images, teacher, dst, 2, mix="cutmix", batch_size=BATCH, rank=4, progress=False)

@@ -1,4 +1,4 @@
-"""Store-wide codecs: one basis for every row of the store (``global``), plus per-class refinements (``two-level``).
+"""Store-scope codecs: one basis for every row of the store (``global``), plus per-class refinements (``two-level``).
 
 A teacher's logits are ``W h + b`` with ``h`` its penultimate features, so every row of a dump, mixed by
 CutMix or not, lies in one low-dimensional affine subspace; a per-image basis cannot exploit that (each
@@ -9,10 +9,9 @@ minimise KL at ``fit_temperature`` (:func:`~score_codec.codecs.basis.fit_coeffic
 
 Coefficients minimise KL(T = ``fit_temperature``) plus ``penalty`` times a pull towards the least-squares
 fit (``newton_steps`` damped Newton steps from the projection, at basis ranks up to ``newton_max_rank``;
-0: the projection alone, fastest): KL at one temperature alone pushes logits far below the top ones wherever that is free, which a
-student at another temperature would see (1000-class CutMix glyph logits, rank 16: KL at T = 1 / 4 / 20 is
-0.276 / 0.025 / 0.0010 for the projection, 0.066 / 0.043 / 0.0026 for pure KL(T=1), 0.080 / 0.028 / 0.0014
-with the default penalty 0.3).  Set ``fit_temperature`` to the student's temperature when it is known.
+0: the projection alone, fastest).  KL at one temperature alone pushes logits far below the top ones wherever
+that is free, which a student at another temperature would see; the pull keeps the fit good at other
+temperatures too.  Set ``fit_temperature`` to the student's temperature when it is known.
 
 ``two-level`` adds, per class, a basis of what the global basis leaves in that class's rows (orthogonal
 to the global one), and its rate control spends the byte budget greedily on whichever of {more global
@@ -35,11 +34,11 @@ from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, ortho
 from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
 
-__all__ = ["BasisEntry", "BasisSet", "StoreCodec", "GlobalBasisCodec", "TwoLevelCodec", "FitSource", "row_cost"]
+__all__ = ["BasisEntry", "BasisSet", "StoreScopeCodec", "GlobalCodec", "TwoLevelCodec", "FitSource", "row_cost"]
 
 log = logging.getLogger(__name__)
 
-#: what every store-wide basis is stored as (amortised over the whole store, so precision is cheap)
+#: what every global basis is stored as (amortised over the whole store, so precision is cheap)
 BASIS_QUANT = "fp16"
 HEADER_BYTES = 32
 
@@ -56,7 +55,7 @@ class BasisEntry:
 
 @dataclass
 class BasisSet:
-    """The bases of a store-wide codec and which one each class uses (``default`` for the others)."""
+    """The bases of a store-scope codec and which one each class uses (``default`` for the others)."""
 
     entries: List[BasisEntry]
     of_class: Dict[int, int] = field(default_factory=dict)
@@ -109,14 +108,14 @@ class FitSource:
 
 
 def row_cost(r: int, k: float, quant: str, residual: int = 0, c: int = 1000) -> float:
-    """Record bytes per row of a store-wide record: coefficients, their int8 scales and the header."""
+    """Record bytes per row of a store-scope record: coefficients, their int8 scales and the header."""
     ib = 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
     scales = 4 * r / k if quant == "int8" else 0.0
     res = (ib + residual * (ib + 2)) if residual else 0.0
     return r * bytes_per_value(quant) + scales + HEADER_BYTES / k + res
 
 
-class StoreCodec(Codec):
+class StoreScopeCodec(Codec):
     """Base of codecs whose bases are fitted on the whole store before any record is written."""
 
     scope = "store"
@@ -134,12 +133,12 @@ class StoreCodec(Codec):
 
     def steps_for(self, rank: int) -> int:
         """Newton steps of the KL fit at basis rank ``rank``: none above ``newton_max_rank``.  Each step solves
-        an r x r system per row (r^3); above rank 128 the projection is already as close in KL (1000-class
-        CutMix glyph logits, rank 160: KL(T=1) 0.000193 either way) and the step cost 14x the encode time."""
+        an r x r system per row (r^3); at high ranks the projection is already as close in KL and the steps
+        would dominate the encode time."""
         return self.newton_steps if rank <= self.newton_max_rank else 0
 
     def factorize(self, y, ranks):  # pragma: no cover - store codecs go through fit/coefficients
-        raise CodecError(f"{self.codec_id} is a store-wide codec: fit it on the store (StoreWriter.fit) first")
+        raise CodecError(f"{self.codec_id} is a store-scope codec: fit it on the store (StoreWriter.fit) first")
 
     def coefficients(self, y: torch.Tensor, bases: BasisSet, basis_id: int) -> torch.Tensor:
         """Coefficients (n, K, R) of centred rows ``y`` (n, K, C) on basis ``basis_id`` (full rank R)."""
@@ -182,7 +181,7 @@ class StoreCodec(Codec):
 
 
 @register_codec
-class GlobalBasisCodec(StoreCodec):
+class GlobalCodec(StoreScopeCodec):
     """One basis and mean row for the whole store (``head=(W, b)`` uses the teacher's last layer instead)."""
 
     codec_id = "global"
@@ -223,7 +222,7 @@ class GlobalBasisCodec(StoreCodec):
 
 
 @register_codec
-class TwoLevelCodec(StoreCodec):
+class TwoLevelCodec(StoreScopeCodec):
     """The global basis plus, per class, ``class_rank`` directions of what it leaves in that class's rows."""
 
     codec_id = "two-level"
@@ -253,7 +252,6 @@ class TwoLevelCodec(StoreCodec):
         rng = np.random.default_rng(0)
         sample = rng.choice(classes, size=min(self.plan_classes, len(classes)), replace=False)
         rows = {int(cl): self._class_rows(src, int(cl)) for cl in sample}
-        rows_per_class = total / max(n_classes, 1)
         t = self.fit_temperature
 
         def cost(r1: int, r2: int, s: int) -> float:

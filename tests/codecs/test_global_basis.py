@@ -1,4 +1,4 @@
-"""Store-wide codecs (global, two-level): recovered subspaces, KL-fitted coefficients, rate control, writer paths."""
+"""Store-scope codecs (global, two-level): recovered subspaces, KL-fitted coefficients, rate control, writer paths."""
 from __future__ import annotations
 
 import logging
@@ -149,7 +149,7 @@ def test_resumed_global_store_keeps_its_basis(tmp_path):
     w._flush_shard()
     w.abort(keep_partial=True)                              # as if interrupted after some shards
     w2 = sc.StoreWriter(path, 20, method="global", rank=4, quant="int8", shard_bytes=600, resume=True)
-    assert w2.num_images > 0 and w2._basis_set is not None
+    assert w2.num_images > 0 and w2.bases is not None
     w2.add(y[w2.num_images:])
     w2.close()
     sc.encode(y, str(tmp_path / "res_ref"), method="global", rank=4, quant="int8", shard_bytes=600)
@@ -210,10 +210,10 @@ def test_newton_fit_is_skipped_above_newton_max_rank(tmp_path):
 def test_rate_control_on_a_sample_uses_the_store_size():
     """Fitting on a sample of the store (the streaming CLI path) chooses the rank the whole store would get
     when told the store's images and rows; without them it would budget for a store of the sample's size."""
-    from score_codec.codecs.storewide import FitSource, GlobalBasisCodec
+    from score_codec.codecs.global_basis import FitSource, GlobalCodec
 
     y = teacher_like_logits(40, 20, 60, rank=12, seed=5)
-    codec = GlobalBasisCodec(newton_steps=0)
+    codec = GlobalCodec(newton_steps=0)
     budget = 2.0 * 60 / 12
     whole = codec.fit(FitSource(list(y)), "int8", budget_per_row=budget)
     sample = codec.fit(FitSource(list(y[::4]), num_images=40, total_rows=800), "int8", budget_per_row=budget)

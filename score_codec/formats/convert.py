@@ -1,0 +1,268 @@
+"""Convert between dumps and label stores: :func:`encode_dump` and :func:`decode_dump`.
+
+These are ``score-codec encode`` and ``score-codec decode`` as library calls, with the same guarantees:
+the dump family is detected (or named), SRe2L rows are checked to map to the right images, the global
+codec without a residual streams the dump's files (no scratch copy of the dump), every other codec reads
+the dump once into a scratch file beside the destination, an interrupted encode resumes from its last
+complete shard, and a failed run leaves nothing at the destination.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..codecs.global_basis import GlobalCodec
+from ..errors import InputError, IOFailureError, WriteFailedError
+from ..store.options import CodecOptions, split_codec_options
+from ..store.reader import LabelStore
+from ..store.rowwise import encode_rows, supports_rowwise
+from ..store.writer import DEFAULT_SHARD_BYTES, StoreWriter
+from .base import DumpReader
+from .contents import read_dump, scan_dump
+from .detect import open_reader
+from .options import DumpOptions, split_dump_options
+from .writers import WRITERS, write_dump
+
+__all__ = ["encode_dump", "decode_dump", "CHUNK_IMAGES"]
+
+PathLike = Union[str, os.PathLike]
+Head = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+#: images coded per batched call when a dump is regrouped per image
+CHUNK_IMAGES = 256
+
+
+def _note(progress: bool, msg: str) -> None:
+    # one-line notes travel with the progress bars: both are for a person watching stderr
+    if progress:
+        print(msg, file=sys.stderr)
+
+
+class _Matrices:
+    """The dump's per-image matrices as an indexable (what store-scope codecs fit on)."""
+
+    def __init__(self, contents: Any) -> None:
+        self.c = contents
+
+    def __len__(self) -> int:
+        return self.c.num_images
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.c.matrix(i)
+
+
+def _check_contents(src: str, c: Any) -> None:
+    empty = np.flatnonzero(c.ks == 0)
+    if len(empty):
+        raise InputError(f"{src}: images {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} have no rows in "
+                         f"the dump (pass num_images= to fix the dataset size)")
+
+
+def _resolve_target(opts: CodecOptions, c: Any) -> CodecOptions:
+    """``target_bytes`` as the ratio it means for this dump's row count."""
+    if opts.target_bytes is None:
+        return opts
+    if opts.target_bytes <= 0:
+        raise InputError(f"target_bytes must be positive, found {opts.target_bytes}")
+    rows = int(c.ks.sum())
+    return opts.replace(ratio=2.0 * c.num_classes * rows / opts.target_bytes, target_bytes=None)
+
+
+def encode_dump(
+    src: PathLike,
+    dst: PathLike,
+    options: Optional[CodecOptions] = None,
+    *,
+    format: str = "auto",
+    dump_options: Optional[DumpOptions] = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    chunk_images: int = CHUNK_IMAGES,
+    head: Optional[Head] = None,
+    **kwargs: Any,
+) -> Dict[str, Any]:
+    """Compress a soft-label dump on disk into a label store (``score-codec encode`` as a function).
+
+    ``encode_dump("dumps/FKD_cutmix_fp16", "labels.store", method="global", ratio=30, quant="int8", ipc=50)``
+
+    Args:
+        src: the dump: a directory (``epoch_0/batch_0.tar`` ..., per-image files) or a ``.npy`` file.
+        dst: the store to create (a directory, or one file when it ends in ``.h5``).
+        options: how to code the labels (:class:`~score_codec.store.options.CodecOptions`).
+        format: the dump family (``"sre2l"``, ``"lpld"``, ``"lpqld"``, ``"edc"``, ``"gvbsm"``, ``"fkd"``,
+            ``"npy"``) or ``"auto"`` to detect it.
+        dump_options: how to interpret the dump (:class:`~score_codec.formats.options.DumpOptions`: classes,
+            the SRe2L sampler seed, the mapping check, ...).
+        overwrite: replace an existing store (only once the new one is complete).
+        resume: continue an interrupted encode from its last complete shard (kept in ``<dst>.partial``);
+            the options must match the interrupted run's.
+        progress: progress bars and one-line notes (the family found, the resume point) on stderr.
+        shard_bytes: bytes of records per shard file.
+        chunk_images: images coded per batched call when the dump is regrouped per image.
+        head: ``(W, b)`` of the teacher's final linear layer (W (C, d), b (C,)) as the global basis
+            (``method="global"`` only).
+        **kwargs: any field of :class:`~score_codec.store.options.CodecOptions` (``method``, ``rank``,
+            ``ratio``, ``quant``, ...) or of :class:`~score_codec.formats.options.DumpOptions` (``ipc``,
+            ``labels``, ``num_classes``, ``seed``, ...); keywords win over the option objects.
+
+    Returns:
+        The dict ``score-codec encode --json`` prints: the store's :meth:`~score_codec.LabelStore.stats`
+        plus ``source_format``.
+
+    Raises:
+        InputError (and its FormatError) for a dump or an option that cannot be used; IOFailureError when
+        the operating system refuses a read or a write (e.g. the disk is full).
+    """
+    codec_kw, rest = split_codec_options(kwargs)
+    dump_kw, rest = split_dump_options(rest)
+    if rest:
+        raise TypeError(f"encode_dump() got unexpected keyword argument(s) {', '.join(map(repr, sorted(rest)))}")
+    opts = CodecOptions.build(options, **codec_kw)
+    dopts = DumpOptions.build(dump_options, **dump_kw)
+    src, dst = os.fspath(src), os.fspath(dst)
+    if head is not None and opts.method != "global":
+        raise InputError(f"head= gives a global basis; method {opts.method!r} does not use one (use 'global')")
+    if os.path.exists(dst) and not overwrite and not resume:
+        raise InputError(f"{dst}: destination exists (pass overwrite=True to replace it)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise InputError(f"{dst}: parent directory does not exist")
+    try:
+        reader = open_reader(src, format, **dopts.reader_kwargs())
+        _note(progress, f"format: {reader.name} ({reader.summary()})")
+        if opts.method == "global" and not opts.residual and not resume:
+            fmt = _encode_streaming(src, dst, reader, dopts, opts, overwrite, progress, shard_bytes, head)
+        else:
+            fmt = _encode_gathered(src, dst, reader, opts, overwrite, resume, progress, shard_bytes,
+                                   chunk_images, head)
+    except OSError as exc:
+        # a read or write the layers below did not translate: the disk, not the input, failed
+        raise IOFailureError(f"{src} -> {dst}: {exc}") from exc
+    stats = LabelStore(dst).stats()
+    stats["source_format"] = fmt
+    return stats
+
+
+def _encode_streaming(src: str, dst: str, reader: DumpReader, dopts: DumpOptions, opts: CodecOptions,
+                      overwrite: bool, progress: bool, shard_bytes: int, head: Optional[Head]) -> str:
+    """The global codec without a residual: scan the dump (metadata and a spread sample for the basis),
+    then code its files as they are read again; no scratch copy of the dump is written."""
+    # the basis is fitted on fit_rows rows: keep that many from files spread over the dump
+    fit_rows = GlobalCodec(**dict(opts.codec_config or {})).fit_rows
+    c = scan_dump(src, reader=reader, progress=progress, sample_rows=fit_rows, **dopts.reader_kwargs())
+    _check_contents(src, c)
+    opts = _resolve_target(opts, c)
+    labels = c.labels if (c.labels >= 0).all() else None
+    rows = c.aug.rows
+    with StoreWriter(dst, c.num_classes, opts, overwrite=overwrite, shard_bytes=shard_bytes) as w:
+        _note(progress, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread "
+                        f"over the dump")
+        encode_rows(w, c.logits(progress=progress), rows["image"].astype(np.int64), rows["aug"].astype(np.int64),
+                    c.ks, labels, head=head, progress=False, fit_on=c.sample)
+        w.set_meta(c.aug)
+    return c.format
+
+
+def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions, overwrite: bool, resume: bool,
+                     progress: bool, shard_bytes: int, chunk_images: int, head: Optional[Head]) -> str:
+    """Every other codec: read the dump once into a scratch file beside ``dst``, then code image by image."""
+    scratch = os.path.dirname(os.path.abspath(dst))
+    with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
+        _check_contents(src, c)
+        opts = _resolve_target(opts, c)
+        labels = c.labels if (c.labels >= 0).all() else None
+        if opts.method in ("shared", "two-level") and labels is None:
+            raise InputError(f"method {opts.method!r} needs image classes: pass labels= or ipc=")
+        with StoreWriter(dst, c.num_classes, opts, overwrite=overwrite, resume=resume, shard_bytes=shard_bytes) as w:
+            if supports_rowwise(w):
+                # one basis for all rows: code them in dump order, no per-image regrouping of the logits
+                encode_rows(w, c.row_logits, c.aug.rows["image"].astype(np.int64),
+                            c.aug.rows["aug"].astype(np.int64), c.ks, labels, head=head, progress=progress)
+            elif w.codec.scope == "store" and w.bases is None:
+                _note(progress, f"fitting the {opts.method} bases on {c.num_images} images")
+                w.fit(_Matrices(c), labels, ks=c.ks, head=head)
+            # shared bases are fitted per chunk: one chunk keeps one basis per class
+            step = c.num_images if opts.method == "shared" else chunk_images
+            done = w.num_images  # images already in complete shards when resuming (all of them after encode_rows)
+            if done and done < c.num_images:
+                _note(progress, f"resuming: {done} of {c.num_images} images were already encoded")
+            bar = tqdm(total=c.num_images, initial=done, desc=f"encode {opts.method}", unit="img", disable=not progress)
+            s = 0
+            for mats in (c.matrices(step) if done < c.num_images else []):
+                if s + len(mats) <= done:
+                    s += len(mats)
+                    continue
+                skip = max(done - s, 0)
+                mats, s = mats[skip:], s + skip
+                w.add(mats, labels=None if labels is None else labels[s:s + len(mats)].tolist())
+                s += len(mats)
+                bar.update(len(mats))
+            bar.close()
+            w.set_meta(c.aug)
+        return c.format
+
+
+class _DeviceRows:
+    """A LabelStore whose ``rows`` decode on a chosen device and return CPU tensors."""
+
+    def __init__(self, store: LabelStore, device: str) -> None:
+        self.store, self.device = store, device
+        self.aug, self.ks, self.num_classes, self.labels = store.aug, store.ks, store.num_classes, store.labels
+
+    def rows(self, image_ids: Any, view_ids: Any, device: str = "cpu") -> torch.Tensor:
+        return self.store.rows(image_ids, view_ids, device=self.device).cpu()
+
+
+def decode_dump(
+    store: Union[PathLike, LabelStore],
+    dst: PathLike,
+    *,
+    format: Optional[str] = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    plain_ints: bool = False,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    """Write a label store back as a dump (``score-codec decode`` as a function).
+
+    Crop boxes, flips and mix parameters come back bit-exact; logits as decoded (row-centred unless the
+    store was encoded with ``keep_mean=True``; softmax is the same either way).  The dump is assembled
+    beside ``dst`` and renamed into place, so a failed run leaves nothing.
+
+    Args:
+        store: a store path or an open :class:`~score_codec.LabelStore`.
+        dst: the dump to write: a directory, or a ``.npy`` file for ``format="npy"`` (dense (N, K, C)
+            float32).
+        format: the layout to write (``"sre2l"``, ``"lpld"``, ...); None: the family the store was encoded
+            from, else SRe2L when the store records batches, else npy.
+        overwrite: replace an existing ``dst``.
+        progress: progress bars and one-line notes on stderr.
+        plain_ints: write CutMix boxes as Python ints instead of ``numpy.int64``, so ``torch.load``'s default
+            ``weights_only=True`` accepts the files.
+        device: where rows are decoded (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        ``{"store", "dst", "format", "images", "rows"}``: the dict ``score-codec decode --json`` prints.
+    """
+    st = store if isinstance(store, LabelStore) else LabelStore(os.fspath(store))
+    dst = os.fspath(dst)
+    fmt = format or st.aug.attrs.get("format") or "sre2l"
+    if fmt not in WRITERS:
+        if format is not None:
+            raise InputError(f"cannot write format {format!r}; writable: {', '.join(sorted(WRITERS))}")
+        fmt = "sre2l" if len(st.aug.batches) else "npy"
+    _note(progress, f"writing {fmt} dump to {dst}")
+    if not st.encoding.get("keep_mean"):
+        _note(progress, "note: the store holds row-centred logits (encoded without keep_mean=True); softmax is "
+                        "unchanged")
+    try:
+        write_dump(_DeviceRows(st, device), dst, fmt, overwrite=overwrite, progress=progress, plain_ints=plain_ints)
+    except OSError as exc:
+        raise WriteFailedError(f"{dst}: writing the dump failed ({exc}); nothing was kept") from exc
+    return {"store": st.path, "dst": dst, "format": fmt, "images": len(st), "rows": int(st.ks.sum())}

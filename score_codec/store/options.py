@@ -1,0 +1,112 @@
+"""How labels are coded, as one value: :class:`CodecOptions`.
+
+Every function that writes a store (:func:`score_codec.encode`, :func:`score_codec.encode_dump`,
+:class:`score_codec.StoreWriter`, :func:`score_codec.relabel`, :func:`score_codec.encode_distributed`)
+takes an optional ``options`` object plus the same names as keyword arguments; keywords override the
+object's fields, so ``encode(Y, dst, method="global", ratio=30, quant="int8")`` and
+``encode(Y, dst, CodecOptions(method="global", ratio=30, quant="int8"))`` write the same store.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .encoder import EncodeOptions
+
+__all__ = ["CodecOptions", "CODEC_OPTION_NAMES", "split_codec_options"]
+
+
+@dataclass(frozen=True)
+class CodecOptions:
+    """Codec, rate control, quantisation and storage settings of a label store.
+
+    At most one of ``rank``, ``energy``, ``ratio`` and ``target_bytes`` may be given; with none of them the
+    rank is 8.
+
+    Attributes:
+        method: registered codec id (:func:`score_codec.registered_codecs`): ``"global"`` (default: one
+            basis and mean row for the whole store, per-row coefficients), ``"two-level"`` (global basis plus
+            per-class directions; needs classes), or the image-scope ``"svd"``, ``"rsvd"``, ``"cur"``,
+            ``"rpca"``, ``"shared"`` (one basis per class; needs classes).
+        rank: components per image (image-scope codecs) or of the global basis (store-scope codecs).
+        energy: share in (0, 1] of the squared singular values kept per image (of the store's variance,
+            for store-scope codecs).
+        ratio: target compression ratio: fp16 label bytes (2 C per row) over stored label bytes; met per
+            ``StoreWriter.add`` chunk by image-scope codecs, by the whole store (bases included) by
+            store-scope codecs.
+        target_bytes: total stored label bytes (turned into ``ratio`` once the row count is known; not
+            available to :class:`~score_codec.StoreWriter`, which does not know it in advance).
+        quant: number format of the stored factors: ``"fp16"``, ``"bf16"``, ``"int8"`` (one fp32 scale per
+            component) or ``"fp32"``.
+        residual: sparse residual entries kept per row (largest KL contributions), 0 for none.
+        residual_score: how residual entries are chosen (``"kl"``).
+        keep_mean: also store each row's mean (4 bytes per row) so decoding returns the exact logits;
+            without it decoded rows are row-centred, which leaves softmax unchanged.
+        zstd_level: zstd level of each record (0 disables compression).
+        shuffle: byte-shuffle factor arrays before compression.
+        codec_config: codec-specific settings, e.g. ``{"fit_temperature": 4.0, "newton_steps": 0,
+            "class_rank": 2}`` for the store-scope codecs (see :mod:`score_codec.codecs.global_basis`).
+        device: torch device the codec runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    """
+
+    method: str = "global"
+    rank: Optional[int] = None
+    energy: Optional[float] = None
+    ratio: Optional[float] = None
+    target_bytes: Optional[int] = None
+    quant: str = "fp16"
+    residual: int = 0
+    residual_score: str = "kl"
+    keep_mean: bool = False
+    zstd_level: int = 3
+    shuffle: bool = False
+    codec_config: Optional[Mapping[str, Any]] = field(default=None, hash=False)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.encode_options()  # validates the values (one set of rules, shared with the store writer)
+
+    @classmethod
+    def build(cls, options: Optional["CodecOptions"] = None, **overrides: Any) -> "CodecOptions":
+        """``options`` (default: all defaults) with the fields named in ``overrides`` replaced.
+
+        Raises TypeError for a keyword that is not a field, like a misspelt function argument.
+        """
+        if options is None:
+            options = cls()
+        elif not isinstance(options, cls):
+            raise TypeError(f"options must be a CodecOptions, found {type(options).__name__} "
+                            f"(pass method=, rank=, ... as keywords)")
+        unknown = sorted(set(overrides) - set(CODEC_OPTION_NAMES))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; codec options are "
+                            f"{', '.join(CODEC_OPTION_NAMES)}")
+        return dataclasses.replace(options, **overrides) if overrides else options
+
+    def replace(self, **changes: Any) -> "CodecOptions":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def encode_options(self) -> EncodeOptions:
+        """The writer's internal, JSON-serialisable form (what the store's index records)."""
+        return EncodeOptions(method=self.method, codec_config=dict(self.codec_config or {}), rank=self.rank,
+                             energy=self.energy, ratio=self.ratio, target_bytes=self.target_bytes, quant=self.quant,
+                             residual=self.residual, residual_score=self.residual_score, keep_mean=self.keep_mean,
+                             zstd_level=self.zstd_level, shuffle=self.shuffle)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields as a plain dict (``codec_config`` copied)."""
+        d = dataclasses.asdict(self)
+        d["codec_config"] = dict(self.codec_config or {}) or None
+        return d
+
+
+#: the keyword names :meth:`CodecOptions.build` accepts
+CODEC_OPTION_NAMES: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CodecOptions))
+
+
+def split_codec_options(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(codec option keywords, the rest) of a keyword dict."""
+    codec = {k: v for k, v in kwargs.items() if k in CODEC_OPTION_NAMES}
+    return codec, {k: v for k, v in kwargs.items() if k not in CODEC_OPTION_NAMES}
