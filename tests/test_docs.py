@@ -134,7 +134,7 @@ def test_no_run_history_in_docs_or_code():
 PAGES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "guides", "*.md"))
                + glob.glob(os.path.join(ROOT, "docs", "codecs", "*.md"))) + ["docs/index.md"]
 #: blocks that use API of the codec branch still being merged (encode_dump / decode_dump)
-NEEDS_API = ("encode_dump(", "decode_dump(")
+NEEDS_API = ("encode_dump(", "decode_dump(", "CodecOptions(", "DumpOptions(")
 
 
 def _params():
