@@ -133,8 +133,6 @@ def test_no_run_history_in_docs_or_code():
 
 PAGES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "guides", "*.md"))
                + glob.glob(os.path.join(ROOT, "docs", "codecs", "*.md"))) + ["docs/index.md"]
-#: blocks that use API of the codec branch still being merged (encode_dump / decode_dump)
-NEEDS_API = ("encode_dump(", "decode_dump(", "CodecOptions(", "DumpOptions(")
 
 
 def _params():
@@ -142,8 +140,6 @@ def _params():
     for page in PAGES:
         for b in blocks(page):
             marks = [pytest.mark.slow] if b.slow else []
-            if any(s in b.code for s in NEEDS_API):
-                marks.append(pytest.mark.xfail(strict=False, reason="needs api branch (encode_dump / decode_dump)"))
             out.append(pytest.param(b, id=b.id, marks=marks))
     return out
 
