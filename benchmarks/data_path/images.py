@@ -48,7 +48,8 @@ def render_image(item: np.ndarray, cls: int, rng: np.random.Generator, long_side
     bg = 0.2 + 0.6 * np.asarray(field, dtype=np.float32) / 255.0   # muted, so the garment stands out
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     theta, freq = rng.uniform(0, np.pi), rng.uniform(0.05, 0.35)
-    weave = np.sin(freq * (xx * np.cos(theta) + yy * np.sin(theta))) * np.sin(0.7 * freq * (yy * np.cos(theta) - xx * np.sin(theta)))
+    u, v = xx * np.cos(theta) + yy * np.sin(theta), yy * np.cos(theta) - xx * np.sin(theta)
+    weave = np.sin(freq * u) * np.sin(0.7 * freq * v)
     bg = bg * (0.8 + 0.2 * weave[..., None])
     # foreground: the garment, 50-90 % of the short side, somewhere in the frame
     fg_side = int(min(H, W) * rng.uniform(0.5, 0.9))

@@ -22,12 +22,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -43,7 +43,7 @@ CACHE = os.path.join(ROOT, "benchmarks", "cache", "data_path")
 
 #: Sizes per preset.  ``workers`` entries are ints or "all" (os.cpu_count()).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "default": dict(images=2000, classes=100, long_side=(300, 500), epochs=2, batch_size=128, rounds=2,
+    "default": dict(images=2000, classes=100, long_side=(300, 500), epochs=2, batch_size=128, rounds=3,
                     workers=(2, "all")),
     "quick": dict(images=40, classes=4, long_side=(120, 200), epochs=1, batch_size=8, rounds=1, workers=(0,)),
 }
@@ -103,8 +103,6 @@ def build_labels(images: str, out: str, epochs: int, batch_size: int, *, method:
             rec = json.load(fh)
         if rec.get("params") == params:
             return rec
-    import shutil
-
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -166,7 +164,8 @@ def time_epochs(sets: Dict[str, Any], store: str, workers: int, epochs: int, rou
     """Time ``rounds`` epochs of each source with ``workers`` DataLoader workers (fresh workers every epoch).
 
     Round r serves label epoch ``r % epochs`` to every source, in an order rotated by r.  Returns, per
-    source, one dict per round: wall seconds, images, and the workers' summed CPU seconds (all, labels).
+    source, one dict per round: wall seconds, images, the workers' summed CPU seconds (all, labels) and the
+    label CPU milliseconds of each batch in arrival order.
     """
     out: Dict[str, List[Dict]] = {m: [] for m in MODES}
     for r in range(rounds):
@@ -176,14 +175,15 @@ def time_epochs(sets: Dict[str, Any], store: str, workers: int, epochs: int, rou
             ds.set_epoch(e)
             loader = DataLoader(ds, batch_sampler=_sampler(m, ds, store, e), num_workers=workers,
                                 collate_fn=identity_collate)
-            n, cpu, lab = 0, 0.0, 0.0
+            n, cpu, lab = 0, 0.0, []
             t0 = time.perf_counter()
             for views, labels, targets, ids, c_all, c_lab in loader:
                 labels = labels.float()       # the training step's soft targets
                 n += len(ids)
                 cpu += c_all
-                lab += c_lab
-            out[m].append(dict(epoch=e, wall_s=time.perf_counter() - t0, images=n, cpu_s=cpu, label_cpu_s=lab))
+                lab.append(c_lab)
+            out[m].append(dict(epoch=e, wall_s=time.perf_counter() - t0, images=n, cpu_s=cpu, label_cpu_s=sum(lab),
+                               label_ms_batches=[1e3 * v for v in lab]))
     return out
 
 
@@ -196,6 +196,8 @@ def _summary(runs: Dict[str, List[Dict]]) -> Dict[str, Any]:
                       epoch_s_all=[r["wall_s"] for r in runs[m]],
                       worker_cpu_s=cpu / len(runs[m]),
                       label_cpu_share=sum(r["label_cpu_s"] for r in runs[m]) / cpu if cpu else 0.0,
+                      label_ms_median=statistics.median(v for r in runs[m] for v in r["label_ms_batches"]),
+                      label_ms_max=max(v for r in runs[m] for v in r["label_ms_batches"]),
                       over_none=med[m] / med["none"] - 1.0)
     res["store_over_raw"] = med["store"] / med["raw"] - 1.0
     # paired per round: the spread says how much of the difference the noise of this machine allows
@@ -284,7 +286,11 @@ def render(res: Dict[str, Any]) -> str:
         lines += ["", f"Our store against the raw dump: {100 * r['store_over_raw']:+.1f} % of the epoch "
                       f"(per round: {', '.join(f'{100 * v:+.1f} %' for v in spread)}); worker CPU "
                       f"{100 * (r['store']['worker_cpu_s'] / r['raw']['worker_cpu_s'] - 1):+.1f} %.  Label decoding "
-                      f"itself is {100 * r['store']['label_cpu_share']:.2f} % of the store epoch's worker CPU.  The "
+                      f"itself is {100 * r['store']['label_cpu_share']:.2f} % of the store epoch's worker CPU: per "
+                      f"batch a median of {r['store']['label_ms_median']:.2f} ms and at most "
+                      f"{r['store']['label_ms_max']:.0f} ms (a worker's first batch builds the store's decode tables), "
+                      f"against {r['raw']['label_ms_median']:.2f} ms (at most {r['raw']['label_ms_max']:.0f} ms) for "
+                      f"torch.load of a batch file.  The "
                       f"views without labels (CompressedSoftLabelDataset's per-row replay) take {abs(replay):.0f} % "
                       f"{'more' if replay >= 0 else 'less'} worker CPU than the SRe2L loader's views (one CutMix over "
                       f"the stored batch).", ""]

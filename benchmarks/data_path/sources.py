@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, default_collate
@@ -134,6 +134,6 @@ class TimedStoreDataset(CompressedSoftLabelDataset):
         return views, labels, targets, ids, time.thread_time() - t0, self._label_cpu
 
 
-def epoch_order(sampler) -> Optional[List[List[int]]]:
+def epoch_order(sampler) -> List[List[int]]:
     """The batches a batch sampler yields now, as lists of ints (for checking two orders agree)."""
     return [list(map(int, b)) for b in sampler]

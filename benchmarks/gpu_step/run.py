@@ -64,7 +64,7 @@ def student(arch: str, num_classes: int = 1000) -> nn.Module:
     if arch != "resnet18":
         raise ValueError(f"arch must be 'resnet18' or 'convnet', found {arch!r}")
     model = ResNet(3, num_classes, width=64, blocks=(2, 2, 2, 2))
-    # score's ResNet has the CIFAR stem (3x3, no pooling), 49x the work of ResNet-18 at 224 px
+    # score's ResNet has the CIFAR stem (3x3, no pooling): at 224 px its stages would see 16x the positions
     model.stem = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
                                nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     return model

@@ -38,6 +38,8 @@ def test_quick_preset_reports_every_source(quick):
         assert s["images_per_s"] == pytest.approx(40 / s["epoch_s"])
         assert s["over_none"] == pytest.approx(s["epoch_s"] / r["none"]["epoch_s"] - 1)
         assert 0 <= s["label_cpu_share"] < 1
+        assert all(len(run["label_ms_batches"]) == 5 for run in r["runs"][m])     # 40 images, batch 8
+        assert 0 <= s["label_ms_median"] <= s["label_ms_max"]
     assert r["none"]["label_cpu_share"] == 0 and r["raw"]["label_cpu_share"] > 0 and r["store"]["label_cpu_share"] > 0
     assert r["store_over_raw"] == pytest.approx(r["store"]["epoch_s"] / r["raw"]["epoch_s"] - 1)
     assert md == render(res)
