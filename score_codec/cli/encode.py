@@ -12,7 +12,7 @@ import sys
 from typing import Any, Dict, Optional
 
 from ..errors import InputError
-from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_kwargs
+from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_kwargs, count
 
 __all__ = ["register", "cmd_encode", "cmd_decode", "reader_options", "add_reader_arguments", "load_head"]
 
@@ -274,8 +274,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "after the last complete shard.")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted encode from its last complete "
                    "shard (kept in DST.partial); the other options must match the interrupted run.")
-    p.add_argument("--workers", type=int, default=0, help="CPU threads for the codec (0: torch's setting).")
-    p.add_argument("--chunk-images", type=int, default=256, help="Images encoded per batched call.")
+    p.add_argument("--workers", type=count(0), default=0, help="CPU threads for the codec (0: torch's setting).")
+    p.add_argument("--chunk-images", type=count(1), default=256, help="Images encoded per batched call.")
     _common(p)
     p.set_defaults(func=cmd_encode)
 

@@ -11,14 +11,19 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..codecs import Codec, get_codec
+from ..codecs.arguments import check_int, check_real
 from ..codecs.base import all_finite, check_matrix
-from ..errors import InputError
+from ..errors import BudgetError, InputError
 from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
 from .record import HEADER, pack_record
 from ..codecs.residual import select_residual
 
 __all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
+
+
+#: largest rank a record header can hold (a 16-bit field, docs/FORMAT.md 5.1)
+MAX_RANK = 0xFFFF
 
 
 @dataclass
@@ -45,10 +50,19 @@ class EncodeOptions:
             raise InputError("give at most one of rank, energy, ratio, target_bytes")
         if self.rank is None and self.energy is None and self.ratio is None and self.target_bytes is None:
             self.rank = 8
-        if self.ratio is not None and self.ratio <= 0:
-            raise InputError(f"ratio must be positive, found {self.ratio}")
-        if self.residual < 0:
-            raise InputError(f"residual entries per row must be >= 0, found {self.residual}")
+        # a rank of 0 (or a NaN ratio that rate control turns into one) would store no labels at all: every
+        # row would decode to the same values, so such targets are refused rather than written
+        if self.rank is not None:
+            self.rank = check_int("rank", self.rank, 1, MAX_RANK)
+        if self.energy is not None:
+            self.energy = check_real("energy", self.energy, 0.0, 1.0)
+        if self.ratio is not None:
+            # below 1 the target asks for more bytes than the fp16 logits themselves
+            self.ratio = check_real("ratio", self.ratio, 1.0, low_open=False)
+        if self.target_bytes is not None:
+            self.target_bytes = check_int("target_bytes", self.target_bytes, 1)
+        self.residual = check_int("residual entries per row", self.residual, 0)
+        self.zstd_level = check_int("zstd_level", self.zstd_level, 0, 22)
 
     def make_codec(self) -> Codec:
         return get_codec(self.method, **self.codec_config)
@@ -191,6 +205,11 @@ def encode_chunk(
         fixed = torch.tensor([_fixed_cost(int(y.shape[0]), c, opts) for y in ys])
     if budget is not None:
         ranks = allocate_ranks(sv, budget=budget, unit_cost=unit, fixed_cost=fixed)
+        if int(ranks.max()) == 0 and opts.residual == 0 and bool((sv > 0).any()):
+            # rank 0 everywhere stores no labels: every row of these images would decode to zeros
+            raise BudgetError(f"the byte budget of {budget:.0f} B for {n} images leaves every "
+                              f"image at rank 0, which stores no labels; lower the ratio (rank 1 needs "
+                              f"{float((unit + fixed).min()):.0f} B for the cheapest image)")
     else:
         ranks = allocate_ranks(sv, rank=opts.rank, energy=opts.energy)
     if not shared:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..codecs.arguments import check_int
 from ..codecs.quantize import dequantize
 from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
@@ -88,9 +89,8 @@ class StoreWriter:
         resume: bool = False,
     ) -> None:
         self.path = os.fspath(path)
-        if num_classes <= 0:
-            raise InputError(f"num_classes must be positive, found {num_classes}")
-        self.num_classes = int(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, 1)
+        shard_bytes = check_int("shard_bytes", shard_bytes, 1)
         self.opts = EncodeOptions(method=method, codec_config=dict(codec_config or {}), rank=rank, energy=energy,
                                   ratio=ratio, quant=quant, residual=residual, residual_score=residual_score,
                                   keep_mean=keep_mean, zstd_level=zstd_level, shuffle=shuffle)
