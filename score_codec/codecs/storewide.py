@@ -338,6 +338,8 @@ class TwoLevelCodec(StoreCodec):
         else:
             r1 = basis.shape[0] if rank is None else min(int(rank), basis.shape[0])
             r2 = 2 if self.class_rank is None else int(self.class_rank)
+            # a class basis extends the global one: together they can never span more than the C classes
+            r2 = max(0, min(r2, c - r1))
         top = basis[:r1]
         entries = [self._entry(top, mean=mean)]
         of_class = {}

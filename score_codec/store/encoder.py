@@ -5,6 +5,7 @@ is one record (bytes) per image plus any shared bases the chunk introduced.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,6 +19,8 @@ from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
 from .record import HEADER, pack_record
 from ..codecs.residual import select_residual
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
 
@@ -108,6 +111,52 @@ def _pack(a_q: torch.Tensor, b_q: Optional[torch.Tensor], res: torch.Tensor, idx
                                  residual=res[j].cpu() if opts.residual else None, basis=basis_of[i],
                                  zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
         nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
+
+
+def _quantised(a: torch.Tensor, b: torch.Tensor, quant: str):
+    """(A, B, A @ B) with ``a`` (n, K, r) and ``b`` (n, r, C) rounded as ``quant`` stores them."""
+    a_q = roundtrip(a.transpose(-1, -2), quant).transpose(-1, -2)
+    b_q = roundtrip(b, quant)
+    return a_q, b_q, torch.bmm(a_q, b_q)
+
+
+#: storing factors may move a decoded logit by at most this many steps of the quantisation's relative
+#: precision times the image's largest logit: balanced SVD factors stay near one step at any rank (each
+#: product term is at most about the matrix's scale), while ill-conditioned factors (a CUR core of 10^3
+#: and more) exceed it by orders of magnitude
+QUANT_DAMAGE_UNITS = 4.0
+_REL_STEP = {"fp32": 2.0 ** -23, "fp16": 2.0 ** -10, "bf16": 2.0 ** -7, "int8": 1.0 / 127}
+
+
+def _quantisation_damaged(y: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, quant: str) -> torch.Tensor:
+    """(n,) bool: images whose decoded logits move further from the unrounded factors' product than
+    :data:`QUANT_DAMAGE_UNITS` steps of ``quant`` allow."""
+    scale = y.abs().amax(dim=(1, 2)).clamp_min(1e-30)
+    damage = (approx - exact).abs().amax(dim=(1, 2))
+    allowed = QUANT_DAMAGE_UNITS * _REL_STEP[quant] * scale
+    return ~(damage <= allowed)          # NaN / inf damage counts as damaged
+
+
+def _refactor(y: torch.Tensor, rk: torch.Tensor, bad: torch.Tensor, a_q: torch.Tensor, b_q: torch.Tensor,
+              approx: torch.Tensor, opts: EncodeOptions, ids: List[int]):
+    """Re-encode the images ``bad`` of a bucket with balanced SVD factors of the same rank (the same record
+    layout and size; decoding is the same product), where the codec's own factors lose precision when
+    rounded to ``opts.quant`` or miss the matrix at full rank."""
+    from ..codecs.svd import SVDCodec
+
+    sel = torch.nonzero(bad).flatten()
+    f = SVDCodec().encode(y[sel], rk[sel])
+    a2, b2, approx2 = _quantised(f.a, f.b, opts.quant)
+    a_q, b_q, approx = a_q.clone(), b_q.clone(), approx.clone()
+    q = a2.shape[-1]   # the bucket's factors are padded to its largest rank, the replacements to theirs
+    a_q[sel], b_q[sel], approx[sel] = 0.0, 0.0, approx2
+    a_q[sel, :, :q], b_q[sel, :q] = a2, b2
+    still = _quantisation_damaged(y[sel], torch.bmm(f.a, f.b), approx2, opts.quant)
+    log.warning("%s factors of %d image(s) (first: image %d of the chunk) do not decode to their labels within %s "
+                "precision; stored as balanced SVD factors of the same rank instead%s", opts.method, len(sel),
+                ids[int(sel[0])], opts.quant,
+                f" ({int(still.sum())} still lose precision: consider quant='fp32')" if still.any() else "")
+    return a_q, b_q, approx
 
 
 def _check_finite(y: torch.Tensor, approx: torch.Tensor, res: torch.Tensor, quant: str) -> None:
@@ -247,9 +296,14 @@ def encode_chunk(
             b_q = None
         else:
             f = codec.encode(y, rk)
-            a_q = roundtrip(f.a.transpose(-1, -2), opts.quant).transpose(-1, -2)
-            b_q = roundtrip(f.b, opts.quant)
-            approx = torch.bmm(a_q, b_q)
+            a_q, b_q, approx = _quantised(f.a, f.b, opts.quant)
+            bad = _quantisation_damaged(y, torch.bmm(f.a, f.b), approx, opts.quant)
+            # at full rank every codec's product is the matrix itself: one that decodes to anything else
+            # (RPCA keeps only its low-rank part) is replaced as well
+            full = rk.to(bad.device) >= min(int(y.shape[1]), c)
+            bad |= full & _quantisation_damaged(y, y, approx, opts.quant)
+            if bad.any() and codec.codec_id != "svd":
+                a_q, b_q, approx = _refactor(y, rk, bad, a_q, b_q, approx, opts, idx)
         # RPCA's outliers are exactly where y - approx is large, so the residual finds them unaided
         res = select_residual(y, approx, opts.residual, opts.residual_score)
         _check_finite(y, approx, res, opts.quant)
