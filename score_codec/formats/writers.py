@@ -21,7 +21,7 @@ from ..errors import FormatError, InputError
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from .batchfile import build_head
 
-__all__ = ["WRITERS", "write_dump", "image_row_groups"]
+__all__ = ["WRITERS", "write_dump", "image_row_groups", "max_at_zero"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,25 @@ def _batches(src: Any, progress: bool, what: str) -> Iterator[Tuple[np.ndarray, 
     if len(aug.batches) == 0:
         raise FormatError(f"the store has no batch structure (it came from a "
                           f"{aug.attrs.get('format', 'batch-less')} source); decode it with --format fkd or npy")
+    # a store decodes row-centred logits unless it kept the row means; a dump's own logits are exact
+    enc = getattr(src, "encoding", None)
+    if enc is None:
+        enc = getattr(getattr(src, "store", None), "encoding", None)
+    shift = enc is not None and not enc.get("keep_mean", False)
     for rec in tqdm(aug.batches, desc=f"write {what}", unit="file", disable=not progress):
         rows = aug.rows[int(rec["row_start"]):int(rec["row_start"]) + int(rec["size"])]
-        yield rows, rec, src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
+        logits = src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
+        yield rows, rec, max_at_zero(logits) if shift else logits
+
+
+def max_at_zero(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits shifted so that each row's largest is 0 (softmax is unchanged).
+
+    Dumps hold fp16 logits, whose step grows with magnitude: row-centred logits put the few classes that
+    carry the probability far from 0, where fp16 rounds them coarsely; after this shift they sit at and
+    just below 0, where fp16 is finest.  Stores with row means (keep_mean) decode the teacher's own logits,
+    which are written as they are."""
+    return logits - logits.amax(dim=-1, keepdim=True) if logits.numel() else logits
 
 
 def _style(src: Any, rec: np.ndarray, plain_ints: bool = False) -> Dict[str, str]:
@@ -133,7 +149,8 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
     Raises InputError if ``dst`` exists (without ``overwrite``) or its parent is missing, FormatError if
     the source lacks what the format needs (e.g. batches for SRe2L).  ``plain_ints=True`` writes CutMix
     boxes as Python ints instead of the source's ``numpy.int64``, so ``torch.load``'s default
-    ``weights_only=True`` (torch >= 2.6) accepts the files.
+    ``weights_only=True`` (torch >= 2.6) accepts the files.  A store's row-centred logits are written shifted
+    to a row maximum of 0 (:func:`max_at_zero`), so that the dump's fp16 adds no measurable error.
     """
     if fmt not in WRITERS:
         raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")
