@@ -23,6 +23,9 @@ __all__ = [
     "UnknownCodecError",
     "BudgetError",
     "WriteFailedError",
+    "SizeLimitError",
+    "UnreadableFileError",
+    "StoreLockedError",
 ]
 
 
@@ -91,6 +94,19 @@ class BudgetError(InputError):
 
 class WriteFailedError(InputError):
     """The destination could not be written (disk full, file too large, I/O error); nothing was kept."""
+
+
+class SizeLimitError(CorruptRecordError):
+    """A size read from a file (table rows, record cells, decompressed bytes, nesting depth) exceeds what the
+    file can hold or the reader's cap; nothing was allocated for it."""
+
+
+class UnreadableFileError(CorruptRecordError):
+    """A file of the store cannot be read: permission denied, a dangling link, an I/O error."""
+
+
+class StoreLockedError(InputError):
+    """Another writer holds the destination's lock file."""
 
 
 #: Python keyword spellings in messages -> the command-line flags that do the same

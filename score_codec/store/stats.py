@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..errors import ScoreError
+from ..errors import ScoreError, UnreadableFileError
 from .meta import ROW_DTYPE
 from .protocols import StoreTables
 
@@ -14,10 +14,17 @@ __all__ = ["store_stats", "verify_store", "disk_bytes"]
 
 
 def disk_bytes(path: str) -> int:
-    """Bytes a store occupies on disk (all files)."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    """Bytes a store occupies on disk (all files); UnreadableFileError names a file that cannot be sized
+    (a dangling link, a file removed meanwhile, no permission)."""
+    files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    total = 0
+    for fn in files:
+        try:
+            total += os.path.getsize(fn)
+        except OSError as exc:
+            what = "a dangling link" if os.path.islink(fn) else "not readable"
+            raise UnreadableFileError(f"{fn}: {what} inside the store ({exc.strerror or exc})") from None
+    return total
 
 
 def store_stats(store: StoreTables) -> Dict[str, Any]:
