@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any, Callable, Dict, Iterator, Tuple
 
@@ -18,10 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, InputError
+from ..store.atomic import WriteLock, install
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from .batchfile import build_head
 
-__all__ = ["WRITERS", "write_dump", "image_row_groups", "max_at_zero"]
+__all__ = ["WRITERS", "write_dump", "image_row_groups", "max_at_zero", "check_dump_replaceable"]
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +162,45 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
     parent = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(parent):
         raise InputError(f"{dst}: parent directory {parent} does not exist")
+    if os.path.lexists(dst):
+        check_dump_replaceable(dst, fmt)   # before any work: overwriting deletes only what a dump writer writes
     tmp = f"{dst}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if fmt != "npy":
-            os.makedirs(tmp)
-        WRITERS[fmt](src, tmp, dict(options, progress=progress))
-        if os.path.exists(dst):
-            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with WriteLock(dst):
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if fmt != "npy":
+                os.makedirs(tmp)
+            WRITERS[fmt](src, tmp, dict(options, progress=progress))
+            # the old dump is deleted only once the new one is in place
+            install(tmp, dst, lambda old: check_dump_replaceable(old, fmt))
+        except BaseException:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     return dst
+
+
+#: files a dump writer creates, relative to the dump's root (FKD keeps its source's own file names, *.tar)
+_DUMP_FILES = re.compile(r"^(epoch_\d+/batch_\d+\.tar|batch_\d+\.tar|sampler_indices_epoch\.json|"
+                         r"sampler_indices_batch\.json)$")
+
+
+def check_dump_replaceable(dst: str, fmt: str) -> None:
+    """InputError unless ``dst`` holds only files a ``fmt`` dump writer writes, so that overwriting it
+    deletes nothing else (a folder of a user's own files is refused, not emptied)."""
+    if os.path.islink(dst):
+        raise InputError(f"{dst}: is a symbolic link; refusing to overwrite it")
+    if os.path.isfile(dst):
+        with open(dst, "rb") as fh:
+            magic = fh.read(6)
+        if fmt != "npy" or magic != b"\x93NUMPY":
+            raise InputError(f"{dst}: is a file that no {fmt} dump writer wrote; refusing to overwrite it")
+        return
+    for d, _, files in os.walk(dst):
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), dst).replace(os.sep, "/")
+            if not (_DUMP_FILES.match(rel) or (fmt == "fkd" and rel.endswith(".tar"))):
+                raise InputError(f"{dst}: holds {rel!r}, which a {fmt} dump writer does not write; refusing to "
+                                 f"overwrite the folder (move that file out first)")

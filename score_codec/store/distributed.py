@@ -28,12 +28,14 @@ import torch.distributed as dist
 from ..codecs import get_codec
 from ..codecs.storewide import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
+from .atomic import WriteLock, install
 from .bulk import encode
 from .integrity import check_shard_file
 from .indexio import make_manifest, write_index, write_manifest_file
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
 from .reader import LabelStore
+from .writer import check_replaceable
 
 __all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
 
@@ -94,9 +96,8 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
         # a refused or interrupted merge leaves every part as it was (shards are linked, not moved)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    with WriteLock(dst):
+        install(tmp, dst, check_replaceable)   # the old store goes only once the merged one is in place
     for src in moved:
         os.remove(src)
 
