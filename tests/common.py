@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 __all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "assert_float32_decode_equal",
-           "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close"]
+           "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
+           "run_isolated"]
 
 
 def centred(y: torch.Tensor) -> torch.Tensor:
@@ -203,3 +204,72 @@ def reseal(path) -> None:
     m["shards"], m["index"] = fresh["shards"], fresh["index"]
     with open(mf, "w") as fh:
         json.dump(m, fh)
+
+
+def _vm_bytes() -> int:
+    """This process's current virtual memory size (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
+    """Run ``fn()`` in a forked child that may use ``memory`` bytes of address space beyond what it starts
+    with, for at most ``timeout`` seconds.  Returns "ok", "score-error: <type>" for a library error, or what
+    went wrong otherwise: "exception: <type>: <message>", "hang" (killed at the timeout; libhdf5 ignores
+    Ctrl-C when it loops), "crash: signal N" or "memory" (the address-space cap was hit)."""
+    import os
+    import resource
+    import select
+    import signal
+    import time
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        msg = "ok"
+        try:
+            base = _vm_bytes()
+            if base:
+                resource.setrlimit(resource.RLIMIT_AS, (base + memory, base + memory))
+            from score_codec.errors import ScoreError
+
+            try:
+                fn()
+            except ScoreError as exc:
+                msg = f"score-error: {type(exc).__name__}"
+            except MemoryError:
+                msg = "memory"
+            except BaseException as exc:
+                msg = f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            os.write(w, msg.encode()[:4000])
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "hang"
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                data = os.read(r, 4096)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"crash: signal {os.WTERMSIG(status)}"
+    return b"".join(chunks).decode(errors="replace") or "crash: no report"
