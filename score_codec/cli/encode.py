@@ -205,6 +205,15 @@ def _encode_streaming(args: argparse.Namespace, reader, options: Dict[str, Any],
     return _report(args, c.format)
 
 
+def _vs_source(stats: dict) -> str:
+    """The ratio against the dump's own labels where they are not full fp16 rows (top-k dumps)."""
+    if stats.get("source_label_bytes", stats["fp16_bytes"]) == stats["fp16_bytes"]:
+        return ""
+    r = stats["ratio_vs_source"]
+    size = f"{r:.2f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
+    return f"; {size} the dump's top-k labels"
+
+
 def _report(args: argparse.Namespace, fmt: str) -> int:
     from ..store.reader import LabelStore
 
@@ -216,7 +225,8 @@ def _report(args: argparse.Namespace, fmt: str) -> int:
         r = stats["ratio"]
         size = f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
         print(f"{args.dst}: {stats['images']} images, {stats['rows']} rows, C={stats['num_classes']}, "
-              f"{stats['label_bytes']:,} label bytes ({stats['bytes_per_row']:.1f} per row), {size} fp16 logits")
+              f"{stats['label_bytes']:,} label bytes ({stats['bytes_per_row']:.1f} per row), {size} fp16 logits"
+              + _vs_source(stats))
     return 0
 
 

@@ -39,7 +39,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     st = store.stats()
     attrs = store.aug.attrs
     st["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
-    st["dump_fp16_bytes"] = int(st["rows"] * (2 * st["num_classes"] + DUMP_ROW_OVERHEAD))
+    # the labels the dump itself held (k values and ids per row for a top-k dump) plus its per-row metadata
+    st["dump_fp16_bytes"] = int(st["source_label_bytes"] + st["rows"] * DUMP_ROW_OVERHEAD)
     st["ratio_vs_dump"] = st["dump_fp16_bytes"] / st["disk_bytes"] if st["disk_bytes"] else float("inf")
     if args.json:
         print(json.dumps(st, default=str))
@@ -54,7 +55,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"ranks           min {st['rank_min']}, mean {st['rank_mean']:.2f}, max {st['rank_max']}",
         f"label bytes     {st['label_bytes']} ({st['bytes_per_row']:.1f} per row)",
         f"disk bytes      {st['disk_bytes']} (metadata {st['meta_bytes']} before compression)",
-        f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk",
+        f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk"
+        + (f"; {_ratio(st['ratio_vs_source'])} the dump's top-k labels"
+           if st["source_label_bytes"] != st["fp16_bytes"] else ""),
         f"decodes to      {'exact logits (--keep-mean)' if st['keep_mean'] else 'row-centred logits (softmax unchanged)'}",
     ]
     print("\n".join(lines))
