@@ -59,6 +59,9 @@ __all__ = [
     "BatchSizeMismatchError",
     "IOFailureError",
     "WriteFailedError",
+    "SizeLimitError",
+    "UnreadableFileError",
+    "StoreLockedError",
 ]
 
 #: process exit codes of ``score-codec`` and ``score-select``
@@ -133,6 +136,19 @@ class BudgetError(InputError):
 
 class BatchSizeMismatchError(InputError):
     """Training asked for a batch size other than the dump's while the dump mixes images per batch."""
+
+
+class SizeLimitError(CorruptRecordError):
+    """A size read from a file (table rows, record cells, decompressed bytes, nesting depth) exceeds what the
+    file can hold or the reader's cap; nothing was allocated for it."""
+
+
+class UnreadableFileError(CorruptRecordError):
+    """A file of the store cannot be read: permission denied, a dangling link, an I/O error."""
+
+
+class StoreLockedError(InputError):
+    """Another writer holds the destination's lock file."""
 
 
 class IOFailureError(ScoreError):

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 __all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "assert_float32_decode_equal",
-           "planted_low_rank_sparse", "make_meta", "all_files", "damage_file"]
+           "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
+           "run_isolated"]
 
 
 def centred(y: torch.Tensor) -> torch.Tensor:
@@ -54,6 +55,73 @@ def assert_float32_decode_equal(got: np.ndarray, want: np.ndarray, terms: int) -
     err = float(np.abs(got - want).max()) if got.size else 0.0
     if err > tol:
         raise AssertionError(f"max abs difference {err:.3e} exceeds float32 rounding bound {tol:.3e} ({terms} terms)")
+
+
+#: one unit in the last place, relative, of each stored factor dtype (int8 is handled by its row scales)
+_STORED_EPS = {"fp32": float(np.finfo(np.float32).eps), "fp16": float(np.finfo(np.float16).eps),
+               "bf16": 2.0 ** -7}
+
+
+def _stored_ulp(x: torch.Tensor, quant: str, scale) -> torch.Tensor:
+    """One step of the stored grid at each value of ``x`` (float32, dequantised): two encodings of inputs
+    that differ by float32 rounding may round a factor to neighbouring grid points, never further apart."""
+    if quant == "int8":
+        step = scale if scale is not None else x.abs().amax(-1) / 127.0
+        return step.float()[:, None].expand_as(x) * (1 + 1e-6)
+    tiny = float(np.finfo(np.float16).smallest_subnormal) if quant == "fp16" else 0.0
+    return x.abs() * _STORED_EPS[quant] + tiny
+
+
+def assert_stores_close(got_path, want_path, input_rel: float = 0.0, explained=None) -> int:
+    """Two stores encoded from the same logits in different processes (or thread counts, batch splits,
+    CPUs) decode alike up to what their arithmetic allows.
+
+    Encoding computes factors in float32, where the summation order of another process or CPU kernel
+    changes the last bits; storing them rounds each factor to its quantisation grid, so one factor can land
+    one grid step away.  For record ``A (K, r)``, ``B (r, C)`` the bound per decoded value is
+    ``sum_r ulp(A) |B| + |A| ulp(B) + ulp(A) ulp(B)`` plus float32 rounding of the r-term product, plus
+    ``input_rel`` x max|logits| where the inputs themselves were computed in another process.
+
+    ``explained(image, view, got_row, want_row) -> bool`` may accept a row outside that bound (a fit that
+    takes a discrete choice, such as a line search, can land on another candidate); returns how many rows
+    it accepted."""
+    import score_codec as sc
+
+    got, want = sc.LabelStore(got_path), sc.LabelStore(want_path)
+    if len(got) != len(want):
+        raise AssertionError(f"{got_path} holds {len(got)} images, {want_path} holds {len(want)}")
+    eps32 = float(np.finfo(np.float32).eps)
+    accepted = 0
+    for i in range(len(want)):
+        g, w = got.matrix(i).double(), want.matrix(i).double()
+        if g.shape != w.shape:
+            raise AssertionError(f"image {i}: shape {tuple(g.shape)} != {tuple(w.shape)}")
+        raw = want.record(i, raw=True)
+        rec = raw.dequantized()
+        b = rec.b if rec.b is not None else want.basis(rec.basis)[: rec.rank]
+        a = rec.a
+        ua = _stored_ulp(a.T, raw.quant, raw.a_scale).T
+        if rec.b is not None:
+            ub = _stored_ulp(b, raw.quant, raw.b_scale)
+        else:  # a shared basis: the tests compare stores whose bases are the same bytes
+            ub = torch.zeros_like(b)
+        tol = (ua.double() @ b.abs().double() + a.abs().double() @ ub.double() + ua.double() @ ub.double())
+        if raw.res_vals.numel():
+            tol[raw.res_rows, raw.res_cols] += _stored_ulp(rec.res_vals[None], "fp16", None)[0].double()
+        scale = max(1.0, float(w.abs().max()))
+        tol = tol + (rec.rank + 2) * eps32 * scale + input_rel * scale
+        err = (g - w).abs()
+        bad = err > tol
+        for v in sorted({int(x) for x in torch.nonzero(bad)[:, 0]}) if explained is not None else ():
+            if explained(i, v, g[v], w[v]):
+                bad[v] = False
+                accepted += 1
+        if bool(bad.any()):
+            j = int(torch.nonzero(bad)[0][0]), int(torch.nonzero(bad)[0][1])
+            raise AssertionError(f"image {i} value {j}: {float(g[j]):.7g} vs {float(w[j]):.7g}, difference "
+                                 f"{float(err[j]):.3e} exceeds the {raw.quant} rounding bound "
+                                 f"{float(tol[j]):.3e}")
+    return accepted
 
 
 def planted_low_rank_sparse(n: int, k: int, c: int, rank: int, density: float, seed: int = 0):
@@ -136,3 +204,72 @@ def reseal(path) -> None:
     m["shards"], m["index"] = fresh["shards"], fresh["index"]
     with open(mf, "w") as fh:
         json.dump(m, fh)
+
+
+def _vm_bytes() -> int:
+    """This process's current virtual memory size (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
+    """Run ``fn()`` in a forked child that may use ``memory`` bytes of address space beyond what it starts
+    with, for at most ``timeout`` seconds.  Returns "ok", "score-error: <type>" for a library error, or what
+    went wrong otherwise: "exception: <type>: <message>", "hang" (killed at the timeout; libhdf5 ignores
+    Ctrl-C when it loops), "crash: signal N" or "memory" (the address-space cap was hit)."""
+    import os
+    import resource
+    import select
+    import signal
+    import time
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        msg = "ok"
+        try:
+            base = _vm_bytes()
+            if base:
+                resource.setrlimit(resource.RLIMIT_AS, (base + memory, base + memory))
+            from score_codec.errors import ScoreError
+
+            try:
+                fn()
+            except ScoreError as exc:
+                msg = f"score-error: {type(exc).__name__}"
+            except MemoryError:
+                msg = "memory"
+            except BaseException as exc:
+                msg = f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            os.write(w, msg.encode()[:4000])
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "hang"
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                data = os.read(r, 4096)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"crash: signal {os.WTERMSIG(status)}"
+    return b"".join(chunks).decode(errors="replace") or "crash: no report"

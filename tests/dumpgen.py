@@ -158,12 +158,19 @@ def make_epoch_dump(root: str, family: str = "sre2l", ipc: int = 4, epochs: int 
 
 
 def make_lpqld_dump(root: str, ipc: int = 4, epochs: int = 2, batch_size: int = 8, topk: Optional[int] = None,
-                    seed: int = 42) -> Dict[str, object]:
+                    seed: int = 42, drop_last: bool = True, keep: Optional[int] = None,
+                    randaugment: bool = False) -> Dict[str, object]:
     """LPQLD flat dump: ``batch_{g}.tar`` + ``sampler_indices_batch.json``; fp16 coords, uint8 mix_index,
-    uint8 0-d tensor box, and (``topk``) MR-k top-k fp16 logits + int16 indices instead of full logits."""
+    uint8 0-d tensor box, and (``topk``) MR-k top-k fp16 logits + int16 indices instead of full logits.
+    ``keep``: only the first ``keep`` global batches (a pruned dump whose last epoch is short);
+    ``randaugment``: RandAugment parameters inserted at item 2."""
     images, labels = synthetic_set(ipc)
     n = len(images)
-    batches = _torch_batches(n, batch_size, epochs, seed, drop_last=True)
+    batches = _torch_batches(n, batch_size, epochs, seed, drop_last=drop_last)
+    if keep is not None:
+        flat = [(e, b) for e, ep in enumerate(batches) for b in ep][:keep]
+        batches = [[b for e2, b in flat if e2 == e] for e in range(len(batches))]
+        batches = [ep for ep in batches if ep]
     g = torch.Generator().manual_seed(4321)
     rng = np.random.default_rng(7)
     index: Dict[str, List[int]] = {}
@@ -173,6 +180,8 @@ def make_lpqld_dump(root: str, ipc: int = 4, epochs: int = 2, batch_size: int = 
         for idx in ep:
             coords, flip, mi, lam, bbox, logits = _augment_batch(images, idx, "cutmix", g, rng)
             items = [coords.half(), flip, mi.to(torch.uint8), lam, [torch.tensor(int(v), dtype=torch.uint8) for v in bbox]]
+            if randaugment:
+                items.insert(2, [(int(v), 9) for v in torch.randint(0, 14, (2,), generator=g)])
             if topk is None:
                 items.append(logits.half())
             else:

@@ -11,7 +11,7 @@ import logging
 from typing import Any, Dict, Optional
 
 from ..errors import InputError
-from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_options
+from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_options, count
 
 __all__ = ["register", "cmd_encode", "cmd_decode", "dump_options", "add_reader_arguments", "load_head",
            "check_codec_args"]
@@ -112,8 +112,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
         r = stats["ratio"]
         size = f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
         print(f"{args.dst}: {stats['images']} images, {stats['rows']} rows, C={stats['num_classes']}, "
-              f"{stats['label_bytes']:,} label bytes ({stats['bytes_per_row']:.1f} per row), {size} fp16 logits")
+              f"{stats['label_bytes']:,} label bytes ({stats['bytes_per_row']:.1f} per row), {size} fp16 logits"
+              + _vs_source(stats))
     return 0
+
+
+def _vs_source(stats: dict) -> str:
+    """The ratio against the dump's own labels where they are not full fp16 rows (top-k dumps)."""
+    if stats.get("source_label_bytes", stats["fp16_bytes"]) == stats["fp16_bytes"]:
+        return ""
+    r = stats["ratio_vs_source"]
+    size = f"{r:.2f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
+    return f"; {size} the dump's top-k labels"
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -151,8 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "after the last complete shard.")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted encode from its last complete "
                    "shard (kept in DST.partial); the other options must match the interrupted run.")
-    p.add_argument("--workers", type=int, default=0, help="CPU threads for the codec (0: torch's setting).")
-    p.add_argument("--chunk-images", type=int, default=256, help="Images encoded per batched call.")
+    p.add_argument("--workers", type=count(0), default=0, help="CPU threads for the codec (0: torch's setting).")
+    p.add_argument("--chunk-images", type=count(1), default=256, help="Images encoded per batched call.")
     _common(p)
     p.set_defaults(func=cmd_encode)
 

@@ -45,7 +45,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"ranks           min {st['rank_min']}, mean {st['rank_mean']:.2f}, max {st['rank_max']}",
         f"label bytes     {st['label_bytes']} ({st['bytes_per_row']:.1f} per row)",
         f"disk bytes      {st['disk_bytes']} (metadata {st['meta_bytes']} before compression)",
-        f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk",
+        f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk"
+        + (f"; {_ratio(st['ratio_vs_source'])} the dump's top-k labels"
+           if st["source_label_bytes"] != st["fp16_bytes"] else ""),
         f"decodes to      {'exact logits (--keep-mean)' if st['keep_mean'] else 'row-centred logits (softmax unchanged)'}",
     ]
     print("\n".join(lines))

@@ -8,13 +8,29 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options"]
+__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
 METHODS = ("cur", "global", "rpca", "rsvd", "shared", "svd", "two-level")
 QUANTS = ("fp16", "bf16", "int8", "fp32")
 #: dump families with a reader and a writer (``score_codec.formats.FORMATS`` / ``WRITERS``)
 FORMAT_NAMES = ("edc", "fkd", "gvbsm", "lpld", "lpqld", "npy", "sre2l")
+
+
+def count(minimum: int):
+    """An argparse ``type`` for integers >= ``minimum``: anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

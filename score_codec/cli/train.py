@@ -8,7 +8,7 @@ import os
 import time
 
 from ..errors import InputError
-from .options import HelpFormatter
+from .options import HelpFormatter, count
 
 __all__ = ["register"]
 
@@ -110,6 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate.")
     s.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay.")
     s.add_argument("--bf16", action="store_true", help="Autocast the student to bfloat16.")
-    s.add_argument("--workers", type=int, default=0, help="DataLoader workers.")
+    s.add_argument("--workers", type=count(0), default=0, help="DataLoader workers.")
     _arch_arguments(s, width=32)
     s.set_defaults(func=_student)

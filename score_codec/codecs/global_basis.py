@@ -31,6 +31,7 @@ import torch
 from ..errors import BudgetError, CodecError
 from .base import Codec, check_matrix, register_codec, to_float32
 from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
+from .arguments import check_int, check_real
 from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
 
@@ -125,11 +126,12 @@ class StoreScopeCodec(Codec):
                  fit_rows: int = 65_536, newton_max_rank: int = 128, **config: Any):
         super().__init__(fit_temperature=fit_temperature, newton_steps=newton_steps, penalty=penalty, fit_rows=fit_rows,
                          newton_max_rank=newton_max_rank, **config)
-        if fit_temperature <= 0 or newton_steps < 0 or fit_rows < 1 or penalty < 0 or newton_max_rank < 0:
-            raise CodecError(f"{self.codec_id}: need fit_temperature > 0, newton_steps >= 0, penalty >= 0, "
-                             f"newton_max_rank >= 0 and fit_rows >= 1")
-        self.fit_temperature, self.newton_steps, self.fit_rows = float(fit_temperature), int(newton_steps), int(fit_rows)
-        self.penalty, self.newton_max_rank = float(penalty), int(newton_max_rank)
+        name = self.codec_id
+        self.fit_temperature = check_real(f"{name}: fit_temperature", fit_temperature, 0.0, error=CodecError)
+        self.newton_steps = check_int(f"{name}: newton_steps", newton_steps, 0, error=CodecError)
+        self.fit_rows = check_int(f"{name}: fit_rows", fit_rows, 1, error=CodecError)
+        self.penalty = check_real(f"{name}: penalty", penalty, 0.0, low_open=False, error=CodecError)
+        self.newton_max_rank = check_int(f"{name}: newton_max_rank", newton_max_rank, 0, error=CodecError)
 
     def steps_for(self, rank: int) -> int:
         """Newton steps of the KL fit at basis rank ``rank``: none above ``newton_max_rank``.  Each step solves
@@ -211,6 +213,11 @@ class GlobalCodec(StoreScopeCodec):
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
                                   f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
+            if r == 0 and residual == 0 and float(variances.sum()) > 0:
+                # a rank-0 basis decodes every row to the mean row: no labels would be stored
+                raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row leaves the global basis at "
+                                  f"rank 0, which stores no labels; rank 1 needs "
+                                  f"{row_cost(1, k, quant, residual, c) + (2 * c + 4 * c) / total:.2f} B per row")
         elif energy is not None:
             share = variances.cumsum(0) / variances.sum().clamp_min(1e-300)
             r = int((share < energy - 1e-12).sum()) + 1
@@ -229,7 +236,10 @@ class TwoLevelCodec(StoreScopeCodec):
 
     def __init__(self, class_rank: Optional[int] = None, plan_classes: int = 24, **config: Any) -> None:
         super().__init__(class_rank=class_rank, plan_classes=plan_classes, **config)
-        self.class_rank, self.plan_classes = class_rank, int(plan_classes)
+        if class_rank is not None:
+            class_rank = check_int("two-level: class_rank", class_rank, 0, error=CodecError)
+        self.class_rank = class_rank
+        self.plan_classes = check_int("two-level: plan_classes", plan_classes, 1, error=CodecError)
 
     def _class_rows(self, src: FitSource, cls: int) -> torch.Tensor:
         ids = np.flatnonzero(src.labels == cls)
@@ -320,9 +330,14 @@ class TwoLevelCodec(StoreScopeCodec):
         chosen_residual = None
         if budget_per_row is not None:
             r1, r2, chosen_residual = self._plan(src, mean, basis, quant, budget_per_row, k, total, c, len(classes))
+            if r1 + r2 == 0 and not chosen_residual:
+                raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row leaves the two-level bases at "
+                                  f"rank 0 and no residual, which stores no labels; lower the ratio")
         else:
             r1 = basis.shape[0] if rank is None else min(int(rank), basis.shape[0])
             r2 = 2 if self.class_rank is None else int(self.class_rank)
+            # a class basis extends the global one: together they can never span more than the C classes
+            r2 = max(0, min(r2, c - r1))
         top = basis[:r1]
         entries = [self._entry(top, mean=mean)]
         of_class = {}

@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..errors import CodecError
+from .arguments import check_int, check_real
 from .base import Codec, Factors, register_codec
 from .svd import mask_ranks
 
@@ -95,7 +97,11 @@ class RPCACodec(Codec):
 
     def __init__(self, lam: Optional[float] = None, tol: float = 1e-5, max_iter: int = 50, oversample: int = 10) -> None:
         super().__init__(lam=lam, tol=tol, max_iter=max_iter, oversample=oversample)
-        self.lam, self.tol, self.max_iter, self.oversample = lam, tol, max_iter, oversample
+        if lam is not None:
+            lam = check_real("rpca: lam", lam, 0.0, error=CodecError)
+        self.lam, self.tol = lam, check_real("rpca: tol", tol, 0.0, error=CodecError)
+        self.max_iter = check_int("rpca: max_iter", max_iter, 1, error=CodecError)
+        self.oversample = check_int("rpca: oversample", oversample, 0, error=CodecError)
 
     def factorize(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
         q = int(ranks.max()) if ranks.numel() else 0

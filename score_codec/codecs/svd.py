@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CodecError
+from .arguments import check_int
 from .base import Codec, Factors, register_codec
 
 __all__ = ["SVDCodec", "RandomizedSVDCodec", "split_balanced", "mask_ranks"]
@@ -49,7 +51,9 @@ class RandomizedSVDCodec(Codec):
 
     def __init__(self, oversample: int = 8, niter: int = 2, seed: int = 0) -> None:
         super().__init__(oversample=oversample, niter=niter, seed=seed)
-        self.oversample, self.niter, self.seed = oversample, niter, seed
+        self.oversample = check_int("rsvd: oversample", oversample, 0, error=CodecError)
+        self.niter = check_int("rsvd: niter", niter, 0, error=CodecError)
+        self.seed = check_int("rsvd: seed", seed, 0, error=CodecError)
 
     def factorize(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
         q = int(ranks.max()) if ranks.numel() else 0

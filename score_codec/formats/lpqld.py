@@ -22,7 +22,7 @@ from .batchfile import build_head, merge_style, parse_head
 from .safe_load import safe_torch_load
 from .writers import _batches, _save, _style, _writer
 
-__all__ = ["LPQLDReader", "LPQLD_JSON", "FILL_GAP"]
+__all__ = ["LPQLDReader", "LPQLD_JSON", "FILL_GAP", "epochs_of_batches"]
 
 LPQLD_JSON = "sampler_indices_batch.json"
 #: logit gap between the smallest stored top-k value and the classes MR-k did not keep
@@ -62,8 +62,8 @@ class LPQLDReader(DumpReader):
         if missing:
             raise FormatError(f"{jp}: no indices for batch {missing[0]}")
         self.num_images = int(self.options.get("num_images") or max(int(v.max()) for v in self.index.values() if v.size) + 1)
-        first = self.index[0]
-        self.batches_per_epoch = max(1, self.num_images // max(len(first), 1))   # drop_last=True
+        self.epoch_of = epochs_of_batches([self.index[g] for g, _ in self.files], self.num_images)
+        self.batches_per_epoch = self.epoch_of.count(0)
         self.attrs.update(style={}, mapping="json", num_images=self.num_images, batches_per_epoch=self.batches_per_epoch)
 
     def num_files(self) -> int:
@@ -75,11 +75,14 @@ class LPQLDReader(DumpReader):
     def batches(self) -> Iterator[BatchRecord]:
         for g, path in self.files:
             obj = safe_torch_load(path)
+            if isinstance(obj, list) and len(obj) in (7, 8) and _is_randaugment(obj):
+                raise FormatError(f"{path}: a RandAugment LPQLD dump (rand_params at item 2, {len(obj)} items); "
+                                  f"this variant is not supported")
             if not isinstance(obj, list) or len(obj) not in (6, 7):
                 found = f"a list of {len(obj)} items" if isinstance(obj, list) else type(obj).__name__
                 raise FormatError(f"{path}: expected a list of 6 items (full logits) or 7 (MR-k top-k), found {found} "
                                   f"(RandAugment / cutout variants are not supported)")
-            epoch = g // self.batches_per_epoch
+            epoch = self.epoch_of[g]
             logits, rows, rec, style = parse_head(obj, path, epoch, g)
             if len(obj) == 7:
                 ind = obj[6]
@@ -104,6 +107,32 @@ class LPQLDReader(DumpReader):
                 raise FormatError(f"{path}: {LPQLD_JSON} lists {len(idx)} indices for batch {g}, the file has {len(rows)} rows")
             rows["image"] = idx
             yield BatchRecord(path, logits, rows, rec)
+
+
+def _is_randaugment(obj: List[Any]) -> bool:
+    """A 7- or 8-item list whose item 2 is RandAugment's parameters rather than the mix index: the MR-k
+    layout (7 items) has float top-k logits at item 5 and integer class ids at item 6; RandAugment shifts
+    the head by one, so item 5 is the CutMix box (a list or None) and the logits follow."""
+    if len(obj) == 8:
+        return True
+    five, six = obj[5], obj[6]
+    return not isinstance(five, torch.Tensor) or (isinstance(six, torch.Tensor) and six.dtype.is_floating_point)
+
+
+def epochs_of_batches(batches: List[np.ndarray], num_images: int) -> List[int]:
+    """Epoch of each global batch (its dataset indices, in file order): an epoch draws each image at most
+    once, so a batch that repeats an image of the current epoch, or follows one that completed it, starts
+    the next.  Unlike ``g // batches_per_epoch`` this holds for a short last batch of each epoch
+    (drop_last=False) and for a pruned dump whose last epoch is cut short."""
+    out, epoch = [], 0
+    seen: set = set()
+    for idx in batches:
+        ids = set(int(i) for i in np.asarray(idx).reshape(-1))
+        if (ids & seen) or len(seen) >= num_images:
+            epoch, seen = epoch + 1, set()
+        seen |= ids
+        out.append(epoch)
+    return out
 
 
 @_writer("lpqld")

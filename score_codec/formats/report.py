@@ -32,7 +32,8 @@ def store_info(store: StoreLike) -> Dict[str, Any]:
     info = st.stats()
     attrs = st.aug.attrs
     info["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
-    info["dump_fp16_bytes"] = int(info["rows"] * (2 * info["num_classes"] + DUMP_ROW_OVERHEAD))
+    # the labels the dump itself held (k values and ids per row for a top-k dump) plus its per-row metadata
+    info["dump_fp16_bytes"] = int(info["source_label_bytes"] + info["rows"] * DUMP_ROW_OVERHEAD)
     info["ratio_vs_dump"] = info["dump_fp16_bytes"] / info["disk_bytes"] if info["disk_bytes"] else float("inf")
     return info
 

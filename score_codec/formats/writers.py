@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any, Callable, Dict, Iterator, Tuple
 
@@ -18,10 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError, InputError
+from ..store.atomic import WriteLock, install
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from .batchfile import build_head
 
-__all__ = ["WRITERS", "write_dump", "image_row_groups"]
+__all__ = ["WRITERS", "write_dump", "image_row_groups", "max_at_zero", "check_dump_replaceable"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,25 @@ def _batches(src: Any, progress: bool, what: str) -> Iterator[Tuple[np.ndarray, 
     if len(aug.batches) == 0:
         raise FormatError(f"the store has no batch structure (it came from a "
                           f"{aug.attrs.get('format', 'batch-less')} source); decode it with --format fkd or npy")
+    # a store decodes row-centred logits unless it kept the row means; a dump's own logits are exact
+    enc = getattr(src, "encoding", None)
+    if enc is None:
+        enc = getattr(getattr(src, "store", None), "encoding", None)
+    shift = enc is not None and not enc.get("keep_mean", False)
     for rec in tqdm(aug.batches, desc=f"write {what}", unit="file", disable=not progress):
         rows = aug.rows[int(rec["row_start"]):int(rec["row_start"]) + int(rec["size"])]
-        yield rows, rec, src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
+        logits = src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
+        yield rows, rec, max_at_zero(logits) if shift else logits
+
+
+def max_at_zero(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits shifted so that each row's largest is 0 (softmax is unchanged).
+
+    Dumps hold fp16 logits, whose step grows with magnitude: row-centred logits put the few classes that
+    carry the probability far from 0, where fp16 rounds them coarsely; after this shift they sit at and
+    just below 0, where fp16 is finest.  Stores with row means (keep_mean) decode the teacher's own logits,
+    which are written as they are."""
+    return logits - logits.amax(dim=-1, keepdim=True) if logits.numel() else logits
 
 
 def _style(src: Any, rec: np.ndarray, plain_ints: bool = False) -> Dict[str, str]:
@@ -133,7 +151,8 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
     Raises InputError if ``dst`` exists (without ``overwrite``) or its parent is missing, FormatError if
     the source lacks what the format needs (e.g. batches for SRe2L).  ``plain_ints=True`` writes CutMix
     boxes as Python ints instead of the source's ``numpy.int64``, so ``torch.load``'s default
-    ``weights_only=True`` (torch >= 2.6) accepts the files.
+    ``weights_only=True`` (torch >= 2.6) accepts the files.  A store's row-centred logits are written shifted
+    to a row maximum of 0 (:func:`max_at_zero`), so that the dump's fp16 adds no measurable error.
     """
     if fmt not in WRITERS:
         raise InputError(f"cannot write format {fmt!r}; writable: {', '.join(sorted(WRITERS))}")
@@ -143,19 +162,45 @@ def write_dump(src: Any, dst: str, fmt: str, *, overwrite: bool = False, progres
     parent = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(parent):
         raise InputError(f"{dst}: parent directory {parent} does not exist")
+    if os.path.lexists(dst):
+        check_dump_replaceable(dst, fmt)   # before any work: overwriting deletes only what a dump writer writes
     tmp = f"{dst}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if fmt != "npy":
-            os.makedirs(tmp)
-        WRITERS[fmt](src, tmp, dict(options, progress=progress))
-        if os.path.exists(dst):
-            shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with WriteLock(dst):
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if fmt != "npy":
+                os.makedirs(tmp)
+            WRITERS[fmt](src, tmp, dict(options, progress=progress))
+            # the old dump is deleted only once the new one is in place
+            install(tmp, dst, lambda old: check_dump_replaceable(old, fmt))
+        except BaseException:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     return dst
+
+
+#: files a dump writer creates, relative to the dump's root (FKD keeps its source's own file names, *.tar)
+_DUMP_FILES = re.compile(r"^(epoch_\d+/batch_\d+\.tar|batch_\d+\.tar|sampler_indices_epoch\.json|"
+                         r"sampler_indices_batch\.json)$")
+
+
+def check_dump_replaceable(dst: str, fmt: str) -> None:
+    """InputError unless ``dst`` holds only files a ``fmt`` dump writer writes, so that overwriting it
+    deletes nothing else (a folder of a user's own files is refused, not emptied)."""
+    if os.path.islink(dst):
+        raise InputError(f"{dst}: is a symbolic link; refusing to overwrite it")
+    if os.path.isfile(dst):
+        with open(dst, "rb") as fh:
+            magic = fh.read(6)
+        if fmt != "npy" or magic != b"\x93NUMPY":
+            raise InputError(f"{dst}: is a file that no {fmt} dump writer wrote; refusing to overwrite it")
+        return
+    for d, _, files in os.walk(dst):
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), dst).replace(os.sep, "/")
+            if not (_DUMP_FILES.match(rel) or (fmt == "fkd" and rel.endswith(".tar"))):
+                raise InputError(f"{dst}: holds {rel!r}, which a {fmt} dump writer does not write; refusing to "
+                                 f"overwrite the folder (move that file out first)")

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .integrity import check_dataset_size
 from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
 
 __all__ = ["AugReader"]
@@ -42,6 +43,8 @@ class AugReader:
     def _load_small(self):
         if self._small is None:
             def read(g):
+                for name in ("rows", "batches", "images"):   # sizes checked against the file before any read
+                    check_dataset_size(g[name], f"{self.path}: /aug/{name}")
                 batches = g["batches"][()] if len(g["batches"]) else np.zeros(0, BATCH_DTYPE)
                 images = g["images"][()] if len(g["images"]) else np.zeros(0, IMAGE_DTYPE)
                 return batches, images, json.loads(g.attrs["attrs"]), int(g["rows"].shape[0])
@@ -97,6 +100,7 @@ class AugReader:
         return rows, offset
 
     def all_rows(self) -> np.ndarray:
+        self._load_small()   # checks the table's size first
         rows = self._read(lambda g: g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE))
         if rows.dtype != ROW_DTYPE:
             raise StoreError(f"{self.path}: /aug/rows has dtype {rows.dtype}, expected {ROW_DTYPE}")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..codecs.arguments import check_int
 from ..errors import InputError
 from ..codecs.global_basis import BasisSet
 from .meta import AugMeta
@@ -84,13 +85,13 @@ def encode(
     if any(m.ndim != 2 for m in mats):
         raise InputError("every label matrix must be 2-D (K, C)")
     c = int(mats[0].shape[1])
+    chunk_images = check_int("chunk_images", chunk_images, 1)
     if opts.target_bytes is not None:
         if opts.ratio is not None:
             raise InputError("give ratio or target_bytes, not both")
         rows = sum(int(m.shape[0]) for m in mats)
-        if opts.target_bytes <= 0:
-            raise InputError(f"target_bytes must be positive, found {opts.target_bytes}")
-        opts = opts.replace(ratio=2.0 * c * rows / opts.target_bytes, target_bytes=None)
+        target_bytes = check_int("target_bytes", opts.target_bytes, 1)
+        opts = opts.replace(ratio=2.0 * c * rows / target_bytes, target_bytes=None)
     if labels is not None and len(labels) != len(mats):
         raise InputError(f"got {len(labels)} labels for {len(mats)} images")
     # shared bases are fitted per chunk: one chunk keeps one basis per class

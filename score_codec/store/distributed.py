@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..codecs import get_codec
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
+from .atomic import WriteLock, install
 from .bulk import encode
 from .integrity import check_shard_file
 from .indexio import make_manifest, write_index, write_manifest_file
@@ -35,6 +36,7 @@ from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DA
 from .meta import AugMeta
 from .options import CodecOptions, split_codec_options
 from .reader import LabelStore
+from .writer import check_replaceable
 
 __all__ = ["rank_and_world", "block_of", "encode_distributed", "merge_stores"]
 
@@ -95,9 +97,8 @@ def merge_stores(parts: Sequence[str], dst: str, meta: Optional[AugMeta] = None)
         # a refused or interrupted merge leaves every part as it was (shards are linked, not moved)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    with WriteLock(dst):
+        install(tmp, dst, check_replaceable)   # the old store goes only once the merged one is in place
     for src in moved:
         os.remove(src)
 

@@ -5,20 +5,28 @@ is one record (bytes) per image plus any shared bases the chunk introduced.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from ..codecs import Codec, get_codec
+from ..codecs.arguments import check_int, check_real
 from ..codecs.base import all_finite, check_matrix
-from ..errors import InputError
+from ..errors import BudgetError, InputError
 from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
 from .record import HEADER, pack_record
 from ..codecs.residual import select_residual
 
+log = logging.getLogger(__name__)
+
 __all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
+
+
+#: largest rank a record header can hold (a 16-bit field, docs/FORMAT.md 5.1)
+MAX_RANK = 0xFFFF
 
 
 @dataclass
@@ -45,10 +53,19 @@ class EncodeOptions:
             raise InputError("give at most one of rank, energy, ratio, target_bytes")
         if self.rank is None and self.energy is None and self.ratio is None and self.target_bytes is None:
             self.rank = 8
-        if self.ratio is not None and self.ratio <= 0:
-            raise InputError(f"ratio must be positive, found {self.ratio}")
-        if self.residual < 0:
-            raise InputError(f"residual entries per row must be >= 0, found {self.residual}")
+        # a rank of 0 (or a NaN ratio that rate control turns into one) would store no labels at all: every
+        # row would decode to the same values, so such targets are refused rather than written
+        if self.rank is not None:
+            self.rank = check_int("rank", self.rank, 1, MAX_RANK)
+        if self.energy is not None:
+            self.energy = check_real("energy", self.energy, 0.0, 1.0)
+        if self.ratio is not None:
+            # below 1 the target asks for more bytes than the fp16 logits themselves
+            self.ratio = check_real("ratio", self.ratio, 1.0, low_open=False)
+        if self.target_bytes is not None:
+            self.target_bytes = check_int("target_bytes", self.target_bytes, 1)
+        self.residual = check_int("residual entries per row", self.residual, 0)
+        self.zstd_level = check_int("zstd_level", self.zstd_level, 0, 22)
 
     def make_codec(self) -> Codec:
         return get_codec(self.method, **self.codec_config)
@@ -94,6 +111,52 @@ def _pack(a_q: torch.Tensor, b_q: Optional[torch.Tensor], res: torch.Tensor, idx
                                  residual=res[j].cpu() if opts.residual else None, basis=basis_of[i],
                                  zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
         nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
+
+
+def _quantised(a: torch.Tensor, b: torch.Tensor, quant: str):
+    """(A, B, A @ B) with ``a`` (n, K, r) and ``b`` (n, r, C) rounded as ``quant`` stores them."""
+    a_q = roundtrip(a.transpose(-1, -2), quant).transpose(-1, -2)
+    b_q = roundtrip(b, quant)
+    return a_q, b_q, torch.bmm(a_q, b_q)
+
+
+#: storing factors may move a decoded logit by at most this many steps of the quantisation's relative
+#: precision times the image's largest logit: balanced SVD factors stay near one step at any rank (each
+#: product term is at most about the matrix's scale), while ill-conditioned factors (a CUR core of 10^3
+#: and more) exceed it by orders of magnitude
+QUANT_DAMAGE_UNITS = 4.0
+_REL_STEP = {"fp32": 2.0 ** -23, "fp16": 2.0 ** -10, "bf16": 2.0 ** -7, "int8": 1.0 / 127}
+
+
+def _quantisation_damaged(y: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, quant: str) -> torch.Tensor:
+    """(n,) bool: images whose decoded logits move further from the unrounded factors' product than
+    :data:`QUANT_DAMAGE_UNITS` steps of ``quant`` allow."""
+    scale = y.abs().amax(dim=(1, 2)).clamp_min(1e-30)
+    damage = (approx - exact).abs().amax(dim=(1, 2))
+    allowed = QUANT_DAMAGE_UNITS * _REL_STEP[quant] * scale
+    return ~(damage <= allowed)          # NaN / inf damage counts as damaged
+
+
+def _refactor(y: torch.Tensor, rk: torch.Tensor, bad: torch.Tensor, a_q: torch.Tensor, b_q: torch.Tensor,
+              approx: torch.Tensor, opts: EncodeOptions, ids: List[int]):
+    """Re-encode the images ``bad`` of a bucket with balanced SVD factors of the same rank (the same record
+    layout and size; decoding is the same product), where the codec's own factors lose precision when
+    rounded to ``opts.quant`` or miss the matrix at full rank."""
+    from ..codecs.svd import SVDCodec
+
+    sel = torch.nonzero(bad).flatten()
+    f = SVDCodec().encode(y[sel], rk[sel])
+    a2, b2, approx2 = _quantised(f.a, f.b, opts.quant)
+    a_q, b_q, approx = a_q.clone(), b_q.clone(), approx.clone()
+    q = a2.shape[-1]   # the bucket's factors are padded to its largest rank, the replacements to theirs
+    a_q[sel], b_q[sel], approx[sel] = 0.0, 0.0, approx2
+    a_q[sel, :, :q], b_q[sel, :q] = a2, b2
+    still = _quantisation_damaged(y[sel], torch.bmm(f.a, f.b), approx2, opts.quant)
+    log.warning("%s factors of %d image(s) (first: image %d of the chunk) do not decode to their labels within %s "
+                "precision; stored as balanced SVD factors of the same rank instead%s", opts.method, len(sel),
+                ids[int(sel[0])], opts.quant,
+                f" ({int(still.sum())} still lose precision: consider quant='fp32')" if still.any() else "")
+    return a_q, b_q, approx
 
 
 def _check_finite(y: torch.Tensor, approx: torch.Tensor, res: torch.Tensor, quant: str) -> None:
@@ -191,6 +254,11 @@ def encode_chunk(
         fixed = torch.tensor([_fixed_cost(int(y.shape[0]), c, opts) for y in ys])
     if budget is not None:
         ranks = allocate_ranks(sv, budget=budget, unit_cost=unit, fixed_cost=fixed)
+        if int(ranks.max()) == 0 and opts.residual == 0 and bool((sv > 0).any()):
+            # rank 0 everywhere stores no labels: every row of these images would decode to zeros
+            raise BudgetError(f"the byte budget of {budget:.0f} B for {n} images leaves every "
+                              f"image at rank 0, which stores no labels; lower the ratio (rank 1 needs "
+                              f"{float((unit + fixed).min()):.0f} B for the cheapest image)")
     else:
         ranks = allocate_ranks(sv, rank=opts.rank, energy=opts.energy)
     if not shared:
@@ -228,9 +296,14 @@ def encode_chunk(
             b_q = None
         else:
             f = codec.encode(y, rk)
-            a_q = roundtrip(f.a.transpose(-1, -2), opts.quant).transpose(-1, -2)
-            b_q = roundtrip(f.b, opts.quant)
-            approx = torch.bmm(a_q, b_q)
+            a_q, b_q, approx = _quantised(f.a, f.b, opts.quant)
+            bad = _quantisation_damaged(y, torch.bmm(f.a, f.b), approx, opts.quant)
+            # at full rank every codec's product is the matrix itself: one that decodes to anything else
+            # (RPCA keeps only its low-rank part) is replaced as well
+            full = rk.to(bad.device) >= min(int(y.shape[1]), c)
+            bad |= full & _quantisation_damaged(y, y, approx, opts.quant)
+            if bad.any() and codec.codec_id != "svd":
+                a_q, b_q, approx = _refactor(y, rk, bad, a_q, b_q, approx, opts, idx)
         # RPCA's outliers are exactly where y - approx is large, so the residual finds them unaided
         res = select_residual(y, approx, opts.residual, opts.residual_score)
         _check_finite(y, approx, res, opts.quant)

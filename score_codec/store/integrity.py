@@ -18,10 +18,10 @@ import struct
 import zlib
 from typing import Any, Dict, Optional
 
-from ..errors import CorruptRecordError, StoreError, TruncatedFileError
+from ..errors import CorruptRecordError, SizeLimitError, StoreError, TruncatedFileError, UnreadableFileError
 
 __all__ = ["USERBLOCK_BYTES", "PREFIX_MAGIC", "HDF5_SIGNATURE", "SHARD_MEMBERS", "file_crc32", "index_entry", "check_index_file",
-           "shard_entry", "check_shard_file", "write_prefix", "check_prefix"]
+           "shard_entry", "check_shard_file", "write_prefix", "check_prefix", "check_dataset_size", "GZIP_MAX_EXPANSION"]
 
 #: size of the HDF5 user block of a single-file store (HDF5 requires a power of two >= 512)
 USERBLOCK_BYTES = 512
@@ -37,16 +37,19 @@ _CHUNK = 1 << 22
 
 def file_crc32(path: str, start: int = 0, end: Optional[int] = None, crc: int = 0) -> int:
     """CRC32 (zlib) of bytes ``[start, end)`` of ``path`` (``end`` None: to EOF), read in 4 MiB chunks."""
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        left = None if end is None else end - start
-        while left is None or left > 0:
-            buf = fh.read(_CHUNK if left is None else min(_CHUNK, left))
-            if not buf:
-                break
-            crc = zlib.crc32(buf, crc)
-            if left is not None:
-                left -= len(buf)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = None if end is None else end - start
+            while left is None or left > 0:
+                buf = fh.read(_CHUNK if left is None else min(_CHUNK, left))
+                if not buf:
+                    break
+                crc = zlib.crc32(buf, crc)
+                if left is not None:
+                    left -= len(buf)
+    except OSError as exc:
+        raise UnreadableFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return crc
 
 
@@ -54,7 +57,7 @@ def _size(path: str) -> int:
     try:
         return os.path.getsize(path)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot stat ({exc})") from None
+        raise UnreadableFileError(f"{path}: cannot stat ({exc.strerror or exc})") from None
 
 
 def index_entry(path: str) -> Dict[str, int]:
@@ -132,7 +135,7 @@ def check_prefix(path: str, verify_content: bool = True) -> bool:
         with open(path, "rb") as fh:
             head = fh.read(_PREFIX.size + 4)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot read ({exc})") from None
+        raise UnreadableFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if head[:8] == HDF5_SIGNATURE:
         return False
     if len(head) < _PREFIX.size + 4 or head[:8] != PREFIX_MAGIC:
@@ -152,3 +155,28 @@ def check_prefix(path: str, verify_content: bool = True) -> bool:
         if got != crc:
             raise CorruptRecordError(f"{path}: file content fails its crc32 check: expected {crc:08x}, found {got:08x}")
     return True
+
+
+#: deflate cannot expand data more than about 1032 times: a compressed dataset holding more than this
+#: many times its file's size claims rows its chunks cannot contain
+GZIP_MAX_EXPANSION = 1032
+
+
+def check_dataset_size(ds: Any, where: str) -> int:
+    """Bytes the h5py dataset ``ds`` would take in memory, checked against what its file can hold (its size,
+    times :data:`GZIP_MAX_EXPANSION` for compressed datasets) before anything is read; SizeLimitError names
+    ``where`` otherwise."""
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise StoreError(f"{where}: expected a dataset, found {type(ds).__name__}")
+    n = 1
+    for d in ds.shape or ():
+        n *= int(d)
+    nbytes = n * int(ds.dtype.itemsize)
+    size = _size(ds.file.filename)
+    limit = size * (GZIP_MAX_EXPANSION if ds.compression is not None else 1)
+    if nbytes > limit:
+        raise SizeLimitError(f"{where}: the dataset claims {n} items ({nbytes} bytes), more than its "
+                             f"{size}-byte file can hold")
+    return nbytes

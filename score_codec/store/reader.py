@@ -16,15 +16,15 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
-                     StoreVersionError, TruncatedFileError)
+from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, SizeLimitError,
+                     StoreError, StoreVersionError, TruncatedFileError)
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
 from .aug_reader import AugReader
-from .integrity import SHARD_MEMBERS, check_index_file, check_prefix, check_shard_file
+from .integrity import SHARD_MEMBERS, check_dataset_size, check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
 from ..codecs.quantize import QUANT_NAMES, dequantize, quantized_nbytes
-from .record import MAX_CELLS, Record, unpack_record
+from .record import CELLS_PER_BYTE, FREE_CELLS, MAX_CELLS, Record, unpack_record
 from .dense import DenseFactors, dense_bytes, rows_from_records
 from .stats import store_stats, verify_store
 
@@ -32,6 +32,8 @@ __all__ = ["LabelStore"]
 
 log = logging.getLogger(__name__)
 
+#: a manifest lists one small entry per shard: no store needs more than this
+MAX_MANIFEST_BYTES = 2**28
 #: what h5py, numpy and json raise on damaged bytes; the reader turns them into StoreError
 _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
 
@@ -111,8 +113,13 @@ class LabelStore:
                                                "(an interrupted encode can be finished with --resume)")
                 raise StoreError(f"{self.path}: not a label store (no {MANIFEST_FILE})")
             try:
+                if os.path.getsize(mf) > MAX_MANIFEST_BYTES:
+                    raise SizeLimitError(f"{mf}: manifest is {os.path.getsize(mf)} bytes, more than the "
+                                         f"{MAX_MANIFEST_BYTES} any store needs")
                 with open(mf) as fh:
                     self.manifest = _check_manifest(json.load(fh), mf)
+            except RecursionError:
+                raise SizeLimitError(f"{mf}: manifest is nested deeper than a JSON parser can follow") from None
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{mf}: unreadable manifest ({exc})") from None
             if not os.path.isfile(self._index_path()):
@@ -138,6 +145,7 @@ class LabelStore:
         def table(name: str, dtype: np.dtype) -> np.ndarray:
             if name not in f:
                 raise StoreError(f"{self._index_path()}: dataset /{name} is missing")
+            check_dataset_size(f[name], f"{self._index_path()}: /{name}")
             arr = f[name][()]
             if arr.dtype != dtype:
                 raise StoreError(f"{self._index_path()}: /{name} has dtype {arr.dtype}, expected {dtype}")
@@ -166,12 +174,20 @@ class LabelStore:
         else:
             self.basis_table = table("bases/table", BASIS_INDEX_DTYPE)
         self._check_basis_table()
+        check_dataset_size(f["bases/blob"], f"{self._index_path()}: /bases/blob")
         self._basis_blob = np.asarray(f["bases/blob"][()], dtype=np.uint8)
         self.quant: str = self.encoding.get("quant", "fp16")
         self.ks = self.index["k"].astype(np.int64)
         if len(self.ks) and (self.ks.min() < 1 or int(self.ks.max()) * self.num_classes > MAX_CELLS):
             raise StoreError(f"{self._index_path()}: image row counts must lie in [1, {MAX_CELLS // self.num_classes}], "
                              f"found {int(self.ks.min())}..{int(self.ks.max())}")
+        if len(self.ks):
+            cells = self.ks * self.num_classes
+            over = np.flatnonzero(cells > np.minimum(MAX_CELLS, FREE_CELLS + CELLS_PER_BYTE * self.index["length"].astype(np.int64)))
+            if len(over):
+                i = int(over[0])
+                raise SizeLimitError(f"{self._index_path()}: record {i} is {int(self.index['length'][i])} bytes but declares "
+                                     f"K={int(self.ks[i])} x C={self.num_classes} cells, more than it can decode to")
         self.labels = self.index["label"].astype(np.int64)
         self.row_start = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(np.int64)
         nshards = len(self.manifest.get("shards", []))

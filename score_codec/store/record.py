@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import zstandard
 
-from ..errors import CodecError, CorruptRecordError
+from ..errors import CodecError, CorruptRecordError, SizeLimitError
 from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantized_nbytes
 
 __all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "unpack_record"]
@@ -26,6 +26,19 @@ FLAG_MEAN, FLAG_SHARED, FLAG_ZSTD, FLAG_SHUFFLE = 1, 2, 4, 8
 MIN_ZSTD_GAIN = 0.03
 #: largest K x C a record may declare: bounds what a damaged header can make a reader allocate
 MAX_CELLS = 2**31
+#: K x C a record of any size may declare (a rank-0 record decodes 2^26 float32 cells, 256 MiB, from its
+#: header alone); beyond it the record must hold at least one byte per CELLS_PER_BYTE cells
+FREE_CELLS = 2**26
+CELLS_PER_BYTE = 2**14
+#: a zstd body may inflate to at most this many times its size (plus FREE_RAW_BYTES): factors and residual
+#: indices compress a few times at most; a frame that claims more is damaged or forged
+ZSTD_MAX_EXPANSION = 1024
+FREE_RAW_BYTES = 2**20
+
+
+def max_cells(nbytes: int) -> int:
+    """The most K x C cells a record of ``nbytes`` bytes may decode to."""
+    return min(MAX_CELLS, FREE_CELLS + CELLS_PER_BYTE * max(int(nbytes), 0))
 
 _compressors = {}
 _decompressor = zstandard.ZstdDecompressor()
@@ -204,6 +217,9 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
     max_rank = c if flags & FLAG_SHARED else min(k, c)
     if rank > max_rank or nnz > k * c or flags & ~0xF or k * c > MAX_CELLS:
         raise CorruptRecordError(f"{where}: header out of range (K={k}, C={c}, rank={rank}, nnz={nnz}, flags={flags})")
+    if k * c > max_cells(len(buf)):
+        raise SizeLimitError(f"{where}: a {len(buf)}-byte record declares K={k} x C={c} cells; at most "
+                             f"{max_cells(len(buf))} may decode from that many bytes")
     if bool(flags & FLAG_SHARED) != (basis >= 0):
         raise CorruptRecordError(f"{where}: shared-basis flag disagrees with basis id {basis}")
     if len(buf) - HEADER.size != body_len:
@@ -218,6 +234,10 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
             declared = zstandard.frame_content_size(body)
             if declared != raw_len:
                 raise CorruptRecordError(f"{where}: zstd frame declares {declared} bytes, header says {raw_len}")
+            if raw_len > FREE_RAW_BYTES + ZSTD_MAX_EXPANSION * len(body):
+                raise SizeLimitError(f"{where}: a {len(body)}-byte zstd body declares {raw_len} bytes, more than "
+                                     f"{ZSTD_MAX_EXPANSION}x its size")
+            # zstd refuses a frame whose content differs from its declared size, now bounded above
             dobj = _decompressor.decompressobj()
             body = dobj.decompress(body)
             if dobj.unused_data:

@@ -6,25 +6,50 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..errors import ScoreError
+from ..errors import ScoreError, UnreadableFileError
 from .meta import ROW_DTYPE
 from .protocols import StoreTables
 
-__all__ = ["store_stats", "verify_store", "disk_bytes"]
+__all__ = ["store_stats", "verify_store", "disk_bytes", "source_label_bytes"]
 
 
 def disk_bytes(path: str) -> int:
-    """Bytes a store occupies on disk (all files)."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    """Bytes a store occupies on disk (all files); UnreadableFileError names a file that cannot be sized
+    (a dangling link, a file removed meanwhile, no permission)."""
+    files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    total = 0
+    for fn in files:
+        try:
+            total += os.path.getsize(fn)
+        except OSError as exc:
+            what = "a dangling link" if os.path.islink(fn) else "not readable"
+            raise UnreadableFileError(f"{fn}: {what} inside the store ({exc.strerror or exc})") from None
+    return total
+
+
+def source_label_bytes(attrs: Dict[str, Any], rows: int, num_classes: int) -> int:
+    """Bytes the source dump spent on labels: 2 C per row for fp16 logits, or, for a top-k dump (LPQLD's
+    MR-k: k logits and k class ids per row), what it really stored, so that ratios compare like with like."""
+    style = attrs.get("style") or {}
+    k = style.get("topk")
+    if k is None:
+        return 2 * num_classes * rows
+    def size(name: str, default: int) -> int:
+        try:
+            return int(np.dtype(str(style.get(name))).itemsize)
+        except TypeError:
+            return default
+
+    return int(k) * (size("logits", 2) + size("topk_ids", 2)) * rows
 
 
 def store_stats(store: StoreTables) -> Dict[str, Any]:
     """Sizes and ratios of a store.
 
     ``label_bytes`` counts records and shared bases (what encodes the logits); ``fp16_bytes`` is the
-    uncompressed fp16 label size, 2 C bytes per row; ``ratio`` is their quotient.  ``disk_bytes`` and
+    uncompressed fp16 label size, 2 C bytes per row; ``ratio`` is their quotient.  ``source_label_bytes`` is
+    what the source dump spent on labels (less than ``fp16_bytes`` for a top-k dump) and
+    ``ratio_vs_source`` its quotient with ``label_bytes``.  ``disk_bytes`` and
     ``ratio_disk`` include the index, the augmentation metadata and HDF5 overhead.
     """
     idx = store.index
@@ -34,6 +59,7 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
     on_disk = disk_bytes(store.path)
     ranks = idx["rank"].astype(np.int64)
     enc = store.encoding
+    source = source_label_bytes(store.aug_reader.attrs, rows, store.num_classes)
     return {
         "path": store.path,
         "images": len(store),
@@ -56,6 +82,8 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
         "bytes_per_row": label_bytes / rows if rows else 0.0,
         "fp16_bytes": fp16,
         "ratio": fp16 / label_bytes if label_bytes else float("inf"),
+        "source_label_bytes": source,
+        "ratio_vs_source": source / label_bytes if label_bytes else float("inf"),
         "disk_bytes": on_disk,
         "ratio_disk": fp16 / on_disk if on_disk else float("inf"),
         "meta_rows": int(store.aug_reader.num_rows),

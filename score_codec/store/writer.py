@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..codecs.arguments import check_int
 from ..codecs.quantize import dequantize
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
@@ -25,11 +26,13 @@ from .encoder import check_matrices, encode_chunk, encode_store_chunk
 from .integrity import USERBLOCK_BYTES, shard_entry, write_prefix
 from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
-from .layout import BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
+from .atomic import WriteLock, install, recover
+from .layout import (BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file,
+                     shard_name)
 from .meta import AugMeta
 from .options import CodecOptions
 
-__all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES"]
+__all__ = ["StoreWriter", "DEFAULT_SHARD_BYTES", "check_replaceable"]
 
 log = logging.getLogger(__name__)
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -49,6 +52,34 @@ def _as_matrices(mats: MatrixInput) -> List[torch.Tensor]:
     for m in mats:
         out.append(torch.from_numpy(np.asarray(m)) if not isinstance(m, torch.Tensor) else m)
     return out
+
+
+def check_replaceable(path: str) -> None:
+    """InputError unless ``path`` is a label store that overwriting may delete: a single-file store, or a
+    directory holding nothing but a store's files (an unrelated file inside would be deleted with it)."""
+    from .integrity import HDF5_SIGNATURE, PREFIX_MAGIC
+
+    if os.path.islink(path) or not (os.path.isfile(path) or os.path.isdir(path)):
+        raise InputError(f"{path}: not a file or directory score wrote; remove it yourself to replace it")
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head not in (HDF5_SIGNATURE, PREFIX_MAGIC):
+            raise InputError(f"{path}: not a label store (no HDF5 or store signature); refusing to overwrite it")
+        return
+    for d, dirs, files in os.walk(path):
+        rel = os.path.relpath(d, path)
+        for f in files:
+            ok = ((rel == "." and f in (MANIFEST_FILE, INDEX_FILE))
+                  or (rel == SHARD_DIR and f.startswith("shard-") and f.endswith(".h5"))
+                  or rel == JOURNAL_DIR)
+            if not ok:
+                raise InputError(f"{path}: holds {os.path.join(rel, f)!r}, which is not part of a label store; "
+                                 f"refusing to overwrite it (move that file out first)")
+        for sub in dirs:
+            if rel != "." or sub not in (SHARD_DIR, JOURNAL_DIR):
+                raise InputError(f"{path}: holds the folder {os.path.join(rel, sub)!r}, which is not part of a label "
+                                 f"store; refusing to overwrite it")
 
 
 class StoreWriter:
@@ -91,9 +122,8 @@ class StoreWriter:
             shard_bytes: records per shard file, in bytes; a resumed write restarts after the last full one.
         """
         self.path = os.fspath(path)
-        if num_classes <= 0:
-            raise InputError(f"num_classes must be positive, found {num_classes}")
-        self.num_classes = int(num_classes)
+        self.num_classes = check_int("num_classes", num_classes, 1)
+        shard_bytes = check_int("shard_bytes", shard_bytes, 1)
         self.options = CodecOptions.build(options, **codec)
         if self.options.target_bytes is not None:
             raise InputError("target_bytes needs the store's row count in advance: use score_codec.encode, or "
@@ -104,7 +134,8 @@ class StoreWriter:
         self.device = device
         self.single = is_single_file(self.path)
         self.overwrite = overwrite
-        if os.path.exists(self.path) and not overwrite:
+        self._lock: Optional[WriteLock] = None
+        if os.path.lexists(self.path) and not overwrite:
             raise InputError(f"{self.path}: destination exists (pass overwrite=True to replace it)")
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
@@ -114,8 +145,16 @@ class StoreWriter:
         self.tmp = f"{self.path}.partial"
         if resume and self.single:
             raise InputError(f"{self.path}: resume needs a directory store (single-file stores are written in one go)")
-        if os.path.exists(self.tmp) and not resume:
-            shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) else os.remove(self.tmp)
+        if os.path.lexists(self.path) and overwrite:
+            check_replaceable(self.path)   # refuse before any work is done, not after
+        # one writer per destination: the lock is held until close() or abort()
+        self._lock = WriteLock(self.path)
+        try:
+            recover(self.path)
+            self._prepare_tmp(resume)
+        except BaseException:
+            self._lock.release()
+            raise
         self.shard_bytes = int(shard_bytes)
         self._index: List[np.ndarray] = []
         self._bases: List[StoredBasis] = []
@@ -129,6 +168,30 @@ class StoreWriter:
         self._h5: Optional[h5py.File] = None
         options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes,
                    "scope": self.codec.scope}
+        try:
+            self._open_tmp(resume, options)
+        except BaseException:
+            self._lock.release()
+            raise
+        # index entries of the records in the shard being filled (journaled when it is flushed)
+        self._open_entries: List[np.ndarray] = []
+
+    def _prepare_tmp(self, resume: bool) -> None:
+        """Clear ``<path>.partial`` unless it is resumed; a complete store in it that still has its journal
+        was finished but not yet moved into place, and is resumed like any other (nothing is re-encoded)."""
+        if not os.path.lexists(self.tmp):
+            return
+        journal = os.path.isdir(os.path.join(self.tmp, JOURNAL_DIR))
+        if resume and journal:
+            if os.path.exists(os.path.join(self.tmp, MANIFEST_FILE)):
+                os.remove(os.path.join(self.tmp, MANIFEST_FILE))   # rewritten, last, by close()
+            return
+        if resume and os.path.isdir(self.tmp):
+            # without a journal this is the previous store, moved aside by a replacement that was cut short
+            log.warning("%s: %s holds no resume journal (a replaced store); starting afresh", self.path, self.tmp)
+        shutil.rmtree(self.tmp) if os.path.isdir(self.tmp) and not os.path.islink(self.tmp) else os.remove(self.tmp)
+
+    def _open_tmp(self, resume: bool, options: Dict[str, Any]) -> None:
         try:
             if self.single:
                 self._h5 = h5py.File(self.tmp, "w", userblock_size=USERBLOCK_BYTES)
@@ -146,8 +209,6 @@ class StoreWriter:
                 write_options(self.tmp, options)
         except OSError as exc:
             raise WriteFailedError(f"{self.path}: cannot create the store: {exc}") from exc
-        # index entries of the records in the shard being filled (journaled when it is flushed)
-        self._open_entries: List[np.ndarray] = []
 
     # -- writing -------------------------------------------------------------------------------
     @property
@@ -302,14 +363,15 @@ class StoreWriter:
                     self._write_index(f, index)
                 fsync_file(fn)
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp, self._shard_members)
-                # the journal goes only once nothing is left that an interruption could cut short
-                shutil.rmtree(os.path.join(self.tmp, JOURNAL_DIR), ignore_errors=True)
+                # the journal stays until the store is in place: a complete store interrupted before that
+                # is resumed (and moved in) rather than encoded again
                 write_manifest_file(self.tmp, manifest)
-            if os.path.exists(self.path):
-                if not self.overwrite:
-                    raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")
-                shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
-            os.replace(self.tmp, self.path)
+            if os.path.lexists(self.path) and not self.overwrite:
+                raise InputError(f"{self.path}: destination appeared while the store was written; not replaced")
+            # the old store is removed only once the new one is in place
+            install(self.tmp, self.path, check_replaceable)
+            if not self.single:
+                shutil.rmtree(os.path.join(self.path, JOURNAL_DIR), ignore_errors=True)
         except (OSError, RuntimeError) as exc:
             self.abort()
             raise WriteFailedError(f"{self.path}: writing the index failed ({exc}); nothing was kept") from None
@@ -317,6 +379,11 @@ class StoreWriter:
             self.abort(keep_partial=isinstance(exc, KeyboardInterrupt))
             raise
         self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
         encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
@@ -331,13 +398,16 @@ class StoreWriter:
                 self._h5.close()
         except Exception:  # pragma: no cover - best effort cleanup
             pass
-        if keep_partial and not self.single:
-            log.warning("%s: interrupted; completed shards kept in %s (resume with resume=True / --resume)", self.path, self.tmp)
-            return
-        if os.path.isdir(self.tmp):
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        try:
+            if keep_partial and not self.single:
+                log.warning("%s: interrupted; completed shards kept in %s (resume with resume=True / --resume)", self.path, self.tmp)
+                return
+            if os.path.isdir(self.tmp):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            elif os.path.exists(self.tmp):
+                os.remove(self.tmp)
+        finally:
+            self._release()
 
     def __enter__(self) -> "StoreWriter":
         return self

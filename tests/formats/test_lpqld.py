@@ -12,7 +12,8 @@ from tests import dumpgen
 from tests.formats.test_sre2l import assert_same_item, load_any  # noqa: E402
 
 from score_codec.cli import main  # noqa: E402
-from score_codec.errors import InputError  # noqa: E402
+from score_codec.errors import FormatError, InputError  # noqa: E402
+from score_codec.formats.lpqld import epochs_of_batches  # noqa: E402
 from score_codec.formats import detect_format, read_dump, write_dump  # noqa: E402
 
 
@@ -66,3 +67,42 @@ def test_mrk_verify_against(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "s"), "--against", root, "--json", "--quiet"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["fidelity"]["overall"]["rows"] == 20 * 2 // 5 * 5
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_randaugment_dumps_are_named_as_such(tmp_path, topk):
+    root = str(tmp_path / "q")
+    dumpgen.make_lpqld_dump(root, ipc=1, epochs=1, batch_size=5, topk=topk, randaugment=True)
+    with pytest.raises(FormatError, match="RandAugment"):
+        with read_dump(root, num_classes=10) as c:
+            list(c.matrices())
+
+
+@pytest.mark.parametrize("drop_last, keep", [(False, None), (True, 13), (False, 11)])
+def test_epochs_are_numbered_by_the_sampler_not_by_batch_count(tmp_path, capsys, drop_last, keep):
+    # 40 images in batches of 12: 4 batches an epoch with a short last one (drop_last=False) or 3 (True);
+    # keep cuts the dump inside its last epoch
+    root = str(tmp_path / "q")
+    truth = dumpgen.make_lpqld_dump(root, ipc=4, epochs=4, batch_size=12, drop_last=drop_last, keep=keep)
+    per = 3 if drop_last else 4
+    want = [g // per for g in range(len(truth["index"]))]
+    assert epochs_of_batches([truth["index"][str(g)] for g in range(len(want))], 40) == want
+    assert main(["encode", root, str(tmp_path / "s"), "--method", "svd", "--rank", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "s"), "--against", root, "--json", "--quiet"]) == 0
+    per_epoch = json.loads(capsys.readouterr().out)["fidelity"]["per_epoch"]
+    rows = {str(e): sum(len(truth["index"][str(g)]) for g in range(len(want)) if want[g] == e) for e in set(want)}
+    assert {e: d["rows"] for e, d in per_epoch.items()} == rows
+
+
+def test_mrk_ratio_is_reported_against_the_dump_itself(tmp_path, capsys):
+    root = str(tmp_path / "q")
+    dumpgen.make_lpqld_dump(root, ipc=2, epochs=2, batch_size=5, topk=3)
+    assert main(["encode", root, str(tmp_path / "s"), "--num-classes", "10", "--method", "svd", "--rank", "2",
+                 "--json", "--quiet"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["source_label_bytes"] == st["rows"] * 3 * (2 + 2)        # k fp16 values + k int16 ids per row
+    assert st["ratio_vs_source"] == pytest.approx(st["source_label_bytes"] / st["label_bytes"])
+    assert st["ratio_vs_source"] < st["ratio"]
+    assert main(["info", str(tmp_path / "s")]) == 0
+    assert "the dump's top-k labels" in capsys.readouterr().out

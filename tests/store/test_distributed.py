@@ -9,7 +9,7 @@ import pytest
 import score_codec as sc
 from score_codec.store.distributed import block_of, merge_stores
 
-from tests.common import make_meta, teacher_like_logits
+from tests.common import assert_stores_close, make_meta, teacher_like_logits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,8 +38,8 @@ def test_merge_equals_single_process(tmp_path, method):
     merged = sc.LabelStore(tmp_path / "merged")
     assert merged.verify() == [] and merged.labels.tolist() == labels
     assert np.array_equal(_decoded(tmp_path / "merged"), parts)  # shifted basis ids still resolve
-    if method == "svd":  # per-image codecs do not depend on how images are split
-        assert np.array_equal(_decoded(tmp_path / "merged"), _decoded(tmp_path / "one"))
+    if method == "svd":  # per-image codecs do not depend on how images are split, up to float32 rounding
+        assert_stores_close(tmp_path / "merged", tmp_path / "one")
 
 
 @pytest.mark.parametrize("method", ["svd", "shared", "global", "two-level"])
@@ -63,16 +63,40 @@ def test_torchrun_two_gloo_ranks(tmp_path, method):
         sc.encode(y, ref, method=method, rank=3, labels=labels, meta=make_meta(30, 8))
         one = sc.LabelStore(ref)
         assert store.basis_table.tobytes() == one.basis_table.tobytes()         # one copy of each basis
-        got, want = _decoded(path), _decoded(ref)
-        # rows are fitted in other batches on each rank: equal up to an int8 coefficient step
-        assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
+        # rows are fitted in other batches on each rank: equal up to one step of the coefficients' grid
+        assert_stores_close(path, ref)
         return
     p0, p1 = tmp_path / "r0", tmp_path / "r1"
     sc.encode(y[:15], p0, method=method, rank=3, labels=labels[:15])
     sc.encode(y[15:], p1, method=method, rank=3, labels=labels[15:])
     merge_stores([str(p0), str(p1)], str(ref), make_meta(30, 8))
-    assert np.array_equal(_decoded(path), _decoded(ref))
+    assert_stores_close(path, ref)
     assert store.aug.rows.tobytes() == make_meta(30, 8).rows.tobytes()
+
+
+def _raw_logits(raw, store):
+    """(N, K, C) float64 logits of an SRe2L raw dump, in the store's (image, view) order."""
+    import torch
+
+    rows = store.aug.rows
+    out = np.zeros((len(store), store.aug.rows["aug"].max() + 1, store.num_classes))
+    for e in np.unique(rows["epoch"]):
+        for b in np.unique(rows["batch"][rows["epoch"] == e]):
+            logits = torch.load(raw / f"epoch_{e}" / f"batch_{b}.tar", weights_only=False)[5].double().numpy()
+            sel = rows[(rows["epoch"] == e) & (rows["batch"] == b)]
+            out[sel["image"], sel["aug"]] = logits[sel["pos"]]
+    return out
+
+
+def _kl(p_logits, q_logits):
+    p = torch_log_softmax(p_logits)
+    return float((np.exp(p) * (p - torch_log_softmax(q_logits))).sum())
+
+
+def torch_log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x - x.max()
+    return m - np.log(np.exp(m).sum())
 
 
 def test_torchrun_relabel_equals_one_process(tmp_path):
@@ -93,7 +117,22 @@ def test_torchrun_relabel_equals_one_process(tmp_path):
     relabel(images, teacher, str(one), 3, mix="cutmix", batch_size=8, rank=3, seed=5, input_size=10, progress=False,
             raw_dump=str(one_raw))
     a, b = sc.LabelStore(dist_store), sc.LabelStore(one)
-    assert np.array_equal(_decoded(dist_store), _decoded(one))
+    # the teacher runs in other processes (other kernels where the CPU differs) and its logits are kept in
+    # fp16: inputs agree to one fp16 step, the coefficients fitted from them to one step of their fp16 grid
+    t_dist, t_one = _raw_logits(dist_raw, a), _raw_logits(one_raw, b)
+    eps16 = float(np.finfo(np.float16).eps)
+    assert np.all(np.abs(t_dist - t_one) <= eps16 * np.maximum(np.abs(t_one), 2.0 ** -14))
+    # the KL fit's line search picks one of a few step lengths by comparing float32 objectives (KL plus a
+    # penalty of weight ``penalty`` on the distance from the projection): where the candidates tie, either
+    # one may be kept, and the two rows then fit the teacher equally well up to that penalty term
+    penalty = b.encoding["codec"]["penalty"]
+    rounding = b.num_classes * 64 * float(np.finfo(np.float32).eps) + 4 * eps16 * float(np.abs(t_one).max())
+
+    def equally_good(i, v, got, want):
+        kg, kw = _kl(t_one[i, v], got.numpy()), _kl(t_one[i, v], want.numpy())
+        return abs(kg - kw) <= penalty * max(kg, kw) + rounding
+
+    assert_stores_close(dist_store, one, input_rel=eps16, explained=equally_good)
     for name in ("rows", "batches", "images"):
         assert getattr(a.aug, name).tobytes() == getattr(b.aug, name).tobytes()
     files = sorted(str(p.relative_to(one_raw)) for p in one_raw.rglob("*.tar"))

@@ -84,13 +84,14 @@ def test_images_may_have_different_k(tmp_path):
 
 @pytest.mark.parametrize("ratio", [2.0, 4.0, 8.0])
 def test_ratio_target_is_met_and_reported_exactly(tmp_path, ratio):
-    y = teacher_like_logits(64, 40, 10, seed=6)
+    # 40 classes: at ratio 8 a row has 10 bytes, enough for a rank >= 1 basis (a rank-0 store is refused)
+    y = teacher_like_logits(64, 40, 40, seed=6)
     stats = sc.encode(y, tmp_path / "x", ratio=ratio, quant="fp16")
     store = sc.LabelStore(tmp_path / "x")
     stored = int(store.index["length"].sum()) + int(store.basis_table["length"].sum())
     assert stats["label_bytes"] == stored
-    assert stats["ratio"] == pytest.approx(2 * 10 * 64 * 40 / stored)
-    assert stats["ratio"] >= ratio
+    assert stats["ratio"] == pytest.approx(2 * 40 * 64 * 40 / stored)
+    assert stats["ratio"] >= ratio and int(store.basis_table["rank"][0]) >= 1
 
 
 def test_ratio_allocation_beats_uniform_rank_at_equal_bytes(tmp_path):

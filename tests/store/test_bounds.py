@@ -1,0 +1,146 @@
+"""Every size read from a file is checked against what the file can hold before anything is allocated, and
+every failure is a named ScoreError: huge tables, huge records, zstd bombs, deep manifests, dangling links,
+unreadable shards."""
+import json
+import os
+import struct
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import score_codec as sc
+from score_codec.cli import main
+from score_codec.errors import SizeLimitError, UnreadableFileError
+from score_codec.store.layout import IMAGE_INDEX_DTYPE
+from score_codec.store.meta import ROW_DTYPE
+from score_codec.store.record import FLAG_ZSTD, HEADER, MAGIC, pack_record, unpack_record
+
+from tests.common import make_meta, reseal, teacher_like_logits
+
+#: no check below may allocate more than this on its way to the error
+PEAK_BYTES = 64 * 2**20
+
+
+def _store(tmp_path, name="s.store", **kw):
+    path = tmp_path / name
+    sc.encode(teacher_like_logits(8, 4, 10, seed=3), path, method="svd", rank=2, meta=make_meta(8, 4), **kw)
+    return path
+
+
+def _bounded(fn, error):
+    """``fn()`` raises ``error`` without allocating more than PEAK_BYTES on the way."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(error) as info:
+            fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES, f"peak {peak} bytes"
+    return info.value
+
+
+def _replace(path, name, **create):
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, **create)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_an_index_table_claiming_1e12_rows_is_refused(tmp_path, single):
+    path = _store(tmp_path, "s.h5" if single else "s.store")
+    index = path if single else path / "index.h5"
+    # HDF5 allocates chunks lazily: a 10^12-row table costs the file a few bytes
+    _replace(index, "images", shape=(10**12,), dtype=IMAGE_INDEX_DTYPE, chunks=(1024,))
+    reseal(path)
+    err = _bounded(lambda: sc.LabelStore(path), SizeLimitError)
+    assert "/images" in str(err) and "can hold" in str(err)
+
+
+def test_aug_rows_claiming_5e7_rows_are_refused(tmp_path):
+    path = _store(tmp_path)
+    _replace(path / "index.h5", "aug/rows", shape=(5 * 10**7,), dtype=ROW_DTYPE, chunks=(4096,), compression="gzip")
+    reseal(path)
+    store = sc.LabelStore(path)
+    err = _bounded(lambda: store.aug, SizeLimitError)
+    assert "/aug/rows" in str(err)
+    assert any("/aug/rows" in p for p in store.verify())
+
+
+def test_a_header_only_record_cannot_declare_a_huge_matrix():
+    k, c = 65536, 32768
+    buf = pack_record(torch.zeros(k, 0), torch.zeros(0, c), "fp16", zstd_level=0)
+    assert len(buf) == HEADER.size
+    err = _bounded(lambda: unpack_record(buf, where="record 0"), SizeLimitError)
+    assert "record 0" in str(err) and "K=65536" in str(err)
+    # an honest rank-0 record of an ordinary size still decodes
+    small = unpack_record(pack_record(torch.zeros(300, 0), torch.zeros(0, 1000), "fp16", zstd_level=0))
+    assert small.matrix().shape == (300, 1000) and float(small.matrix().abs().max()) == 0.0
+
+
+def test_a_zstd_frame_declaring_gigabytes_is_refused_before_decompression():
+    k = c = 16384
+    rank = 16384
+    raw_len = 4 * rank * (k + c)          # fp32 factors: 2 GiB
+    # a zstd frame header (single segment, 8-byte content size) followed by 64 KB of junk
+    frame = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", raw_len) + bytes(65536)
+    head = HEADER.pack(MAGIC, k, c, rank, 0, FLAG_ZSTD, 0, -1, raw_len, len(frame))
+    err = _bounded(lambda: unpack_record(head + frame, where="record 7"), SizeLimitError)
+    assert "record 7" in str(err) and "zstd" in str(err)
+
+
+def test_a_deeply_nested_manifest_is_a_named_error(tmp_path, capsys):
+    path = _store(tmp_path)
+    (path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SizeLimitError, match="nested"):
+        sc.LabelStore(path)
+    assert main(["info", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "nested" in err and "Traceback" not in err
+
+
+def test_a_dangling_link_inside_a_store_is_named_by_stats_and_info(tmp_path, capsys):
+    path = _store(tmp_path)
+    os.symlink(tmp_path / "gone", path / "extra.bin")
+    store = sc.LabelStore(path)
+    with pytest.raises(UnreadableFileError, match="extra.bin.*dangling"):
+        store.stats()
+    assert main(["info", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "extra.bin" in err and "Traceback" not in err
+
+
+def test_an_unreadable_shard_is_a_problem_in_verify(tmp_path, monkeypatch, capsys):
+    path = _store(tmp_path)
+    import builtins
+
+    from score_codec.store import integrity
+
+    shard = str(path / "shards" / "shard-00000.h5")
+    real_open = builtins.open
+
+    def deny(file, *a, **kw):
+        if os.fspath(file) == shard:
+            raise PermissionError(13, "Permission denied", shard)
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(integrity, "open", deny, raising=False)
+    problems = sc.LabelStore(path).verify()
+    assert problems and all("shard-00000.h5" in p and "Permission denied" in p for p in problems)
+    assert main(["verify", str(path)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_a_shard_without_read_permission_is_a_problem_in_verify(tmp_path):
+    path = _store(tmp_path)
+    shard = path / "shards" / "shard-00000.h5"
+    os.chmod(shard, 0)
+    try:
+        problems = sc.LabelStore(path).verify()
+    finally:
+        os.chmod(shard, 0o644)
+    assert problems and "shard-00000.h5" in problems[0]
