@@ -171,7 +171,7 @@ def test_rows_report_every_cached_seed_after_the_best_row_moves(smoke, tmp_path)
 
 
 def test_time_limit_stops_every_student_but_the_reference(smoke):
-    """A sitting past its limit starts only the reference: the storage rows, the hard-label row and the
+    """A run past its time limit starts only the reference: the storage rows, the hard-label row and the
     selection comparison (run last) are reported as not run, and the cached steps are reused."""
     import json
 
@@ -284,7 +284,7 @@ def _linked_cache(base, cache) -> None:
 
 
 def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
-    """A sitting with ``targets`` encodes and trains only those targets' variants; the next sitting reports
+    """A run with ``targets`` encodes and trains only those targets' variants; the next run reports
     them from the cached students and metrics without encoding them again (their stores are deleted)."""
     import shutil
 
@@ -313,8 +313,8 @@ def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
 
 
 def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
-    """Students trained before metrics were cached (or by another sitting) still reach every output when
-    their target is not in this sitting's ``targets``: top-1 shown, ratio and KL left blank."""
+    """Students trained before metrics were cached (or by another run) still reach every output when
+    their target is not in this run's ``targets``: top-1 shown, ratio and KL left blank."""
     import json
     import shutil
 
