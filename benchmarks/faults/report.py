@@ -25,6 +25,8 @@ import torch
 import score_codec as sc
 from benchmarks.shared import make_meta, teacher_like_logits
 
+__all__ = ["bit_flips", "file_faults", "resume_faults", "input_faults", "fuzz", "main"]
+
 #: the repository root: where the fresh interpreters and the fuzz tests run
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -20,6 +20,8 @@ from benchmarks.shared import feature_pool
 from score_select.coding_rate import objective
 from score_select.greedy import budgets_from_ipc, greedy_select
 
+__all__ = ["timed", "naive_extrapolation", "main"]
+
 
 def timed(fn, repeat=1):
     best = float("inf")
