@@ -102,7 +102,7 @@ def headline_table(j: Dict[str, Any], targets=HEADLINE_TARGETS) -> str:
             continue
         o, p = b["ours"], b["peer"]
         lines.append(f"| {t:g}x | ours: {o['name'] if o else 'n/a'} | {pct(o)} | "
-                     f"{(p['family'] + ': ' + p['name']) if p else 'n/a'} | {pct(p)} |")
+                     f"{p['name'] if p else 'n/a'} | {pct(p)} |")
     prov = j.get("provenance") or {}
     lines += ["", f"{j['num_classes']} classes of 32-pixel CJK glyphs, {j['images']:,} images x {j['label_epochs']} "
                   f"label epochs; mean ± std over seeds. Run on {prov.get('hardware', 'unrecorded hardware')}, "
