@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
+from benchmarks.shared import make_meta, teacher_like_logits
+
 __all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
            "run_isolated"]
@@ -19,19 +22,6 @@ def kl_rows(y: torch.Tensor, yhat: torch.Tensor, t: float = 1.0) -> float:
     p = torch.log_softmax(y.double().reshape(-1, y.shape[-1]) / t, -1)
     q = torch.log_softmax(yhat.double().reshape(-1, y.shape[-1]) / t, -1)
     return float((p.exp() * (p - q)).sum(-1).mean())
-
-
-def teacher_like_logits(n: int, k: int, c: int, rank: int = 4, seed: int = 0) -> torch.Tensor:
-    """(n, k, c) logits shaped like a teacher's: a dominant class per image, a few shared
-    directions varying across augmentations, and small noise.  For unit tests only; the benchmarks
-    use a real teacher."""
-    g = torch.Generator().manual_seed(seed)
-    cls = torch.randint(0, c, (n,), generator=g)
-    base = torch.randn(n, 1, c, generator=g) * 2
-    base[torch.arange(n), 0, cls] += 8
-    coef = torch.randn(n, k, rank, generator=g) * 2
-    dirs = torch.randn(n, rank, c, generator=g)
-    return base + coef @ dirs + 0.05 * torch.randn(n, k, c, generator=g)
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
@@ -134,28 +124,6 @@ def planted_low_rank_sparse(n: int, k: int, c: int, rank: int, density: float, s
     sparse = torch.zeros(n, k, c, dtype=torch.float64)
     sparse[mask] = vals
     return low, sparse, mask
-
-
-def make_meta(n: int, k: int, batch: int = 4, seed: int = 0):
-    """An AugMeta for n images x k epochs, shuffled per epoch into batches with cutmix parameters."""
-    from score_codec.store.meta import AugMeta, BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, ROW_DTYPE
-
-    rng = np.random.default_rng(seed)
-    rows, batches = [], []
-    for e in range(k):
-        order = rng.permutation(n)
-        for b, s in enumerate(range(0, n, batch)):
-            ids = order[s : s + batch]
-            start = len(rows)
-            perm = rng.permutation(len(ids))
-            for p, i in enumerate(ids):
-                coords = rng.random(4).astype(np.float32)
-                rows.append((i, e, e, b, p, coords, rng.integers(0, 2), perm[p]))
-            box = rng.integers(0, 28, 4)
-            batches.append((e, b, start, len(ids), MIX_CUTMIX, rng.beta(1, 1), box))
-    images = np.array([(28, 28, i % 3) for i in range(n)], IMAGE_DTYPE)
-    return AugMeta(rows=np.array(rows, ROW_DTYPE), batches=np.array(batches, BATCH_DTYPE), images=images,
-                   attrs={"input_size": 28, "source_format": "test"})
 
 
 def all_files(path) -> list:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..errors import InputError
 from .augment import resized_crop
 from .dataset import CompressedSoftLabelDataset, LabelDecoder
 from .images import load_images
@@ -30,10 +31,15 @@ __all__ = ["train_student", "train_teacher", "evaluate", "kd_loss"]
 log = logging.getLogger(__name__)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(softmax(teacher/T) || softmax(student/T)), summed over classes, averaged over the batch (B, C)."""
-    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1), F.softmax(teacher_logits.float() / T, dim=1),
-                    reduction="batchmean")
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float, *,
+            probs: bool = False) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)), summed over classes, averaged over the batch (B, C).
+
+    ``probs=True``: ``teacher_logits`` is already the target distribution p (B, C), rows summing to 1, and
+    the loss is KL(p || softmax(student/T)); for targets that have no logits (a top-k label, a mixture of
+    hard labels)."""
+    target = teacher_logits.float() if probs else F.softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1), target, reduction="batchmean")
 
 
 def _device(device: Optional[str]) -> torch.device:
@@ -132,13 +138,20 @@ def _unit_float(x: torch.Tensor) -> torch.Tensor:
 
 def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2e-3, batch_size: int = 128,
                   scale: Tuple[float, float] = (0.4, 1.0), seed: int = 0, device: Optional[str] = None,
-                  bf16: bool = True, progress: bool = True, channels_last: bool = True) -> torch.nn.Module:
+                  bf16: bool = True, progress: bool = True, channels_last: bool = True,
+                  schedule: str = "cosine",
+                  views: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None) -> torch.nn.Module:
     """Fit ``model`` on hard labels of RandomResizedCrop(``scale``) + flip views of ``images`` (the relabel
     augmentation, so the teacher is right on the views it labels): cross-entropy, AdamW (weight decay
     5e-4), cosine schedule, bf16 autocast, channels-last weights (``channels_last``, as
     in :func:`train_student`).  ``images``: a spec or a dataset of (float CHW in [0, 1], class) with equal
     image sizes.  Returns ``model`` itself, moved to the device (and to channels-last weights), trained in
-    place, in eval mode."""
+    place, in eval mode.
+
+    ``schedule``: ``"cosine"`` (cosine decay from ``lr`` over all steps) or ``"one-cycle"``
+    (``torch.optim.lr_scheduler.OneCycleLR`` with peak ``lr`` after 15 % of the steps).  ``views``: the
+    training augmentation, ``views(x, generator) -> x'`` on a float (B, C, H, W) batch in [0, 1] (the same
+    shape out); None uses RandomResizedCrop(``scale``) + flip."""
     from .augment import random_resized_views
 
     dev = _device(device)
@@ -156,14 +169,21 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
         channels_last_if_safe(model, _unit_float(xs[:2]).to(dev))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    if schedule == "one-cycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    else:
+        raise InputError(f"train_teacher: schedule {schedule!r}: expected 'cosine' or 'one-cycle'")
+    if views is None:
+        views = lambda x, g: random_resized_views(x, g, scale=scale)   # noqa: E731
     bar = tqdm(total=steps, desc="teacher", unit="step", disable=not progress)
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=g)
         for s in range(0, len(xs), batch_size):
             b = order[s:s + batch_size]
             x = _unit_float(xs[b])
-            x = random_resized_views(x, g, scale=scale).to(dev)
+            x = views(x, g).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(x), ys[b].to(dev))
             opt.zero_grad(set_to_none=True)

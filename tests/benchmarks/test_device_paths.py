@@ -1,7 +1,7 @@
-"""benchmarks/device_paths.py: every path runs on the CPU, and the table compares devices as speed-ups."""
+"""benchmarks.label_path.device_paths: every path runs on the CPU, and the table compares devices as speed-ups."""
 from __future__ import annotations
 
-from benchmarks.device_paths import measure, table
+from benchmarks.label_path.device_paths import measure, table
 
 
 def test_cpu_paths_decode_what_the_reader_decodes_and_encode_faithfully(tmp_path):

@@ -38,7 +38,7 @@ def _storage(rows):
 
 
 def test_every_variant_meets_its_budget_or_says_na(smoke):
-    from benchmarks.report import budget_bytes, meets_budget
+    from benchmarks.storage_vs_accuracy.report import budget_bytes, meets_budget
 
     cfg, rows, _ = smoke
     sto = _storage(rows)
@@ -108,6 +108,29 @@ def test_json_result_has_the_documented_fields(smoke):
     assert d["epochs"] == 2 * cfg.train_epochs and 0 <= d["top1"] <= 1
     assert d["gain"] == pytest.approx(d["top1"] - ref["top1_mean"]) and d["converged"] == (d["gain"] < 0.005)
     assert "twice the schedule" in txt
+    # the report is a function of the JSON alone: what python -m benchmarks.render re-renders
+    from benchmarks.storage_vs_accuracy.report import render_console, render_markdown
+
+    assert (base / "results" / f"{cfg.name}.md").read_text() == render_markdown(j)
+    assert txt == render_console(j)
+    prov = j["provenance"]
+    assert prov["command"] == f"python -m benchmarks.storage_vs_accuracy --preset {cfg.name}"
+    assert prov["hardware"] and len(prov["date"]) == 10 and prov["torch"] == torch.__version__
+    assert j["config"]["name"] == cfg.name and j["batches_per_epoch"] >= 1
+
+
+def test_main_prints_the_results_table_and_records_its_command(smoke, tmp_path, capsys):
+    import json
+
+    from benchmarks.storage_vs_accuracy import main
+
+    cfg, _, base = smoke
+    argv = ["--preset", "smoke", "--threads", "1", "--cache-dir", str(base / "cache"), "--out-dir", str(tmp_path)]
+    assert main(argv) == 0                                               # every step from the cache
+    out = capsys.readouterr().out
+    assert f"== {cfg.name}: 10 classes" in out and "raw fp16 labels" in out
+    j = json.load(open(tmp_path / f"{cfg.name}.json"))
+    assert j["provenance"]["command"] == "python -m benchmarks.storage_vs_accuracy " + " ".join(argv)
 
 
 def test_time_limit_skips_extra_seeds_and_resumes(smoke):
@@ -148,11 +171,11 @@ def test_rows_report_every_cached_seed_after_the_best_row_moves(smoke, tmp_path)
 
 
 def test_time_limit_stops_every_student_but_the_reference(smoke):
-    """A run past its limit starts only the reference: the storage rows, the hard-label row and the
+    """A run past its time limit starts only the reference: the storage rows, the hard-label row and the
     selection comparison (run last) are reported as not run, and the cached steps are reused."""
     import json
 
-    from benchmarks.report import NOT_RUN
+    from benchmarks.storage_vs_accuracy.report import NOT_RUN
     from benchmarks.storage_vs_accuracy import run
 
     cfg, _, base = smoke
@@ -189,7 +212,7 @@ def test_one_pass_per_label_epoch_is_one_student_however_it_is_spelled(smoke, tm
 
 
 def test_hard_label_targets_mix_classes_by_the_box_area():
-    from benchmarks.label_sources import BatchTable, HardLabelSource
+    from benchmarks.storage_vs_accuracy.label_sources import BatchTable, HardLabelSource
     from score_codec.store.meta import BATCH_DTYPE, MIX_CUTMIX, ROW_DTYPE
 
     rows = np.zeros(4, ROW_DTYPE)
@@ -203,9 +226,8 @@ def test_hard_label_targets_mix_classes_by_the_box_area():
 
 
 def test_lpld_pool_schedule_and_budget_mapping():
-    from benchmarks.label_sources import BatchTable, LogitSource, PoolSource, TopKSource
-    from benchmarks.students import soft_kd_loss
-    from benchmarks.peers import lpqld_params, topk_k
+    from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LogitSource, PoolSource, TopKSource
+    from benchmarks.storage_vs_accuracy.peers import lpqld_params, topk_k
     from score_codec.training.student import kd_loss
     from score_codec.store.meta import BATCH_DTYPE, ROW_DTYPE
 
@@ -235,14 +257,14 @@ def test_lpld_pool_schedule_and_budget_mapping():
     p_mr, p_fkd = mr.targets(0, ids, 20.0), fkd.targets(0, ids, 20.0)
     assert torch.allclose(p_mr.sum(1), torch.ones(n), atol=1e-5) and int((p_mr > 0).sum(1).max()) == 3
     assert torch.allclose(p_fkd.sum(1), torch.ones(n), atol=1e-2) and bool((p_fkd > 0).all())
-    # the probability-target loss is train_student's kd_loss
+    # the students' probability-target loss is train_student's kd_loss on the logits they come from
     s = torch.randn(n, C)
-    assert torch.allclose(soft_kd_loss(s, torch.softmax(Y[:, 0] / 20, 1), 20.0), kd_loss(s, Y[:, 0], 20.0), atol=1e-6)
+    assert torch.allclose(kd_loss(s, torch.softmax(Y[:, 0] / 20, 1), 20.0, probs=True), kd_loss(s, Y[:, 0], 20.0), atol=1e-6)
 
 
 @pytest.mark.slow
 def test_quick_preset_runs(tmp_path):
-    from benchmarks.report import meets_budget
+    from benchmarks.storage_vs_accuracy.report import meets_budget
     from benchmarks.storage_vs_accuracy import PRESETS, run
 
     rows = run(PRESETS["quick"], cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "results"))
@@ -342,7 +364,7 @@ def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
 def test_artifacts_from_other_images_are_refused(smoke, tmp_path, caplog):
     import json
 
-    from benchmarks.artifacts import save_artifacts, seed_cache
+    from benchmarks.storage_vs_accuracy.artifact_cache import save_artifacts, seed_cache
 
     _, _, base = smoke
     art = tmp_path / "art"

@@ -1,0 +1,254 @@
+"""Peer soft-label compression methods at a matched byte budget (fkd-dump-formats.md sections 2, 3.4, 3.5).
+
+Budget: a target ratio ``X`` against the fp16 dump means at most ``N * K * 2C / X`` label bytes.
+
+* **LPLD** label-pool pruning keeps the first ``1 - r`` share of stored batches: ``r = 1 - 1/X``
+  (0.9 / 0.95 / 0.967 at 10x / 20x / 30x; LPLD's own 0.97 is 33x).  Labels of kept rows are exact fp16.
+* **LPQLD MR-k** stores per kept row the top-k logits (fp16) and their class ids (int16): 4k bytes.
+  Without pruning ``k = floor(2C / (4X))``; where that is below 1 we follow LPQLD's reproduce recipe and
+  prune first (``r = 0.9``), then ``k = floor(2C / (4 X (1 - r)))``.  ``k < 1`` even then: "n/a".
+* **FKD top-k** with marginal smoothing: 4k bytes per row, ``k = floor(2C / (4X))``; "n/a" when < 1.
+* **fp16 + zstd**: the raw dump's logits, each stored batch compressed with zstd (lossless).
+
+With 10 classes a row is only 20 bytes, so top-k methods cannot reach 10x at all (4 bytes per kept
+entry); with 1000 classes they reach 100x with k = 5.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource, LogitSource, PoolSource, StoreSource, TopKSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "LazyVariant", "build_peers",
+           "ours", "ours_pooled", "storage_variants"]
+
+#: LPQLD's reproduce scripts prune with this ratio before MR-k.
+LPQLD_PRUNE = 0.9
+
+
+def lpld_prune_ratio(x: float) -> float:
+    """LPLD prune ratio for a target ratio ``x`` (keep ``1/x`` of the batches)."""
+    return 1.0 - 1.0 / float(x)
+
+
+def topk_k(num_classes: int, x: float, keep: float = 1.0) -> int:
+    """Largest k with ``keep * 4k <= 2C / x`` bytes per row (k fp16 values + k int16 ids), capped at C."""
+    return int(min(num_classes, math.floor(2.0 * num_classes / (4.0 * float(x) * keep) + 1e-9)))
+
+
+def lpqld_params(num_classes: int, x: float) -> Optional[Tuple[float, int]]:
+    """``(prune_ratio, k)`` of LPQLD at ratio ``x``, or None when no k >= 1 fits."""
+    k = topk_k(num_classes, x)
+    if k >= 1:
+        return 0.0, k
+    k = topk_k(num_classes, x, keep=1.0 - LPQLD_PRUNE)
+    return (LPQLD_PRUNE, k) if k >= 1 else None
+
+
+def fp16_zstd_bytes(Y: torch.Tensor, table: BatchTable, level: int = 3) -> int:
+    """Sum over stored batches of ``len(zstd(fp16 logits of the batch rows))`` (the batch files' payload)."""
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=level)
+    Yh = Y.half().numpy()
+    total = 0
+    for rec in table.batches:
+        s = int(rec["row_start"])
+        ids = table.rows["image"][s:s + int(rec["size"])]
+        total += len(cctx.compress(np.ascontiguousarray(Yh[ids, int(rec["epoch"])]).tobytes()))
+    return total
+
+
+class PeerVariant:
+    """One label variant at one budget: ``source`` is None when the budget is unreachable (``note`` says
+    why); ``same_as`` names a variant with bit-identical targets whose students are reused."""
+
+    def __init__(self, vid: str, family: str, ratio: float, source: Optional[LabelSource], note: str = "",
+                 same_as: Optional[str] = None, name: Optional[str] = None) -> None:
+        self.vid, self.family, self.ratio, self.source, self.note = vid, family, float(ratio), source, note
+        self.same_as = same_as
+        self.name = name or (source.name if source is not None else vid)
+
+
+class LazyVariant:
+    """A variant built (encoded, top-k'd) on first use of ``source`` / ``note``: its id, family, target and
+    a display name are known without building it, so a resumed run can report a variant from cached students
+    and metrics, or skip it, without paying its encode."""
+
+    def __init__(self, vid: str, family: str, ratio: float, make: Callable[[], PeerVariant],
+                 name: Optional[str] = None, same_as: Optional[str] = None) -> None:
+        self.vid, self.family, self.ratio, self.same_as = vid, family, float(ratio), same_as
+        self._make, self._built, self._name = make, None, name or vid
+
+    def build(self) -> PeerVariant:
+        if self._built is None:
+            self._built = self._make()
+        return self._built
+
+    @property
+    def source(self) -> Optional[LabelSource]:
+        return self.build().source
+
+    @property
+    def note(self) -> str:
+        return self.build().note
+
+    @property
+    def name(self) -> str:
+        return self._built.name if self._built is not None else self._name
+
+
+def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bool = True,
+                topk: bool = True) -> List[PeerVariant]:
+    """LPLD (``lpld``), LPQLD and FKD (``topk``) variants for target ratio ``x`` (x = 1: only the top-k
+    methods; LPLD at 1x is the raw dump)."""
+    c = int(Y.shape[-1])
+    out: List[PeerVariant] = []
+    if lpld and x > 1:
+        r = lpld_prune_ratio(x)
+        try:
+            out.append(PeerVariant(f"lpld@{x:g}", "LPLD", x, PoolSource(LogitSource(Y), table, r,
+                                                                         name=f"LPLD r={r:.3f}")))
+        except ValueError as exc:
+            out.append(PeerVariant(f"lpld@{x:g}", "LPLD", x, None, f"n/a: {exc}"))
+    if not topk:
+        return out
+    p = lpqld_params(c, x)
+    if p is None:
+        out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, None, f"n/a: 4 B per top-k entry > {2 * c / x / (1 - LPQLD_PRUNE):.2f} B/row even after pruning r=0.9"))
+    else:
+        r, k = p
+        if r == 0:
+            out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, TopKSource(Y, k, "mr", T, name=f"LPQLD MR-{k}")))
+        else:
+            inner = TopKSource(Y, k, "mr", T)
+            try:
+                pool = PoolSource(inner, table, r, name=f"LPQLD r={r:g} MR-{k}")
+            except ValueError as exc:
+                out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, None, f"n/a: {exc}"))
+            else:
+                inner.mask = pool.stored_mask(table)
+                out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, pool))
+    k = topk_k(c, x)
+    if k >= 1:
+        out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, TopKSource(Y, k, "fkd", T, name=f"FKD top-{k} MS")))
+    else:
+        out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, None, f"n/a: top-1 needs 4 B/row > {2 * c / x:.2f} B/row"))
+    return out
+
+
+def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
+    tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
+    return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+
+
+def _pooled_vid(x: float, method: str, quant: str, codec_config: Optional[dict]) -> str:
+    return f"{_ours_tag(method, 0, quant, codec_config)}+pool@{x:g}"
+
+
+def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: str, quant: str = "fp16",
+         codec_config: Optional[dict] = None) -> PeerVariant:
+    """Our codec at ratio ``x`` (``score_codec.encode(..., ratio=x)`` rate control), cached at ``path``;
+    "n/a" with the library's message when the budget is below what the format needs (a BudgetError)."""
+    from score_codec import encode
+    from score_codec.errors import ScoreError
+
+    tag = _ours_tag(method, residual, quant, codec_config)
+    vid = f"{tag}@{x:g}"
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        try:
+            encode(Y, path, method=method, ratio=float(x), quant=quant, residual=residual, labels=labels,
+                   overwrite=True, codec_config=codec_config)
+        except ScoreError as exc:
+            log.info("%s: %s", vid, exc)
+            return PeerVariant(vid, "ours", x, None, f"n/a: {exc}", name=tag)
+    try:   # decode once: a store the library wrote but cannot read is reported, not fatal
+        src = StoreSource(path, name=tag)
+        src.targets(0, np.arange(min(len(Y), 4)), 1.0)
+    except ScoreError as exc:
+        log.warning("%s: written but unreadable: %s", vid, exc)
+        return PeerVariant(vid, "ours", x, None, f"error (library bug): {type(exc).__name__}: {exc}", name=tag)
+    return PeerVariant(vid, "ours", x, src)
+
+
+def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: BatchTable, labels, path: str,
+                quant: str = "fp16", codec_config: Optional[dict] = None) -> PeerVariant:
+    """Our codec composed with LPLD's label pool: keep the first ``inner / x`` share of the stored epochs
+    (whole epochs) and encode them at ratio ``inner``, so the total is ``x``.  Per-image low-rank factors
+    cost at least 2 bytes per row (one fp16 entry of U) plus a 32-byte header per image, so with 10
+    classes they cannot pass about 10x alone; pooling trades stored epochs for rank."""
+
+    vid = _pooled_vid(x, method, quant, codec_config)
+    keep = int(table.epochs * inner / float(x) + 1e-9)
+    if keep < 1 or x <= inner:
+        return PeerVariant(vid, "ours+pool", x, None, f"n/a: keeps {keep} of {table.epochs} epochs", name=vid)
+    sub = ours(inner, method, 0, Y[:, :keep].contiguous(), labels, path, quant, codec_config)
+    if sub.source is None:
+        return PeerVariant(vid, "ours+pool", x, None, sub.note, name=f"{method}@{inner:g}x on {keep} epochs")
+    r = 1.0 - keep / table.epochs
+    src = PoolSource(sub.source, table, r, name=f"{method}@{inner:g}x on {keep}/{table.epochs} epochs",
+                     inner_pooled=True)
+    return PeerVariant(vid, "ours+pool", x, src)
+
+
+def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[LazyVariant]:
+    """Every variant of the storage sweep: raw fp16, fp16 + zstd, then per target ratio in ``cfg.ratios``
+    our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row) and the peers.
+    ``classes`` (N,) are the images' classes (``method="shared"`` fits one basis per class).  Each is built
+    (encoded under ``store_dir``) only when its source is first used.  Order: raw and fp16 + zstd, then
+    target by target our first codec, ours + pool and the peers, then our other codecs."""
+    os.makedirs(store_dir, exist_ok=True)
+    out = [LazyVariant("raw", "raw", 1, lambda: PeerVariant("raw", "raw", 1, LogitSource(Y, "raw fp16 (SRe2L dump)")),
+                       name="raw fp16 (SRe2L dump)"),
+           LazyVariant("zstd", "fp16+zstd", 1, lambda: PeerVariant(
+               "zstd", "fp16+zstd", 1, LogitSource(Y, "fp16 + zstd", fp16_zstd_bytes(Y, table)), same_as="raw"),
+               name="fp16 + zstd", same_as="raw")]
+    cls = [int(c) for c in classes]
+    high = cfg.codecs if getattr(cfg, "codecs_high", None) is None else cfg.codecs_high
+    with_res = cfg.codecs if getattr(cfg, "residual_codecs", None) is None else cfg.residual_codecs
+    res_max = getattr(cfg, "residual_max_ratio", float("inf"))
+    jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
+            for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
+    cc = dict(getattr(cfg, "codec_config", None) or ())
+    ctag = "".join(f"_{k}{v}" for k, v in sorted(cc.items()))
+    qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
+    for x, m, r in jobs:
+        tag = _ours_tag(m, r, cfg.quant, cc or None)
+        path = os.path.join(store_dir, f"{m}{qtag}{ctag}_res{r}_x{x:g}")
+        out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path: ours(
+            x, m, r, Y, cls, path, cfg.quant, cc or None), name=tag))
+    pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
+    peers_at = getattr(cfg, "peers_at", None)
+    for x in cfg.ratios:
+        if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
+            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
+            out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
+                                   lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
+                                                                      cfg.quant, cc or None)))
+        lpld_at = getattr(cfg, "lpld_at", None) or peers_at
+        topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
+        group: Dict[str, PeerVariant] = {}
+
+        def peer(vid: str, x=x, topk=topk, lpld=lpld, group=group) -> PeerVariant:
+            if not group:   # the peers of one target are built together (LPQLD and FKD share the top-k pass)
+                group.update((v.vid, v) for v in build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk))
+            return group[vid]
+
+        wanted = ([("lpld", "LPLD")] if lpld and x > 1 else []) + ([("lpqld", "LPQLD"), ("fkd", "FKD")] if topk else [])
+        for p, family in wanted:
+            vid = f"{p}@{x:g}"
+            out.append(LazyVariant(vid, family, x, lambda vid=vid, peer=peer: peer(vid)))
+    # the order a time-limited run builds them in: target by target, the comparison the benchmark is for
+    # (our first codec, ours + pool, the peers) before our other codecs and residual variants
+    first = {f"{_ours_tag(cfg.codecs[0], 0, cfg.quant, cc or None)}@{x:g}" for x in cfg.ratios}
+    out.sort(key=lambda v: (0.0, 0) if v.family in ("raw", "fp16+zstd") else
+             (v.ratio, 0 if v.family != "ours" or v.vid in first else 1))
+    return out
