@@ -60,8 +60,8 @@ class EncodeOptions:
         if self.energy is not None:
             self.energy = check_real("energy", self.energy, 0.0, 1.0)
         if self.ratio is not None:
-            # below 1 the target asks for more bytes than the fp16 logits themselves
-            self.ratio = check_real("ratio", self.ratio, 1.0, low_open=False)
+            # below 1 the target allows more bytes than fp16 logits (e.g. fp32 factors): legitimate, if rare
+            self.ratio = check_real("ratio", self.ratio, 0.0)
         if self.target_bytes is not None:
             self.target_bytes = check_int("target_bytes", self.target_bytes, 1)
         self.residual = check_int("residual entries per row", self.residual, 0)

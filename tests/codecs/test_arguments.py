@@ -14,7 +14,7 @@ from tests.common import teacher_like_logits
 METHODS = ["svd", "rsvd", "cur", "rpca", "shared", "global", "two-level"]
 BAD = [dict(rank=0), dict(rank=-3), dict(rank=2.5), dict(rank=True), dict(energy=1.5), dict(energy=0.0),
        dict(energy=math.nan), dict(ratio=math.nan), dict(ratio=math.inf), dict(ratio=0.0), dict(ratio=-2.0),
-       dict(ratio=0.5), dict(target_bytes=0), dict(target_bytes=-10), dict(residual=-1), dict(chunk_images=0),
+       dict(target_bytes=0), dict(target_bytes=-10), dict(residual=-1), dict(chunk_images=0),
        dict(shard_bytes=0), dict(zstd_level=23)]
 
 
