@@ -42,12 +42,6 @@ needs_fashion_mnist = pytest.mark.skipif(_fashion_mnist_missing(),
                                          reason="Fashion-MNIST is not installed (bash scripts/install-system-deps.sh)")
 
 
-#: the nav names the benchmark pages, which the bench branch writes; until it is merged the build fails
-#: on them (remove this mark after the merge)
-needs_bench_pages = pytest.mark.xfail(not os.path.exists(os.path.join(ROOT, "docs", "benchmarks", "index.md")),
-                                      strict=False, reason="needs bench branch (docs/benchmarks/)")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The site built into a temporary directory, strictly (any warning fails the build)."""
@@ -61,7 +55,6 @@ def site(tmp_path_factory):
 
 
 @needs_mkdocs
-@needs_bench_pages
 def test_site_builds_strictly_with_every_page(site):
     nav_pages = re.findall(r":\s*([\w/.-]+\.md)\s*$", open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8").read(),
                            flags=re.M)
@@ -97,7 +90,6 @@ def _is_documented(ids: set, package: str, name: str) -> bool:
 
 
 @needs_mkdocs
-@needs_bench_pages
 @pytest.mark.parametrize("package", ["score_codec", "score_select"])
 def test_api_reference_documents_every_public_name(site, package):
     ids = _documented_ids(site)
@@ -112,7 +104,6 @@ HISTORY = re.compile("|".join(["dec" + "ember", "sit" + "ting", "earlier " + "ma
 TEXT_SUFFIXES = (".py", ".md", ".txt", ".json", ".csv", ".sh", ".yml", ".yaml", ".toml", ".cfg", ".ini")
 
 
-@pytest.mark.xfail(strict=False, reason="needs api and bench branches (code comments, benchmarks/); remove at merge")
 def test_no_run_history_in_docs_or_code():
     """README, docs (the changelog aside) and the code explain what is, not when or on which machine."""
     files = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "mkdocs.yml")]

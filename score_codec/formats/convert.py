@@ -117,8 +117,8 @@ def encode_dump(
         plus ``source_format``.
 
     Raises:
-        InputError (and its FormatError) for a dump or an option that cannot be used; IOFailureError when
-        the operating system refuses a read or a write (e.g. the disk is full).
+        InputError: a dump or an option that cannot be used (FormatError for a dump that breaks its layout).
+        IOFailureError: the operating system refused a read or a write (e.g. the disk is full).
     """
     codec_kw, rest = split_codec_options(kwargs)
     dump_kw, rest = split_dump_options(rest)
