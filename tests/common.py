@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "assert_float32_decode_equal",
+__all__ = ["centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file"]
 
 
@@ -31,6 +31,19 @@ def teacher_like_logits(n: int, k: int, c: int, rank: int = 4, seed: int = 0) ->
     coef = torch.randn(n, k, rank, generator=g) * 2
     dirs = torch.randn(n, rank, c, generator=g)
     return base + coef @ dirs + 0.05 * torch.randn(n, k, c, generator=g)
+
+
+def head_like_logits(n: int, k: int, c: int, d: int = 24, seed: int = 0) -> torch.Tensor:
+    """(n, k, c) logits of a teacher's final linear layer, ``W h + b``: d-dimensional features ``h`` around a
+    per-class prototype (one class per image), varying across the k views, so every row of the store lies near
+    one d-dimensional affine subspace, as a real teacher's rows do.  For unit tests only."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, d, generator=g) * (3.0 / d ** 0.5)
+    b = torch.randn(c, generator=g) * 0.5
+    cls = torch.randint(0, c, (n,), generator=g)
+    proto = torch.randn(c, d, generator=g)
+    h = proto[cls][:, None, :] * 1.5 + torch.randn(n, k, d, generator=g)
+    return h @ w.T + b + 0.02 * torch.randn(n, k, c, generator=g)
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
