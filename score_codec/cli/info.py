@@ -48,6 +48,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk",
         f"decodes to      {'exact logits (--keep-mean)' if st['keep_mean'] else 'row-centred logits (softmax unchanged)'}",
     ]
+    if st.get("kept_epochs"):
+        lines.insert(4, f"pooled          {st['keep_epochs']} of {st['source_epochs']} label epochs kept "
+                        f"({_ratio(st['inner_ratio'])} fp16 logits of the kept rows)")
     print("\n".join(lines))
     return 0
 

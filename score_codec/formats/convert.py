@@ -23,7 +23,7 @@ from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoc
                               probe_from_rows, prune_meta, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
-from ..store.rowwise import _Blocks, encode_rows, supports_rowwise
+from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
 from ..store.writer import DEFAULT_SHARD_BYTES, StoreWriter
 from .base import DumpReader
 from .contents import read_dump, scan_dump
@@ -246,7 +246,7 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
         rowwise = opts.method == "global" and opts.residual == 0
         nrows = int(c.ks.sum())
         if rowwise:   # the sample the row-wise encode fits on: blocks of rows in dump order
-            blocks = _Blocks(c.row_logits, 4096)
+            blocks = RowBlocks(c.row_logits, 4096)
             fit = lambda: FitSource(blocks, None, [len(blocks[i]) for i in range(len(blocks))], c.num_images, nrows)
         else:
             fit = lambda: FitSource(_Matrices(c), labels, c.ks)

@@ -25,14 +25,14 @@ def store_info(store: StoreLike) -> Dict[str, Any]:
     """:meth:`LabelStore.stats` plus where the labels came from and the ratio against the dump on disk.
 
     Adds ``source_format`` (the dump family, or "unknown"), ``dump_fp16_bytes`` (bytes of an SRe2L fp16
-    dump of the same rows: 2 C + 25 per row) and ``ratio_vs_dump`` (those bytes over the store's bytes
-    on disk).
+    dump of the source's rows: 2 C + 25 per row; a pooled store counts the epochs it dropped too) and
+    ``ratio_vs_dump`` (those bytes over the store's bytes on disk).
     """
     st = _open(store)
     info = st.stats()
     attrs = st.aug.attrs
     info["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
-    info["dump_fp16_bytes"] = int(info["rows"] * (2 * info["num_classes"] + DUMP_ROW_OVERHEAD))
+    info["dump_fp16_bytes"] = int(info["source_rows"] * (2 * info["num_classes"] + DUMP_ROW_OVERHEAD))
     info["ratio_vs_dump"] = info["dump_fp16_bytes"] / info["disk_bytes"] if info["disk_bytes"] else float("inf")
     return info
 

@@ -35,8 +35,9 @@ from ..errors import BudgetError, InputError
 from .meta import AugMeta
 from .options import CodecOptions
 
-__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "KeptViews",
-           "PROBE_ROWS"]
+__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_from_matrices",
+           "probe_from_rows", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
+           "PROBE_VIEWS"]
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,6 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     budget = 2.0 * c * num_images * k / x
     probe_rows = probe().to(device)
     cache: Dict[int, float] = {}
-
     projected: Dict[int, float] = {}
 
     def kl(r: int) -> float:
@@ -310,12 +310,14 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
             fits = [n for n in range(1, k + 1) if cost(n, out.min_rank) <= budget]
             if not fits:
                 need = cost(1, out.min_rank)
+                which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
+                         "the full basis, whose KL(T=1) still exceeds")
                 raise BudgetError(
                     f"ratio {x:g}x leaves {budget:,.0f} label bytes ({budget / (num_images * k):.2f} B per source "
-                    f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, the "
-                    f"smallest whose KL(T=1) stays at or below max_kl={opts.max_kl:g} (measured "
-                    f"{kl(out.min_rank):.3g}), i.e. a ratio of at most {2.0 * c * num_images * k / need:.1f}x. "
-                    f"Ask for a lower ratio, raise max_kl, or pass keep_epochs= / pool=False to code harder")
+                    f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, {which} "
+                    f"max_kl={opts.max_kl:g} (measured {kl(out.min_rank):.3g}), i.e. a ratio of at most "
+                    f"{2.0 * c * num_images * k / need:.1f}x. Ask for a lower ratio, raise max_kl, or pass "
+                    f"keep_epochs= / pool=False to code harder")
             kept = even_epochs(max(fits), k)
     out.kept = kept
     n = len(kept)

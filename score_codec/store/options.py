@@ -56,9 +56,9 @@ class CodecOptions:
         keep_epochs: keep exactly this many label epochs (evenly spaced, the first included) and code them at
             the rest of the options (a ``ratio`` then counts the source's rows); None: decided by ``pool``.
         max_kl: the largest mean KL(T=1) between source and decoded rows, measured on a probe sample, that the
-            automatic allocation accepts for the inner codec.  The default, 0.01, lies just above the largest
-            KL at which students in the benchmarks stayed within the seed spread of raw labels (about 0.006)
-            and an order of magnitude below the KL at which they lost two points (about 0.1).
+            automatic allocation accepts for the inner codec.  The default, 0.01, sits between the KL of the
+            benchmark variants whose students matched raw labels and that of those whose students fell behind
+            (docs/codecs/pooling.md gives the figures).
 
     ``pool``, ``keep_epochs`` and ``max_kl`` are read by :func:`score_codec.encode`,
     :func:`score_codec.encode_dump` and :func:`score_codec.relabel`; :class:`~score_codec.StoreWriter` and

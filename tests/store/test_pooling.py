@@ -87,9 +87,12 @@ def test_ratio_10_keeps_every_epoch_and_codes_as_before(tmp_path, teacher_rows, 
     assert st["keep_epochs"] == K and st["kept_epochs"] is None and st["inner_ratio"] == pytest.approx(st["ratio"])
     store = sc.LabelStore(tmp_path / "r10.store")
     assert store.pool is None and store.aug.rows.tobytes() == meta.rows.tobytes()
-    # the same store as coding every row at the ratio (pool=False): same rank, same records
-    sc.encode(teacher_rows, tmp_path / "np.store", ratio=10, quant="int8", meta=meta, pool=False)
-    other = sc.LabelStore(tmp_path / "np.store")
+    # the same store as the writer's own rate control codes (no allocation): same rank, same records
+    with sc.StoreWriter(tmp_path / "w.store", C, ratio=10, quant="int8") as w:
+        w.fit(list(teacher_rows))
+        w.add(teacher_rows)
+        w.set_meta(meta)
+    other = sc.LabelStore(tmp_path / "w.store")
     assert np.array_equal(store.index["rank"], other.index["rank"])
     assert store.record_bytes(5) == other.record_bytes(5)
 
@@ -179,3 +182,15 @@ def test_cli_pool_flags(tmp_path, capsys):
     code = main(["encode", dump, str(tmp_path / "b.store"), "--quiet", "--ratio", "5000", "--no-pool"])
     err = capsys.readouterr().err
     assert code == 2 and "5000x" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_against_the_dump_compares_the_kept_epochs(tmp_path):
+    dump = str(tmp_path / "dump")
+    dumpgen.make_epoch_dump(dump, ipc=2, epochs=4, batch_size=8, mix="cutmix")
+    sc.encode_dump(dump, tmp_path / "p.store", method="global", rank=10, quant="fp32", keep_epochs=2)
+    rep = sc.verify_store(tmp_path / "p.store", against=dump)
+    assert rep["ok"] and sorted(rep["fidelity"]["per_epoch"]) == ["0", "2"]
+    assert rep["fidelity"]["overall"]["kl_t1"] < 1e-6
+    info = sc.store_info(tmp_path / "p.store")
+    full = sc.store_info(sc.encode_dump(dump, tmp_path / "f.store", method="global", rank=10, quant="fp32")["path"])
+    assert info["dump_fp16_bytes"] == full["dump_fp16_bytes"] and info["source_rows"] == full["rows"]
