@@ -155,7 +155,8 @@ def encode_dump(
 
 
 def _encode_streaming(src: str, dst: str, reader: DumpReader, dopts: DumpOptions, opts: CodecOptions,
-                      overwrite: bool, progress: bool, shard_bytes: int, head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, None]:
+                      overwrite: bool, progress: bool, shard_bytes: int,
+                      head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, None]:
     """The global codec without a residual: scan the dump (metadata and a spread sample for the basis),
     then code its files as they are read again; no scratch copy of the dump is written."""
     # the basis is fitted on fit_rows rows: keep that many from files spread over the dump
@@ -233,7 +234,8 @@ class _KeptRows:
 
 
 def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions, overwrite: bool, resume: bool,
-                     progress: bool, shard_bytes: int, chunk_images: int, head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, Optional[float]]:
+                     progress: bool, shard_bytes: int, chunk_images: int,
+                     head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, Optional[float]]:
     """Every other codec: read the dump once into a scratch file beside ``dst``, then code image by image."""
     scratch = os.path.dirname(os.path.abspath(dst))
     with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:

@@ -371,7 +371,8 @@ def store_kl(store: Any, matrices: Sequence[Any], kept: Optional[np.ndarray]) ->
     return kl_t1(want, got)
 
 
-def finish(stats: Dict[str, Any], opts: CodecOptions, alloc: Allocation, measure: Optional[Callable[[], float]]) -> Dict[str, Any]:
+def finish(stats: Dict[str, Any], opts: CodecOptions, alloc: Allocation,
+           measure: Optional[Callable[[], float]]) -> Dict[str, Any]:
     """Add the allocation's fields to a store's stats dict (measuring KL on the store when the allocation did
     not) and warn when a ratio's KL exceeds ``max_kl``."""
     if opts.ratio is None and opts.keep_epochs is None:

@@ -85,8 +85,8 @@ class CodecOptions:
 
     def __post_init__(self) -> None:
         self.encode_options()  # validates the values (one set of rules, shared with the store writer)
-        if self.keep_epochs is not None and (isinstance(self.keep_epochs, bool) or int(self.keep_epochs) != self.keep_epochs
-                                             or self.keep_epochs < 1):
+        k = self.keep_epochs
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 1):
             raise InputError(f"keep_epochs must be a positive integer, found {self.keep_epochs!r}")
         if not (isinstance(self.max_kl, (int, float)) and self.max_kl > 0 and self.max_kl == self.max_kl):
             raise InputError(f"max_kl must be a positive number, found {self.max_kl!r}")

@@ -16,10 +16,12 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import (InputError, CodecError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
+from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, MissingShardError, StoreError,
                      StoreVersionError, TruncatedFileError)
-from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, POOL_VERSION,
-                     READABLE_VERSIONS, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
+                     RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from ..errors import InputError
+from .layout import POOL_VERSION
 from .aug_reader import AugReader
 from .integrity import SHARD_MEMBERS, check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
@@ -428,7 +430,8 @@ def _read_pool(f: h5py.File, version: Any, ks: np.ndarray, where: str) -> Option
     if "pool" not in f.attrs:
         return None
     if not isinstance(version, int) or version < POOL_VERSION:
-        raise StoreError(f"{where}: a pool attribute in a version {version} store (pools exist from version {POOL_VERSION})")
+        raise StoreError(f"{where}: a pool attribute in a version {version} store "
+                         f"(pools exist from version {POOL_VERSION})")
     pool = json.loads(f.attrs["pool"])
     kept = pool.get("kept_epochs") if isinstance(pool, dict) else None
     k = pool.get("source_epochs") if isinstance(pool, dict) else None

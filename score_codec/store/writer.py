@@ -255,7 +255,8 @@ class StoreWriter:
             raise InputError(f"meta must be an AugMeta, found {type(meta).__name__}")
         self._meta = meta
 
-    def set_pool(self, source_epochs: int, kept_epochs: Sequence[int], allocation: Optional[Dict[str, Any]] = None) -> None:
+    def set_pool(self, source_epochs: int, kept_epochs: Sequence[int],
+                 allocation: Optional[Dict[str, Any]] = None) -> None:
         """Record that the store keeps only the label epochs ``kept_epochs`` (source epoch numbers, increasing)
         of the source's ``source_epochs``; every image must then have ``len(kept_epochs)`` rows, row j from
         epoch ``kept_epochs[j]``.  ``allocation``: how the choice was made (written into the index's
@@ -263,7 +264,8 @@ class StoreWriter:
         kept = [int(e) for e in kept_epochs]
         if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or kept[0] < 0 or len(kept) > int(source_epochs):
             raise InputError(f"kept epochs must be 1..{source_epochs} increasing non-negative numbers, found {kept[:8]}")
-        self._pool = {"source_epochs": int(source_epochs), "kept_epochs": kept} if len(kept) < int(source_epochs) else None
+        pooled = len(kept) < int(source_epochs)
+        self._pool = {"source_epochs": int(source_epochs), "kept_epochs": kept} if pooled else None
         self._allocation = None if allocation is None else dict(allocation)
 
     def _flush_shard(self) -> None:
