@@ -7,7 +7,7 @@ import torch
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
 from benchmarks.shared import make_meta, teacher_like_logits
 
-__all__ = ["centred", "kl_rows", "teacher_like_logits", "assert_close_rel", "assert_float32_decode_equal",
+__all__ = ["centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
            "run_isolated"]
 
@@ -22,6 +22,19 @@ def kl_rows(y: torch.Tensor, yhat: torch.Tensor, t: float = 1.0) -> float:
     p = torch.log_softmax(y.double().reshape(-1, y.shape[-1]) / t, -1)
     q = torch.log_softmax(yhat.double().reshape(-1, y.shape[-1]) / t, -1)
     return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def head_like_logits(n: int, k: int, c: int, d: int = 24, seed: int = 0) -> torch.Tensor:
+    """(n, k, c) logits of a teacher's final linear layer, ``W h + b``: d-dimensional features ``h`` around a
+    per-class prototype (one class per image), varying across the k views, so every row of the store lies near
+    one d-dimensional affine subspace, as a real teacher's rows do.  For unit tests only."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c, d, generator=g) * (3.0 / d ** 0.5)
+    b = torch.randn(c, generator=g) * 0.5
+    cls = torch.randint(0, c, (n,), generator=g)
+    proto = torch.randn(c, d, generator=g)
+    h = proto[cls][:, None, :] * 1.5 + torch.randn(n, k, d, generator=g)
+    return h @ w.T + b + 0.02 * torch.randn(n, k, c, generator=g)
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:

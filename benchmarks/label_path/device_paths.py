@@ -76,7 +76,7 @@ def measure(device: str, tmp: str, quick: bool = False) -> Dict[str, float]:
     path = os.path.join(tmp, f"enc_{device.replace(':', '_')}.store")
     for name, cfg in (("encode_projection", {"newton_steps": 0}), ("encode_kl_fit", {})):
         t = _seconds(lambda: sc.encode(y, path, method="global", ratio=30.0, quant="int8", device=device,
-                                       overwrite=True, codec_config=cfg), device, repeat=1)
+                                       overwrite=True, codec_config=cfg, pool=False), device, repeat=1)
         out[name] = n * k / t
     store = sc.LabelStore(path)
     dec = LabelDecoder(store, device=device)

@@ -114,6 +114,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"{args.dst}: {stats['images']} images, {stats['rows']} rows, C={stats['num_classes']}, "
               f"{stats['label_bytes']:,} label bytes ({stats['bytes_per_row']:.1f} per row), {size} fp16 logits"
               + _vs_source(stats))
+        if pool_summary(stats):
+            print(pool_summary(stats))
     return 0
 
 
@@ -124,6 +126,17 @@ def _vs_source(stats: dict) -> str:
     r = stats["ratio_vs_source"]
     size = f"{r:.2f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than"
     return f"; {size} the dump's top-k labels"
+
+
+def pool_summary(stats: Dict[str, Any]) -> str:
+    """One line on the epochs kept and the coding of the kept rows (or '' when every epoch was kept and no
+    KL was measured)."""
+    kl = stats.get("kl_t1")
+    kl_text = "" if kl is None else f", KL(T=1) {kl:.3g} on a probe sample"
+    if stats.get("kept_epochs"):
+        return (f"pooled: kept {stats['keep_epochs']} of {stats['source_epochs']} label epochs, coded at "
+                f"{stats['inner_ratio']:.1f}x{kl_text}")
+    return f"every label epoch kept{kl_text}" if kl is not None else ""
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

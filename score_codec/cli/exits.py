@@ -29,6 +29,11 @@ _CLI_SPELLING = {
     "num_classes=": "--num-classes",
     "quant='fp32'": "--quant fp32",
     "resume with resume=True": "resume with --resume",
+    "keep_epochs= / pool=False": "--keep-epochs / --no-pool",
+    "keep_epochs=": "--keep-epochs",
+    "pool=False": "--no-pool",
+    "max_kl=": "--max-kl ",
+    "raise max_kl": "raise --max-kl",
 }
 
 

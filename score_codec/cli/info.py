@@ -50,6 +50,9 @@ def cmd_info(args: argparse.Namespace) -> int:
            if st["source_label_bytes"] != st["fp16_bytes"] else ""),
         f"decodes to      {'exact logits (--keep-mean)' if st['keep_mean'] else 'row-centred logits (softmax unchanged)'}",
     ]
+    if st.get("kept_epochs"):
+        lines.insert(4, f"pooled          {st['keep_epochs']} of {st['source_epochs']} label epochs kept "
+                        f"({_ratio(st['inner_ratio'])} fp16 logits of the kept rows)")
     print("\n".join(lines))
     return 0
 

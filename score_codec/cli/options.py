@@ -50,6 +50,15 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                       "store's variance, for global) to keep.")
     rate.add_argument("--ratio", type=float, default=None, help="Target compression ratio against fp16 logits; "
                       "the achieved ratio is reported exactly.")
+    pool = p.add_mutually_exclusive_group()
+    pool.add_argument("--no-pool", action="store_true", help="With --ratio: code every label epoch at the ratio "
+                      "even when that takes the decoded labels past --max-kl (a warning names the measured KL). "
+                      "By default the global codec keeps fewer epochs instead (pooling).")
+    pool.add_argument("--keep-epochs", type=_positive_int, default=None, metavar="N", help="Keep exactly N label "
+                      "epochs, evenly spaced from the first, and code them (with --ratio, the ratio counts every "
+                      "source row).")
+    p.add_argument("--max-kl", type=_positive_float, default=0.01, help="Largest KL(T=1) between source and decoded "
+                   "rows, measured on a sample, that the automatic split of --ratio accepts for the codec.")
     p.add_argument("--quant", default="fp16", choices=QUANTS, help="Quantisation of the stored factors "
                    "(int8: one scale per component).")
     p.add_argument("--residual", type=int, default=0, help="Sparse residual entries kept per row.")
@@ -78,4 +87,25 @@ def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any
         config["newton_steps"] = args.newton_steps
     return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
                         residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None,
-                        device=device or getattr(args, "device", None) or "cpu")
+                        device=device or getattr(args, "device", None) or "cpu", pool=not args.no_pool,
+                        keep_epochs=args.keep_epochs, max_kl=args.max_kl)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, found {text!r}")
+    return v

@@ -23,7 +23,7 @@ EPILOG = """examples:
 def _run(args: argparse.Namespace) -> int:
     if args.quiet:
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    from .encode import check_codec_args, load_head
+    from .encode import check_codec_args, load_head, pool_summary
     from ..training.relabel import relabel
 
     check_codec_args(args)
@@ -37,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{args.dst}: {stats['images']} images x {args.epochs} epochs, {stats['label_bytes']:,} label bytes "
           f"({stats['bytes_per_row']:.1f} per row), {size} fp16 logits"
           + (f"; SRe2L dump in {args.raw_dump}" if args.raw_dump else ""), file=sys.stdout)
+    if pool_summary(stats):
+        print(pool_summary(stats), file=sys.stdout)
     return 0
 
 

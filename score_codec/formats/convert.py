@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,9 +18,12 @@ from tqdm.auto import tqdm
 
 from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
+from ..codecs.global_basis import FitSource
+from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoch_values, finish, probe_from_matrices,
+                              probe_from_rows, prune_meta, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
-from ..store.rowwise import encode_rows, supports_rowwise
+from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
 from ..store.writer import DEFAULT_SHARD_BYTES, StoreWriter
 from .base import DumpReader
 from .contents import read_dump, scan_dump
@@ -137,20 +140,23 @@ def encode_dump(
         reader = open_reader(src, format, **dopts.reader_kwargs())
         _note(progress, f"format: {reader.name} ({reader.summary()})")
         if opts.method == "global" and not opts.residual and not resume:
-            fmt = _encode_streaming(src, dst, reader, dopts, opts, overwrite, progress, shard_bytes, head)
+            fmt, opts, alloc, kl = _encode_streaming(src, dst, reader, dopts, opts, overwrite, progress, shard_bytes,
+                                                     head)
         else:
-            fmt = _encode_gathered(src, dst, reader, opts, overwrite, resume, progress, shard_bytes,
-                                   chunk_images, head)
+            fmt, opts, alloc, kl = _encode_gathered(src, dst, reader, opts, overwrite, resume, progress, shard_bytes,
+                                              chunk_images, head)
     except OSError as exc:
         # a read or write the layers below did not translate: the disk, not the input, failed
         raise IOFailureError(f"{src} -> {dst}: {exc}") from exc
-    stats = LabelStore(dst).stats()
+    stats = finish(LabelStore(dst).stats(), opts, alloc, None if kl is None else lambda: kl)
     stats["source_format"] = fmt
     return stats
 
 
+
 def _encode_streaming(src: str, dst: str, reader: DumpReader, dopts: DumpOptions, opts: CodecOptions,
-                      overwrite: bool, progress: bool, shard_bytes: int, head: Optional[Head]) -> str:
+                      overwrite: bool, progress: bool, shard_bytes: int,
+                      head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, None]:
     """The global codec without a residual: scan the dump (metadata and a spread sample for the basis),
     then code its files as they are read again; no scratch copy of the dump is written."""
     # the basis is fitted on fit_rows rows: keep that many from files spread over the dump
@@ -160,17 +166,76 @@ def _encode_streaming(src: str, dst: str, reader: DumpReader, dopts: DumpOptions
     opts = _resolve_target(opts, c)
     labels = c.labels if (c.labels >= 0).all() else None
     rows = c.aug.rows
-    with StoreWriter(dst, c.num_classes, opts, overwrite=overwrite, shard_bytes=shard_bytes) as w:
-        _note(progress, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread "
-                        f"over the dump")
-        encode_rows(w, c.logits(progress=progress), rows["image"].astype(np.int64), rows["aug"].astype(np.int64),
-                    c.ks, labels, head=head, progress=False, fit_on=c.sample)
-        w.set_meta(c.aug)
-    return c.format
+    image, aug, ks = rows["image"].astype(np.int64), rows["aug"].astype(np.int64), c.ks
+    values = epoch_values(c.aug, c.ks)
+    fit_ks = [len(b) for b in c.sample]
+    alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
+                     source_epochs=None if values is None else len(values),
+                     fit_source=lambda: FitSource(list(c.sample), None, fit_ks, c.num_images, len(rows)),
+                     probe=lambda: probe_from_rows(c.sample, min(int(c.ks.max()), PROBE_VIEWS)), head=head,
+                     device=opts.device)
+    logits: Any = c.logits(progress=progress)
+    meta = c.aug
+    if alloc.pooled:
+        _note(progress, f"pooling: keeping {len(alloc.kept)} of {len(values)} epochs")
+        keep = np.isin(aug, alloc.kept)
+        logits = _kept_blocks(logits, keep)
+        image, aug = image[keep], _renumber(aug[keep], alloc.kept, len(values))
+        ks = np.full(c.num_images, len(alloc.kept), dtype=np.int64)
+        meta = prune_meta(c.aug, alloc.kept, values)
+    inner = alloc.writer_options(opts)
+    with StoreWriter(dst, c.num_classes, inner, overwrite=overwrite, shard_bytes=shard_bytes) as w:
+        _set_pool(w, opts, alloc, values)
+        if alloc.bases is not None:
+            w.set_bases(alloc.bases)
+        else:
+            _note(progress, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread "
+                            f"over the dump")
+        encode_rows(w, logits, image, aug, ks, labels, head=head, progress=False, fit_on=c.sample)
+        w.set_meta(meta)
+    return c.format, opts, alloc, None
+
+
+def _set_pool(w: StoreWriter, opts: CodecOptions, alloc: Allocation, values: Optional[np.ndarray]) -> None:
+    """Record the allocation (and the kept epochs of a pooled store) in the store being written."""
+    if values is not None and (opts.ratio is not None or opts.keep_epochs is not None):
+        w.set_pool(len(values), values[alloc.kept].tolist(), alloc.record())
+
+
+def _renumber(aug: np.ndarray, kept: np.ndarray, k: int) -> np.ndarray:
+    """Source view positions of kept rows -> their positions among the kept views."""
+    remap = np.full(k, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    return remap[aug]
+
+
+def _kept_blocks(blocks: Iterator[np.ndarray], keep: np.ndarray) -> Iterator[np.ndarray]:
+    """The rows of dump-order ``blocks`` whose entry of ``keep`` (one per dump row) is true."""
+    at = 0
+    for b in blocks:
+        sel = keep[at:at + len(b)]
+        at += len(b)
+        if sel.any():
+            yield b[sel]
+
+
+class _KeptRows:
+    """The rows of a (rows, C) array whose entry of ``keep`` is true, as an array-like sliced in kept rows."""
+
+    def __init__(self, rows: Any, keep: np.ndarray) -> None:
+        self.rows, self.idx = rows, np.flatnonzero(keep)
+        self.shape, self.ndim = (len(self.idx), int(rows.shape[1])), 2
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return np.asarray(self.rows[self.idx[s]])
 
 
 def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions, overwrite: bool, resume: bool,
-                     progress: bool, shard_bytes: int, chunk_images: int, head: Optional[Head]) -> str:
+                     progress: bool, shard_bytes: int, chunk_images: int,
+                     head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, Optional[float]]:
     """Every other codec: read the dump once into a scratch file beside ``dst``, then code image by image."""
     scratch = os.path.dirname(os.path.abspath(dst))
     with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
@@ -179,14 +244,37 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
         labels = c.labels if (c.labels >= 0).all() else None
         if opts.method in ("shared", "two-level") and labels is None:
             raise InputError(f"method {opts.method!r} needs image classes: pass labels= or ipc=")
-        with StoreWriter(dst, c.num_classes, opts, overwrite=overwrite, resume=resume, shard_bytes=shard_bytes) as w:
+        values = epoch_values(c.aug, c.ks)
+        rowwise = opts.method == "global" and opts.residual == 0
+        nrows = int(c.ks.sum())
+        if rowwise:   # the sample the row-wise encode fits on: blocks of rows in dump order
+            blocks = RowBlocks(c.row_logits, 4096)
+            fit = lambda: FitSource(blocks, None, [len(blocks[i]) for i in range(len(blocks))], c.num_images, nrows)
+        else:
+            fit = lambda: FitSource(_Matrices(c), labels, c.ks)
+        alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
+                         source_epochs=None if values is None else len(values), fit_source=fit,
+                         probe=lambda: probe_from_matrices(_Matrices(c)), head=head, device=opts.device)
+        kept = alloc.kept if alloc.pooled else None
+        meta, image, aug, ks = c.aug, c.aug.rows["image"].astype(np.int64), c.aug.rows["aug"].astype(np.int64), c.ks
+        row_logits: Any = c.row_logits
+        if kept is not None:
+            _note(progress, f"pooling: keeping {len(kept)} of {len(values)} epochs")
+            keep = np.isin(aug, kept)
+            row_logits, image, aug = _KeptRows(row_logits, keep), image[keep], _renumber(aug[keep], kept, len(values))
+            ks = np.full(c.num_images, len(kept), dtype=np.int64)
+            meta = prune_meta(c.aug, kept, values)
+        inner = alloc.writer_options(opts)
+        with StoreWriter(dst, c.num_classes, inner, overwrite=overwrite, resume=resume, shard_bytes=shard_bytes) as w:
+            _set_pool(w, opts, alloc, values)
+            if w.codec.scope == "store" and w.bases is None and alloc.bases is not None:
+                w.set_bases(alloc.bases)
             if supports_rowwise(w):
                 # one basis for all rows: code them in dump order, no per-image regrouping of the logits
-                encode_rows(w, c.row_logits, c.aug.rows["image"].astype(np.int64),
-                            c.aug.rows["aug"].astype(np.int64), c.ks, labels, head=head, progress=progress)
+                encode_rows(w, row_logits, image, aug, ks, labels, head=head, progress=progress)
             elif w.codec.scope == "store" and w.bases is None:
                 _note(progress, f"fitting the {opts.method} bases on {c.num_images} images")
-                w.fit(_Matrices(c), labels, ks=c.ks, head=head)
+                w.fit(KeptViews(_Matrices(c), kept), labels, ks=ks, head=head)
             # shared bases are fitted per chunk: one chunk keeps one basis per class
             step = c.num_images if opts.method == "shared" else chunk_images
             done = w.num_images  # images already in complete shards when resuming (all of them after encode_rows)
@@ -200,12 +288,17 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
                     continue
                 skip = max(done - s, 0)
                 mats, s = mats[skip:], s + skip
+                if kept is not None:
+                    mats = [m[kept] for m in mats]
                 w.add(mats, labels=None if labels is None else labels[s:s + len(mats)].tolist())
                 s += len(mats)
                 bar.update(len(mats))
             bar.close()
-            w.set_meta(c.aug)
-        return c.format
+            w.set_meta(meta)
+        kl = None
+        if (opts.ratio is not None or opts.keep_epochs is not None) and alloc.kl_t1 is None:
+            kl = store_kl(LabelStore(dst), _Matrices(c), kept)   # measured here: the scratch copy goes next
+        return c.format, opts, alloc, kl
 
 
 class _DeviceRows:

@@ -25,15 +25,16 @@ def store_info(store: StoreLike) -> Dict[str, Any]:
     """:meth:`LabelStore.stats` plus where the labels came from and the ratio against the dump on disk.
 
     Adds ``source_format`` (the dump family, or "unknown"), ``dump_fp16_bytes`` (bytes of an SRe2L fp16
-    dump of the same rows: 2 C + 25 per row) and ``ratio_vs_dump`` (those bytes over the store's bytes
-    on disk).
+    dump of the source's rows: 2 C + 25 per row; a pooled store counts the epochs it dropped too) and
+    ``ratio_vs_dump`` (those bytes over the store's bytes on disk).
     """
     st = _open(store)
     info = st.stats()
     attrs = st.aug.attrs
     info["source_format"] = attrs.get("format") or attrs.get("source") or "unknown"
-    # the labels the dump itself held (k values and ids per row for a top-k dump) plus its per-row metadata
-    info["dump_fp16_bytes"] = int(info["source_label_bytes"] + info["rows"] * DUMP_ROW_OVERHEAD)
+    # the labels the dump itself held (k values and ids per row for a top-k dump) plus its per-row metadata,
+    # over every source row (a pooled store keeps only some of them)
+    info["dump_fp16_bytes"] = int(info["source_label_bytes"] + info["source_rows"] * DUMP_ROW_OVERHEAD)
     info["ratio_vs_dump"] = info["dump_fp16_bytes"] / info["disk_bytes"] if info["disk_bytes"] else float("inf")
     return info
 

@@ -99,9 +99,12 @@ def _epoch_writer(family: str) -> Writer:
             log.warning("rows of this store were mapped to images by %s indices; SRe2L's loader maps them by sampler "
                         "replay, so use --format %s to keep the mapping", attrs.get("mapping"), attrs.get("format"))
         per_epoch: Dict[int, list] = {}
+        # a pooled store numbers its kept epochs 0..n-1; the dump gets their source epoch numbers back
+        kept = getattr(getattr(src, "store", src), "kept_epochs", None)
         for rows, rec, logits in _batches(src, opts.get("progress", False), family):
             style = _style(src, rec, opts.get("plain_ints", False))
             e, b = int(rec["epoch"]), int(rec["batch"])
+            e = e if kept is None else int(kept[e])
             items = build_head(rows, rec, logits, style)
             if family in ("gvbsm", "edc"):
                 items.append(torch.from_numpy(rows["image"].astype(np.int64)).to(getattr(torch, style.get("index", "int64"))))

@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 from ..codecs.arguments import check_int
 from ..errors import InputError
 from ..codecs.global_basis import BasisSet
+from .allocate import KeptViews, finish, plan_and_prune, store_kl
+from .encoder import check_matrices
 from .meta import AugMeta
 from .options import CodecOptions
 from .reader import LabelStore
@@ -68,8 +70,18 @@ def encode(
     Store-scope codecs fit their bases on all of ``Y`` first (on a sample of ``codec_config["fit_rows"]``
     rows for the global basis).
 
+    Pooling: with a ``ratio`` (or ``target_bytes``) and the global codec, when coding every row would take
+    the decoded labels past ``max_kl`` (KL(T=1) measured on a probe sample), the store keeps fewer label
+    epochs, evenly spaced from the first, coded at a rank that stays within it (``pool=False`` codes every
+    row; ``keep_epochs=n`` keeps n epochs).  Row j of every image is epoch j (or the epoch ``meta`` gives it).
+    See :mod:`score_codec.store.allocate`.
+
     Returns:
-        The store's :meth:`~score_codec.LabelStore.stats` dict (images, rows, bytes, ratio, ranks, ...).
+        The store's :meth:`~score_codec.LabelStore.stats` dict (images, rows, bytes, ratio, ranks, ...), with
+        ``keep_epochs``, ``inner_ratio`` and ``kl_t1`` (measured when a ratio or ``keep_epochs`` was given).
+
+    Raises:
+        BudgetError: the ratio cannot hold a useful label (see :func:`score_codec.store.allocate.allocate`).
     """
     opts = CodecOptions.build(options, **codec)
     if isinstance(Y, np.ndarray):
@@ -94,12 +106,22 @@ def encode(
         opts = opts.replace(ratio=2.0 * c * rows / target_bytes, target_bytes=None)
     if labels is not None and len(labels) != len(mats):
         raise InputError(f"got {len(labels)} labels for {len(mats)} images")
+    check_matrices(mats, c)
+    source = mats
+    alloc, values, inner, meta = plan_and_prune(opts, mats, meta, np.array([int(m.shape[0]) for m in mats]), c,
+                                                labels=labels, head=head, bases=bases)
+    if alloc.pooled:
+        mats = list(KeptViews(mats, alloc.kept))
     # shared bases are fitted per chunk: one chunk keeps one basis per class
     step = len(mats) if opts.method == "shared" else chunk_images
-    with StoreWriter(path, c, opts, overwrite=overwrite, shard_bytes=shard_bytes, resume=resume) as w:
+    with StoreWriter(path, c, inner, overwrite=overwrite, shard_bytes=shard_bytes, resume=resume) as w:
+        if values is not None and (opts.ratio is not None or opts.keep_epochs is not None):
+            w.set_pool(len(values), values[alloc.kept].tolist(), alloc.record())
         if w.codec.scope == "store" and w.bases is None:
             if bases is not None:
                 w.set_bases(bases)
+            elif alloc.bases is not None:
+                w.set_bases(alloc.bases)
             else:
                 w.fit(mats, labels, head=head)
         elif head is not None and w.codec.scope != "store":
@@ -109,4 +131,5 @@ def encode(
             w.add(mats[s : s + step], labels=None if labels is None else list(labels[s : s + step]))
         if meta is not None:
             w.set_meta(meta)
-    return LabelStore(os.fspath(path)).stats()
+    store = LabelStore(os.fspath(path))
+    return finish(store.stats(), opts, alloc, lambda: store_kl(store, source, alloc.kept if alloc.pooled else None))

@@ -61,9 +61,12 @@ def basis_table(bases: Sequence[StoredBasis]) -> np.ndarray:
 
 
 def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index: np.ndarray, table: np.ndarray,
-                blob: bytes, meta: AugMeta) -> None:
-    """Write the index datasets and attributes into an open HDF5 file (or the root of a single-file store)."""
+                blob: bytes, meta: AugMeta, pool: Optional[Dict[str, Any]] = None) -> None:
+    """Write the index datasets and attributes into an open HDF5 file (or the root of a single-file store);
+    ``pool``: the kept label epochs of a pooled store (docs/FORMAT.md section 4), None for every epoch."""
     f.attrs["format_version"] = FORMAT_VERSION
+    if pool is not None:
+        f.attrs["pool"] = json.dumps(pool)
     f.attrs["num_classes"] = int(num_classes)
     f.attrs["encoding"] = json.dumps(encoding)
     f.attrs["torch_version"] = str(torch.__version__)

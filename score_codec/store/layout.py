@@ -9,8 +9,10 @@ __all__ = [
 ]
 
 #: Version of the store format this library writes; readers accept exactly the versions they know.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+#: the first version whose index may hold the ``pool`` attribute (a store keeping a subset of label epochs)
+POOL_VERSION = 3
 
 INDEX_FILE = "index.h5"
 MANIFEST_FILE = "manifest.json"

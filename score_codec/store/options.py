@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..errors import InputError
 from .encoder import EncodeOptions
 
 __all__ = ["CodecOptions", "CODEC_OPTION_NAMES", "split_codec_options"]
@@ -48,6 +49,21 @@ class CodecOptions:
         codec_config: codec-specific settings, e.g. ``{"fit_temperature": 4.0, "newton_steps": 0,
             "class_rank": 2}`` for the store-scope codecs (see :mod:`score_codec.codecs.global_basis`).
         device: torch device the codec runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        pool: with ``ratio`` (or ``target_bytes``) and the global codec, let the encode keep fewer label epochs
+            when coding every row would take the decoded labels past ``max_kl`` (pooling; see
+            :mod:`score_codec.store.allocate`); False codes every row at the ratio (a warning names the
+            measured KL when it exceeds ``max_kl``).  Views that are not label epochs are never pooled.
+        keep_epochs: keep exactly this many label epochs (evenly spaced, the first included) and code them at
+            the rest of the options (a ``ratio`` then counts the source's rows); None: decided by ``pool``.
+        max_kl: the largest mean KL(T=1) between source and decoded rows, measured on a probe sample, that the
+            automatic allocation accepts for the inner codec.  The default, 0.01, sits between the KL of the
+            benchmark variants whose students matched raw labels and that of those whose students fell behind
+            (docs/codecs/pooling.md gives the figures).
+
+    ``pool``, ``keep_epochs`` and ``max_kl`` are read by :func:`score_codec.encode`,
+    :func:`score_codec.encode_dump` and :func:`score_codec.relabel`; :class:`~score_codec.StoreWriter` and
+    :func:`score_codec.encode_distributed` write the rows they are given and never pool (they refuse
+    ``keep_epochs``).
     """
 
     method: str = "global"
@@ -63,9 +79,19 @@ class CodecOptions:
     shuffle: bool = False
     codec_config: Optional[Mapping[str, Any]] = field(default=None, hash=False)
     device: str = "cpu"
+    pool: bool = True
+    keep_epochs: Optional[int] = None
+    max_kl: float = 0.01
 
     def __post_init__(self) -> None:
         self.encode_options()  # validates the values (one set of rules, shared with the store writer)
+        k = self.keep_epochs
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 1):
+            raise InputError(f"keep_epochs must be a positive integer, found {self.keep_epochs!r}")
+        if not (isinstance(self.max_kl, (int, float)) and self.max_kl > 0 and self.max_kl == self.max_kl):
+            raise InputError(f"max_kl must be a positive number, found {self.max_kl!r}")
+        if self.keep_epochs is not None and not self.pool:
+            raise InputError("give keep_epochs or pool=False, not both (pool=False keeps every epoch)")
 
     @classmethod
     def build(cls, options: Optional["CodecOptions"] = None, **overrides: Any) -> "CodecOptions":

@@ -20,6 +20,8 @@ from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, Inde
                      StoreError, StoreVersionError, TruncatedFileError)
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name)
+from ..errors import InputError
+from .layout import POOL_VERSION
 from .aug_reader import AugReader
 from .integrity import SHARD_MEMBERS, check_dataset_size, check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
@@ -189,6 +191,7 @@ class LabelStore:
                 raise SizeLimitError(f"{self._index_path()}: record {i} is {int(self.index['length'][i])} bytes but declares "
                                      f"K={int(self.ks[i])} x C={self.num_classes} cells, more than it can decode to")
         self.labels = self.index["label"].astype(np.int64)
+        self.pool = _read_pool(f, self.manifest.get("format_version"), self.ks, self._index_path())
         self.row_start = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(np.int64)
         nshards = len(self.manifest.get("shards", []))
         if len(self.index) and (self.index["shard"].max() >= nshards):
@@ -380,6 +383,32 @@ class LabelStore:
             return rows_from_records(self, image_ids, view_ids)
         return self.factors(device).rows(image_ids, view_ids)
 
+    # -- pooling ---------------------------------------------------------------------------------------
+    @property
+    def kept_epochs(self) -> Optional[List[int]]:
+        """The source epoch numbers a pooled store kept (row j of every image is from ``kept_epochs[j]``),
+        or None when the store holds every epoch of its source."""
+        return None if self.pool is None else list(self.pool["kept_epochs"])
+
+    @property
+    def source_epochs(self) -> int:
+        """Label epochs of the source: the pool's ``source_epochs``, else the rows every image has."""
+        if self.pool is not None:
+            return int(self.pool["source_epochs"])
+        return int(self.ks.min()) if len(self.ks) else 0
+
+    def view_for_epoch(self, epoch: int) -> int:
+        """The view (row of every label matrix) that training epoch ``epoch`` replays.
+
+        Unpooled: ``epoch`` itself.  Pooled (n kept epochs): ``epoch mod n``, so consecutive training epochs
+        see different kept views and every kept view serves equally often in any n consecutive epochs, for
+        schedules of any length (a student trained for the source's K epochs sees each kept view K / n
+        times, interleaved, rather than one view for K / n epochs in a row)."""
+        e = int(epoch)
+        if e < 0:
+            raise InputError(f"{self.path}: training epoch must be >= 0, found {e}")
+        return e if self.pool is None else e % len(self.pool["kept_epochs"])
+
     # -- metadata and statistics -------------------------------------------------------------------
     @property
     def aug(self) -> AugMeta:
@@ -410,3 +439,24 @@ class LabelStore:
 
     def __repr__(self) -> str:
         return f"LabelStore({self.path!r}, images={len(self)}, classes={self.num_classes})"
+
+
+def _read_pool(f: h5py.File, version: Any, ks: np.ndarray, where: str) -> Optional[Dict[str, Any]]:
+    """The index's ``pool`` attribute, checked (docs/FORMAT.md section 4), or None when the store has none."""
+    if "pool" not in f.attrs:
+        return None
+    if not isinstance(version, int) or version < POOL_VERSION:
+        raise StoreError(f"{where}: a pool attribute in a version {version} store "
+                         f"(pools exist from version {POOL_VERSION})")
+    pool = json.loads(f.attrs["pool"])
+    kept = pool.get("kept_epochs") if isinstance(pool, dict) else None
+    k = pool.get("source_epochs") if isinstance(pool, dict) else None
+    ok = (isinstance(k, int) and isinstance(kept, list) and 1 <= len(kept) < k and all(isinstance(e, int) for e in kept)
+          and kept[0] >= 0 and all(b > a for a, b in zip(kept, kept[1:])))
+    if not ok:
+        raise StoreError(f"{where}: pool attribute is malformed (expected source_epochs:int and kept_epochs: 1 to "
+                         f"source_epochs - 1 increasing non-negative ints), found {str(pool)[:200]}")
+    if len(ks) and np.any(ks != len(kept)):
+        raise IndexMismatchError(f"{where}: the pool keeps {len(kept)} epochs but images hold "
+                                 f"{int(ks.min())}..{int(ks.max())} rows")
+    return {"source_epochs": k, "kept_epochs": kept}

@@ -25,7 +25,7 @@ from ..errors import InputError
 from .encoder import EncodedChunk
 from .record import pack_record
 
-__all__ = ["encode_rows", "supports_rowwise"]
+__all__ = ["encode_rows", "supports_rowwise", "RowBlocks"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SCRATCH_BYTES = 256 << 20
 
 
-class _Blocks:
+class RowBlocks:
     """Contiguous blocks of rows of a (rows, C) array as the "images" the basis is fitted on."""
 
     def __init__(self, rows: Any, size: int) -> None:
@@ -86,7 +86,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
             blocks: Any = list(fit_on)
             fit_ks = [len(b) for b in blocks]
         elif hasattr(rows, "shape"):
-            blocks = _Blocks(rows, 4096)
+            blocks = RowBlocks(rows, 4096)
             fit_ks = [len(blocks[i]) if i == len(blocks) - 1 else 4096 for i in range(len(blocks))]
         else:
             raise InputError("encode_rows: rows given as blocks need fit_on (or a writer with fitted bases)")

@@ -50,16 +50,21 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
     uncompressed fp16 label size, 2 C bytes per row; ``ratio`` is their quotient.  ``source_label_bytes`` is
     what the source dump spent on labels (less than ``fp16_bytes`` for a top-k dump) and
     ``ratio_vs_source`` its quotient with ``label_bytes``.  ``disk_bytes`` and
-    ``ratio_disk`` include the index, the augmentation metadata and HDF5 overhead.
+    ``ratio_disk`` include the index, the augmentation metadata and HDF5 overhead.  A pooled store (one that
+    keeps ``keep_epochs`` of its source's ``source_epochs`` label epochs) counts ``fp16_bytes`` over the
+    source's rows (``source_rows``), so ``ratio`` is what the source shrank by; ``inner_ratio`` counts the kept
+    rows only.  ``kl_t1`` is the probe KL(T=1) the encode measured (None when it measured none).
     """
     idx = store.index
     rows = int(store.ks.sum())
     label_bytes = int(idx["length"].sum()) + int(store.basis_table["length"].sum())
-    fp16 = 2 * store.num_classes * rows
+    pool = getattr(store, "pool", None)
+    source_rows = rows if pool is None else rows // len(pool["kept_epochs"]) * int(pool["source_epochs"])
+    fp16 = 2 * store.num_classes * source_rows
     on_disk = disk_bytes(store.path)
     ranks = idx["rank"].astype(np.int64)
     enc = store.encoding
-    source = source_label_bytes(store.aug_reader.attrs, rows, store.num_classes)
+    source = source_label_bytes(store.aug_reader.attrs, source_rows, store.num_classes)
     return {
         "path": store.path,
         "images": len(store),
@@ -90,6 +95,12 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
         "meta_bytes": int(store.aug_reader.num_rows * ROW_DTYPE.itemsize + store.aug_reader.batches.nbytes
                           + store.aug_reader.images.nbytes),
         "format_version": store.manifest.get("format_version"),
+        "source_rows": source_rows,
+        "source_epochs": int(pool["source_epochs"]) if pool is not None else (int(store.ks.min()) if len(store) else 0),
+        "keep_epochs": len(pool["kept_epochs"]) if pool is not None else (int(store.ks.min()) if len(store) else 0),
+        "kept_epochs": None if pool is None else list(pool["kept_epochs"]),
+        "inner_ratio": 2 * store.num_classes * rows / label_bytes if label_bytes else float("inf"),
+        "kl_t1": (enc.get("allocation") or {}).get("kl_t1"),
     }
 
 

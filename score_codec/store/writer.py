@@ -128,6 +128,9 @@ class StoreWriter:
         if self.options.target_bytes is not None:
             raise InputError("target_bytes needs the store's row count in advance: use score_codec.encode, or "
                              "ratio= with StoreWriter")
+        if self.options.keep_epochs is not None:
+            raise InputError("keep_epochs is applied by score_codec.encode, encode_dump and relabel; a StoreWriter "
+                             "writes the rows it is given (pass it the kept epochs and call set_pool)")
         self.opts = self.options.encode_options()
         device = self.options.device
         self.codec = self.opts.make_codec()  # fails early on an unknown method
@@ -164,6 +167,8 @@ class StoreWriter:
         self._shard_sizes: List[int] = []
         self._shard_members: List[Dict[str, int]] = []   # directory stores: integrity members per written shard
         self._meta = AugMeta()
+        self._pool: Optional[Dict[str, Any]] = None
+        self._allocation: Optional[Dict[str, Any]] = None
         self._closed = False
         self._h5: Optional[h5py.File] = None
         options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes,
@@ -311,6 +316,19 @@ class StoreWriter:
             raise InputError(f"meta must be an AugMeta, found {type(meta).__name__}")
         self._meta = meta
 
+    def set_pool(self, source_epochs: int, kept_epochs: Sequence[int],
+                 allocation: Optional[Dict[str, Any]] = None) -> None:
+        """Record that the store keeps only the label epochs ``kept_epochs`` (source epoch numbers, increasing)
+        of the source's ``source_epochs``; every image must then have ``len(kept_epochs)`` rows, row j from
+        epoch ``kept_epochs[j]``.  ``allocation``: how the choice was made (written into the index's
+        ``encoding`` as ``allocation``, informative)."""
+        kept = [int(e) for e in kept_epochs]
+        if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or kept[0] < 0 or len(kept) > int(source_epochs):
+            raise InputError(f"kept epochs must be 1..{source_epochs} increasing non-negative numbers, found {kept[:8]}")
+        pooled = len(kept) < int(source_epochs)
+        self._pool = {"source_epochs": int(source_epochs), "kept_epochs": kept} if pooled else None
+        self._allocation = None if allocation is None else dict(allocation)
+
     def _flush_shard(self) -> None:
         try:
             self._write_shard()
@@ -350,6 +368,9 @@ class StoreWriter:
                 self._flush_shard()
             index = np.concatenate(self._index) if self._index else np.zeros(0, IMAGE_INDEX_DTYPE)
             self._meta.validate(index["k"].astype(np.int64))
+            if self._pool is not None and len(index) and np.any(index["k"] != len(self._pool["kept_epochs"])):
+                raise InputError(f"{self.path}: a pooled store keeps {len(self._pool['kept_epochs'])} epochs, so every "
+                                 f"image needs that many rows; found {int(index['k'].min())}..{int(index['k'].max())}")
             if self.single:
                 self._write_index(self._h5, index)
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
@@ -387,8 +408,10 @@ class StoreWriter:
 
     def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
         encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
+        if self._allocation is not None:
+            encoding["allocation"] = self._allocation
         write_index(f, self.num_classes, encoding, index, basis_table(self._bases),
-                    b"".join(b.blob for b in self._bases), self._meta)
+                    b"".join(b.blob for b in self._bases), self._meta, pool=self._pool)
 
     def abort(self, keep_partial: bool = False) -> None:
         """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""

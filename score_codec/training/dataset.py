@@ -67,8 +67,9 @@ class CompressedSoftLabelDataset:
             raise InputError(f"{len(self.images)} images but the label store {self._path} has {self.num_images}")
         self._check_classes(np.asarray(s.labels))
         ks = np.asarray(s.ks)
-        self.epochs = int(ks.min()) if len(ks) else 0      # epochs every image has a row for
-        self.epoch_dependent = bool(len(ks) and ks.max() > 1)
+        # epochs every image has a row for; a pooled store serves its source's epochs from its kept views
+        self.epochs = int(s.source_epochs) if getattr(s, "pool", None) else (int(ks.min()) if len(ks) else 0)
+        self.epoch_dependent = bool(len(ks) and (ks.max() > 1 or self.epochs > 1))
         aug = s.aug_reader
         self.input_size = int(aug.attrs["input_size"]) if "input_size" in aug.attrs else None
         if self.input_size is None or aug.num_rows == 0:
@@ -116,7 +117,11 @@ class CompressedSoftLabelDataset:
     # -- epochs --------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Serve row ``epoch`` of every label matrix (and that epoch's crops and mixes) from now on,
-        in this process and in every DataLoader worker, persistent ones included."""
+        in this process and in every DataLoader worker, persistent ones included.
+
+        A pooled store (one that kept n of its source's K label epochs) accepts the source's epochs 0..K-1 and
+        serves kept view ``epoch mod n`` (:meth:`~score_codec.LabelStore.view_for_epoch`): its labels, crops,
+        flips and mixes are exactly those of source epoch ``store.kept_epochs[epoch mod n]``."""
         if not 0 <= int(epoch) < max(self.epochs, 1):
             raise InputError(f"epoch {epoch} is outside the dump's {self.epochs} epochs "
                              f"(label store {self._path})")
@@ -130,11 +135,16 @@ class CompressedSoftLabelDataset:
                              f"dataset.set_epoch(e) before each epoch (no silent epoch 0)")
         return e
 
+    @property
+    def view(self) -> int:
+        """The stored view the current epoch replays (the epoch itself unless the store is pooled)."""
+        return _view_for_epoch(self.store, self.epoch)
+
     def plan(self) -> EpochPlan:
         """This process's lookups for the current epoch (rebuilt when the epoch changes)."""
-        e = self.epoch
-        if self._plan is None or self._plan.epoch != e:
-            self._plan = EpochPlan.from_store(self.store, self.num_images, e)
+        v = self.view
+        if self._plan is None or self._plan.epoch != v:
+            self._plan = EpochPlan.from_store(self.store, self.num_images, v)
         return self._plan
 
     # -- access ---------------------------------------------------------------------------------------
@@ -176,7 +186,7 @@ class CompressedSoftLabelDataset:
     def labels(self, indices: Sequence[int]) -> torch.Tensor:
         """Decoded logits (B, C) float32 of these indices in the current epoch, one batched decode."""
         ids = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
-        augs = np.full(len(ids), self.epoch if self.epoch_dependent else 0, dtype=np.int64)
+        augs = np.full(len(ids), self.view if self.epoch_dependent else 0, dtype=np.int64)
         return self.store.rows(ids, augs)
 
     def __getitems__(self, indices: Sequence[int]) -> List[Sample]:
@@ -192,6 +202,12 @@ class CompressedSoftLabelDataset:
 
     def __getitem__(self, index: int) -> Sample:
         return self.__getitems__([int(index)])[0]
+
+
+def _view_for_epoch(store, epoch: int) -> int:
+    """``store.view_for_epoch(epoch)``, or ``epoch`` for store-like objects without pooling."""
+    f = getattr(store, "view_for_epoch", None)
+    return int(epoch) if f is None else int(f(epoch))
 
 
 class LabelDecoder:

@@ -28,6 +28,8 @@ from ..errors import InputError
 from ..store.options import CodecOptions
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
 from .models import load_model
+from ..codecs.global_basis import FitSource
+from ..store.allocate import KeptViews, allocate, finish, probe_from_matrices, prune_meta, store_kl
 from ..store.distributed import encode_distributed, rank_and_world
 from ..store.reader import LabelStore
 from ..store.writer import StoreWriter
@@ -127,6 +129,10 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             teacher (batch norm folded into its convolutions, channels-last; faster, the same logits
             up to float32 rounding, checked on the first image); False runs the module as given.
 
+    Pooling (``ratio`` with the global codec, or ``keep_epochs``; see :mod:`score_codec.store.allocate`): the
+    teacher runs for every epoch (the scratch file holds them all) and the allocation, measured on those rows,
+    decides which epochs the store keeps; the others are dropped at encode.  A distributed run never pools.
+
     Under ``torchrun`` (WORLD_SIZE > 1) the ranks split the teacher's batches round-robin, write their
     logits into one scratch file beside ``dst`` (a shared file system for several nodes) and encode
     through :func:`score_codec.store.distributed.encode_distributed`; the store equals a one-process run.
@@ -134,6 +140,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     """
     opts = CodecOptions.build(options, **codec)
     device = opts.device
+    if opts.target_bytes is not None:
+        raise InputError("relabel takes ratio=, not target_bytes= (the row count is epochs x images)")
     ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
     teacher = load_model(model, device=device)
     n = len(ds)
@@ -159,6 +167,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
                                             batch_size, drop_last=False)
     nb = len(sampler)
     rank_id, world = rank_and_world()
+    if world > 1 and opts.keep_epochs is not None:
+        raise InputError("keep_epochs is not available under torchrun: a distributed relabel codes every epoch")
     if world > 1:
         # every rank draws every batch's augmentation (the RNG streams stay in step) but runs the teacher
         # only on its own batches, writing into one scratch file on the shared file system
@@ -217,13 +227,32 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             encode_distributed(_ScratchImages(scratch), dst, opts, labels=images["label"].tolist(), meta=meta,
                                overwrite=overwrite, chunk_images=chunk, head=head)
             return LabelStore(dst).stats()
-        with StoreWriter(dst, c, opts, overwrite=overwrite) as w:
+        src = _ScratchImages(scratch)
+        values = np.arange(epochs, dtype=np.int64)   # relabel's views are its epochs
+        alloc = allocate(opts, num_classes=c, num_images=n, source_epochs=epochs,
+                         fit_source=lambda: FitSource(src, images["label"].tolist(), [epochs] * n),
+                         probe=lambda: probe_from_matrices(src), head=head, device=device)
+        kept = alloc.kept if alloc.pooled else None
+        if kept is not None:
+            meta = prune_meta(meta, kept, values)
+            log.info("pooling: keeping %d of %d epochs at an inner ratio of %.1fx", len(kept), epochs, alloc.inner_ratio)
+        inner = alloc.writer_options(opts)
+        with StoreWriter(dst, c, inner, overwrite=overwrite) as w:
+            if opts.ratio is not None or opts.keep_epochs is not None:
+                w.set_pool(epochs, values[alloc.kept].tolist(), alloc.record())
             if w.codec.scope == "store":
-                w.fit(_ScratchImages(scratch), images["label"].tolist(), ks=[epochs] * n, head=head)
+                if alloc.bases is not None:
+                    w.set_bases(alloc.bases)
+                else:
+                    w.fit(KeptViews(src, kept), images["label"].tolist(), ks=[len(alloc.kept)] * n, head=head)
             for s in range(0, n, chunk):
-                w.add(torch.from_numpy(np.asarray(scratch[s:s + chunk], dtype=np.float32)),
+                block = np.asarray(scratch[s:s + chunk], dtype=np.float32)
+                w.add(torch.from_numpy(block if kept is None else block[:, kept]),
                       labels=images["label"][s:s + chunk].tolist())
             w.set_meta(meta)
+        kl = None
+        if (opts.ratio is not None or opts.keep_epochs is not None) and alloc.kl_t1 is None:
+            kl = store_kl(LabelStore(dst), src, kept)   # measured here: the scratch file goes next
     finally:
         del scratch
         if world == 1 or rank_id == 0:
@@ -231,7 +260,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
                 os.remove(scratch_path)
             except FileNotFoundError:
                 pass
-    stats = LabelStore(dst).stats()
+    stats = finish(LabelStore(dst).stats(), opts, alloc, None if kl is None else lambda: kl)
     r = float(stats.get("ratio", float("nan")))
     log.info("relabelled %d images x %d epochs into %s (%s fp16 logits)", n, epochs, dst,
              f"{r:.1f}x smaller than" if r >= 1 else f"{1 / r:.2f}x larger than")

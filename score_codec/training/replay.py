@@ -126,7 +126,9 @@ class ReplayBatchSampler:
 
     Args:
         store: a store path or LabelStore (only its ``aug`` metadata is read, in this process).
-        epoch: the epoch to replay; change it with :meth:`set_epoch`.
+        epoch: the epoch to replay; change it with :meth:`set_epoch`.  On a pooled store (n of the source's K
+            epochs kept) epoch e replays kept epoch ``e mod n``, the batches of source epoch
+            ``store.kept_epochs[e mod n]``.
         batch_size: training batch size; None means the dump's.  A different size is refused with
             :class:`~score_codec.errors.BatchSizeMismatchError` when the dump mixes images, else the stored order is
             re-chunked.
@@ -162,11 +164,19 @@ class ReplayBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @property
+    def view(self) -> int:
+        """The stored epoch this sampler's epoch replays: the epoch itself, or on a pooled store kept epoch
+        ``epoch mod n`` (:meth:`~score_codec.LabelStore.view_for_epoch`)."""
+        f = getattr(self._store, "view_for_epoch", None)
+        return int(self.epoch) if f is None else int(f(self.epoch))
+
     def _stored_batches(self) -> List[np.ndarray]:
-        rows, offset = self._store.aug_reader.epoch_rows(self.epoch)
+        view = self.view
+        rows, offset = self._store.aug_reader.epoch_rows(view)
         order = rows["image"]
         if len(self._b) and self.batch_size == self.stored_batch_size and offset >= 0:
-            sel = np.flatnonzero(self._b["epoch"] == self.epoch)
+            sel = np.flatnonzero(self._b["epoch"] == view)
             return [order[s - offset:s - offset + n] for s, n in zip(self._b["row_start"][sel], self._b["size"][sel])]
         return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
 

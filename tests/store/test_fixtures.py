@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import score_codec as sc
 
@@ -11,7 +12,10 @@ from tests.common import assert_float32_decode_equal, make_meta
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 CASES = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \
         [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
-                             "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")]
+                             "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")] + \
+        [("v3", n) for n in ("sealed_global_int8.store", "sealed_svd_fp16.h5")]
+#: version 3 stores that keep 3 of the 6 label epochs (docs/FORMAT.md section 4, ``pool``)
+POOLED = [("v3", "pooled_global_int8.store"), ("v3", "pooled_svd_fp16.h5")]
 
 
 def test_every_version_up_to_the_current_has_fixtures():
@@ -48,3 +52,25 @@ def test_fixtures_stay_close_to_the_source_logits(version):
     got = np.stack([store.matrix(i).numpy() for i in range(len(store))])
     # keep_mean: the absolute logits come back, not the centred ones
     assert np.abs(got - y).max() < np.abs(got - yc).max()
+
+
+@pytest.mark.parametrize("version,name", POOLED)
+def test_pooled_fixture_decodes_its_kept_epochs(version, name):
+    path = os.path.join(HERE, version, name)
+    store = sc.LabelStore(path)
+    want = np.load(os.path.join(HERE, version, name.split(".")[0] + ".expected.npy"))
+    assert want.shape == (12, 3, 10) and store.kept_epochs == [0, 2, 4] and store.source_epochs == 6
+    got = np.stack([store.matrix(i).numpy() for i in range(len(store))])
+    rank = int(max(store.index["rank"].max(), store.basis_full_rank.max() if len(store.basis_table) else 0))
+    assert_float32_decode_equal(got, want, terms=rank + 3)
+    assert store.verify() == []
+    # the kept views are the source's epochs 0, 2 and 4: their metadata rows, renumbered, and their logits
+    meta = make_meta(12, 6, batch=4)
+    for j, e in enumerate(store.kept_epochs):
+        a, b = store.aug.rows[store.aug.rows["aug"] == j], meta.rows[meta.rows["epoch"] == e]
+        assert a["coords"].tobytes() == b["coords"].tobytes() and a["image"].tolist() == b["image"].tolist()
+    src = np.load(os.path.join(HERE, version, "source_logits.npy"))[:, store.kept_epochs]
+    p = torch.log_softmax(torch.as_tensor(src, dtype=torch.float64), -1)
+    q = torch.log_softmax(torch.as_tensor(got, dtype=torch.float64), -1)
+    assert float((p.exp() * (p - q)).sum(-1).mean()) < 0.5
+    assert [store.view_for_epoch(e) for e in range(6)] == [0, 1, 2, 0, 1, 2]

@@ -1,0 +1,404 @@
+"""Split a byte budget between label epochs and the codec: pooling (keeping a subset of epochs).
+
+A ratio X gives a store of R source rows the budget ``2 C R / X`` bytes.  It can be spent on every row at a
+low inner setting (a small global-basis rank), or on fewer label epochs at a higher one.  Coding every row
+past the point where the decoded labels drift from the teacher's destroys what a student learns from them,
+while dropping epochs loses augmentation diversity only gradually, so :func:`allocate`:
+
+1. fits the codec's full basis once (on the same sample the writer would fit on);
+2. measures KL(T=1) between the source rows and their decoded rows on a probe sample of rows, and finds the
+   smallest basis rank whose KL stays at or below ``max_kl`` (:attr:`CodecOptions.max_kl`);
+3. keeps every epoch when the budget pays for that rank on every row (the store then is what it would be
+   without pooling); otherwise keeps the most epochs it does pay for, evenly spaced and including the first,
+   and codes them at the budget's inner ratio (a rank at or above the smallest useful one);
+4. raises :class:`~score_codec.errors.BudgetError` when even one epoch at that rank does not fit.
+
+The automatic split applies to the global codec (whose fidelity is set by one rank and measured cheaply).
+Other codecs keep every epoch unless ``keep_epochs`` is given; their KL is measured on the written store.
+Only stores whose views are label epochs can be pooled: every image has one row per epoch (the rows of
+:class:`~score_codec.store.meta.AugMeta` say which; without metadata, row j of every image is epoch j).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..codecs.global_basis import BasisEntry, BasisSet, FitSource, row_cost
+from ..codecs.quantize import roundtrip
+from ..errors import BudgetError, InputError
+from .meta import AugMeta
+from .options import CodecOptions
+
+__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_from_matrices",
+           "probe_from_rows", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
+           "PROBE_VIEWS"]
+
+log = logging.getLogger(__name__)
+
+#: rows of the probe sample on which KL(T=1) is measured
+PROBE_ROWS = 1024
+#: views per probe image (int8 scales are shared by an image's rows, so the probe keeps images' rows together)
+PROBE_VIEWS = 8
+
+
+def even_epochs(n: int, k: int) -> np.ndarray:
+    """Positions (n,) int64 of ``n`` of ``k`` epochs, evenly spaced and starting with the first."""
+    if not 1 <= n <= k:
+        raise InputError(f"cannot keep {n} of {k} epochs (need 1 <= keep_epochs <= {k})")
+    return (np.arange(n, dtype=np.int64) * k) // n
+
+
+def epoch_values(meta: Optional[AugMeta], ks: np.ndarray) -> Optional[np.ndarray]:
+    """The source epoch number of each view position (K,) int64 when the views are label epochs, else None.
+
+    Views are label epochs when every image has the same K rows and its row j is its row of the j-th epoch
+    (in increasing ``epoch`` order of the metadata), and every stored batch lies in one epoch.  Without
+    metadata rows, row j of every image is epoch j."""
+    ks = np.asarray(ks, dtype=np.int64)
+    if not len(ks) or ks.min() != ks.max():
+        return None
+    k = int(ks[0])
+    if meta is None or len(meta.rows) == 0:
+        return np.arange(k, dtype=np.int64)
+    rows = meta.rows
+    vals = np.unique(rows["epoch"]).astype(np.int64)
+    if len(vals) != k or len(rows) != k * len(ks):
+        return None
+    if not np.array_equal(np.searchsorted(vals, rows["epoch"]), rows["aug"]):
+        return None
+    b = meta.batches
+    if len(b) and not np.array_equal(np.repeat(b["epoch"], b["size"].astype(np.int64)), rows["epoch"]):
+        return None
+    return vals
+
+
+def prune_meta(meta: AugMeta, kept: np.ndarray, values: np.ndarray) -> AugMeta:
+    """The metadata of the kept view positions ``kept`` only, renumbered: kept view j has ``aug`` = ``epoch``
+    = j (the source epoch number is ``values[kept[j]]``, recorded in the store's pool)."""
+    if len(meta.rows) == 0:
+        return meta
+    remap = np.full(len(values), -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    rows = meta.rows[np.isin(meta.rows["aug"], kept)].copy()
+    rows["aug"] = remap[rows["aug"]]
+    rows["epoch"] = rows["aug"]
+    b = meta.batches
+    if len(b):
+        b = b[np.isin(b["epoch"], values[kept])].copy()
+        b["epoch"] = remap[np.searchsorted(values, b["epoch"])]
+        b["row_start"] = np.concatenate([[0], np.cumsum(b["size"].astype(np.int64))[:-1]])
+    return AugMeta(rows=rows, batches=b, images=meta.images, attrs=dict(meta.attrs))
+
+
+class KeptViews:
+    """An indexable of (K, C) matrices seen through the kept view positions: item i is ``matrices[i][kept]``."""
+
+    def __init__(self, matrices: Sequence[Any], kept: Optional[np.ndarray]) -> None:
+        self.matrices, self.kept = matrices, kept
+
+    def __len__(self) -> int:
+        return len(self.matrices)
+
+    def __getitem__(self, i: int) -> Any:
+        m = self.matrices[i]
+        return m if self.kept is None else m[torch.as_tensor(self.kept) if isinstance(m, torch.Tensor) else self.kept]
+
+
+@dataclass
+class Allocation:
+    """How a ratio was spent: which epochs were kept and how they were coded.
+
+    Attributes:
+        source_epochs: K, label epochs of the source.
+        kept: (n,) int64 positions (0..K-1) of the kept epochs, increasing.
+        inner_ratio: the ratio the kept rows are coded at (fp16 bytes of the kept rows over stored bytes), or
+            None when no ratio was asked for.
+        rank: the global-basis rank chosen (global codec with a ratio), else None.
+        min_rank: the smallest rank whose probe KL(T=1) is at or below ``max_kl`` (automatic split only).
+        kl_t1: mean KL(T=1) of the decoded probe rows at ``rank`` (global codec with a ratio), else None.
+        max_kl: the threshold used.
+        bases: the fitted global basis truncated to ``rank``, for the writer (None: the writer fits).
+    """
+
+    source_epochs: int
+    kept: np.ndarray
+    inner_ratio: Optional[float] = None
+    rank: Optional[int] = None
+    min_rank: Optional[int] = None
+    kl_t1: Optional[float] = None
+    max_kl: float = 0.01
+    bases: Optional[BasisSet] = field(default=None, repr=False)
+
+    @property
+    def pooled(self) -> bool:
+        """True when some epochs were dropped."""
+        return len(self.kept) < self.source_epochs
+
+    def writer_options(self, opts: CodecOptions) -> CodecOptions:
+        """The options the store writer codes the kept rows with: the inner ratio, no epoch selection."""
+        return opts.replace(ratio=opts.ratio if self.inner_ratio is None else self.inner_ratio, keep_epochs=None)
+
+    def record(self) -> Dict[str, Any]:
+        """The JSON-serialisable summary written into the store's ``encoding`` (informative)."""
+        return {"source_epochs": int(self.source_epochs), "keep_epochs": int(len(self.kept)),
+                "inner_ratio": self.inner_ratio, "rank": self.rank, "min_rank": self.min_rank,
+                "kl_t1": self.kl_t1, "max_kl": self.max_kl}
+
+
+def _probe_images(n: int, k: int, rows: int = PROBE_ROWS) -> np.ndarray:
+    per = min(k, PROBE_VIEWS)
+    want = max(1, min(n, math.ceil(rows / per)))
+    return np.unique(np.linspace(0, n - 1, want).round().astype(np.int64))
+
+
+def probe_from_matrices(matrices: Sequence[Any], kept: Optional[np.ndarray] = None) -> torch.Tensor:
+    """A probe (g, v, C) float32 of centred rows: images spread over ``matrices``, ``PROBE_VIEWS`` views each
+    (among ``kept`` positions when given), ``PROBE_ROWS`` rows in all."""
+    n = len(matrices)
+    k0 = int(len(kept)) if kept is not None else int(np.asarray(matrices[0]).shape[0])
+    per = min(k0, PROBE_VIEWS)
+    out = []
+    for i in _probe_images(n, k0):
+        m = torch.as_tensor(np.asarray(matrices[int(i)], dtype=np.float32))
+        pos = np.asarray(kept) if kept is not None else np.arange(m.shape[0])
+        if len(pos) < per:
+            continue
+        sel = pos[(np.arange(per) * len(pos)) // per]
+        out.append(m[torch.as_tensor(sel)])
+    y = torch.stack(out)
+    return y - y.mean(-1, keepdim=True)
+
+
+def probe_from_rows(blocks: Sequence[np.ndarray], group: int) -> torch.Tensor:
+    """A probe (g, group, C) float32 of centred rows from blocks of rows spread over a dump (at most
+    ``PROBE_ROWS`` rows, evenly taken)."""
+    y = torch.as_tensor(np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks]))
+    if len(y) > PROBE_ROWS:
+        y = y[torch.as_tensor(np.linspace(0, len(y) - 1, PROBE_ROWS).round().astype(np.int64))]
+    group = max(1, min(group, len(y)))
+    y = y[: (len(y) // group) * group].reshape(-1, group, y.shape[-1])
+    return y - y.mean(-1, keepdim=True)
+
+
+def kl_t1(y: torch.Tensor, yhat: torch.Tensor) -> float:
+    """Mean over rows of KL(softmax(y) || softmax(yhat)) at T = 1, in float64."""
+    p = torch.log_softmax(y.double().reshape(-1, y.shape[-1]), -1)
+    q = torch.log_softmax(yhat.double().reshape(-1, y.shape[-1]), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: str, project: bool = False) -> float:
+    """KL(T=1) of the ``probe`` rows (g, v, C, centred) coded on the first ``rank`` rows of ``full``'s basis
+    (``project``: by the least-squares projection alone, which the codec's KL fit only improves on)."""
+    rows, mean = full.full(0)
+    bs = BasisSet([BasisEntry(rows[:rank], -1, mean)])
+    if rank == 0:
+        approx = torch.zeros_like(probe) + (0 if mean is None else mean)
+    else:
+        if project:
+            a = (probe - (0 if mean is None else mean)) @ rows[:rank].T
+        else:
+            a = codec.coefficients(probe, bs, 0)
+        a_q = roundtrip(a.transpose(-1, -2), quant).transpose(-1, -2)
+        approx = a_q @ rows[:rank] + (0 if mean is None else mean)
+    return kl_t1(probe, approx)
+
+
+def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,
+                   bound: Optional[Callable[[int], float]] = None) -> Optional[int]:
+    """Smallest r in [0, qmax] with kl(r) <= max_kl (kl decreasing in r), or None if even qmax misses it.
+    ``bound``: a cheaper upper bound of kl; its smallest rank bounds the search from above."""
+    hi = qmax
+    if bound is not None and bound(qmax) <= max_kl:
+        hi = _smallest_rank(bound, max_kl, qmax)
+    if kl(hi) > max_kl:
+        return None if hi == qmax else _smallest_rank(kl, max_kl, qmax)
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if kl(mid) <= max_kl:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_epochs: Optional[int],
+             fit_source: Callable[[], FitSource], probe: Callable[[], torch.Tensor],
+             head: Optional[Any] = None, bases: Optional[BasisSet] = None, device: str = "cpu") -> Allocation:
+    """Decide the kept epochs and the inner coding of a store (see the module docstring).
+
+    Args:
+        opts: the codec options (``ratio`` already resolved from ``target_bytes``; ``pool``, ``keep_epochs``,
+            ``max_kl`` read here).
+        num_classes, num_images: C and N of the store.
+        source_epochs: K when the views are label epochs (:func:`epoch_values`), None when they are not (then
+            nothing can be pooled).
+        fit_source: the sample the writer would fit the global basis on (called only when fitting).
+        probe: centred probe rows (g, v, C) from the source (called only when measuring).
+        head, bases: as :func:`score_codec.encode` (``bases``: nothing is fitted or pooled automatically).
+
+    Returns:
+        The :class:`Allocation`; ``bases`` set when the global basis was fitted here (hand it to the writer).
+
+    Raises:
+        BudgetError: the ratio cannot hold a useful label: one kept epoch at the smallest rank whose KL stays
+            at or below ``max_kl`` exceeds the budget, or (``pool=False`` / ``keep_epochs``) not even a rank-0
+            record fits.
+        InputError: ``keep_epochs`` on a store whose views are not label epochs, or outside [1, K].
+    """
+    k = source_epochs
+    if opts.keep_epochs is not None:
+        if k is None:
+            raise InputError("keep_epochs needs views that are label epochs (every image one row per epoch); "
+                             "this input's views are not")
+        kept = even_epochs(int(opts.keep_epochs), k)
+    else:
+        kept = np.arange(k if k is not None else 0, dtype=np.int64)
+    out = Allocation(source_epochs=k or 0, kept=kept, max_kl=opts.max_kl)
+    if opts.ratio is None:
+        return out
+    x = float(opts.ratio)
+    c = int(num_classes)
+    if k is None or opts.method != "global" or bases is not None:
+        # the inner ratio of the kept rows: the whole budget spread over fewer rows
+        out.inner_ratio = x * len(kept) / k if k else x
+        return out
+    from ..codecs import get_codec
+    codec = get_codec("global", **dict(opts.codec_config or {}))
+    src = fit_source()
+    full = codec.fit(src, opts.quant, head=head, device=device, residual=opts.residual)
+    rows, mean = full.full(0)
+    qmax = int(rows.shape[0])
+    budget = 2.0 * c * num_images * k / x
+    probe_rows = probe().to(device)
+    cache: Dict[int, float] = {}
+    projected: Dict[int, float] = {}
+
+    def kl(r: int) -> float:
+        if r not in cache:
+            cache[r] = probe_kl(codec, full, probe_rows, r, opts.quant)
+        return cache[r]
+
+    def kl_projected(r: int) -> float:
+        if r not in projected:
+            projected[r] = probe_kl(codec, full, probe_rows, r, opts.quant, project=True)
+        return projected[r]
+
+    def per_row(n: int, r: int) -> float:
+        # bytes per kept row of n epochs per image at rank r: the record's share (as the writer's rate control
+        # counts it) plus the fp16 basis and its float32 mean spread over the kept rows
+        return row_cost(r, float(n), opts.quant, opts.residual, c) + (2 * c * r + 4 * c) / (num_images * n)
+
+    def cost(n: int, r: int) -> float:
+        return per_row(n, r) * num_images * n
+
+    auto = opts.pool and opts.keep_epochs is None
+    if auto:
+        r_min = _smallest_rank(kl, opts.max_kl, qmax, bound=kl_projected)
+        out.min_rank = qmax if r_min is None else r_min
+        if r_min is None:
+            log.warning("no global-basis rank reaches KL(T=1) <= %g on the probe (rank %d gives %.3g)",
+                        opts.max_kl, qmax, kl(qmax))
+        if cost(k, out.min_rank) > budget:
+            fits = [n for n in range(1, k + 1) if cost(n, out.min_rank) <= budget]
+            if not fits:
+                need = cost(1, out.min_rank)
+                which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
+                         "the full basis, whose KL(T=1) still exceeds")
+                raise BudgetError(
+                    f"ratio {x:g}x leaves {budget:,.0f} label bytes ({budget / (num_images * k):.2f} B per source "
+                    f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, {which} "
+                    f"max_kl={opts.max_kl:g} (measured {kl(out.min_rank):.3g}), i.e. a ratio of at most "
+                    f"{2.0 * c * num_images * k / need:.1f}x. Ask for a lower ratio, raise max_kl, or pass "
+                    f"keep_epochs= / pool=False to code harder")
+            kept = even_epochs(max(fits), k)
+    out.kept = kept
+    n = len(kept)
+    # the rank the writer's rate control would choose for the kept rows under the whole budget
+    inner = x if n == k else x * n / k
+    fit_r = _bisect_ranks(lambda r: per_row(n, r) <= 2.0 * c / inner, qmax)
+    if not fit_r:
+        raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 global "
+                          f"record needs ({per_row(n, 0):.2f} B per row with {n} kept epochs)")
+    out.rank = fit_r[0]
+    out.inner_ratio = inner
+    out.kl_t1 = kl(out.rank)
+    out.bases = BasisSet([BasisEntry(rows[:out.rank], -1, mean)])
+    if out.kl_t1 > opts.max_kl:
+        warnings.warn(f"ratio {x:g}x codes {n} of {k} epochs at global-basis rank {out.rank}: measured KL(T=1) "
+                      f"{out.kl_t1:.3g} exceeds max_kl={opts.max_kl:g}; students trained on labels this far from "
+                      f"the teacher's lose accuracy (keep fewer epochs, or ask for a lower ratio)", stacklevel=3)
+    log.info("allocation: %d of %d epochs, inner ratio %.1fx, global rank %s, KL(T=1) %.3g", n, k,
+             out.inner_ratio, out.rank, out.kl_t1)
+    return out
+
+
+def _bisect_ranks(ok: Callable[[int], bool], qmax: int) -> List[int]:
+    """[the largest r in [0, qmax] with ok(r)] (ok decreasing in r), or [] when ok(0) is false."""
+    if not ok(0):
+        return []
+    lo, hi = 0, qmax
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return [lo]
+
+
+def store_kl(store: Any, matrices: Sequence[Any], kept: Optional[np.ndarray]) -> float:
+    """KL(T=1) of a written store's decoded rows against the source ``matrices`` on the probe images' views
+    (``kept``: the source positions of the store's views; None: view j is source row j)."""
+    n = len(store)
+    k = int(store.ks.min())
+    per = min(k, PROBE_VIEWS)
+    imgs = _probe_images(n, k)
+    views = (np.arange(per) * k) // per
+    ids = np.repeat(imgs, per)
+    vs = np.tile(views, len(imgs))
+    got = store.rows(ids, vs)
+    src_pos = vs if kept is None else np.asarray(kept)[vs]
+    want = torch.stack([torch.as_tensor(np.asarray(matrices[int(i)], dtype=np.float32)[int(p)])
+                        for i, p in zip(ids, src_pos)])
+    return kl_t1(want, got)
+
+
+def finish(stats: Dict[str, Any], opts: CodecOptions, alloc: Allocation,
+           measure: Optional[Callable[[], float]]) -> Dict[str, Any]:
+    """Add the allocation's fields to a store's stats dict (measuring KL on the store when the allocation did
+    not) and warn when a ratio's KL exceeds ``max_kl``."""
+    if opts.ratio is None and opts.keep_epochs is None:
+        return stats
+    if stats.get("kl_t1") is None and measure is not None:
+        stats["kl_t1"] = measure()
+        if opts.ratio is not None and stats["kl_t1"] > opts.max_kl:
+            warnings.warn(f"ratio {opts.ratio:g}x with method {opts.method!r}: measured KL(T=1) {stats['kl_t1']:.3g} "
+                          f"exceeds max_kl={opts.max_kl:g}; students trained on labels this far from the teacher's "
+                          f"lose accuracy (keep fewer epochs with keep_epochs=, or ask for a lower ratio)", stacklevel=3)
+    stats["min_rank"] = alloc.min_rank
+    return stats
+
+
+def plan_and_prune(opts: CodecOptions, matrices: Sequence[Any], meta: Optional[AugMeta], ks: np.ndarray,
+                   num_classes: int, labels: Optional[Sequence[int]] = None, head: Optional[Any] = None,
+                   bases: Optional[BasisSet] = None):
+    """:func:`allocate` for per-image matrices held (or memory-mapped) as an indexable.
+
+    Returns ``(allocation, epoch values or None, codec options for the kept rows, metadata of the kept rows)``."""
+    values = epoch_values(meta, ks)
+    alloc = allocate(opts, num_classes=num_classes, num_images=len(matrices),
+                     source_epochs=None if values is None else len(values),
+                     fit_source=lambda: FitSource(matrices, labels), probe=lambda: probe_from_matrices(matrices),
+                     head=head, bases=bases, device=opts.device)
+    inner = alloc.writer_options(opts)
+    if alloc.pooled and meta is not None:
+        meta = prune_meta(meta, alloc.kept, values)
+    return alloc, values, inner, meta
