@@ -89,7 +89,8 @@ def manyclass_rows(y: torch.Tensor, labels: List[int], head, targets: Sequence[f
             kw = dict(method="global", head=head) if method == "head" else dict(method=method)
             t0 = time.perf_counter()
             try:
-                st = encode(yy, path, ratio=float(x), quant=quant, labels=ll, overwrite=True, codec_config=config, **kw)
+                st = encode(yy, path, ratio=float(x), quant=quant, labels=ll, overwrite=True, codec_config=config, pool=False,
+                            **kw)
             except ScoreError as exc:
                 out.append(dict(codec=label, target=x, error=f"n/a: {exc}"))
                 continue

@@ -165,8 +165,9 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
     vid = f"{tag}@{x:g}"
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         try:
+            # every row coded at ratio x: the library's automatic epoch pooling is a variant of its own
             encode(Y, path, method=method, ratio=float(x), quant=quant, residual=residual, labels=labels,
-                   overwrite=True, codec_config=codec_config)
+                   overwrite=True, codec_config=codec_config, pool=False)
         except ScoreError as exc:
             log.info("%s: %s", vid, exc)
             return PeerVariant(vid, "ours", x, None, f"n/a: {exc}", name=tag)
