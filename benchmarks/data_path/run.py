@@ -130,7 +130,7 @@ def _datasets(images: str, labels_dir: str, batch_size: int, seed: int, input_si
 
 
 def _sampler(mode: str, ds, store: str, epoch: int):
-    from score_codec.training.dataset import ReplayBatchSampler
+    from score_codec.training.replay import ReplayBatchSampler
 
     if mode == "raw":
         ds.sampler.set_epoch(epoch)

@@ -26,7 +26,8 @@ import torch
 from .augment import hflip, resized_crop
 from .images import load_images
 from ..errors import InputError
-from .replay import EpochPlan, open_store, replay_mix
+from .replay import EpochPlan, open_store, replay_mix_
+from ..store.meta import MIX_NONE
 
 __all__ = ["CompressedSoftLabelDataset", "LabelDecoder"]
 
@@ -160,18 +161,38 @@ class CompressedSoftLabelDataset:
         if len(miss):
             raise InputError(f"label store {self._path} has no row for image {miss[0]} in epoch {plan.epoch}")
         partners = plan.partner[ids]
-        need = np.unique(np.concatenate([ids, partners[partners >= 0]]))
-        pos = {int(n): k for k, n in enumerate(need)}
-        got = [self._view(plan, n) for n in need]
-        loaded = torch.stack([v for v, _ in got])
-        classes = [got[pos[int(n)]][1] for n in ids]
-        own = loaded[[pos[int(n)] for n in ids]]
-        if not (partners >= 0).any():
-            return own, classes
-        partner_views = loaded[[pos[int(p)] if p >= 0 else pos[int(n)] for n, p in zip(ids, partners)]]
-        b = plan.batch[ids]
-        kind = np.where(partners >= 0, plan.mix_type[b], 0)
-        return replay_mix(own, partner_views, kind, plan.lam[b], plan.bbox[b]), classes
+        mixed = partners >= 0
+        # One tensor holds the requested rows, then the partners outside them (a rank's part of a stored
+        # batch); each image is cropped once and the batch is mixed in place, so a whole stored batch costs
+        # one crop per image, one paste or blend per row and no copy of the batch.
+        need = np.concatenate([ids, np.setdiff1d(partners[mixed], ids)])
+        first: dict = {}
+        classes: List[int] = []
+        out: Optional[torch.Tensor] = None
+        for k, n in enumerate(need.tolist()):
+            j = first.get(n)
+            if j is not None:                    # a repeated id (a padded shard): copy its view
+                out[k] = out[j]
+                classes.append(classes[j])
+                continue
+            v, cls = self._view(plan, n)
+            if out is None:
+                out = torch.empty((len(need),) + tuple(v.shape), dtype=v.dtype)
+            elif v.shape != out.shape[1:]:
+                raise InputError(f"image {n} gives a view of shape {tuple(v.shape)}, image {int(need[0])} one of "
+                                 f"{tuple(out.shape[1:])}: every image needs the same number of channels")
+            out[k] = v
+            first[n] = k
+            classes.append(cls)
+        if out is None:
+            raise InputError(f"no dataset indices given (label store {self._path})")
+        b = len(ids)
+        if mixed.any():
+            rows = np.array([first[int(p)] if p >= 0 else -1 for p in partners], dtype=np.int64)
+            bi = plan.batch[ids]
+            kind = np.where(mixed, plan.mix_type[bi], MIX_NONE)
+            replay_mix_(out, rows, kind, plan.lam[bi], plan.bbox[bi])
+        return (out if len(need) == b else out[:b]), classes[:b]
 
     def labels(self, indices: Sequence[int]) -> torch.Tensor:
         """Decoded logits (B, C) float32 of these indices in the current epoch, one batched decode."""
@@ -183,7 +204,7 @@ class CompressedSoftLabelDataset:
         """A batch as a list of samples (the DataLoader passes it to ``collate_fn``)."""
         views, targets = self._views_and_classes(indices)
         if self.transform is not None:
-            views = torch.stack([self.transform(v) for v in views])
+            views = [self.transform(v) for v in views]   # collate_fn stacks the samples; no stack here
         if self.decode_labels:
             labels = torch.as_tensor(self.labels(indices))
         else:
