@@ -134,3 +134,28 @@ def test_in_place_mix_reads_partners_mixed_elsewhere_unmixed():
     partner = rng.permutation(b)
     want = replay_mix(x, x[partner], kind, lam, box)
     assert torch.equal(replay_mix_(x.clone(), partner, kind, lam, box), want)
+
+
+def test_crop_box_of_one_view_equals_coords_to_box():
+    """resized_crop's per-view box arithmetic in Python floats rounds exactly as coords_to_box does."""
+    from score_codec.training.augment import _one_box, coords_to_box, crop_coords
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 700, size=(4000, 2))
+    coords = [torch.from_numpy(rng.random((4000, 4)).astype(np.float32)),
+              torch.from_numpy(rng.random((4000, 4))),
+              # halves and exact boxes: the rounding ties
+              torch.from_numpy((rng.integers(0, 40, (4000, 4)) / 8.0 / sizes[:, [0, 1, 0, 1]]).astype(np.float32))]
+    h, w = torch.from_numpy(sizes[:, 0]), torch.from_numpy(sizes[:, 1])
+    boxes = rng.integers(0, 300, (4000, 4))
+    coords.append(crop_coords(torch.from_numpy(boxes), h, w))
+    ties = 0
+    for c in coords:
+        want = coords_to_box(c, h, w).tolist()
+        for k in range(len(c)):
+            assert _one_box(c[k], int(h[k]), int(w[k])) == tuple(want[k])
+            assert _one_box(c[k].numpy(), int(h[k]), int(w[k])) == tuple(want[k])
+        ties += int((((c.double() * torch.stack([h, w, h, w], 1)) % 1) == 0.5).sum())
+    assert ties > 20
+    assert _one_box(torch.tensor([float("nan"), 0, 1, 1]), 5, 5) is None
+    assert _one_box(torch.tensor([0, 0, 3, 3]), 5, 5) is None    # integer boxes take the other path
