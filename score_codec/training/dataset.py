@@ -14,6 +14,9 @@ DataLoader contract (no patched PyTorch):
 * Only paths and numpy tables are held; the store is opened lazily in each process (and reopened
   if the pid changes), and open handles are dropped when the dataset is pickled, so fork, spawn and
   forkserver workers all work.
+* With ``decode_labels`` the store's decode tables are built once, when the dataset is made.  Workers
+  started by fork (the default on Linux) share those pages with the main process instead of building a
+  copy each, every epoch; spawn and forkserver workers build their own on first use.
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ from .augment import hflip, resized_crop
 from .images import load_images
 from ..errors import InputError
 from .replay import EpochPlan, open_store, replay_mix_
+from ..store.dense import DenseFactors, dense_bytes
 from ..store.meta import MIX_NONE
+from ..store.reader import LabelStore
 
 __all__ = ["CompressedSoftLabelDataset", "LabelDecoder"]
 
@@ -40,6 +45,19 @@ def _store_path(store) -> Tuple[Optional[str], Optional[type]]:
         return os.fspath(store), None
     path = getattr(store, "path", None)
     return (os.fspath(path), type(store)) if path is not None else (None, None)
+
+
+def _shareable_tables(store) -> Optional[DenseFactors]:
+    """The CPU decode tables of a :class:`LabelStore` (None for other stores, or tables larger than the
+    store's ``max_dense_bytes``), with the parts that are otherwise made on first decode made now, so
+    fork-started workers only read these pages."""
+    if not isinstance(store, LabelStore) or dense_bytes(store) > store.max_dense_bytes:
+        return None
+    tables = store.factors("cpu")
+    has = np.flatnonzero(np.asarray(store.ks) > 0)
+    if len(has):
+        tables.rows(has[:1], np.zeros(1, dtype=np.int64))
+    return tables
 
 
 class CompressedSoftLabelDataset:
@@ -75,6 +93,7 @@ class CompressedSoftLabelDataset:
         if self.input_size is None or aug.num_rows == 0:
             raise InputError(f"label store {self._path}: no augmentation metadata (rows and attrs['input_size']) "
                              f"to replay views from")
+        self._tables = _shareable_tables(s) if self.decode_labels else None
         # -1 means "never set"; a shared-memory tensor so persistent workers see set_epoch
         self._epoch = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self._plan: Optional[EpochPlan] = None
@@ -112,6 +131,7 @@ class CompressedSoftLabelDataset:
         if self._path is not None:
             state["_store"] = None   # file handles do not cross processes; reopened lazily
         state["_plan"] = None
+        state["_tables"] = None  # rebuilt on first use rather than sent through a pipe
         return state
 
     # -- epochs --------------------------------------------------------------------------------------
@@ -198,7 +218,7 @@ class CompressedSoftLabelDataset:
         """Decoded logits (B, C) float32 of these indices in the current epoch, one batched decode."""
         ids = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
         augs = np.full(len(ids), self.epoch if self.epoch_dependent else 0, dtype=np.int64)
-        return self.store.rows(ids, augs)
+        return self._tables.rows(ids, augs) if self._tables is not None else self.store.rows(ids, augs)
 
     def __getitems__(self, indices: Sequence[int]) -> List[Sample]:
         """A batch as a list of samples (the DataLoader passes it to ``collate_fn``)."""

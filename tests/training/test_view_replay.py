@@ -1,8 +1,12 @@
 """The dataset's batch view path (crop into one tensor, mix in place) against the per-sample path and the
 teacher's whole-batch mix, for CutMix, Mixup and no mix, with stored, no and all flips."""
+import multiprocessing as mp
+import pickle
+
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from score_codec.store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE
 from score_codec.training.augment import apply_mix, hflip, resized_crop
@@ -159,3 +163,31 @@ def test_crop_box_of_one_view_equals_coords_to_box():
     assert ties > 20
     assert _one_box(torch.tensor([float("nan"), 0, 1, 1]), 5, 5) is None
     assert _one_box(torch.tensor([0, 0, 3, 3]), 5, 5) is None    # integer boxes take the other path
+
+
+def _refuse_table_builds(_worker: int) -> None:
+    from score_codec.store.dense import DenseFactors
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a DataLoader worker built its own decode tables")
+    DenseFactors.build = refuse
+
+
+def test_fork_workers_share_the_decode_tables(images, tmp_path):
+    """The tables built with the dataset are used by fork-started workers, which never build their own;
+    labels are the same as the main process decodes."""
+    torch.manual_seed(0)
+    dst = str(tmp_path / "labels.store")
+    relabel(images, ConvNet(1, 10, width=4, depth=1).eval(), dst, EPOCHS, mix="cutmix", batch_size=BATCH, rank=4,
+            quant="fp16", seed=5, input_size=SIZE, progress=False)
+    ds = CompressedSoftLabelDataset(images, dst, epoch=1)
+    sampler = ReplayBatchSampler(dst, 1)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, worker_init_fn=_refuse_table_builds,
+                        multiprocessing_context=mp.get_context("fork"))
+    got = [(v, l, i) for v, l, _, i in loader]
+    ids = torch.cat([i for _, _, i in got])
+    assert sorted(ids.tolist()) == list(range(N))
+    assert torch.equal(torch.cat([l for _, l, _ in got]), ds.labels(ids.numpy()))
+    assert torch.equal(torch.cat([v for v, _, _ in got]), torch.cat([ds.views(b) for b in sampler]))
+    # a spawned worker gets no tables through the pipe and builds its own
+    assert pickle.loads(pickle.dumps(ds))._tables is None
