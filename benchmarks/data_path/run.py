@@ -288,10 +288,10 @@ def render(res: Dict[str, Any]) -> str:
                       f"{100 * (r['store']['worker_cpu_s'] / r['raw']['worker_cpu_s'] - 1):+.1f} %.  Label decoding "
                       f"itself is {100 * r['store']['label_cpu_share']:.2f} % of the store epoch's worker CPU: per "
                       f"batch a median of {r['store']['label_ms_median']:.2f} ms and at most "
-                      f"{r['store']['label_ms_max']:.0f} ms (a worker's first batch builds the store's decode tables), "
+                      f"{r['store']['label_ms_max']:.0f} ms (the decode tables are built once, with the dataset in the main process, and shared by the fork-started workers), "
                       f"against {r['raw']['label_ms_median']:.2f} ms (at most {r['raw']['label_ms_max']:.0f} ms) for "
                       f"torch.load of a batch file.  The "
-                      f"views without labels (CompressedSoftLabelDataset's per-row replay) take {abs(replay):.0f} % "
+                      f"views without labels (CompressedSoftLabelDataset's replay: each batch cropped into one tensor and mixed in place) take {abs(replay):.0f} % "
                       f"{'more' if replay >= 0 else 'less'} worker CPU than the SRe2L loader's views (one CutMix over "
                       f"the stored batch).", ""]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -106,6 +107,22 @@ def coords_to_box(coords, height, width) -> torch.Tensor:
     return torch.stack([r0, c0, r1 - r0, c1 - c0], dim=-1).to(torch.int64)
 
 
+def _one_box(spec, height: int, width: int) -> Optional[Box]:
+    """:func:`coords_to_box` of one (4,) float tensor or array in Python floats (the same float64 products,
+    sums and half-to-even roundings, without a dozen tensor ops per view); None for anything else."""
+    if not isinstance(spec, (torch.Tensor, np.ndarray)) or tuple(spec.shape) != (4,):
+        return None
+    if not (spec.is_floating_point() if isinstance(spec, torch.Tensor) else spec.dtype.kind == "f"):
+        return None
+    c0, c1, c2, c3 = spec.tolist()     # exact: float32 and float64 values are Python floats
+    top, left = c0 * height, c1 * width
+    end_r, end_c = top + c2 * height, left + c3 * width
+    if not all(math.isfinite(v) for v in (top, left, end_r, end_c)):
+        return None
+    r0, col0 = round(top), round(left)
+    return r0, col0, round(end_r) - r0, round(end_c) - col0
+
+
 def resized_crop(img: torch.Tensor, coords_or_box, size: int) -> torch.Tensor:
     """Crop ``img`` (C, H, W) float and resize bilinearly to (C, size, size).
 
@@ -115,12 +132,15 @@ def resized_crop(img: torch.Tensor, coords_or_box, size: int) -> torch.Tensor:
     if img.ndim != 3:
         raise InputError(f"resized_crop: expected an image of shape (C, H, W), found {tuple(img.shape)}")
     H, W = img.shape[-2:]
-    spec = torch.as_tensor(coords_or_box)
-    box = coords_to_box(spec, H, W) if spec.is_floating_point() else spec.to(torch.int64)
-    top, left, h, w = (int(v) for v in box.tolist())
+    box = _one_box(coords_or_box, H, W)
+    if box is None:
+        spec = torch.as_tensor(coords_or_box)
+        box = coords_to_box(spec, H, W) if spec.is_floating_point() else spec.to(torch.int64)
+        box = tuple(int(v) for v in box.tolist())
+    top, left, h, w = box
     if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > H or left + w > W:
         raise InputError(f"crop box (top={top}, left={left}, h={h}, w={w}) does not fit a {H}x{W} image "
-                         f"(from {spec.tolist()})")
+                         f"(from {torch.as_tensor(coords_or_box).tolist()})")
     patch = img[:, top:top + h, left:left + w].unsqueeze(0)
     out = F.interpolate(patch.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     return out[0]

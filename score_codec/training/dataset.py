@@ -14,6 +14,9 @@ DataLoader contract (no patched PyTorch):
 * Only paths and numpy tables are held; the store is opened lazily in each process (and reopened
   if the pid changes), and open handles are dropped when the dataset is pickled, so fork, spawn and
   forkserver workers all work.
+* With ``decode_labels`` the store's decode tables are built once, when the dataset is made.  Workers
+  started by fork (the default on Linux) share those pages with the main process instead of building a
+  copy each, every epoch; spawn and forkserver workers build their own on first use.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ import torch
 from .augment import hflip, resized_crop
 from .images import load_images
 from ..errors import InputError
-from .replay import EpochPlan, open_store, replay_mix
+from .replay import EpochPlan, open_store, replay_mix_
+from ..store.dense import DenseFactors, dense_bytes
+from ..store.meta import MIX_NONE
+from ..store.reader import LabelStore
 
 __all__ = ["CompressedSoftLabelDataset", "LabelDecoder"]
 
@@ -39,6 +45,19 @@ def _store_path(store) -> Tuple[Optional[str], Optional[type]]:
         return os.fspath(store), None
     path = getattr(store, "path", None)
     return (os.fspath(path), type(store)) if path is not None else (None, None)
+
+
+def _shareable_tables(store) -> Optional[DenseFactors]:
+    """The CPU decode tables of a :class:`LabelStore` (None for other stores, or tables larger than the
+    store's ``max_dense_bytes``), with the parts that are otherwise made on first decode made now, so
+    fork-started workers only read these pages."""
+    if not isinstance(store, LabelStore) or dense_bytes(store) > store.max_dense_bytes:
+        return None
+    tables = store.factors("cpu")
+    has = np.flatnonzero(np.asarray(store.ks) > 0)
+    if len(has):
+        tables.rows(has[:1], np.zeros(1, dtype=np.int64))
+    return tables
 
 
 class CompressedSoftLabelDataset:
@@ -75,6 +94,7 @@ class CompressedSoftLabelDataset:
         if self.input_size is None or aug.num_rows == 0:
             raise InputError(f"label store {self._path}: no augmentation metadata (rows and attrs['input_size']) "
                              f"to replay views from")
+        self._tables = _shareable_tables(s) if self.decode_labels else None
         # -1 means "never set"; a shared-memory tensor so persistent workers see set_epoch
         self._epoch = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self._plan: Optional[EpochPlan] = None
@@ -112,6 +132,7 @@ class CompressedSoftLabelDataset:
         if self._path is not None:
             state["_store"] = None   # file handles do not cross processes; reopened lazily
         state["_plan"] = None
+        state["_tables"] = None  # rebuilt on first use rather than sent through a pipe
         return state
 
     # -- epochs --------------------------------------------------------------------------------------
@@ -170,30 +191,50 @@ class CompressedSoftLabelDataset:
         if len(miss):
             raise InputError(f"label store {self._path} has no row for image {miss[0]} in epoch {plan.epoch}")
         partners = plan.partner[ids]
-        need = np.unique(np.concatenate([ids, partners[partners >= 0]]))
-        pos = {int(n): k for k, n in enumerate(need)}
-        got = [self._view(plan, n) for n in need]
-        loaded = torch.stack([v for v, _ in got])
-        classes = [got[pos[int(n)]][1] for n in ids]
-        own = loaded[[pos[int(n)] for n in ids]]
-        if not (partners >= 0).any():
-            return own, classes
-        partner_views = loaded[[pos[int(p)] if p >= 0 else pos[int(n)] for n, p in zip(ids, partners)]]
-        b = plan.batch[ids]
-        kind = np.where(partners >= 0, plan.mix_type[b], 0)
-        return replay_mix(own, partner_views, kind, plan.lam[b], plan.bbox[b]), classes
+        mixed = partners >= 0
+        # One tensor holds the requested rows, then the partners outside them (a rank's part of a stored
+        # batch); each image is cropped once and the batch is mixed in place, so a whole stored batch costs
+        # one crop per image, one paste or blend per row and no copy of the batch.
+        need = np.concatenate([ids, np.setdiff1d(partners[mixed], ids)])
+        first: dict = {}
+        classes: List[int] = []
+        out: Optional[torch.Tensor] = None
+        for k, n in enumerate(need.tolist()):
+            j = first.get(n)
+            if j is not None:                    # a repeated id (a padded shard): copy its view
+                out[k] = out[j]
+                classes.append(classes[j])
+                continue
+            v, cls = self._view(plan, n)
+            if out is None:
+                out = torch.empty((len(need),) + tuple(v.shape), dtype=v.dtype)
+            elif v.shape != out.shape[1:]:
+                raise InputError(f"image {n} gives a view of shape {tuple(v.shape)}, image {int(need[0])} one of "
+                                 f"{tuple(out.shape[1:])}: every image needs the same number of channels")
+            out[k] = v
+            first[n] = k
+            classes.append(cls)
+        if out is None:
+            raise InputError(f"no dataset indices given (label store {self._path})")
+        b = len(ids)
+        if mixed.any():
+            rows = np.array([first[int(p)] if p >= 0 else -1 for p in partners], dtype=np.int64)
+            bi = plan.batch[ids]
+            kind = np.where(mixed, plan.mix_type[bi], MIX_NONE)
+            replay_mix_(out, rows, kind, plan.lam[bi], plan.bbox[bi])
+        return (out if len(need) == b else out[:b]), classes[:b]
 
     def labels(self, indices: Sequence[int]) -> torch.Tensor:
         """Decoded logits (B, C) float32 of these indices in the current epoch, one batched decode."""
         ids = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
         augs = np.full(len(ids), self.view if self.epoch_dependent else 0, dtype=np.int64)
-        return self.store.rows(ids, augs)
+        return self._tables.rows(ids, augs) if self._tables is not None else self.store.rows(ids, augs)
 
     def __getitems__(self, indices: Sequence[int]) -> List[Sample]:
         """A batch as a list of samples (the DataLoader passes it to ``collate_fn``)."""
         views, targets = self._views_and_classes(indices)
         if self.transform is not None:
-            views = torch.stack([self.transform(v) for v in views])
+            views = [self.transform(v) for v in views]   # collate_fn stacks the samples; no stack here
         if self.decode_labels:
             labels = torch.as_tensor(self.labels(indices))
         else:

@@ -20,7 +20,7 @@ from ..errors import BatchSizeMismatchError, InputError
 from ..store.meta import MIX_CUTMIX, MIX_MIXUP, MIX_NONE, AugMeta
 from ..store.reader import LabelStore
 
-__all__ = ["EpochPlan", "replay_mix", "ReplayBatchSampler", "open_store"]
+__all__ = ["EpochPlan", "replay_mix", "replay_mix_", "ReplayBatchSampler", "open_store"]
 
 
 def open_store(store):
@@ -87,6 +87,56 @@ class EpochPlan:
         return ids[self.row[ids] < 0]
 
 
+def _mix_groups(mix_type: np.ndarray, lam: np.ndarray, bbox: np.ndarray, mixed: np.ndarray) -> List[tuple]:
+    """Rows that share one mix, as ``(kind, param, rows)``: ``param`` is the CutMix box (4 ints) or the Mixup
+    lam (float64); ``rows`` (n,) int64 ascending.  The rows of one stored batch always share a group."""
+    groups = []
+    for kind in (MIX_CUTMIX, MIX_MIXUP):
+        rows = np.flatnonzero(mixed & (mix_type == kind))
+        if not len(rows):
+            continue
+        key = bbox[rows].astype(np.int64) if kind == MIX_CUTMIX else lam[rows].astype(np.float64)[:, None]
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        for g, param in enumerate(uniq):
+            groups.append((kind, tuple(int(v) for v in param) if kind == MIX_CUTMIX else float(param[0]),
+                           rows if len(uniq) == 1 else rows[inv == g]))
+    return groups
+
+
+def _row_index(rows: np.ndarray, device: torch.device):
+    """``rows`` (ascending) as a slice when they are one contiguous range (no gather, in-place writes), else a
+    LongTensor."""
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return torch.as_tensor(rows, device=device)
+
+
+def _mix_into(out: torch.Tensor, src: torch.Tensor, src_rows: np.ndarray, groups: List[tuple]) -> None:
+    """For each group, rows ``rows`` of ``out`` become mix(out[rows], src[src_rows[rows]]), in place.
+
+    Within a group every partner is read before any row is written, so ``src`` may be ``out`` itself as long
+    as no row read by one group is written by another.
+    """
+    for kind, param, rows in groups:
+        dst = _row_index(rows, out.device)
+        take = torch.as_tensor(src_rows[rows], device=out.device)
+        if kind == MIX_CUTMIX:
+            r0, c0, r1, c1 = param
+            # the partners' patches are gathered (a copy) before any row of the group is written: donors un-mixed
+            out[dst, :, r0:r1, c0:c1] = src[take, :, r0:r1, c0:c1]
+        else:
+            # same roundings as apply_mix's ``lam * x + (1 - lam) * x[perm]`` with a Python float lam:
+            # each factor is computed in float64 and rounded to the tensor dtype once
+            a = torch.tensor(param, dtype=out.dtype, device=out.device)
+            b = torch.tensor(1.0 - param, dtype=out.dtype, device=out.device)
+            partner = src[take].mul_(b)
+            if isinstance(dst, slice):
+                out[dst].mul_(a).add_(partner)
+            else:
+                out[dst] = out[dst].mul_(a).add_(partner)
+
+
 def replay_mix(views: torch.Tensor, partner_views: torch.Tensor, mix_type: np.ndarray, lam: np.ndarray,
                bbox: np.ndarray) -> torch.Tensor:
     """Rebuild mixed teacher inputs row by row.
@@ -95,30 +145,51 @@ def replay_mix(views: torch.Tensor, partner_views: torch.Tensor, mix_type: np.nd
         views: (B, C, S, S) each row's own cropped and flipped view.
         partner_views: (B, C, S, S) the un-mixed view of each row's partner (any value where no mix).
         mix_type: (B,) MIX_* ids; lam: (B,) float64; bbox: (B, 4) (row0, col0, row1, col1).
-    Returns (B, C, S, S), bit-identical to :func:`score_codec.training.augment.apply_mix` on the whole stored batch.
+    Returns (B, C, S, S), a new tensor, bit-identical to :func:`score_codec.training.augment.apply_mix` on the
+    whole stored batch.
     """
     out = views.clone()
-    S0, S1 = views.shape[-2:]
     mix_type = np.asarray(mix_type)
-    cut = np.flatnonzero(mix_type == MIX_CUTMIX)
-    if len(cut):
-        bb = torch.as_tensor(np.asarray(bbox)[cut].astype(np.int64), device=views.device)
-        r = torch.arange(S0, device=views.device)
-        c = torch.arange(S1, device=views.device)
-        inside = (((r >= bb[:, 0:1]) & (r < bb[:, 2:3]))[:, :, None]
-                  & ((c >= bb[:, 1:2]) & (c < bb[:, 3:4]))[:, None, :])           # (b, S, S)
-        ci = torch.as_tensor(cut, device=views.device)
-        out[ci] = torch.where(inside[:, None], partner_views[ci], views[ci])
-    mx = np.flatnonzero(mix_type == MIX_MIXUP)
-    if len(mx):
-        lam64 = np.asarray(lam, dtype=np.float64)[mx]
-        # same roundings as apply_mix's ``lam * x + (1 - lam) * x[perm]`` with a Python float lam:
-        # each factor is computed in float64 and rounded to the tensor dtype once
-        a = torch.as_tensor(lam64, dtype=views.dtype, device=views.device).view(-1, 1, 1, 1)
-        b = torch.as_tensor(1.0 - lam64, dtype=views.dtype, device=views.device).view(-1, 1, 1, 1)
-        mi = torch.as_tensor(mx, device=views.device)
-        out[mi] = a * views[mi] + b * partner_views[mi]
+    mixed = (mix_type == MIX_CUTMIX) | (mix_type == MIX_MIXUP)
+    if mixed.any():
+        groups = _mix_groups(mix_type, np.asarray(lam), np.asarray(bbox), mixed)
+        _mix_into(out, partner_views, np.arange(len(mix_type)), groups)
     return out
+
+
+def replay_mix_(views: torch.Tensor, partner_rows: np.ndarray, mix_type: np.ndarray, lam: np.ndarray,
+                bbox: np.ndarray) -> torch.Tensor:
+    """Mix the first B rows of ``views`` in place with their partners' rows of the same tensor.
+
+    The whole-batch form of :func:`replay_mix`: the views of a stored batch (plus any partners from
+    outside the requested rows) are cropped into one tensor and mixed there, one paste or blend per row,
+    without copying the batch.
+
+    Args:
+        views: (N, C, S, S) un-mixed views, N >= B; rows B.. only serve as partners and are left unchanged.
+        partner_rows: (B,) int, the row of ``views`` holding each row's partner; -1 for a row not mixed.
+        mix_type: (B,) MIX_* ids; lam: (B,) float64; bbox: (B, 4) (row0, col0, row1, col1): each row's mix.
+    Returns ``views``, its first B rows bit-identical to :func:`replay_mix` on the un-mixed views.
+
+    Rows of one stored batch share their mix parameters, so a partner that is itself mixed is mixed in
+    the same group, after its view was read.  If the arguments break that (a partner mixed with other
+    parameters), the partners are read from a copy instead, so the result is still exact.
+    """
+    partner_rows = np.asarray(partner_rows, dtype=np.int64).reshape(-1)
+    mix_type = np.asarray(mix_type)
+    mixed = (partner_rows >= 0) & ((mix_type == MIX_CUTMIX) | (mix_type == MIX_MIXUP))
+    if not mixed.any():
+        return views
+    groups = _mix_groups(mix_type, np.asarray(lam), np.asarray(bbox), mixed)
+    group_of = np.full(len(views), -1, dtype=np.int64)
+    for g, (_, _, rows) in enumerate(groups):
+        group_of[rows] = g
+    readers = np.flatnonzero(mixed)
+    src = views
+    if np.any((group_of[partner_rows[readers]] >= 0) & (group_of[partner_rows[readers]] != group_of[readers])):
+        src = views.clone()
+    _mix_into(views, src, partner_rows, groups)
+    return views
 
 
 class ReplayBatchSampler:
