@@ -228,6 +228,13 @@ def _check_index(ns, cwd):
     assert ns["stats"]["ratio"] >= 20 * 0.98 and tuple(ns["store"].matrix(0).shape) == (20, 1000)
 
 
+def _check_pooling(ns, cwd):
+    # 100x cannot code all 50 epochs usefully: fewer are kept, the budget is met and replay cycles the kept ones
+    st, store = ns["st"], ns["store"]
+    assert 1 <= st["keep_epochs"] < st["source_epochs"] == 50 and st["ratio"] >= 100 * 0.98
+    assert st["kl_t1"] <= 0.01 and store.view_for_epoch(7) == 7 % st["keep_epochs"]
+
+
 G, C = "docs/guides/", "docs/codecs/"
 CHECKS = {
     (G + "select-images.md", _index(G + "select-images.md", "ScoreSelection(")): _check_select_python,
@@ -242,4 +249,5 @@ CHECKS = {
     (C + "writing-a-codec.md", _index(C + "writing-a-codec.md", "FirstRowsCodec")): _check_codec_example,
     (C + "kl-fit.md", _index(C + "kl-fit.md", "codec_config=")): _check_kl_fit,
     ("docs/index.md", _index("docs/index.md", "demo.store")): _check_index,
+    (C + "pooling.md", _index(C + "pooling.md", "pooled.store")): _check_pooling,
 }

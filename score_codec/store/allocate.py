@@ -328,6 +328,10 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
         raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 global "
                           f"record needs ({per_row(n, 0):.2f} B per row with {n} kept epochs)")
     out.rank = fit_r[0]
+    if out.rank == 0 and not opts.residual:
+        # a rank-0 basis decodes every row to the mean row: no labels would be stored
+        raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row: the global basis at rank 0, "
+                          f"which stores no labels; rank 1 needs {per_row(n, 1):.2f} B per row with {n} kept epochs")
     out.inner_ratio = inner
     out.kl_t1 = kl(out.rank)
     out.bases = BasisSet([BasisEntry(rows[:out.rank], -1, mean)])

@@ -48,9 +48,14 @@ def test_image_codec_options_are_checked(method, config):
 @pytest.mark.parametrize("method, ratio", [("svd", 5000.0), ("shared", 5000.0), ("global", 150.0), ("two-level", 150.0)])
 def test_a_ratio_that_leaves_rank_zero_everywhere_is_refused(tmp_path, method, ratio):
     y = teacher_like_logits(20, 64, 100, seed=2)
+    # pool=False: coding every row is what leaves rank 0 (the automatic split refuses such budgets too, below)
     with pytest.raises(sc.BudgetError, match="rank 0"):
-        sc.encode(y, tmp_path / "x.store", method=method, ratio=ratio, labels=[i % 3 for i in range(20)])
+        sc.encode(y, tmp_path / "x.store", method=method, ratio=ratio, labels=[i % 3 for i in range(20)], pool=False)
     assert not (tmp_path / "x.store").exists()
+    if method == "global":
+        with pytest.raises(sc.BudgetError, match=f"ratio {ratio:g}x"):
+            sc.encode(y, tmp_path / "x.store", method=method, ratio=ratio)
+        assert not (tmp_path / "x.store").exists()
 
 
 @pytest.mark.parametrize("args", [["--chunk-images", "0"], ["--workers", "-1"], ["--ratio", "nan"], ["--rank", "0"],
