@@ -252,7 +252,12 @@ def test_cli_relabel_named_teacher_image_folder(tmp_path, registry, capsys):
         os.makedirs(root / f"c{c}")
         for i in range(4):   # JPEGs of varied sizes, as an ImageNet folder has
             arr = g.integers(0, 256, (18 + 3 * i, 22 + 2 * c, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / f"c{c}" / f"{i}.jpg", quality=90)
+            img = Image.fromarray(arr)
+            # one grayscale JPEG among the colour ones, as ImageNet has: read as RGB like the rest
+            (img.convert("L") if (c, i) == (1, 2) else img).save(root / f"c{c}" / f"{i}.jpg", quality=90)
+    folder = ImageFolder(str(root))
+    assert [folder[k][0].shape[0] for k in range(12)] == [3] * 12
+    assert Image.open(folder.samples[6][0]).mode == "L"
     src = _randomised(TVNet(3), seed=5)
     w = str(tmp_path / "w.pth")
     torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, w)
