@@ -341,3 +341,34 @@ def test_train_student_named_arch_and_normalised_eval(tmp_path, images, registry
     assert isinstance(res["model"], TVNet) and res["steps"] == 2 * 3 and np.isfinite(res["final_loss"])
     assert registry[-1] == ("torchvision", "resnet18", None, {"num_classes": 4})
     assert seen["normalize"] == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_score_select_named_teacher(tmp_path, registry):
+    """score-select's feature pass: a named teacher with weights and normalisation; features are the fc input."""
+    from PIL import Image
+    from score_select.cli import main as select_main
+    from score_select.features import load_features
+
+    root = tmp_path / "pool"
+    g = np.random.default_rng(1)
+    for c in range(2):
+        os.makedirs(root / f"c{c}")
+        for i in range(4):
+            Image.fromarray(g.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    src = _randomised(TVNet(2), seed=7)
+    w = str(tmp_path / "w.pth")
+    torch.save({"model": src.state_dict()}, w)
+    out = tmp_path / "sel"
+    rc = select_main([str(root), "torchvision:resnet18", str(out), "--ipc", "1", "--method", "random", "--views", "0",
+                      "--weights", w, "--normalize", "imagenet", "--quiet"])
+    assert rc == 0
+    data, meta = load_features(str(out / "features.safetensors"))
+    assert meta["normalize"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} and meta["weights"] == w
+    folder = ImageFolder(str(root))
+    x = normalize_views(torch.stack([folder[i][0] for i in range(8)]), (IMAGENET_MEAN, IMAGENET_STD))
+    with torch.no_grad():
+        want = penultimate_features(src, x)
+        # the pass runs a batch-norm-folded copy: equal up to float32 rounding
+        assert float((data["features"] - want).abs().max()) <= 1e-5 * float(want.abs().max())
+        assert float((data["logits"] - src(x)).abs().max()) <= 1e-5 * float(src(x).abs().max())
+    assert len(json.load(open(out / "selection.json"))["indices"]) == 2
