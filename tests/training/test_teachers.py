@@ -372,3 +372,33 @@ def test_score_select_named_teacher(tmp_path, registry):
         assert float((data["features"] - want).abs().max()) <= 1e-5 * float(want.abs().max())
         assert float((data["logits"] - src(x)).abs().max()) <= 1e-5 * float(src(x).abs().max())
     assert len(json.load(open(out / "selection.json"))["indices"]) == 2
+
+
+def test_cli_named_arch_teacher_then_student(tmp_path, registry, capsys):
+    """train-teacher --arch torchvision:NAME saves a state dict that relabel takes as --weights; train-student
+    builds its student by name too."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    g = np.random.default_rng(2)
+    for c in range(2):
+        os.makedirs(root / f"c{c}")
+        for i in range(6):
+            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    w = str(tmp_path / "teacher.safetensors")
+    assert cli_main(["train-teacher", str(root), w, "--arch", "torchvision:resnet18", "--epochs", "1",
+                     "--device", "cpu", "--quiet"]) == 0
+    assert registry[-1] == ("torchvision", "resnet18", None, {"num_classes": 2})
+    assert set(read_state_dict(w)) == set(TVNet(2).state_dict())
+    capsys.readouterr()
+    dst = str(tmp_path / "s.store")
+    assert cli_main(["relabel", str(root), "torchvision:resnet18", dst, "--weights", w, "--normalize", "imagenet",
+                     "--epochs", "2", "--batch-size", "4", "--quiet"]) == 0
+    assert registry[-1] == ("torchvision", "resnet18", None, {"num_classes": 2})   # classes from the weights
+    capsys.readouterr()
+    assert cli_main(["train-student", str(root), dst, "--arch", "timm:resnet18", "--epochs", "2", "--device", "cpu",
+                     "--test", str(root), "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert registry[-1] == ("timm", "resnet18", False, {"num_classes": 2}) and res["steps"] == 2 * 3
+    with pytest.raises(SystemExit):
+        cli_main(["train-student", str(root), dst, "--arch", "keras:resnet"])
