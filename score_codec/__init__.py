@@ -24,7 +24,7 @@ from ._version import __version__
 from .errors import (BatchSizeMismatchError, BudgetError, CodecError, CorruptRecordError, FormatError,
                      IncompleteStoreError, IndexMismatchError, InputError, IOFailureError, MissingShardError,
                      ScoreError, StoreError, StoreVersionError, TruncatedFileError, UnknownCodecError,
-                     UnsafePickleError, WriteFailedError)
+                     UnsafePickleError, WeightsMismatchError, WriteFailedError)
 
 if TYPE_CHECKING:  # the names below load on first use (__getattr__); this block is for readers and tools
     from .codecs import (BasisSet, Codec, Factors, codec_from_config, get_codec, register_codec,
@@ -90,7 +90,7 @@ __all__ = [
     "ScoreError", "InputError", "FormatError", "UnsafePickleError", "BudgetError", "BatchSizeMismatchError",
     "StoreError", "StoreVersionError", "IncompleteStoreError", "CorruptRecordError", "TruncatedFileError",
     "MissingShardError", "IndexMismatchError", "CodecError", "UnknownCodecError", "IOFailureError",
-    "WriteFailedError",
+    "WriteFailedError", "WeightsMismatchError",
 ]
 
 

@@ -23,6 +23,7 @@ code  meaning
     |   |   +-- UnsafePickleError
     |   +-- BudgetError
     |   +-- BatchSizeMismatchError
+    |   +-- WeightsMismatchError
     +-- StoreError
     |   +-- StoreVersionError
     |   +-- IncompleteStoreError
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownCodecError",
     "BudgetError",
     "BatchSizeMismatchError",
+    "WeightsMismatchError",
     "IOFailureError",
     "WriteFailedError",
     "SizeLimitError",
@@ -136,6 +138,10 @@ class BudgetError(InputError):
 
 class BatchSizeMismatchError(InputError):
     """Training asked for a batch size other than the dump's while the dump mixes images per batch."""
+
+
+class WeightsMismatchError(InputError):
+    """A weights file's parameter names or shapes do not fit the architecture it is loaded into."""
 
 
 class SizeLimitError(CorruptRecordError):

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 
 from score_codec.cli.exits import EXIT_STATUS_HELP, run_reporting_errors
+from score_codec.cli.options import add_teacher_arguments
 
 __all__ = ["main", "build_parser", "run"]
 
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGES",
                    help="The candidate pool: an ImageFolder root (root/<class>/<file>) or 'fashion-mnist[:train]'.")
     p.add_argument("teacher", metavar="TEACHER",
-                   help="The teacher: a safetensors file written by score_codec.training.models.save_model or "
-                        "'package.module:factory'; '-' when --features points to an existing cache.")
+                   help="The teacher: 'torchvision:NAME' or 'timm:NAME' (weights from --weights), a safetensors "
+                        "file written by score_codec.training.models.save_model or 'package.module:factory'; '-' "
+                        "when --features points to an existing cache.")
     p.add_argument("out", metavar="OUT", help="The output directory (created if missing).")
     p.add_argument("--ipc", type=int, required=True, help="The number of images to select per class.")
     p.add_argument("--method", default="score",
@@ -63,9 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="The torch device for the teacher and the selection (default cpu).")
     p.add_argument("--seed", type=int, default=0, help="The seed of augmented views and of --method random.")
     p.add_argument("--copy", action="store_true", help="Also write the selected images to OUT/images in ImageFolder layout.")
+    add_teacher_arguments(p)
     p.add_argument("--json", action="store_true", help="Print a machine-readable summary on stdout.")
     p.add_argument("--quiet", action="store_true", help="Show no progress bars and log only warnings.")
     return p
+
+
+def _normalization(args: argparse.Namespace):
+    """--normalize / --mean / --std as one value for select_images."""
+    from score_codec.training.normalize import resolve_normalization
+
+    return resolve_normalization(args.normalize, args.mean, args.std)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,7 +86,8 @@ def run(args: argparse.Namespace) -> dict:
                          alpha=args.alpha, beta=args.beta, eps_sq=args.eps_sq, temperature=args.temperature,
                          order=args.order, views=args.views, features=args.features, image_size=args.image_size,
                          batch_size=args.batch_size, device=args.device, seed=args.seed, copy=args.copy,
-                         progress=not args.quiet)
+                         progress=not args.quiet, weights=args.weights, num_classes=args.num_classes,
+                         normalize=_normalization(args))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -16,7 +16,8 @@ log = logging.getLogger("score_select")
 
 
 def _features(images: str, teacher: str, cache: str, *, views: int, image_size: Optional[int], batch_size: int,
-              device: str, seed: int, progress: bool) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+              device: str, seed: int, progress: bool, weights: Optional[str] = None, num_classes: Optional[int] = None,
+              normalize: Any = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     from .features import extract, load_features, save_features
 
     if os.path.isfile(cache):
@@ -25,15 +26,19 @@ def _features(images: str, teacher: str, cache: str, *, views: int, image_size: 
     if teacher == "-":
         raise InputError(f"TEACHER is '-' but the feature cache {cache} does not exist")
     from score_codec.training.images import load_images
-    from score_codec.training.models import load_model
+    from score_codec.training.normalize import normalize_views, resolve_normalization
+    from score_codec.training.teachers import load_teacher, penultimate_features
 
+    norm = resolve_normalization(normalize)
     pool = load_images(images)
-    model = load_model(teacher, device=device)
+    model = load_teacher(teacher, weights=weights, num_classes=num_classes, device=device)
     data = extract(model, pool, batch_size=batch_size, device=device, num_views=views, image_size=image_size,
-                   seed=seed, progress=progress)
+                   seed=seed, progress=progress, feature_fn=penultimate_features, fast=True,
+                   preprocess=(lambda x: normalize_views(x, norm)) if norm is not None else None)
     samples = getattr(pool, "samples", None)
     meta = {"images": os.path.abspath(images) if os.path.isdir(images) else images,
-            "teacher": teacher, "views": views, "seed": seed,
+            "teacher": teacher, "weights": weights, "views": views, "seed": seed,
+            "normalize": None if norm is None else {"mean": list(norm[0]), "std": list(norm[1])},
             "classes": list(getattr(pool, "classes", [])),
             "paths": [s[0] for s in samples] if samples is not None else []}
     save_features(cache, data, meta)
@@ -73,13 +78,17 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
                   preset: Optional[str] = None, alpha: Optional[float] = None, beta: Optional[float] = None,
                   eps_sq: float = 0.5, temperature: Optional[float] = None, order: str = "greedy", views: int = 8,
                   features: Optional[str] = None, image_size: Optional[int] = None, batch_size: int = 128,
-                  device: str = "cpu", seed: int = 0, copy: bool = False, progress: bool = False) -> Dict[str, Any]:
+                  device: str = "cpu", seed: int = 0, copy: bool = False, progress: bool = False,
+                  weights: Optional[str] = None, num_classes: Optional[int] = None,
+                  normalize: Any = None) -> Dict[str, Any]:
     """Select ``ipc`` real images per class from a pool with a teacher, into the directory ``out``.
 
     Args:
         images: the candidate pool: an ImageFolder root (``root/<class>/<file>``) or ``"fashion-mnist[:train]"``.
-        teacher: a safetensors file written by :func:`score_codec.training.models.save_model` or
-            ``"package.module:factory"``; ``"-"`` when ``features`` points to an existing cache.
+        teacher: ``"torchvision:NAME"``, ``"timm:NAME"``, a safetensors file written by
+            :func:`score_codec.training.models.save_model` or ``"package.module:factory"`` (see
+            :func:`score_codec.training.teachers.load_teacher`); ``"-"`` when ``features`` points to an
+            existing cache.  Features are the input of its last linear layer (or its ``features(x)``).
         out: the output directory (created if missing; removed again if this call created it and fails).
         ipc: images to select per class.
         method: ``score``, ``coding-rate``, ``random``, ``herding``, ``kcenter`` or ``rded``.
@@ -99,6 +108,9 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         seed: seed of the augmented views and of ``method="random"``.
         copy: also write the selected images to ``out/images`` in ImageFolder layout.
         progress: progress bars on stderr.
+        weights: a state dict or checkpoint file for the teacher.
+        num_classes: logits of a teacher named by spec (None: from ``weights``).
+        normalize: the teacher's input normalisation: ``"imagenet"``, ``(mean, std)`` or None.
 
     Returns:
         What ``out/selection.json`` holds: the settings, ``indices`` / ``labels`` / ``paths`` in pick order,
@@ -123,7 +135,8 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         return _select_into(images, teacher, out, ipc, method=method, alpha=alpha, beta=beta, eps_sq=eps_sq,
                             temperature=temperature, order=order, views=views,
                             cache=features or os.path.join(out, "features.safetensors"), image_size=image_size,
-                            batch_size=batch_size, device=device, seed=seed, copy=copy, progress=progress)
+                            batch_size=batch_size, device=device, seed=seed, copy=copy, progress=progress,
+                            teacher_args=dict(weights=weights, num_classes=num_classes, normalize=normalize))
     except BaseException:
         if created:   # a failed run leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -132,12 +145,13 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
 
 def _select_into(images: str, teacher: str, out_dir: str, ipc: int, *, method: str, alpha: float, beta: float,
                  eps_sq: float, temperature: float, order: str, views: int, cache: str, image_size: Optional[int],
-                 batch_size: int, device: str, seed: int, copy: bool, progress: bool) -> Dict[str, Any]:
+                 batch_size: int, device: str, seed: int, copy: bool, progress: bool,
+                 teacher_args: Dict[str, Any]) -> Dict[str, Any]:
     from .api import select
     from .registry import method_options
 
     data, meta = _features(images, teacher, cache, views=views, image_size=image_size, batch_size=batch_size,
-                           device=device, seed=seed, progress=progress)
+                           device=device, seed=seed, progress=progress, **teacher_args)
     y = data["labels"]
     soft = data.get("soft_labels")
     if soft is None and method == "rded":

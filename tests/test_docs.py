@@ -150,7 +150,7 @@ def workdirs(tmp_path_factory):
 def test_every_page_with_code_is_run():
     ran = {b.page for page in PAGES for b in blocks(page)}
     assert {"docs/guides/compress-a-dump.md", "docs/guides/train-with-compressed-labels.md",
-            "docs/guides/select-images.md", "docs/codecs/writing-a-codec.md"} <= ran
+            "docs/guides/select-images.md", "docs/guides/imagenet-style.md", "docs/codecs/writing-a-codec.md"} <= ran
 
 
 @pytest.mark.parametrize("block", _params())
@@ -216,6 +216,19 @@ def _check_gpu_decode(ns, cwd):
     assert tuple(ns["teacher_logits"].shape) == (50, 10) and torch.isfinite(ns["teacher_logits"]).all()
 
 
+def _check_imagenet_relabel(r, cwd):
+    import score_codec
+
+    attrs = score_codec.LabelStore(os.path.join(cwd, "labels.store")).aug_reader.attrs
+    assert attrs["input_size"] == 224 and attrs["normalize"] == {"mean": [0.485, 0.456, 0.406],
+                                                                 "std": [0.229, 0.224, 0.225]}
+
+
+def _check_imagenet_train(ns, cwd):
+    assert tuple(ns["views"].shape[1:]) == (3, 224, 224) and float(ns["views"].min()) < 0   # normalised
+    assert torch.isfinite(ns["loss"]) and float(ns["gap"]) < 1e-3
+
+
 def _check_kl_fit(ns, cwd):
     import score_codec
 
@@ -246,6 +259,9 @@ CHECKS = {
      _index(G + "train-with-compressed-labels.md", "opt.step()")): _check_train_loop,
     (G + "train-with-compressed-labels.md", _index(G + "train-with-compressed-labels.md", "train-student")): _check_train_cli,
     (G + "train-with-compressed-labels.md", _index(G + "train-with-compressed-labels.md", "LabelDecoder(")): _check_gpu_decode,
+    (G + "imagenet-style.md", _index(G + "imagenet-style.md", "--normalize imagenet --input-size 224 \\\n    --epochs 3")):
+        _check_imagenet_relabel,
+    (G + "imagenet-style.md", _index(G + "imagenet-style.md", "opt.step()")): _check_imagenet_train,
     (C + "writing-a-codec.md", _index(C + "writing-a-codec.md", "FirstRowsCodec")): _check_codec_example,
     (C + "kl-fit.md", _index(C + "kl-fit.md", "codec_config=")): _check_kl_fit,
     ("docs/index.md", _index("docs/index.md", "demo.store")): _check_index,

@@ -73,11 +73,12 @@ def dump_options(args: argparse.Namespace, attrs: Optional[Dict[str, Any]] = Non
                        num_images=args.num_images if args.num_images is not None else attrs.get("num_images"))
 
 
-def load_head(spec: str):
-    """(W (C, d), b (C,)) of the final linear layer of the teacher ``spec``."""
-    from ..training.models import classifier_of, load_model
+def load_head(spec: str, weights: Optional[str] = None, num_classes: Optional[int] = None):
+    """(W (C, d), b (C,)) of the final linear layer of the teacher ``spec`` (with ``weights`` loaded)."""
+    from ..training.models import classifier_of
+    from ..training.teachers import load_teacher
 
-    return classifier_of(load_model(spec))
+    return classifier_of(load_teacher(spec, weights=weights, num_classes=num_classes))
 
 
 def check_codec_args(args: argparse.Namespace) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count"]
+__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count",
+           "add_teacher_arguments"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
 METHODS = ("cur", "global", "rpca", "rsvd", "shared", "svd", "two-level")
@@ -71,7 +72,8 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
     p.add_argument("--class-rank", type=int, default=None, help="two-level: directions per class beyond the "
                    "global basis (default 2; chosen by rate control with --ratio).")
     p.add_argument("--head", default=None, help="global: the teacher (a safetensors file written by score's "
-                   "save_model, or 'package.module:factory'); its final linear layer becomes the basis.")
+                   "save_model, 'package.module:factory', or in relabel the TEACHER spec itself, loaded with its "
+                   "--weights); its final linear layer becomes the basis.")
 
 
 def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any:
@@ -109,3 +111,30 @@ def _positive_float(text: str) -> float:
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, found {text!r}")
     return v
+
+
+def _floats(text: str):
+    """An argparse ``type`` for a comma-separated list of numbers (``0.485,0.456,0.406``)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, found {text!r}") from None
+
+
+_floats.__name__ = "comma-separated numbers"
+
+
+def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--num-classes`` and the input normalisation (``--normalize``, ``--mean``, ``--std``)
+    of a teacher named on the command line (``score_codec.training.teachers.load_teacher``)."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="Weights of the teacher: a state dict or a checkpoint holding one (under 'state_dict', "
+                        "'model', ...), a torch.save or safetensors file; a 'module.' prefix is removed.")
+    p.add_argument("--num-classes", type=count(1), default=None,
+                   help="Logits of a torchvision:/timm: teacher; unset: the final layer's rows in --weights, "
+                        "else the library's default.")
+    p.add_argument("--normalize", default=None, choices=("imagenet", "none"),
+                   help="Normalise every teacher input per channel: 'imagenet' is mean 0.485,0.456,0.406 and "
+                        "std 0.229,0.224,0.225 of [0, 1] pixels.")
+    p.add_argument("--mean", type=_floats, default=None, help="Per-channel means to subtract (comma-separated).")
+    p.add_argument("--std", type=_floats, default=None, help="Per-channel standard deviations to divide by.")

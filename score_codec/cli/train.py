@@ -24,9 +24,24 @@ STUDENT_EPILOG = """examples:
 """
 
 
+def _arch(text: str) -> str:
+    """An argparse ``type``: ``convnet``, ``resnet``, ``torchvision:NAME`` or ``timm:NAME``."""
+    prefix, sep, name = text.partition(":")
+    if text in ("convnet", "resnet") or (sep and name and prefix in ("torchvision", "timm")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected convnet, resnet, torchvision:NAME or timm:NAME, found {text!r}")
+
+
+_arch.__name__ = "architecture"
+
+
 def _model_fn(args, num_classes: int, in_channels: int):
     from ..training.models import build_model
 
+    if ":" in args.arch:   # a torchvision / timm architecture by name, randomly initialised
+        from ..training.teachers import named_model
+
+        return lambda: named_model(args.arch, num_classes)
     if args.arch == "convnet":
         extra = {"depth": args.depth, "norm": args.norm}
     else:
@@ -35,7 +50,9 @@ def _model_fn(args, num_classes: int, in_channels: int):
 
 
 def _arch_arguments(p: argparse.ArgumentParser, width: int) -> None:
-    p.add_argument("--arch", choices=("convnet", "resnet"), default="convnet", help="Architecture.")
+    p.add_argument("--arch", type=_arch, default="convnet",
+                   help="Architecture: convnet, resnet (score's), or torchvision:NAME / timm:NAME (e.g. "
+                        "torchvision:resnet18; --width, --depth, --norm and --blocks apply to score's only).")
     p.add_argument("--width", type=int, default=width, help="Channels (ConvNet: every layer; ResNet: first stage).")
     p.add_argument("--depth", type=int, default=3, help="ConvNet blocks.")
     p.add_argument("--norm", choices=("instance", "batch"), default="instance", help="ConvNet normalisation.")
@@ -57,7 +74,12 @@ def _teacher(args: argparse.Namespace) -> int:
     t0 = time.time()
     model = train_teacher(images, _model_fn(args, len(images.classes), x0.shape[0])(), epochs=args.epochs, lr=args.lr,
                           scale=(args.min_scale, 1.0), seed=args.seed, device=args.device, progress=not args.quiet)
-    save_model(model, args.out)
+    if ":" in args.arch:   # a named architecture: its state dict, for relabel's --weights
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, args.out)
+    else:
+        save_model(model, args.out)
     res = {"teacher": args.out, "train_images": len(images), "classes": len(images.classes), "epochs": args.epochs,
            "seconds": round(time.time() - t0, 1)}
     if args.test:
@@ -88,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(cosine AdamW, bf16 autocast) and save it for relabel; prints its test top-1 as JSON.",
                        epilog=TEACHER_EPILOG, formatter_class=HelpFormatter)
     t.add_argument("images", help="Training images: an image folder, 'fashion-mnist[:train[:N]]' or 'cjk-glyphs:train'.")
-    t.add_argument("out", help="Where to save the teacher (.safetensors).")
+    t.add_argument("out", help="Where to save the teacher (.safetensors; for a torchvision:/timm: architecture its "
+                   "state dict, to pass to relabel as --weights).")
     t.add_argument("--test", default=None, help="Held-out images for the printed top-1.")
     t.add_argument("--epochs", type=int, default=5, help="Training epochs.")
     t.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate.")

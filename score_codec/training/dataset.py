@@ -28,6 +28,7 @@ import torch
 
 from .augment import hflip, resized_crop
 from .images import load_images
+from .normalize import normalization_from_attrs, normalize_views
 from ..errors import InputError
 from .replay import EpochPlan, open_store, replay_mix_
 from ..store.dense import DenseFactors, dense_bytes
@@ -69,12 +70,17 @@ class CompressedSoftLabelDataset:
             (C, H, W) in [0, 1], class); dataset index n is store image n.
         store: a store path or LabelStore (reopened from its ``path`` in worker processes).
         epoch: the epoch to serve (row ``epoch`` of every label matrix); None means "not set yet".
-        transform: applied to each final (mixed) view, e.g. normalisation for the student.
+        transform: applied to each final view (after the store's normalisation), e.g. extra augmentation.
         decode_labels: False returns an empty label tensor; decode on the GPU with :class:`LabelDecoder`.
+        normalize: apply the input normalisation the store records (``(view - mean) / std`` per channel,
+            ``relabel(..., normalize=...)``) after replaying each view, so views equal the teacher's inputs;
+            False serves [0, 1] views for a pipeline that normalises by itself.  Stores without a recorded
+            normalisation serve [0, 1] views either way.
     """
 
     def __init__(self, images: Union[str, os.PathLike, Sequence], store, epoch: Optional[int] = None,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, decode_labels: bool = True) -> None:
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, decode_labels: bool = True,
+                 normalize: bool = True) -> None:
         self.images = load_images(images) if isinstance(images, (str, os.PathLike)) else images
         self._path, self._cls = _store_path(store)
         self._store = store if not isinstance(store, (str, os.PathLike)) else None
@@ -95,6 +101,9 @@ class CompressedSoftLabelDataset:
             raise InputError(f"label store {self._path}: no augmentation metadata (rows and attrs['input_size']) "
                              f"to replay views from")
         self._tables = _shareable_tables(s) if self.decode_labels else None
+        #: (mean, std) the store records for the teacher's inputs, or None; applied to views when ``normalize``
+        self.normalization = normalization_from_attrs(aug.attrs, f"label store {self._path}")
+        self.normalize = bool(normalize)
         # -1 means "never set"; a shared-memory tensor so persistent workers see set_epoch
         self._epoch = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self._plan: Optional[EpochPlan] = None
@@ -179,8 +188,13 @@ class CompressedSoftLabelDataset:
 
     def views(self, indices: Sequence[int]) -> torch.Tensor:
         """The teacher's inputs (B, C, S, S) for these dataset indices in the current epoch (before
-        ``transform``): crop, flip, then the stored mix with each row's partner."""
-        return self._views_and_classes(indices)[0]
+        ``transform``): crop, flip, the stored mix with each row's partner, then the store's normalisation
+        (unless ``normalize=False``)."""
+        return self._normalized(self._views_and_classes(indices)[0])
+
+    def _normalized(self, views: torch.Tensor) -> torch.Tensor:
+        """The last step of view production: the recorded normalisation, as relabel applied it."""
+        return normalize_views(views, self.normalization) if self.normalize else views
 
     def _views_and_classes(self, indices: Sequence[int]) -> Tuple[torch.Tensor, List[int]]:
         plan = self.plan()
@@ -233,6 +247,7 @@ class CompressedSoftLabelDataset:
     def __getitems__(self, indices: Sequence[int]) -> List[Sample]:
         """A batch as a list of samples (the DataLoader passes it to ``collate_fn``)."""
         views, targets = self._views_and_classes(indices)
+        views = self._normalized(views)
         if self.transform is not None:
             views = [self.transform(v) for v in views]   # collate_fn stacks the samples; no stack here
         if self.decode_labels:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,10 +58,17 @@ def load_fashion_mnist(split: str = "train", root: str = FASHION_MNIST_ROOT) -> 
     return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
-def _pil_to_tensor(img) -> torch.Tensor:
-    """Pillow image -> float32 (C, H, W) in [0, 1]; grayscale stays 1 channel, everything else is RGB."""
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _pil_to_tensor(img, channels: Optional[int] = None) -> torch.Tensor:
+    """Pillow image -> float32 (C, H, W) in [0, 1]: ``channels`` 1 (grayscale) or 3 (RGB); None keeps
+    grayscale at 1 channel and makes everything else RGB."""
+    if channels is None:
+        channels = 1 if img.mode in _GRAY_MODES else 3
+    want = "L" if channels == 1 else "RGB"
+    if img.mode != want:
+        img = img.convert(want)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -74,9 +81,18 @@ class ImageFolder:
     :data:`IMG_EXTENSIONS`.  Dataset index ``n`` is the n-th such file.
 
     Only paths are held (as a numpy string array); images are opened with Pillow on access.
+
+    Args:
+        root: the folder.
+        channels: 3 (every image as RGB), 1 (every image as grayscale), or None: as the first image
+            (grayscale if it is, else RGB), so a photo folder with a few grayscale or CMYK JPEGs (ImageNet
+            has some) gives 3-channel tensors throughout and a folder of grayscale PNGs stays 1-channel.
     """
 
-    def __init__(self, root: Union[str, os.PathLike]) -> None:
+    def __init__(self, root: Union[str, os.PathLike], channels: Optional[int] = None) -> None:
+        if channels not in (None, 1, 3):
+            raise InputError(f"ImageFolder channels must be 1, 3 or None, found {channels!r}")
+        self.channels = channels
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
             raise InputError(f"image folder {self.root} does not exist or is not a directory")
@@ -106,10 +122,17 @@ class ImageFolder:
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         from PIL import Image
 
+        if self.channels is None:   # decided by image 0 in every process alike
+            first = str(self._paths[0])
+            try:
+                with Image.open(first) as img:
+                    self.channels = 1 if img.mode in _GRAY_MODES else 3
+            except OSError as exc:
+                raise InputError(f"image {first} (index 0) cannot be read: {exc}") from exc
         path = str(self._paths[index])
         try:
             with Image.open(path) as img:
-                return _pil_to_tensor(img), int(self.targets[index])
+                return _pil_to_tensor(img, self.channels), int(self.targets[index])
         except OSError as exc:
             raise InputError(f"image {path} (index {index}) cannot be read: {exc}") from exc
 

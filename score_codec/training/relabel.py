@@ -27,9 +27,10 @@ from .inference import fast_inference_model
 from ..errors import InputError
 from ..store.options import CodecOptions
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
-from .models import load_model
 from ..codecs.global_basis import FitSource
 from ..store.allocate import KeptViews, allocate, finish, probe_from_matrices, prune_meta, store_kl
+from .normalize import check_channels, normalization_attrs, normalize_views, resolve_normalization
+from .teachers import load_teacher
 from ..store.distributed import encode_distributed, rank_and_world
 from ..store.reader import LabelStore
 from ..store.writer import StoreWriter
@@ -101,14 +102,17 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
             input_size: Optional[int] = None, scale: Tuple[float, float] = (0.08, 1.0),
             raw_dump: Optional[str] = None, raw_fp16: bool = True, overwrite: bool = False, progress: bool = True,
             head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None, fast_teacher: bool = True,
+            weights: Optional[str] = None, num_classes: Optional[int] = None, normalize: Any = None,
+            mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
             **codec: Any) -> Dict[str, Any]:
     """Relabel ``images`` with ``model`` over ``epochs`` augmented epochs into the store ``dst``.
 
     Args:
         images: an image source spec (see :func:`score_codec.training.images.load_images`) or a dataset of
             (float CHW tensor in [0, 1], class).
-        model: a teacher spec (see :func:`score_codec.training.models.load_model`) or module; run in eval mode,
-            fp32, without gradients.
+        model: a teacher spec (``"torchvision:resnet18"``, ``"timm:NAME"``, a save_model file,
+            ``"package.module:factory"``; see :func:`score_codec.training.teachers.load_teacher`) or module;
+            run in eval mode, fp32, without gradients.
         epochs: label rows per image (K).
         mix: "cutmix", "mixup" or "none"; one mix per batch.
         batch_size: teacher batch size; mixing happens within a batch, so training replays this size.
@@ -128,6 +132,15 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         fast_teacher: run a :func:`~score_codec.training.inference.fast_inference_model` copy of the
             teacher (batch norm folded into its convolutions, channels-last; faster, the same logits
             up to float32 rounding, checked on the first image); False runs the module as given.
+        weights: a state dict or checkpoint file loaded into the teacher
+            (:func:`~score_codec.training.teachers.load_teacher`).
+        num_classes: logits of a teacher named by spec (None: inferred from ``weights``, else the library's
+            default).
+        normalize, mean, std: per-channel input normalisation ``(view - mean) / std`` applied to every
+            teacher input after crop, flip and mix: ``"imagenet"``, ``(mean, std)``, or ``mean=`` / ``std=``
+            lists (see :func:`~score_codec.training.normalize.resolve_normalization`).  Recorded in the
+            store's augmentation metadata (``attrs["normalize"]``) so that
+            :class:`~score_codec.training.dataset.CompressedSoftLabelDataset` replays the same tensors.
 
     Pooling (``ratio`` with the global codec, or ``keep_epochs``; see :mod:`score_codec.store.allocate`): the
     teacher runs for every epoch (the scratch file holds them all) and the allocation, measured on those rows,
@@ -143,7 +156,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     if opts.target_bytes is not None:
         raise InputError("relabel takes ratio=, not target_bytes= (the row count is epochs x images)")
     ds = load_images(images) if isinstance(images, (str, os.PathLike)) else images
-    teacher = load_model(model, device=device)
+    norm = resolve_normalization(normalize, mean, std)
+    teacher = load_teacher(model, weights=weights, num_classes=num_classes, device=device)
     n = len(ds)
     if n == 0 or epochs < 1 or batch_size < 1:
         raise InputError(f"relabel needs images, epochs >= 1 and batch_size >= 1; found {n} images, "
@@ -151,7 +165,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     kind = mix_type_id(mix)
     first = torch.as_tensor(ds[0][0])   # read once: the size, the fast-teacher probe, the class count
     size = int(input_size) if input_size else int(first.shape[-2])
-    probe = first[None, :, :size, :size].to(device).float()
+    check_channels(norm, int(first.shape[0]), f"relabel of {images if isinstance(images, (str, os.PathLike)) else 'the images'}")
+    probe = normalize_views(first[None, :, :size, :size].float(), norm).to(device)
     if fast_teacher:   # checked against the module on the first image; the module itself if they differ
         teacher = fast_inference_model(teacher, probe)
     parent = os.path.dirname(os.path.abspath(dst))
@@ -196,7 +211,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
                         ds, idx, size, scale, kind, aug_gen, lam_rng)
                     mine = (e * nb + b) % world == rank_id
                     if mine:
-                        logits = teacher(x.to(device).float()).float().cpu()
+                        logits = teacher(normalize_views(x.float(), norm).to(device)).float().cpu()
                         if scratch is None:
                             scratch = np.memmap(scratch_path, dtype=np.float16, mode="w+", shape=(n, epochs, logits.shape[1]))
                         scratch[np.asarray(idx), e] = logits.numpy().astype(np.float16)
@@ -218,7 +233,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         scratch.flush()
         attrs = dict(input_size=size, mix=[k for k, v in MIX_NAMES.items() if v == kind][0], seed=int(seed),
                      batch_size=int(batch_size), epochs=int(epochs), scale=list(scale), torch=torch.__version__,
-                     source="score-codec relabel")
+                     source="score-codec relabel", **normalization_attrs(norm))
         meta = AugMeta(rows=np.concatenate(rows), batches=batches, images=images, attrs=attrs)
         c = scratch.shape[2]
         chunk = max(1, CHUNK_BYTES // (epochs * c * 4))

@@ -24,6 +24,7 @@ from .augment import resized_crop
 from .dataset import CompressedSoftLabelDataset, LabelDecoder
 from .images import load_images
 from .inference import channels_last_if_safe
+from .normalize import Normalization, normalize_views
 from .replay import ReplayBatchSampler
 
 __all__ = ["train_student", "train_teacher", "evaluate", "kd_loss"]
@@ -47,14 +48,17 @@ def _device(device: Optional[str]) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, test_set, input_size: int, device, batch_size: int = 256) -> float:
-    """Top-1 accuracy (fraction) on ``test_set``; each image is resized whole to ``input_size``."""
+def evaluate(model: torch.nn.Module, test_set, input_size: int, device, batch_size: int = 256,
+             normalize: Optional[Normalization] = None) -> float:
+    """Top-1 accuracy (fraction) on ``test_set``; each image is resized whole to ``input_size`` and then
+    normalised with ``normalize`` ((mean, std) per channel, as the training views were; None: not at all)."""
     model.eval()
     correct = total = 0
     for s in range(0, len(test_set), batch_size):
         items = [test_set[i] for i in range(s, min(s + batch_size, len(test_set)))]
         x = torch.stack([resized_crop(torch.as_tensor(img), (0, 0, img.shape[-2], img.shape[-1]), input_size)
-                         for img, _ in items]).to(device)
+                         for img, _ in items])
+        x = normalize_views(x, normalize).to(device)
         y = torch.tensor([c for _, c in items], device=device)
         correct += int((model(x).argmax(1) == y).sum())
         total += len(items)
@@ -125,7 +129,8 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
             bar.update(1)
         bar.set_postfix(epoch=e, loss=f"{last.item():.4g}")
     bar.close()
-    top1 = evaluate(model, test, ds.input_size, dev) if test is not None else float("nan")
+    norm = ds.normalization if ds.normalize else None   # test images get the training views' normalisation
+    top1 = evaluate(model, test, ds.input_size, dev, normalize=norm) if test is not None else float("nan")
     log.info("student top-1 %.4f after %d epochs (%d steps)", top1, epochs, steps)
     return dict(top1=top1, final_loss=float(last), epochs=epochs, steps=steps, label_epochs=ds.epochs, device=str(dev),
                 model=model)
