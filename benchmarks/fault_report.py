@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import score_codec as sc  # noqa: E402
-from tests.common import make_meta, teacher_like_logits  # noqa: E402
+from tests.common import make_meta, reseal, teacher_like_logits  # noqa: E402
 
 Y = teacher_like_logits(48, 12, 10, seed=61)
 KW = dict(method="svd", rank=3, quant="fp16", shard_bytes=2500)
@@ -99,6 +99,7 @@ def file_faults(tmp: str) -> List[Row]:
         idx = f["images"][()]
         idx["rank"][5] = 2
         f["images"][...] = idx
+    reseal(path)   # the forged index carries valid checksums: the record header check must catch it
     rows.append(_expect("index disagrees with record header", sc.IndexMismatchError, lambda: sc.LabelStore(path).matrix(5)))
     path = _fresh(tmp, "d.store")
     os.remove(os.path.join(path, "manifest.json"))

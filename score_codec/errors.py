@@ -25,6 +25,7 @@ code  meaning
     |   +-- BatchSizeMismatchError
     +-- StoreError
     |   +-- StoreVersionError
+    |   |   +-- UncheckedStoreError
     |   +-- IncompleteStoreError
     |   +-- CorruptRecordError                    (exit 1)
     |       +-- TruncatedFileError
@@ -48,6 +49,7 @@ __all__ = [
     "UnsafePickleError",
     "StoreError",
     "StoreVersionError",
+    "UncheckedStoreError",
     "CorruptRecordError",
     "TruncatedFileError",
     "MissingShardError",
@@ -95,6 +97,12 @@ class StoreError(ScoreError):
 
 class StoreVersionError(StoreError):
     """The store was written by a format version this reader does not know."""
+
+
+class UncheckedStoreError(StoreVersionError):
+    """The store predates the table of contents (format versions 1 and 2): reading it would hand its HDF5
+    metadata to libhdf5.  Open it with ``allow_unchecked=True`` (``--allow-unchecked``) or convert it with
+    ``score-codec upgrade``."""
 
 
 class CorruptRecordError(StoreError):

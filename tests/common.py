@@ -1,6 +1,8 @@
 """Shared checkers and data builders for the test-suite."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -185,23 +187,141 @@ def damage_file(path: str, pos: float, mode: str, nbytes: int) -> None:
     open(path, "wb").write(bytes(data))
 
 
-def reseal(path) -> None:
-    """Recompute a store's integrity members (docs/FORMAT.md section 2.1) after a test edited its HDF5
-    files on purpose, so that the deeper check the test targets is the one that fires."""
+def _retoc(path: str, rebuild: bool) -> None:
+    """Recompute a file's table of contents (docs/FORMAT.md section 2.2): ``rebuild`` describes its datasets
+    afresh with h5py (after a test edited them on purpose); otherwise only the checksums and the file size
+    are recomputed from the bytes, without libhdf5, whatever the (possibly damaged) fields say."""
+    import json
+    import os
+    import struct
+    import zlib
+
+    from score_codec.store import header
+
+    if rebuild:
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            old = f[header.TOC_DATASET][()].tobytes()
+            names = json.loads(old)["datasets"]
+            del f[header.TOC_DATASET]
+            sections = {}
+            for name, e in names.items():
+                arr = f[name][()]
+                sections[name] = (e["dtype"], None if e["crc32"] is None else header.table_crc32(arr))
+            toc = header.write_toc(f, sections)
+        header.write_toc_prefix(path, toc)
+        return
+    data = bytearray(open(path, "rb").read())
+    if len(data) < header.PREFIX_BYTES or data[:8] != b"SCORELS\x00":
+        return
+    fields = list(struct.unpack_from("<8sIIQQQI", data))
+    off, n = fields[4], fields[5]
+    blob = bytes(data[off:off + n]) if off + n <= len(data) else b""
+    try:
+        toc = json.loads(blob)
+        for e in toc["datasets"].values():
+            if e.get("crc32") is not None and e["offset"] + e["bytes"] <= len(data):
+                e["crc32"] = zlib.crc32(bytes(data[e["offset"]:e["offset"] + e["bytes"]]))
+        fresh = json.dumps(toc, separators=(",", ":")).encode()
+        if len(fresh) <= n:
+            blob = fresh + b" " * (n - len(fresh))
+            data[off:off + n] = blob
+    except Exception:       # the damage made the table unparsable: only its checksum is recomputed
+        pass
+    fields[3], fields[6] = len(data), zlib.crc32(blob)
+    head = struct.pack("<8sIIQQQI", *fields)
+    data[:header.PREFIX_BYTES] = head + struct.pack("<I", zlib.crc32(head))
+    open(path, "wb").write(bytes(data))
+
+
+def edit_toc(path, edit) -> None:
+    """Rewrite the table of contents of the HDF5 file ``path`` as ``edit(toc)`` (a dict, edited in place)
+    leaves it, with valid checksums: a test forging what the reader is told."""
+    import json
+
+    import h5py
+
+    from score_codec.store import header
+
+    with h5py.File(str(path), "r+") as f:
+        toc = json.loads(f[header.TOC_DATASET][()].tobytes())
+        edit(toc)
+        del f[header.TOC_DATASET]
+        blob = json.dumps(toc).encode()
+        ds = f.create_dataset(header.TOC_DATASET, data=np.frombuffer(blob, np.uint8))
+        loc = (int(ds.id.get_offset()), len(blob), zlib.crc32(blob))
+    header.write_toc_prefix(str(path), loc)
+
+
+def downgrade(path) -> None:
+    """Turn a store just written into one of format version 2 (no table of contents): for tests of the
+    ``allow_unchecked`` path on stores built on the fly (the committed fixtures are the real ones)."""
     import json
     import os
 
-    from score_codec.store.indexio import make_manifest
-    from score_codec.store.integrity import write_prefix
+    import h5py
+
+    from score_codec.store import header
+    from score_codec.store.integrity import index_entry, write_prefix
 
     path = str(path)
+    index = path if os.path.isfile(path) else os.path.join(path, "index.h5")
+    with h5py.File(index, "r+") as f:
+        del f[header.TOC_DATASET]
+        f.attrs["format_version"] = 2
+        if "manifest" in f.attrs:
+            m = json.loads(f.attrs["manifest"])
+            m["format_version"] = 2
+            f.attrs["manifest"] = json.dumps(m)
     if os.path.isfile(path):
         write_prefix(path)
         return
+    with open(index, "r+b") as fh:   # a version-2 index has no prefix in its user block
+        fh.write(bytes(header.PREFIX_BYTES))
     mf = os.path.join(path, "manifest.json")
     m = json.load(open(mf))
-    fresh = make_manifest(m["num_images"], m["num_classes"], [e["bytes"] for e in m["shards"]], path)
-    m["shards"], m["index"] = fresh["shards"], fresh["index"]
+    m["format_version"] = 2
+    m["index"] = index_entry(index)
+    with open(mf, "w") as fh:
+        json.dump(m, fh)
+
+
+def reseal(path, rebuild: bool = True) -> None:
+    """Recompute a store's integrity data (docs/FORMAT.md sections 2.1 and 2.2) after a test edited its
+    files on purpose, so that the deeper check the test targets is the one that fires.  ``rebuild=False``
+    recomputes checksums and sizes from the raw bytes only (no libhdf5: for damaged files)."""
+    import json
+    import os
+
+    from score_codec.store.integrity import _meta_crc, index_entry
+
+    from score_codec.store.header import TOC_PREFIX_VERSION, probe_prefix
+
+    path = str(path)
+    index = path if os.path.isfile(path) else os.path.join(path, "index.h5")
+    try:
+        toc = probe_prefix(index) == TOC_PREFIX_VERSION
+    except Exception:   # a damaged prefix: nothing to recompute in it
+        toc = False
+    if toc:
+        _retoc(index, rebuild)
+    elif os.path.isfile(path):   # a store without a table of contents (format version 2)
+        from score_codec.store.integrity import write_prefix
+
+        if open(path, "rb").read(8) == b"SCORELS\x00":
+            write_prefix(path)
+        return
+    if os.path.isfile(path):
+        return
+    mf = os.path.join(path, "manifest.json")
+    m = json.load(open(mf))
+    for e in m["shards"]:
+        fn = os.path.join(path, "shards", e["name"])
+        if os.path.isfile(fn) and isinstance(e.get("data_offset"), int) and isinstance(e.get("bytes"), int):
+            e["file_bytes"] = os.path.getsize(fn)
+            e["meta_crc32"] = _meta_crc(fn, e["data_offset"], e["bytes"])
+    m["index"] = index_entry(os.path.join(path, "index.h5"))
     with open(mf, "w") as fh:
         json.dump(m, fh)
 
@@ -223,6 +343,23 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
     with, for at most ``timeout`` seconds.  Returns "ok", "score-error: <type>" for a library error, or what
     went wrong otherwise: "exception: <type>: <message>", "hang" (killed at the timeout; libhdf5 ignores
     Ctrl-C when it loops), "crash: signal N" or "memory" (the address-space cap was hit)."""
+    return run_isolated_report(fn, timeout, memory)[0]
+
+
+def _status_bytes(key: str) -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated_report(fn, timeout: float = 30.0, memory: int = 512 * 2**20):
+    """:func:`run_isolated`, also returning the peak resident memory the child added while running
+    ``fn`` (bytes; -1 where it did not report): (outcome, peak)."""
     import os
     import resource
     import select
@@ -236,6 +373,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
         msg = "ok"
         try:
             base = _vm_bytes()
+            rss0 = _status_bytes("VmRSS")
             if base:
                 resource.setrlimit(resource.RLIMIT_AS, (base + memory, base + memory))
             from score_codec.errors import ScoreError
@@ -248,6 +386,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
                 msg = "memory"
             except BaseException as exc:
                 msg = f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+            msg = f"{max(_status_bytes('VmHWM') - rss0, 0)} {msg}"
         finally:
             os.write(w, msg.encode()[:4000])
             os._exit(0)
@@ -260,7 +399,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
             if left <= 0:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return "hang"
+                return "hang", -1
             ready, _, _ = select.select([r], [], [], left)
             if ready:
                 data = os.read(r, 4096)
@@ -271,5 +410,9 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
         os.close(r)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
-        return f"crash: signal {os.WTERMSIG(status)}"
-    return b"".join(chunks).decode(errors="replace") or "crash: no report"
+        return f"crash: signal {os.WTERMSIG(status)}", -1
+    text = b"".join(chunks).decode(errors="replace")
+    if not text:
+        return "crash: no report", -1
+    peak, _, outcome = text.partition(" ")
+    return (outcome, int(peak)) if peak.isdigit() else (text, -1)
