@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, List
 from ._version import __version__
 from .errors import (BatchSizeMismatchError, BudgetError, CodecError, CorruptRecordError, FormatError,
                      IncompleteStoreError, IndexMismatchError, InputError, IOFailureError, MissingShardError,
-                     ScoreError, StoreError, StoreVersionError, TruncatedFileError, UncheckedStoreError,
-                     UnknownCodecError, UnsafePickleError, WriteFailedError)
+                     ScoreError, SizeLimitError, StoreError, StoreLockedError, StoreVersionError,
+                     TruncatedFileError, UncheckedStoreError, UnknownCodecError, UnreadableFileError,
+                     UnsafePickleError, WriteFailedError)
 
 if TYPE_CHECKING:  # the names below load on first use (__getattr__); this block is for readers and tools
     from .codecs import (BasisSet, Codec, Factors, codec_from_config, get_codec, register_codec,
@@ -90,7 +91,7 @@ __all__ = [
     "ScoreError", "InputError", "FormatError", "UnsafePickleError", "BudgetError", "BatchSizeMismatchError",
     "StoreError", "StoreVersionError", "UncheckedStoreError", "IncompleteStoreError", "CorruptRecordError", "TruncatedFileError",
     "MissingShardError", "IndexMismatchError", "CodecError", "UnknownCodecError", "IOFailureError",
-    "WriteFailedError",
+    "WriteFailedError", "SizeLimitError", "UnreadableFileError", "StoreLockedError",
 ]
 
 

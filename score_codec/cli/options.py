@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count"]
+__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count",
+           "add_store_arguments", "store_argument"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
 METHODS = ("cur", "global", "rpca", "rsvd", "shared", "svd", "two-level")
@@ -79,3 +80,21 @@ def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any
     return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
                         residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None,
                         device=device or getattr(args, "device", None) or "cpu")
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """``--allow-unchecked``, for subcommands that read a store."""
+    p.add_argument("--allow-unchecked", action="store_true", help="Read a store written by format version 1 or 2 "
+                   "(no table of contents) through libhdf5, which can hang on a damaged or crafted file; "
+                   "'score-codec upgrade' converts such a store once instead.")
+
+
+def store_argument(args: argparse.Namespace, name: str = "store") -> Any:
+    """The store to hand to the library call: the path, or with ``--allow-unchecked`` the store opened
+    with ``allow_unchecked=True`` (every library call that reads a store accepts either)."""
+    path = getattr(args, name)
+    if not getattr(args, "allow_unchecked", False):
+        return path
+    from ..store.reader import LabelStore
+
+    return LabelStore(path, allow_unchecked=True)
