@@ -164,6 +164,8 @@ class TocFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # later reads find the file even after the working directory changed
+        self._abs = os.path.abspath(path)
         try:
             self.size = os.path.getsize(path)
             with open(path, "rb") as fh:
@@ -225,7 +227,7 @@ class TocFile:
     def pread(self, offset: int, nbytes: int, what: str) -> bytes:
         """``nbytes`` bytes at ``offset`` (bounds checked by the caller); TruncatedFileError when short."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self._abs, os.O_RDONLY)
             try:
                 buf = os.pread(fd, nbytes, offset)
             finally:

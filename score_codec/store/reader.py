@@ -176,14 +176,14 @@ class LabelStore:
                 sec = toc.section(f"{SHARD_DIR}/{shard_name(s)}", np.dtype("u1"))
                 if sec.nbytes != entry["bytes"]:
                     raise TruncatedFileError(f"{where}: shard {s} holds {sec.nbytes} bytes, manifest says {entry['bytes']}")
-                shards.append((self.path, sec.offset, toc.size))
+                shards.append((os.path.abspath(self.path), sec.offset, toc.size))
             else:
                 fn = os.path.join(self.path, SHARD_DIR, shard_name(s))
                 size, off = entry.get("file_bytes"), entry.get("data_offset")
                 if not (isinstance(size, int) and isinstance(off, int) and 0 <= off and off + entry["bytes"] <= size):
                     raise StoreError(f"{fn}: the manifest's entry for this shard is malformed (file_bytes {size!r}, "
                                      f"data_offset {off!r}, bytes {entry['bytes']})")
-                shards.append((fn, off, size))
+                shards.append((os.path.abspath(fn), off, size))
         self._shard_at = shards
 
     def _load_single_unchecked(self) -> None:
@@ -547,9 +547,8 @@ class LabelStore:
         returns the problems found (empty list: healthy)."""
         problems = verify_store(self)
         if self._toc is not None and not self.single:
-            checks = [lambda: check_index_file(self._index_path(), self.manifest["index"], True)]
-            checks += [lambda s=s, e=e: check_shard_file(os.path.join(self.path, SHARD_DIR, shard_name(s)), e)
-                       for s, e in enumerate(self.manifest["shards"])]
+            checks = [lambda: check_index_file(self._toc._abs, self.manifest["index"], True)]
+            checks += [lambda s=s, e=e: check_shard_file(self._shard_at[s][0], e) for s, e in enumerate(self.manifest["shards"])]
             for check in checks:
                 try:
                     check()

@@ -276,3 +276,12 @@ def test_merge_does_not_reseal_a_damaged_part(tmp_path):
     # the healthy part was already taken into the merge when b was refused: it must be intact
     a = sc.LabelStore(tmp_path / "a")
     assert a.verify() == [] and all(bool((a.matrix(i) == before[i]).all()) for i in range(5))
+
+
+def test_a_store_opened_by_a_relative_path_reads_after_a_chdir(stores, monkeypatch, tmp_path):
+    root, _ = stores
+    for name in ("d.store", "s.h5"):
+        monkeypatch.chdir(root)
+        store = sc.LabelStore(name)
+        monkeypatch.chdir(tmp_path)
+        assert store.verify() == [] and store.matrix(7).shape[1] == 10 and len(store.aug.batches) >= 0
