@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, List
 from ._version import __version__
 from .errors import (BatchSizeMismatchError, BudgetError, CodecError, CorruptRecordError, FormatError,
                      IncompleteStoreError, IndexMismatchError, InputError, IOFailureError, MissingShardError,
-                     ScoreError, StoreError, StoreVersionError, TruncatedFileError, UnknownCodecError,
+                     ScoreError, SizeLimitError, StoreError, StoreLockedError, StoreVersionError,
+                     TruncatedFileError, UncheckedStoreError, UnknownCodecError, UnreadableFileError,
                      UnsafePickleError, WeightsMismatchError, WriteFailedError)
 
 if TYPE_CHECKING:  # the names below load on first use (__getattr__); this block is for readers and tools
@@ -88,9 +89,9 @@ __all__ = [
     "CompressedSoftLabelDataset", "LabelDecoder", "ReplayBatchSampler", "relabel", "load_images",
     # errors
     "ScoreError", "InputError", "FormatError", "UnsafePickleError", "BudgetError", "BatchSizeMismatchError",
-    "StoreError", "StoreVersionError", "IncompleteStoreError", "CorruptRecordError", "TruncatedFileError",
+    "StoreError", "StoreVersionError", "UncheckedStoreError", "IncompleteStoreError", "CorruptRecordError", "TruncatedFileError",
     "MissingShardError", "IndexMismatchError", "CodecError", "UnknownCodecError", "IOFailureError",
-    "WriteFailedError", "WeightsMismatchError",
+    "WriteFailedError", "WeightsMismatchError", "SizeLimitError", "UnreadableFileError", "StoreLockedError",
 ]
 
 

@@ -26,6 +26,7 @@ code  meaning
     |   +-- WeightsMismatchError
     +-- StoreError
     |   +-- StoreVersionError
+    |   |   +-- UncheckedStoreError
     |   +-- IncompleteStoreError
     |   +-- CorruptRecordError                    (exit 1)
     |       +-- TruncatedFileError
@@ -49,6 +50,7 @@ __all__ = [
     "UnsafePickleError",
     "StoreError",
     "StoreVersionError",
+    "UncheckedStoreError",
     "CorruptRecordError",
     "TruncatedFileError",
     "MissingShardError",
@@ -97,6 +99,12 @@ class StoreError(ScoreError):
 
 class StoreVersionError(StoreError):
     """The store was written by a format version this reader does not know."""
+
+
+class UncheckedStoreError(StoreVersionError):
+    """The store predates the table of contents (format versions 1 and 2): reading it would hand its HDF5
+    metadata to libhdf5.  Open it with ``allow_unchecked=True`` (``--allow-unchecked``) or convert it with
+    ``score-codec upgrade``."""
 
 
 class CorruptRecordError(StoreError):

@@ -1,15 +1,17 @@
 """Shared checkers and data builders for the test-suite."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
-from benchmarks.shared import make_meta, teacher_like_logits
+from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
 __all__ = ["centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
-           "run_isolated"]
+           "run_isolated", "reseal"]
 
 
 def centred(y: torch.Tensor) -> torch.Tensor:
@@ -166,25 +168,58 @@ def damage_file(path: str, pos: float, mode: str, nbytes: int) -> None:
     open(path, "wb").write(bytes(data))
 
 
-def reseal(path) -> None:
-    """Recompute a store's integrity members (docs/FORMAT.md section 2.1) after a test edited its HDF5
-    files on purpose, so that the deeper check the test targets is the one that fires."""
+
+def edit_toc(path, edit) -> None:
+    """Rewrite the table of contents of the HDF5 file ``path`` as ``edit(toc)`` (a dict, edited in place)
+    leaves it, with valid checksums: a test forging what the reader is told."""
+    import json
+
+    import h5py
+
+    from score_codec.store import header
+
+    with h5py.File(str(path), "r+") as f:
+        toc = json.loads(f[header.TOC_DATASET][()].tobytes())
+        edit(toc)
+        del f[header.TOC_DATASET]
+        blob = json.dumps(toc).encode()
+        ds = f.create_dataset(header.TOC_DATASET, data=np.frombuffer(blob, np.uint8))
+        loc = (int(ds.id.get_offset()), len(blob), zlib.crc32(blob))
+    header.write_toc_prefix(str(path), loc)
+
+
+def downgrade(path) -> None:
+    """Turn a store just written into one of format version 2 (no table of contents): for tests of the
+    ``allow_unchecked`` path on stores built on the fly (the committed fixtures are the real ones)."""
     import json
     import os
 
-    from score_codec.store.indexio import make_manifest
-    from score_codec.store.integrity import write_prefix
+    import h5py
+
+    from score_codec.store import header
+    from score_codec.store.integrity import index_entry, write_prefix
 
     path = str(path)
+    index = path if os.path.isfile(path) else os.path.join(path, "index.h5")
+    with h5py.File(index, "r+") as f:
+        del f[header.TOC_DATASET]
+        f.attrs["format_version"] = 2
+        if "manifest" in f.attrs:
+            m = json.loads(f.attrs["manifest"])
+            m["format_version"] = 2
+            f.attrs["manifest"] = json.dumps(m)
     if os.path.isfile(path):
         write_prefix(path)
         return
+    with open(index, "r+b") as fh:   # a version-2 index has no prefix in its user block
+        fh.write(bytes(header.PREFIX_BYTES))
     mf = os.path.join(path, "manifest.json")
     m = json.load(open(mf))
-    fresh = make_manifest(m["num_images"], m["num_classes"], [e["bytes"] for e in m["shards"]], path)
-    m["shards"], m["index"] = fresh["shards"], fresh["index"]
+    m["format_version"] = 2
+    m["index"] = index_entry(index)
     with open(mf, "w") as fh:
         json.dump(m, fh)
+
 
 
 def _vm_bytes() -> int:
@@ -204,6 +239,23 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
     with, for at most ``timeout`` seconds.  Returns "ok", "score-error: <type>" for a library error, or what
     went wrong otherwise: "exception: <type>: <message>", "hang" (killed at the timeout; libhdf5 ignores
     Ctrl-C when it loops), "crash: signal N" or "memory" (the address-space cap was hit)."""
+    return run_isolated_report(fn, timeout, memory)[0]
+
+
+def _status_bytes(key: str) -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated_report(fn, timeout: float = 30.0, memory: int = 512 * 2**20):
+    """:func:`run_isolated`, also returning the peak resident memory the child added while running
+    ``fn`` (bytes; -1 where it did not report): (outcome, peak)."""
     import os
     import resource
     import select
@@ -217,6 +269,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
         msg = "ok"
         try:
             base = _vm_bytes()
+            rss0 = _status_bytes("VmRSS")
             if base:
                 resource.setrlimit(resource.RLIMIT_AS, (base + memory, base + memory))
             from score_codec.errors import ScoreError
@@ -229,6 +282,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
                 msg = "memory"
             except BaseException as exc:
                 msg = f"exception: {type(exc).__name__}: {str(exc)[:300]}"
+            msg = f"{max(_status_bytes('VmHWM') - rss0, 0)} {msg}"
         finally:
             os.write(w, msg.encode()[:4000])
             os._exit(0)
@@ -241,7 +295,7 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
             if left <= 0:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return "hang"
+                return "hang", -1
             ready, _, _ = select.select([r], [], [], left)
             if ready:
                 data = os.read(r, 4096)
@@ -252,5 +306,9 @@ def run_isolated(fn, timeout: float = 30.0, memory: int = 512 * 2**20) -> str:
         os.close(r)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
-        return f"crash: signal {os.WTERMSIG(status)}"
-    return b"".join(chunks).decode(errors="replace") or "crash: no report"
+        return f"crash: signal {os.WTERMSIG(status)}", -1
+    text = b"".join(chunks).decode(errors="replace")
+    if not text:
+        return "crash: no report", -1
+    peak, _, outcome = text.partition(" ")
+    return (outcome, int(peak)) if peak.isdigit() else (text, -1)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import score_codec as sc
-from benchmarks.shared import make_meta, teacher_like_logits
+from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
 __all__ = ["bit_flips", "file_faults", "resume_faults", "input_faults", "fuzz", "main"]
 
@@ -103,6 +103,7 @@ def file_faults(tmp: str) -> List[Row]:
         idx = f["images"][()]
         idx["rank"][5] = 2
         f["images"][...] = idx
+    reseal(path)   # the forged index carries valid checksums: the record header check must catch it
     rows.append(_expect("index disagrees with record header", sc.IndexMismatchError, lambda: sc.LabelStore(path).matrix(5)))
     path = _fresh(tmp, "d.store")
     os.remove(os.path.join(path, "manifest.json"))

@@ -11,7 +11,8 @@ import logging
 from typing import Any, Dict, Optional
 
 from ..errors import InputError
-from .options import FORMAT_NAMES, HelpFormatter, add_codec_arguments, codec_options, count
+from .options import (FORMAT_NAMES, HelpFormatter, add_codec_arguments, add_store_arguments, codec_options, count,
+                      store_argument)
 
 __all__ = ["register", "cmd_encode", "cmd_decode", "dump_options", "add_reader_arguments", "load_head",
            "check_codec_args"]
@@ -144,8 +145,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     """Parse, call :func:`score_codec.decode_dump`, print its summary."""
     from ..formats.convert import decode_dump
 
-    out = decode_dump(args.store, args.dst, format=args.format, overwrite=args.overwrite, progress=not args.quiet,
-                      plain_ints=args.plain_ints, device=args.device)
+    out = decode_dump(store_argument(args), args.dst, format=args.format, overwrite=args.overwrite,
+                      progress=not args.quiet, plain_ints=args.plain_ints, device=args.device)
     out["store"] = args.store
     if args.json:
         print(json.dumps(out))
@@ -193,4 +194,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "source's numpy.int64, so torch.load's default weights_only=True (torch >= 2.6) accepts the files; "
                    "SRe2L's own loader refuses numpy scalars under that default.")
     _common(d)
+    add_store_arguments(d)
     d.set_defaults(func=cmd_decode)

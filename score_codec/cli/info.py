@@ -6,7 +6,7 @@ import json
 import logging
 
 from ..errors import CorruptRecordError
-from .options import HelpFormatter
+from .options import HelpFormatter, add_store_arguments, store_argument
 
 __all__ = ["register", "cmd_info", "cmd_verify"]
 
@@ -31,7 +31,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Parse, call :func:`score_codec.store_info`, print images, K, C, bytes, ratios, ranks and methods."""
     from ..formats.report import store_info
 
-    st = store_info(args.store)
+    st = store_info(store_argument(args))
     if args.json:
         print(json.dumps(st, default=str))
         return 0
@@ -64,7 +64,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger("score_codec").setLevel(logging.WARNING)
-    out = verify_store(args.store, args.against, format=args.src_format,
+    out = verify_store(store_argument(args), args.against, format=args.src_format,
                        dump_options=dump_options(args) if args.against else None, progress=not args.quiet,
                        device=args.device)
     out["store"] = args.store
@@ -96,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "compression ratio against fp16 logits and against the fp16 dump, ranks and methods.")
     p.add_argument("store", help="The label store.")
     p.add_argument("--json", action="store_true", help="Print the statistics as JSON on stdout.")
+    add_store_arguments(p)
     p.set_defaults(func=cmd_info)
 
     v = sub.add_parser("verify", help="Check a label store, optionally against its source dump.", formatter_class=fmt,
@@ -108,4 +109,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true", help="Print the report as JSON on stdout.")
     v.add_argument("--quiet", action="store_true", help="No progress bars on stderr.")
     v.add_argument("--device", default="cpu", help="Device used to decode rows: cpu or cuda[:N].")
+    add_store_arguments(v)
     v.set_defaults(func=cmd_verify)

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "score_codec.cli.info",
     "score_codec.cli.relabel",
     "score_codec.cli.train",
+    "score_codec.cli.upgrade",
 ]
 
 EPILOG = """examples:
@@ -29,6 +30,7 @@ EPILOG = """examples:
   score-codec info labels.store
   score-codec verify labels.store --against dumps/FKD_cutmix_fp16
   score-codec decode labels.store restored_dump --format sre2l
+  score-codec upgrade old.store                  # a store of an older format version, rewritten in place
 
 """ + EXIT_STATUS_HELP
 

@@ -9,7 +9,7 @@ import argparse
 from typing import Any, Dict, Optional
 
 __all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count",
-           "add_teacher_arguments"]
+           "add_teacher_arguments", "add_store_arguments", "store_argument"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
 METHODS = ("cur", "global", "rpca", "rsvd", "shared", "svd", "two-level")
@@ -138,3 +138,21 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
                         "std 0.229,0.224,0.225 of [0, 1] pixels.")
     p.add_argument("--mean", type=_floats, default=None, help="Per-channel means to subtract (comma-separated).")
     p.add_argument("--std", type=_floats, default=None, help="Per-channel standard deviations to divide by.")
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """``--allow-unchecked``, for subcommands that read a store."""
+    p.add_argument("--allow-unchecked", action="store_true", help="Read a store written by format version 1 or 2 "
+                   "(no table of contents) through libhdf5, which can hang on a damaged or crafted file; "
+                   "'score-codec upgrade' converts such a store once instead.")
+
+
+def store_argument(args: argparse.Namespace, name: str = "store") -> Any:
+    """The store to hand to the library call: the path, or with ``--allow-unchecked`` the store opened
+    with ``allow_unchecked=True`` (every library call that reads a store accepts either)."""
+    path = getattr(args, name)
+    if not getattr(args, "allow_unchecked", False):
+        return path
+    from ..store.reader import LabelStore
+
+    return LabelStore(path, allow_unchecked=True)

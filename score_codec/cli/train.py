@@ -8,7 +8,7 @@ import os
 import time
 
 from ..errors import InputError
-from .options import HelpFormatter, count
+from .options import HelpFormatter, add_store_arguments, count, store_argument
 
 __all__ = ["register"]
 
@@ -94,7 +94,7 @@ def _student(args: argparse.Namespace) -> int:
 
     images = load_images(args.images)
     x0, _ = images[0]
-    res = train_student(args.store, images, args.test, _model_fn(args, len(images.classes), x0.shape[0]),
+    res = train_student(store_argument(args), images, args.test, _model_fn(args, len(images.classes), x0.shape[0]),
                         epochs=args.epochs, T=args.temperature, lr=args.lr, wd=args.wd, batch_size=args.batch_size,
                         seed=args.seed, device=args.device, bf16=args.bf16, num_workers=args.workers,
                         progress=not args.quiet)
@@ -135,4 +135,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bf16", action="store_true", help="Autocast the student to bfloat16.")
     s.add_argument("--workers", type=count(0), default=0, help="DataLoader workers.")
     _arch_arguments(s, width=32)
+    add_store_arguments(s)
     s.set_defaults(func=_student)

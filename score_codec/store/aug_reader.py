@@ -2,8 +2,8 @@
 
 A reader process need not hold the whole row table (45 bytes per row: 0.68 GB at ImageNet-1K IPC 50 with
 300 epochs): rows are in dump order, epoch-major, so one epoch's rows are a contiguous slice of
-``/aug/rows``, read with h5py from its compressed chunks.  The small tables (batches, images) and the
-attributes are read once.  Stores whose rows are not epoch-contiguous (per-image formats such as FKD)
+``/aug/rows``, read by offset through the store's table of contents (or, for stores without one opened
+with ``allow_unchecked``, with h5py).  The small tables (batches, images) and the attributes are read once.  Stores whose rows are not epoch-contiguous (per-image formats such as FKD)
 fall back to reading the whole table once.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .header import TocFile, parse_json
 from .integrity import check_dataset_size
 from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
 
@@ -24,10 +25,13 @@ _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError
 
 
 class AugReader:
-    """Per-process view of ``/aug`` in the HDF5 file ``path`` (opened per call, so safe after fork)."""
+    """Per-process view of ``/aug`` in the HDF5 file ``path`` (opened per call, so safe after fork): read
+    through its table of contents ``toc`` when given, else with h5py (stores without one)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, toc: Optional[TocFile] = None, verify_checksums: bool = True) -> None:
         self.path = path
+        self.toc = toc
+        self.verify = verify_checksums
         self._small: Optional[Tuple[np.ndarray, np.ndarray, Dict[str, Any], int]] = None
         self._epochs: Optional[Dict[int, Tuple[int, int]]] = None
         self._cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
@@ -41,6 +45,16 @@ class AugReader:
             raise StoreError(f"{self.path}: damaged augmentation metadata ({type(exc).__name__}: {exc})") from None
 
     def _load_small(self):
+        if self._small is None and self.toc is not None:
+            t = self.toc
+            aug = t.attrs.get("/aug")
+            if not isinstance(aug, dict) or "attrs" not in aug:
+                raise StoreError(f"{self.path}: the table of contents has no /aug attributes")
+            attrs = parse_json(aug["attrs"], f"{self.path}: /aug attrs")
+            if not isinstance(attrs, dict):
+                raise StoreError(f"{self.path}: /aug attrs is not a JSON object")
+            self._small = (t.table("aug/batches", BATCH_DTYPE, self.verify), t.table("aug/images", IMAGE_DTYPE, self.verify),
+                           attrs, t.section("aug/rows", ROW_DTYPE).length)
         if self._small is None:
             def read(g):
                 for name in ("rows", "batches", "images"):   # sizes checked against the file before any read
@@ -88,7 +102,10 @@ class AugReader:
         if self._cache[0] == epoch and self._cache[1] is not None:
             return self._cache[1], self._cache_offset
         rng = self.epoch_range(epoch)
-        if rng is not None:
+        if rng is not None and self.toc is not None:
+            rows = self.toc.table("aug/rows", ROW_DTYPE, self.verify, *rng)
+            offset = rng[0]
+        elif rng is not None:
             rows = self._read(lambda g: g["rows"][rng[0]:rng[1]])
             offset = rng[0]
         else:
@@ -101,6 +118,8 @@ class AugReader:
 
     def all_rows(self) -> np.ndarray:
         self._load_small()   # checks the table's size first
+        if self.toc is not None:
+            return self.toc.table("aug/rows", ROW_DTYPE, self.verify)
         rows = self._read(lambda g: g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE))
         if rows.dtype != ROW_DTYPE:
             raise StoreError(f"{self.path}: /aug/rows has dtype {rows.dtype}, expected {ROW_DTYPE}")

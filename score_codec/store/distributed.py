@@ -31,7 +31,7 @@ from ..errors import CorruptRecordError, InputError
 from .atomic import WriteLock, install
 from .bulk import encode
 from .integrity import check_shard_file
-from .indexio import make_manifest, write_index, write_manifest_file
+from .indexio import make_manifest, write_index_file, write_manifest_file
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE, INDEX_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file, shard_name
 from .meta import AugMeta
 from .options import CodecOptions, split_codec_options
@@ -141,7 +141,7 @@ def _merge_into(stores: Sequence[LabelStore], tmp: str, c: int, enc: Dict[str, A
             # the merged manifest re-describes every shard: check the part's description first
             check_shard_file(src, entry)
             if len(s.basis_table) and not identity:
-                data = s._shard(j)[()].tobytes()
+                data = s.shard_bytes(j)
                 sel = np.flatnonzero(part_index["shard"] == j)
                 out = bytearray(data)
                 for i in sel:
@@ -167,8 +167,8 @@ def _merge_into(stores: Sequence[LabelStore], tmp: str, c: int, enc: Dict[str, A
     index_arr = np.concatenate(index).astype(IMAGE_INDEX_DTYPE)
     meta = meta or AugMeta()
     meta.validate(index_arr["k"].astype(np.int64))
-    with h5py.File(os.path.join(tmp, INDEX_FILE), "w") as f:
-        write_index(f, c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE), b"".join(blobs), meta)
+    write_index_file(os.path.join(tmp, INDEX_FILE), c, enc, index_arr, np.concatenate(tables).astype(BASIS_INDEX_DTYPE),
+                     b"".join(blobs), meta)
     write_manifest_file(tmp, make_manifest(len(index_arr), c, [e["bytes"] for e in shards], tmp))
 
 

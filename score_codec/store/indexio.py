@@ -6,7 +6,7 @@ import os
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -14,9 +14,11 @@ import torch
 
 from ..codecs.quantize import QUANT_CODES, quantize
 from .layout import BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
-from .meta import AugMeta
+from .header import table_crc32, write_toc, write_toc_prefix
+from .integrity import USERBLOCK_BYTES
+from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
 
-__all__ = ["StoredBasis", "stored_basis", "basis_table", "write_index", "make_manifest", "write_manifest_file",
+__all__ = ["StoredBasis", "stored_basis", "basis_table", "write_index", "write_index_file", "make_manifest", "write_manifest_file",
            "fsync_file"]
 
 
@@ -61,26 +63,44 @@ def basis_table(bases: Sequence[StoredBasis]) -> np.ndarray:
 
 
 def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index: np.ndarray, table: np.ndarray,
-                blob: bytes, meta: AugMeta, pool: Optional[Dict[str, Any]] = None) -> None:
+                blob: bytes, meta: AugMeta, pool: Optional[Dict[str, Any]] = None) -> Dict[str, Tuple[str, Optional[int]]]:
     """Write the index datasets and attributes into an open HDF5 file (or the root of a single-file store);
-    ``pool``: the kept label epochs of a pooled store (docs/FORMAT.md section 4), None for every epoch."""
+    ``pool``: the kept label epochs of a pooled store (docs/FORMAT.md section 4), None for every epoch.
+
+    Returns the table-of-contents sections of what was written (name -> (dtype name, CRC32)) for
+    :func:`~score_codec.store.header.write_toc`."""
     f.attrs["format_version"] = FORMAT_VERSION
     if pool is not None:
         f.attrs["pool"] = json.dumps(pool)
     f.attrs["num_classes"] = int(num_classes)
     f.attrs["encoding"] = json.dumps(encoding)
     f.attrs["torch_version"] = str(torch.__version__)
-    f.create_dataset("images", data=np.asarray(index, IMAGE_INDEX_DTYPE))
-    g = f.create_group("bases")
-    g.create_dataset("table", data=np.asarray(table, BASIS_INDEX_DTYPE))
-    g.create_dataset("blob", data=np.frombuffer(blob, np.uint8))
+    arrays = {
+        "images": ("image_index", np.asarray(index, IMAGE_INDEX_DTYPE)),
+        "bases/table": ("basis_index", np.asarray(table, BASIS_INDEX_DTYPE)),
+        "bases/blob": ("u1", np.frombuffer(blob, np.uint8)),
+        "aug/rows": ("aug_row", np.asarray(meta.rows, ROW_DTYPE)),
+        "aug/batches": ("aug_batch", np.asarray(meta.batches, BATCH_DTYPE)),
+        "aug/images": ("aug_image", np.asarray(meta.images, IMAGE_DTYPE)),
+    }
+    f.create_group("bases")
     a = f.create_group("aug")
-    for name in ("rows", "batches", "images"):
-        arr = getattr(meta, name)
-        # metadata compresses well and is read whole: gzip it (chunked datasets need len > 0)
-        kw = dict(compression="gzip", compression_opts=4, shuffle=True) if len(arr) else {}
-        a.create_dataset(name, data=arr, **kw)
+    sections: Dict[str, Tuple[str, Optional[int]]] = {}
+    for name, (dtype_name, arr) in arrays.items():
+        # contiguous and uncompressed: the reader reads these bytes by offset, without libhdf5
+        f.create_dataset(name, data=arr)
+        sections[name] = (dtype_name, table_crc32(arr))
     a.attrs["attrs"] = json.dumps(meta.attrs)
+    return sections
+
+
+def write_index_file(path: str, num_classes: int, encoding: Dict[str, Any], index: np.ndarray, table: np.ndarray,
+                     blob: bytes, meta: AugMeta) -> None:
+    """Write a directory store's ``index.h5`` at ``path`` with its table of contents, durably."""
+    with h5py.File(path, "w", userblock_size=USERBLOCK_BYTES) as f:
+        toc = write_toc(f, write_index(f, num_classes, encoding, index, table, blob, meta))
+    write_toc_prefix(path, toc)
+    fsync_file(path)
 
 
 def make_manifest(num_images: int, num_classes: int, shard_sizes: List[int], root: Optional[str] = None,

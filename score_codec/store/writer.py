@@ -23,8 +23,10 @@ from ..codecs.quantize import dequantize
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import InputError, WriteFailedError
 from .encoder import check_matrices, encode_chunk, encode_store_chunk
-from .integrity import USERBLOCK_BYTES, shard_entry, write_prefix
-from .indexio import StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_manifest_file
+from .header import write_toc, write_toc_prefix
+from .integrity import USERBLOCK_BYTES, shard_entry
+from .indexio import (StoredBasis, basis_table, fsync_file, make_manifest, stored_basis, write_index, write_index_file,
+                      write_manifest_file)
 from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .atomic import WriteLock, install, recover
 from .layout import (BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file,
@@ -372,17 +374,18 @@ class StoreWriter:
                 raise InputError(f"{self.path}: a pooled store keeps {len(self._pool['kept_epochs'])} epochs, so every "
                                  f"image needs that many rows; found {int(index['k'].min())}..{int(index['k'].max())}")
             if self.single:
-                self._write_index(self._h5, index)
+                sections = self._write_index(self._h5, index)
+                sections.update({f"{SHARD_DIR}/{shard_name(s)}": ("u1", None) for s in range(self._shard)})
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
-                self._h5.attrs["manifest"] = json.dumps(manifest)  # written last: marks completeness
+                self._h5.attrs["manifest"] = json.dumps(manifest)
+                toc = write_toc(self._h5, sections)
                 self._h5.close()
-                write_prefix(self.tmp)
+                write_toc_prefix(self.tmp, toc)   # written last: marks completeness
                 fsync_file(self.tmp)
             else:
-                fn = os.path.join(self.tmp, INDEX_FILE)
-                with h5py.File(fn, "w") as f:
-                    self._write_index(f, index)
-                fsync_file(fn)
+                encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
+                write_index_file(os.path.join(self.tmp, INDEX_FILE), self.num_classes, encoding, index,
+                                 basis_table(self._bases), b"".join(b.blob for b in self._bases), self._meta)
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp, self._shard_members)
                 # the journal stays until the store is in place: a complete store interrupted before that
                 # is resumed (and moved in) rather than encoded again
@@ -406,12 +409,12 @@ class StoreWriter:
         if self._lock is not None:
             self._lock.release()
 
-    def _write_index(self, f: h5py.File, index: np.ndarray) -> None:
+    def _write_index(self, f: h5py.File, index: np.ndarray) -> Dict[str, Any]:
         encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
         if self._allocation is not None:
             encoding["allocation"] = self._allocation
-        write_index(f, self.num_classes, encoding, index, basis_table(self._bases),
-                    b"".join(b.blob for b in self._bases), self._meta, pool=self._pool)
+        return write_index(f, self.num_classes, encoding, index, basis_table(self._bases),
+                           b"".join(b.blob for b in self._bases), self._meta, pool=self._pool)
 
     def abort(self, keep_partial: bool = False) -> None:
         """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""

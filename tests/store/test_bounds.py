@@ -18,7 +18,7 @@ from score_codec.store.layout import IMAGE_INDEX_DTYPE
 from score_codec.store.meta import ROW_DTYPE
 from score_codec.store.record import FLAG_ZSTD, HEADER, MAGIC, pack_record, unpack_record
 
-from tests.common import make_meta, reseal, teacher_like_logits
+from tests.common import downgrade, edit_toc, make_meta, reseal, teacher_like_logits
 
 #: no check below may allocate more than this on its way to the error
 PEAK_BYTES = 64 * 2**20
@@ -49,21 +49,38 @@ def _replace(path, name, **create):
         f.create_dataset(name, **create)
 
 
+def _claim_rows(n, name, itemsize):
+    def edit(toc):
+        toc["datasets"][name].update(shape=[n], bytes=n * itemsize)
+    return edit
+
+
 @pytest.mark.parametrize("single", [False, True])
 def test_an_index_table_claiming_1e12_rows_is_refused(tmp_path, single):
     path = _store(tmp_path, "s.h5" if single else "s.store")
     index = path if single else path / "index.h5"
+    edit_toc(index, _claim_rows(10**12, "images", IMAGE_INDEX_DTYPE.itemsize))
+    reseal(path, rebuild=False)
+    err = _bounded(lambda: sc.LabelStore(path), SizeLimitError)
+    assert "/images" in str(err) and "can hold" in str(err)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_an_unchecked_index_table_claiming_1e12_rows_is_refused(tmp_path, single):
+    path = _store(tmp_path, "s.h5" if single else "s.store")
+    downgrade(path)
+    index = path if single else path / "index.h5"
     # HDF5 allocates chunks lazily: a 10^12-row table costs the file a few bytes
     _replace(index, "images", shape=(10**12,), dtype=IMAGE_INDEX_DTYPE, chunks=(1024,))
     reseal(path)
-    err = _bounded(lambda: sc.LabelStore(path), SizeLimitError)
+    err = _bounded(lambda: sc.LabelStore(path, allow_unchecked=True), SizeLimitError)
     assert "/images" in str(err) and "can hold" in str(err)
 
 
 def test_aug_rows_claiming_5e7_rows_are_refused(tmp_path):
     path = _store(tmp_path)
-    _replace(path / "index.h5", "aug/rows", shape=(5 * 10**7,), dtype=ROW_DTYPE, chunks=(4096,), compression="gzip")
-    reseal(path)
+    edit_toc(path / "index.h5", _claim_rows(5 * 10**7, "aug/rows", ROW_DTYPE.itemsize))
+    reseal(path, rebuild=False)
     store = sc.LabelStore(path)
     err = _bounded(lambda: store.aug, SizeLimitError)
     assert "/aug/rows" in str(err)
@@ -115,19 +132,15 @@ def test_a_dangling_link_inside_a_store_is_named_by_stats_and_info(tmp_path, cap
 
 def test_an_unreadable_shard_is_a_problem_in_verify(tmp_path, monkeypatch, capsys):
     path = _store(tmp_path)
-    import builtins
-
-    from score_codec.store import integrity
-
     shard = str(path / "shards" / "shard-00000.h5")
-    real_open = builtins.open
+    real_open = os.open
 
     def deny(file, *a, **kw):
         if os.fspath(file) == shard:
             raise PermissionError(13, "Permission denied", shard)
         return real_open(file, *a, **kw)
 
-    monkeypatch.setattr(integrity, "open", deny, raising=False)
+    monkeypatch.setattr(os, "open", deny)
     problems = sc.LabelStore(path).verify()
     assert problems and all("shard-00000.h5" in p and "Permission denied" in p for p in problems)
     assert main(["verify", str(path)]) == 1

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import score_codec as sc
 from score_codec.errors import ScoreError
 
-from tests.common import all_files, damage_file, make_meta, reseal, run_isolated, teacher_like_logits
+from tests.common import (all_files, damage_file, edit_toc, make_meta, reseal, run_isolated, run_isolated_report,
+                          teacher_like_logits)
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "40"))
 #: cases of the slow campaign per store kind (SCORE_FUZZ_CAMPAIGN overrides)
@@ -43,6 +44,7 @@ def _read_everything(path):
 
 
 def _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed):
+    """Damage a copy of store ``which`` and read it in a child: (outcome, peak bytes, description)."""
     work = tmp_path_factory.mktemp("case") / which
     src = pristine / which
     shutil.copytree(src, work) if src.is_dir() else shutil.copy(src, work)
@@ -51,39 +53,111 @@ def _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resea
     damage_file(victim, pos, mode, nbytes)
     if resealed:
         try:
-            reseal(work)        # checksums recomputed: the damage reaches the parsers behind them
+            reseal(work, rebuild=False)   # checksums recomputed: the damage reaches the parsers behind them
         except Exception:       # the damage hit what resealing reads (the manifest): fuzz it as it is
             pass
-    outcome = run_isolated(lambda: _read_everything(str(work)), timeout=READ_SECONDS, memory=READ_MEMORY)
-    assert outcome == "ok" or outcome.startswith("score-error"), (
-        f"{which}: {os.path.relpath(victim, work)} {mode} {nbytes} bytes at {pos:.4f}"
-        f"{' (resealed)' if resealed else ''}: {outcome}")
+    outcome, peak = run_isolated_report(lambda: _read_everything(str(work)), timeout=READ_SECONDS, memory=READ_MEMORY)
+    what = (f"{which}: {os.path.relpath(victim, work)} {mode} {nbytes} bytes at {pos:.4f}"
+            f"{' (resealed)' if resealed else ''}: {outcome}")
     shutil.rmtree(work.parent, ignore_errors=True)
+    return outcome, peak, what
+
+
+def _acceptable(outcome):
+    return outcome == "ok" or outcome.startswith("score-error")
 
 
 @pytest.mark.timeout(300)
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.sampled_from(["s.store", "s.h5"]), file_pick=st.integers(0, 100), pos=st.floats(0, 1),
-       mode=st.sampled_from(["flip", "truncate", "zero"]), nbytes=st.integers(1, 64))
-def test_damaged_store_raises_only_score_errors(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes):
-    _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed=False)
+       mode=st.sampled_from(["flip", "truncate", "zero"]), nbytes=st.integers(1, 64), resealed=st.booleans())
+def test_damaged_store_raises_only_score_errors(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes,
+                                                resealed):
+    outcome, peak, what = _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed)
+    assert _acceptable(outcome), what
+    assert peak < READ_MEMORY, f"{what}: peak {peak} bytes"
+
+
+def _toc_values():
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                        st.text(max_size=20))
+    return st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                        st.dictionaries(st.text(max_size=12), kids, max_size=4)),
+                        max_leaves=20)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["s.store", "s.h5"]), data=st.data())
+def test_forged_table_of_contents_raises_only_score_errors(pristine, tmp_path_factory, which, data):
+    """A table of contents with valid checksums but forged content (docs/FORMAT.md 2.2): entries replaced,
+    removed or given random values reach the header parser itself."""
+    work = tmp_path_factory.mktemp("toc") / which
+    src = pristine / which
+    shutil.copytree(src, work) if src.is_dir() else shutil.copy(src, work)
+    index = work if which.endswith(".h5") else work / "index.h5"
+    names = ["images", "bases/table", "bases/blob", "aug/rows", "aug/batches", "aug/images"]
+    fields = ["offset", "bytes", "dtype", "shape", "crc32"]
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(fields + ["*"]), _toc_values(),
+                                         st.booleans()), min_size=1, max_size=4))
+    attr_edit = data.draw(st.one_of(st.none(), st.tuples(st.sampled_from(["format_version", "num_classes", "encoding",
+                                                                            "manifest"]), _toc_values())))
+
+    def edit(toc):
+        for name, field, value, drop in edits:
+            entry = toc["datasets"].get(name)
+            if field == "*":
+                toc["datasets"][name] = value
+            elif isinstance(entry, dict) and drop:
+                entry.pop(field, None)
+            elif isinstance(entry, dict):
+                entry[field] = value
+        if attr_edit is not None:
+            toc["attrs"]["/"][attr_edit[0]] = attr_edit[1]
+
+    edit_toc(index, edit)
+    reseal(work, rebuild=False)
+    outcome, peak = run_isolated_report(lambda: _read_everything(str(work)), timeout=READ_SECONDS, memory=READ_MEMORY)
+    shutil.rmtree(work.parent, ignore_errors=True)
+    assert _acceptable(outcome), f"{which}: {edits} {attr_edit}: {outcome}"
+    assert peak < READ_MEMORY
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(4 * 3600)
+@pytest.mark.timeout(8 * 3600)
 @pytest.mark.parametrize("which", ["s.store", "s.h5"])
 @pytest.mark.parametrize("resealed", [False, True])
 def test_fuzz_campaign(pristine, tmp_path_factory, which, resealed):
-    """CAMPAIGN_EXAMPLES damaged stores of one kind, with or without their checksums recomputed."""
+    """CAMPAIGN_EXAMPLES damaged stores of one kind, with or without their checksums recomputed; the
+    outcome counts and the peak memory per read go to $SCORE_FUZZ_REPORT (JSON lines) when it is set."""
+    import collections
+    import json
+    import time
+
+    counts, peaks, bad = collections.Counter(), [], []
+    start = time.monotonic()
 
     @settings(max_examples=CAMPAIGN_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(file_pick=st.integers(0, 100), pos=st.floats(0, 1), mode=st.sampled_from(["flip", "truncate", "zero"]),
            nbytes=st.integers(1, 64))
     def run(file_pick, pos, mode, nbytes):
-        _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed)
+        outcome, peak, what = _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed)
+        kind = ("ok" if outcome == "ok" else "score-error" if outcome.startswith("score-error") else
+                outcome.split(":")[0])
+        counts[kind] += 1
+        peaks.append(peak)
+        if not _acceptable(outcome) or peak >= READ_MEMORY:
+            bad.append(what)
 
     run()
+    row = {"store": which, "resealed": resealed, "cases": sum(counts.values()), "outcomes": dict(counts),
+           "peak_mb": round(max(peaks) / 2**20, 1), "median_peak_mb": round(float(np.median(peaks)) / 2**20, 1),
+           "failures": bad[:20], "seconds": round(time.monotonic() - start)}
+    if os.environ.get("SCORE_FUZZ_REPORT"):
+        with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    assert not bad, bad[:20]
 
 
 @pytest.mark.timeout(60)
