@@ -95,10 +95,11 @@ def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index:
 
 
 def write_index_file(path: str, num_classes: int, encoding: Dict[str, Any], index: np.ndarray, table: np.ndarray,
-                     blob: bytes, meta: AugMeta) -> None:
-    """Write a directory store's ``index.h5`` at ``path`` with its table of contents, durably."""
+                     blob: bytes, meta: AugMeta, pool: Optional[Dict[str, Any]] = None) -> None:
+    """Write a directory store's ``index.h5`` at ``path`` with its table of contents, durably (``pool`` as
+    in :func:`write_index`)."""
     with h5py.File(path, "w", userblock_size=USERBLOCK_BYTES) as f:
-        toc = write_toc(f, write_index(f, num_classes, encoding, index, table, blob, meta))
+        toc = write_toc(f, write_index(f, num_classes, encoding, index, table, blob, meta, pool=pool))
     write_toc_prefix(path, toc)
     fsync_file(path)
 

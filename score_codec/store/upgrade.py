@@ -102,5 +102,6 @@ def _write(old: LabelStore, tmp: str, single: bool) -> None:
             f.create_dataset(RECORDS_DATASET, data=data)   # contiguous: records are read by offset
         fsync_file(fn)
         members.append(shard_entry(fn, len(data)))
-    write_index_file(os.path.join(tmp, INDEX_FILE), old.num_classes, old.encoding, old.index, table, blob, meta)
+    write_index_file(os.path.join(tmp, INDEX_FILE), old.num_classes, old.encoding, old.index, table, blob, meta,
+                     pool=old.pool)
     write_manifest_file(tmp, make_manifest(len(old), old.num_classes, sizes, tmp, members))

@@ -383,9 +383,9 @@ class StoreWriter:
                 write_toc_prefix(self.tmp, toc)   # written last: marks completeness
                 fsync_file(self.tmp)
             else:
-                encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
-                write_index_file(os.path.join(self.tmp, INDEX_FILE), self.num_classes, encoding, index,
-                                 basis_table(self._bases), b"".join(b.blob for b in self._bases), self._meta)
+                write_index_file(os.path.join(self.tmp, INDEX_FILE), self.num_classes, self._encoding(), index,
+                                 basis_table(self._bases), b"".join(b.blob for b in self._bases), self._meta,
+                                 pool=self._pool)
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp, self._shard_members)
                 # the journal stays until the store is in place: a complete store interrupted before that
                 # is resumed (and moved in) rather than encoded again
@@ -409,11 +409,15 @@ class StoreWriter:
         if self._lock is not None:
             self._lock.release()
 
-    def _write_index(self, f: h5py.File, index: np.ndarray) -> Dict[str, Any]:
+    def _encoding(self) -> Dict[str, Any]:
+        """The index's ``encoding`` attribute: the options, the codec's config and how a ratio was split."""
         encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
         if self._allocation is not None:
             encoding["allocation"] = self._allocation
-        return write_index(f, self.num_classes, encoding, index, basis_table(self._bases),
+        return encoding
+
+    def _write_index(self, f: h5py.File, index: np.ndarray) -> Dict[str, Any]:
+        return write_index(f, self.num_classes, self._encoding(), index, basis_table(self._bases),
                            b"".join(b.blob for b in self._bases), self._meta, pool=self._pool)
 
     def abort(self, keep_partial: bool = False) -> None:
