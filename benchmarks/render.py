@@ -101,7 +101,8 @@ def headline_table(j: Dict[str, Any], targets=HEADLINE_TARGETS) -> str:
         if b is None:
             continue
         o, p = b["ours"], b["peer"]
-        lines.append(f"| {t:g}x | ours: {o['name'] if o else 'n/a'} | {pct(o)} | "
+        mine = "n/a" if o is None else o["name"] if o["name"].startswith("ours") else f"ours: {o['name']}"
+        lines.append(f"| {t:g}x | {mine} | {pct(o)} | "
                      f"{p['name'] if p else 'n/a'} | {pct(p)} |")
     prov = j.get("provenance") or {}
     lines += ["", f"{j['num_classes']} classes of 32-pixel CJK glyphs, {j['images']:,} images x {j['label_epochs']} "

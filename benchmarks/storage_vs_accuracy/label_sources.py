@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["LabelSource", "LogitSource", "StoreSource", "TopKSource", "PoolSource", "HardLabelSource", "BatchTable",
-           "rows_to_probs", "kd_metrics"]
+__all__ = ["LabelSource", "LogitSource", "StoreSource", "PooledStoreSource", "TopKSource", "PoolSource",
+           "HardLabelSource", "BatchTable", "rows_to_probs", "kd_metrics"]
 
 Step = Tuple[int, int]  # (label epoch, batch index within that epoch)
 
@@ -125,10 +125,47 @@ class StoreSource(LabelSource):
         return rows_to_probs(torch.as_tensor(rows), T)
 
 
+class PooledStoreSource(StoreSource):
+    """A store written by the library's automatic allocation, replayed as the library replays it.
+
+    The store may keep n of the source's K label epochs (``store.kept_epochs``; every epoch when it is
+    not pooled).  Training epoch e replays view ``store.view_for_epoch(e)`` of every image, whose labels
+    came from source epoch ``kept_epochs[view]``: the epoch visits that source epoch's stored batches in
+    stored order (their images and replayed views), and its targets are the store's rows of that view.
+    """
+
+    def __init__(self, path: str, name: Optional[str] = None) -> None:
+        super().__init__(path, name)
+        kept = self.store.kept_epochs
+        self.kept = list(range(self.store.source_epochs)) if kept is None else [int(e) for e in kept]
+        self._view = {e: j for j, e in enumerate(self.kept)}
+
+    def label_epoch(self, epoch: int) -> int:
+        """The source (label) epoch that training epoch ``epoch`` replays."""
+        return self.kept[self.store.view_for_epoch(epoch) % len(self.kept)]
+
+    def schedule(self, table: BatchTable, train_epochs: int, seed: int) -> List[List[Step]]:
+        return [[(le, b) for b in range(table.per_epoch)]
+                for le in (self.label_epoch(e) for e in range(train_epochs))]
+
+    def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
+        if int(epoch) not in self._view:
+            raise ValueError(f"{self.store.path}: label epoch {epoch} is not kept (kept: {self.kept})")
+        ids = np.asarray(image_ids, dtype=np.int64)
+        rows = self.store.rows(ids, np.full(len(ids), self._view[int(epoch)], dtype=np.int64))
+        return rows_to_probs(torch.as_tensor(rows), T)
+
+    def stored_mask(self, table: BatchTable) -> np.ndarray:
+        n = int(table.rows["image"].max()) + 1
+        m = np.zeros((n, table.epochs), dtype=bool)
+        m[:, self.kept] = True
+        return m
+
+
 class TopKSource(LabelSource):
     """Top-k peers: ``k`` fp16 values plus ``k`` int16 class indices per row (4k bytes).
 
-    * ``kind="mr"`` -- LPQLD MR-k: the top-k *logits* are stored; decoding is ``softmax(topk / T)`` over
+    * ``kind="mr"`` -- MR-k (LPQLD's label coding): the top-k *logits* are stored; decoding is ``softmax(topk / T)`` over
       the k values only, scattered into a zero C-vector (``train_FKD_LPQLD.py``).
     * ``kind="fkd"`` -- FKD top-k with marginal smoothing: the top-k *probabilities* are stored (ours:
       computed at the training temperature T, the most favourable choice for a T=20 student; FKD's own
@@ -149,7 +186,7 @@ class TopKSource(LabelSource):
         self.mask = mask
         self.rows_kept = int(mask.sum()) if mask is not None else n * K
         self.label_bytes = self.rows_kept * 4 * self.k
-        self.name = name or f"{'LPQLD MR' if kind == 'mr' else 'FKD top'}-{self.k}"
+        self.name = name or f"{'MR' if kind == 'mr' else 'FKD top'}-{self.k}"
 
     def targets(self, epoch: int, image_ids: np.ndarray, T: float) -> torch.Tensor:
         ids = torch.as_tensor(np.asarray(image_ids, dtype=np.int64))

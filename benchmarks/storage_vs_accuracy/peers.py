@@ -1,37 +1,47 @@
-"""Peer soft-label compression methods at a matched byte budget (fkd-dump-formats.md sections 2, 3.4, 3.5).
+"""Peer soft-label compression methods at a matched byte budget.
 
 Budget: a target ratio ``X`` against the fp16 dump means at most ``N * K * 2C / X`` label bytes.
 
 * **LPLD** label-pool pruning keeps the first ``1 - r`` share of stored batches: ``r = 1 - 1/X``
   (0.9 / 0.95 / 0.967 at 10x / 20x / 30x; LPLD's own 0.97 is 33x).  Labels of kept rows are exact fp16.
-* **LPQLD MR-k** stores per kept row the top-k logits (fp16) and their class ids (int16): 4k bytes.
-  Without pruning ``k = floor(2C / (4X))``; where that is below 1 we follow LPQLD's reproduce recipe and
-  prune first (``r = 0.9``), then ``k = floor(2C / (4 X (1 - r)))``.  ``k < 1`` even then: "n/a".
+* **MR-k** alone (LPQLD's label coding without its pruning) stores per row the top-k logits (fp16) and
+  their class ids (int16): 4k bytes, ``k = floor(2C / (4X))``; "n/a" when k < 1.
+* **LPQLD** as its authors compose it: keep ``1/p`` of the stored batches (LPLD's pool and sampling),
+  then MR-k on the kept rows, ``k = floor(2C p / (4X))``.  The benchmark sweeps p (``Config.lpqld_splits``)
+  and each split is its own row (``LPQLD keep 1/p + MR-k``); the best-per-budget table picks the best.
 * **FKD top-k** with marginal smoothing: 4k bytes per row, ``k = floor(2C / (4X))``; "n/a" when < 1.
 * **fp16 + zstd**: the raw dump's logits, each stored batch compressed with zstd (lossless).
+
+Ours: the global codec coding every row (``pool=False``), ours + pool (a fixed split: ``pool_inner``),
+and the library default (``score_codec.encode(Y, path, ratio=X, quant="int8")``: the library's automatic
+pool-and-code allocation).
 
 With 10 classes a row is only 20 bytes, so top-k methods cannot reach 10x at all (4 bytes per kept
 entry); with 1000 classes they reach 100x with k = 5.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource, LogitSource, PoolSource, StoreSource, TopKSource
+from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSource, LogitSource, PooledStoreSource,
+                                                          PoolSource, StoreSource, TopKSource)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "fp16_zstd_bytes", "PeerVariant", "LazyVariant", "build_peers",
-           "ours", "ours_pooled", "storage_variants"]
+__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
+           "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants", "LIBRARY_QUANT"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
+#: the factor quantisation the library-default variant asks for
+LIBRARY_QUANT = "int8"
 
 
 def lpld_prune_ratio(x: float) -> float:
@@ -45,12 +55,27 @@ def topk_k(num_classes: int, x: float, keep: float = 1.0) -> int:
 
 
 def lpqld_params(num_classes: int, x: float) -> Optional[Tuple[float, int]]:
-    """``(prune_ratio, k)`` of LPQLD at ratio ``x``, or None when no k >= 1 fits."""
+    """``(prune_ratio, k)`` of the single LPQLD row earlier versions of the benchmark built at ratio ``x``
+    (MR-k alone where k >= 1 fits, else LPQLD's reproduce recipe r = 0.9 then MR-k), or None when no k >= 1
+    fits.  Its students were cached under the id ``lpqld@X``; see :func:`legacy_lpqld_vid`."""
     k = topk_k(num_classes, x)
     if k >= 1:
         return 0.0, k
     k = topk_k(num_classes, x, keep=1.0 - LPQLD_PRUNE)
     return (LPQLD_PRUNE, k) if k >= 1 else None
+
+
+def legacy_lpqld_vid(num_classes: int, x: float, split: Optional[int]) -> Optional[str]:
+    """``"lpqld@X"`` when the variant (MR-k alone: ``split`` None; LPQLD keeping 1/``split``) has exactly
+    the targets and schedule of that earlier row (:func:`lpqld_params`), so its cached students are reused;
+    None otherwise."""
+    p = lpqld_params(num_classes, x)
+    if p is None:
+        return None
+    r, _ = p
+    if (split is None and r == 0) or (split is not None and r > 0 and abs((1 - r) * split - 1) < 1e-9):
+        return f"lpqld@{x:g}"
+    return None
 
 
 def fp16_zstd_bytes(Y: torch.Tensor, table: BatchTable, level: int = 3) -> int:
@@ -72,10 +97,13 @@ class PeerVariant:
     why); ``same_as`` names a variant with bit-identical targets whose students are reused."""
 
     def __init__(self, vid: str, family: str, ratio: float, source: Optional[LabelSource], note: str = "",
-                 same_as: Optional[str] = None, name: Optional[str] = None) -> None:
+                 same_as: Optional[str] = None, name: Optional[str] = None,
+                 extra: Optional[Dict[str, object]] = None) -> None:
         self.vid, self.family, self.ratio, self.source, self.note = vid, family, float(ratio), source, note
         self.same_as = same_as
         self.name = name or (source.name if source is not None else vid)
+        #: row fields beyond the metrics (keep_epochs, inner_ratio, probe_kl_t1 of an allocation)
+        self.extra = dict(extra or {})
 
 
 class LazyVariant:
@@ -84,8 +112,10 @@ class LazyVariant:
     and metrics, or skip it, without paying its encode."""
 
     def __init__(self, vid: str, family: str, ratio: float, make: Callable[[], PeerVariant],
-                 name: Optional[str] = None, same_as: Optional[str] = None) -> None:
+                 name: Optional[str] = None, same_as: Optional[str] = None, legacy: Optional[str] = None) -> None:
         self.vid, self.family, self.ratio, self.same_as = vid, family, float(ratio), same_as
+        #: the id an earlier version of the benchmark gave the same targets (its students are this variant's)
+        self.legacy = legacy
         self._make, self._built, self._name = make, None, name or vid
 
     def build(self) -> PeerVariant:
@@ -105,11 +135,15 @@ class LazyVariant:
     def name(self) -> str:
         return self._built.name if self._built is not None else self._name
 
+    @property
+    def extra(self) -> Dict[str, object]:
+        return self.build().extra
+
 
 def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bool = True,
-                topk: bool = True) -> List[PeerVariant]:
-    """LPLD (``lpld``), LPQLD and FKD (``topk``) variants for target ratio ``x`` (x = 1: only the top-k
-    methods; LPLD at 1x is the raw dump)."""
+                topk: bool = True, splits: Sequence[int] = ()) -> List[PeerVariant]:
+    """LPLD (``lpld``), MR-k alone and FKD (``topk``) and LPQLD keeping 1/p of the batches for each p of
+    ``splits`` for target ratio ``x`` (x = 1: no LPLD; LPLD at 1x is the raw dump)."""
     c = int(Y.shape[-1])
     out: List[PeerVariant] = []
     if lpld and x > 1:
@@ -119,30 +153,42 @@ def build_peers(x: float, Y: torch.Tensor, table: BatchTable, T: float, lpld: bo
                                                                          name=f"LPLD r={r:.3f}")))
         except ValueError as exc:
             out.append(PeerVariant(f"lpld@{x:g}", "LPLD", x, None, f"n/a: {exc}"))
-    if not topk:
-        return out
-    p = lpqld_params(c, x)
-    if p is None:
-        out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, None, f"n/a: 4 B per top-k entry > {2 * c / x / (1 - LPQLD_PRUNE):.2f} B/row even after pruning r=0.9"))
-    else:
-        r, k = p
-        if r == 0:
-            out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, TopKSource(Y, k, "mr", T, name=f"LPQLD MR-{k}")))
-        else:
-            inner = TopKSource(Y, k, "mr", T)
-            try:
-                pool = PoolSource(inner, table, r, name=f"LPQLD r={r:g} MR-{k}")
-            except ValueError as exc:
-                out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, None, f"n/a: {exc}"))
-            else:
-                inner.mask = pool.stored_mask(table)
-                out.append(PeerVariant(f"lpqld@{x:g}", "LPQLD", x, pool))
     k = topk_k(c, x)
-    if k >= 1:
-        out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, TopKSource(Y, k, "fkd", T, name=f"FKD top-{k} MS")))
-    else:
-        out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, None, f"n/a: top-1 needs 4 B/row > {2 * c / x:.2f} B/row"))
+    if topk:
+        if k >= 1:
+            out.append(PeerVariant(f"mrk@{x:g}", "MR-k", x, TopKSource(Y, k, "mr", T, name=f"MR-{k}")))
+        else:
+            out.append(PeerVariant(f"mrk@{x:g}", "MR-k", x, None,
+                                   f"n/a: top-1 needs 4 B/row > {2 * c / x:.2f} B/row (LPQLD prunes first)"))
+    for p in splits:
+        out.append(_lpqld(x, int(p), Y, table, T))
+    if topk:
+        if k >= 1:
+            out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, TopKSource(Y, k, "fkd", T, name=f"FKD top-{k} MS")))
+        else:
+            out.append(PeerVariant(f"fkd@{x:g}", "FKD", x, None, f"n/a: top-1 needs 4 B/row > {2 * c / x:.2f} B/row"))
     return out
+
+
+def _lpqld(x: float, p: int, Y: torch.Tensor, table: BatchTable, T: float) -> PeerVariant:
+    """LPQLD at ratio ``x``: keep the first 1/``p`` of the stored batches (LPLD's pool and sampling), MR-k on
+    their rows with the largest k the budget pays for."""
+    c = int(Y.shape[-1])
+    vid = f"lpqld-p{p}@{x:g}"
+    k = topk_k(c, x, keep=1.0 / p)
+    if k < 1:
+        return PeerVariant(vid, "LPQLD", x, None, f"n/a: keep 1/{p}: top-1 needs 4 B/kept row > "
+                                                   f"{2 * c * p / x:.2f} B/kept row", name=f"LPQLD keep 1/{p}")
+    if k >= c:
+        return PeerVariant(vid, "LPQLD", x, None, f"n/a: keep 1/{p} pays for every class of the kept rows "
+                                                   "(LPLD at a lower prune ratio does better)", name=f"LPQLD keep 1/{p}")
+    inner = TopKSource(Y, k, "mr", T)
+    try:
+        pool = PoolSource(inner, table, 1.0 - 1.0 / p, name=f"LPQLD keep 1/{p} + MR-{k}")
+    except ValueError as exc:
+        return PeerVariant(vid, "LPQLD", x, None, f"n/a: {exc}", name=f"LPQLD keep 1/{p}")
+    inner.mask = pool.stored_mask(table)
+    return PeerVariant(vid, "LPQLD", x, pool, extra=dict(keep_share=round(1.0 / p, 6), k=k))
 
 
 def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
@@ -197,15 +243,66 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     r = 1.0 - keep / table.epochs
     src = PoolSource(sub.source, table, r, name=f"{method}@{inner:g}x on {keep}/{table.epochs} epochs",
                      inner_pooled=True)
-    return PeerVariant(vid, "ours+pool", x, src)
+    return PeerVariant(vid, "ours+pool", x, src, extra=dict(keep_epochs=keep, inner_ratio=float(inner)))
+
+
+def library_default(x: float, Y: torch.Tensor, labels, path: str) -> PeerVariant:
+    """The library's default at ratio ``x``: ``score_codec.encode(Y, path, ratio=x, quant="int8")`` (the
+    global codec with automatic pool-and-code allocation), replayed as the library replays a pooled store
+    (:class:`~benchmarks.storage_vs_accuracy.label_sources.PooledStoreSource`).  The encode's allocation
+    (``keep_epochs``, ``inner_ratio`` and its probe ``kl_t1``, reported as ``probe_kl_t1``) is kept in
+    ``<path>.encode.json``; a BudgetError is "n/a" with the library's message."""
+    from score_codec import encode
+    from score_codec.errors import ScoreError
+
+    vid = f"library@{x:g}"
+    name = "ours: library default"
+    info = path + ".encode.json"
+    if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
+        try:
+            st = encode(Y, path, ratio=float(x), quant=LIBRARY_QUANT, labels=labels, overwrite=True)
+        except ScoreError as exc:
+            log.info("%s: %s", vid, exc)
+            return PeerVariant(vid, "library", x, None, f"n/a: {exc}", name=name)
+        with open(info + ".tmp", "w") as fh:
+            json.dump({k: st.get(k) for k in ("keep_epochs", "source_epochs", "inner_ratio", "kl_t1", "ratio")}, fh)
+        os.replace(info + ".tmp", info)
+    with open(info) as fh:
+        st = json.load(fh)
+    extra = dict(keep_epochs=st.get("keep_epochs"), inner_ratio=st.get("inner_ratio"), probe_kl_t1=st.get("kl_t1"))
+    keep, k = st.get("keep_epochs"), st.get("source_epochs") or int(Y.shape[1])
+    label = name + (f" (keeps {keep}/{k} epochs at {st['inner_ratio']:.3g}x)" if keep is not None and keep < k and
+                    st.get("inner_ratio") else " (every epoch)")
+    try:   # decode once: a store the library wrote but cannot read is reported, not fatal
+        src = PooledStoreSource(path, name=label)
+        src.targets(src.kept[0], np.arange(min(len(Y), 4)), 1.0)
+    except ScoreError as exc:
+        log.warning("%s: written but unreadable: %s", vid, exc)
+        return PeerVariant(vid, "library", x, None, f"error (library bug): {type(exc).__name__}: {exc}", name=name)
+    return PeerVariant(vid, "library", x, src, extra=extra)
+
+
+def _peer_name(family: str, c: int, x: float, split: Optional[int]) -> str:
+    """The display name of a peer row, known before it is built (the name its built source gets)."""
+    if family == "LPLD":
+        return f"LPLD r={lpld_prune_ratio(x):.3f}"
+    k = topk_k(c, x, keep=1.0 / split if split else 1.0)
+    if family == "MR-k":
+        return f"MR-{k}" if k >= 1 else "MR-k"
+    if family == "LPQLD":
+        return f"LPQLD keep 1/{split} + MR-{k}" if 1 <= k < c else f"LPQLD keep 1/{split}"
+    return f"FKD top-{k} MS" if k >= 1 else "FKD top-k"
 
 
 def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[LazyVariant]:
     """Every variant of the storage sweep: raw fp16, fp16 + zstd, then per target ratio in ``cfg.ratios``
-    our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row) and the peers.
+    our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row), the library
+    default (``cfg.library_default``), ours + pool and the peers (LPQLD once per split of ``cfg.lpqld_splits``).
     ``classes`` (N,) are the images' classes (``method="shared"`` fits one basis per class).  Each is built
     (encoded under ``store_dir``) only when its source is first used.  Order: raw and fp16 + zstd, then
-    target by target our first codec, ours + pool and the peers, then our other codecs."""
+    target by target our first codec, the library default, ours + pool and the peers, then our other codecs.
+    MR-k and LPQLD variants whose targets an earlier version of the benchmark built under the id
+    ``lpqld@X`` carry it as ``legacy`` (their cached students are reused)."""
     os.makedirs(store_dir, exist_ok=True)
     out = [LazyVariant("raw", "raw", 1, lambda: PeerVariant("raw", "raw", 1, LogitSource(Y, "raw fp16 (SRe2L dump)")),
                        name="raw fp16 (SRe2L dump)"),
@@ -228,25 +325,35 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             x, m, r, Y, cls, path, cfg.quant, cc or None), name=tag))
     pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
     peers_at = getattr(cfg, "peers_at", None)
+    c = int(Y.shape[-1])
     for x in cfg.ratios:
+        if getattr(cfg, "library_default", True):
+            path = os.path.join(store_dir, f"library_x{x:g}")
+            out.append(LazyVariant(f"library@{x:g}", "library", x, lambda x=x, path=path: library_default(
+                x, Y, cls, path), name="ours: library default"))
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
             path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
             out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
                                    lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
                                                                       cfg.quant, cc or None)))
         lpld_at = getattr(cfg, "lpld_at", None) or peers_at
+        lpqld_at = getattr(cfg, "lpqld_at", None) or peers_at
         topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
+        splits = tuple(getattr(cfg, "lpqld_splits", ()) or ()) if lpqld_at is None or x in lpqld_at else ()
         group: Dict[str, PeerVariant] = {}
 
-        def peer(vid: str, x=x, topk=topk, lpld=lpld, group=group) -> PeerVariant:
-            if not group:   # the peers of one target are built together (LPQLD and FKD share the top-k pass)
-                group.update((v.vid, v) for v in build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk))
+        def peer(vid: str, x=x, topk=topk, lpld=lpld, splits=splits, group=group) -> PeerVariant:
+            if vid not in group:   # the peers of one target are built together
+                group.update((v.vid, v) for v in build_peers(x, Y, table, cfg.T, lpld=lpld, topk=topk, splits=splits))
             return group[vid]
 
-        wanted = ([("lpld", "LPLD")] if lpld and x > 1 else []) + ([("lpqld", "LPQLD"), ("fkd", "FKD")] if topk else [])
-        for p, family in wanted:
-            vid = f"{p}@{x:g}"
-            out.append(LazyVariant(vid, family, x, lambda vid=vid, peer=peer: peer(vid)))
+        wanted = ([("lpld@", "LPLD", None)] if lpld and x > 1 else []) + ([("mrk@", "MR-k", None)] if topk else []) + \
+            [(f"lpqld-p{p}@", "LPQLD", int(p)) for p in splits] + ([("fkd@", "FKD", None)] if topk else [])
+        for p, family, split in wanted:
+            vid = f"{p}{x:g}"
+            legacy = legacy_lpqld_vid(c, x, split) if family in ("MR-k", "LPQLD") else None
+            out.append(LazyVariant(vid, family, x, lambda vid=vid, peer=peer: peer(vid), legacy=legacy,
+                                   name=_peer_name(family, c, x, split)))
     # the order a time-limited run builds them in: target by target, the comparison the benchmark is for
     # (our first codec, ours + pool, the peers) before our other codecs and residual variants
     first = {f"{_ours_tag(cfg.codecs[0], 0, cfg.quant, cc or None)}@{x:g}" for x in cfg.ratios}

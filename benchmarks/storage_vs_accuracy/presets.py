@@ -52,6 +52,9 @@ class Config:
     codec_config: Optional[Tuple[Tuple[str, Any], ...]] = None   # our codecs' codec_config, as (key, value) pairs
     peers_at: Optional[Tuple[float, ...]] = None   # targets with peer rows (None: all)
     lpld_at: Optional[Tuple[float, ...]] = None    # targets with an LPLD row (None: peers_at); top-k peers: peers_at
+    lpqld_splits: Tuple[int, ...] = (3, 10, 30)    # LPQLD keeps 1/p of the batches, one row per p
+    lpqld_at: Optional[Tuple[float, ...]] = None   # targets with LPQLD rows (None: peers_at)
+    library_default: bool = True             # the library's default encode (automatic allocation) at every target
     cache: Optional[str] = None              # step cache shared with another preset (None: this name)
     # students
     student_width: int = 32
@@ -86,13 +89,17 @@ PRESETS: Dict[str, Config] = {
             **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400, "select_methods": ("score", "random"),
             "ipcs": (10,), "sweep_ipc": 10, "label_epochs": 60, "seeds": (0,), "ratios": (10, 30, 100),
             "codecs": ("global", "two-level"), "codecs_high": ("global",), "residual_codecs": (), "peers_at": (10, 30, 100),
+            # LPQLD's split sweep is left to the long presets: one split (1/10, LPQLD's own) at 100x, where MR-k
+            # alone cannot reach
+            "lpqld_splits": (10,), "lpqld_at": (100,),
         }),
     "glyphs-full": Config(
         "glyphs-full", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
             "label_epochs": 100, "select_label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
-            "ratios": (10, 20, 30, 100), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
-            "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
+            "ratios": (10, 20, 30, 100, 300, 1000), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
+            "best_seed_families": ("ours", "library", "ours+pool", "LPLD", "LPQLD"),
+            "best_seed_targets": (10, 30, 100, 300, 1000),
             "double_check": True, "codec_config": (("newton_steps", 0),),   # least squares, as glyphs-1k
         }),
     # The shorter 1000-class run: glyphs-full's teacher, pool and SCORE selection (same cache, so its students
@@ -103,11 +110,27 @@ PRESETS: Dict[str, Config] = {
         "glyphs-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
             "select_methods": ("score",), "label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
-            "best_seed_families": ("ours", "ours+pool", "LPLD"), "best_seed_targets": (10, 30, 100),
-            "ratios": (10, 30, 100), "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (),
-            "peers_at": (10,), "lpld_at": (10, 30, 100), "cache": "glyphs-full", "double_check": True,
+            "best_seed_families": ("ours", "library", "ours+pool", "LPLD", "LPQLD"),
+            "best_seed_targets": (10, 30, 100, 300, 1000),
+            "ratios": (10, 30, 100, 300, 1000), "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (),
+            "peers_at": (10,), "lpld_at": (10, 30, 100, 300, 1000), "lpqld_splits": (10,),
+            "lpqld_at": (100, 300, 1000), "cache": "glyphs-full", "double_check": True,
             # least-squares coefficients: the students train at T = 20, where the KL(T=1) fit buys nothing
             # (see the codec benchmark's many-class table) and costs a slow second pass over 1M rows
+            "codec_config": (("newton_steps", 0),),
+        }),
+    # IPC 1 on 1000 classes: glyphs-full's teacher and candidate pool (same cache), one SCORE image per class,
+    # K = 300 stored epochs (each image only has its own views, so more of them), one pass per label epoch
+    # (300 epochs of 16 batches), three seeds for the reference and the best rows of ours, the library
+    # default, ours + pool, LPLD and LPQLD at every target, and the reference at twice the schedule: the
+    # doubling test decides whether the schedule is long enough.
+    "glyphs-ipc1": Config(
+        "glyphs-ipc1", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
+            **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (1,), "sweep_ipc": 1,
+            "select_methods": ("score",), "label_epochs": 300, "seeds": (0, 1, 2), "pool_inner": 10.0,
+            "ratios": (10, 30, 100, 300, 1000), "codecs": ("global",), "codecs_high": ("global",),
+            "residual_codecs": (), "best_seed_families": ("ours", "library", "ours+pool", "LPLD", "LPQLD"),
+            "best_seed_targets": (10, 30, 100, 300, 1000), "cache": "glyphs-full", "double_check": True,
             "codec_config": (("newton_steps", 0),),
         }),
     # Is glyphs-1k's 100-epoch schedule long enough to rank label variants?  The reference and the 10x and
@@ -123,6 +146,7 @@ PRESETS: Dict[str, Config] = {
             "best_seed_families": ("ours", "LPLD"), "best_seed_targets": (10, 30),
             "pool_inner": None, "hard_labels": False, "ratios": (10, 30), "codecs": ("global",),
             "codecs_high": ("global",), "residual_codecs": (), "peers_at": (), "lpld_at": (10, 30),
+            "lpqld_splits": (), "library_default": False,
             "cache": "glyphs-full", "codec_config": (("newton_steps", 0),),
         }),
     # Fashion-MNIST by the paper's protocol, to convergence: K = 2000 label epochs (every training epoch its own

@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import logging
 import os
 import statistics
 from typing import Any, Dict, List, Optional
 
-__all__ = ["budget_bytes", "meets_budget", "mean_std", "NOT_RUN", "converged", "write_report", "render_markdown",
+__all__ = ["budget_bytes", "meets_budget", "mean_std", "NOT_RUN", "converged", "doubling_gain", "converged_by_doubling",
+           "write_report", "render_markdown",
            "render_console", "best_by_target", "compare", "provenance", "default_command", "FAMILY_ORDER", "JSON_FAMILY"]
 
 log = logging.getLogger(__name__)
-FAMILY_ORDER = ["raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"]
+FAMILY_ORDER = ["raw", "fp16+zstd", "ours", "library", "ours+pool", "LPLD", "LPQLD", "MR-k", "FKD"]
 #: family names of the machine-readable result
-JSON_FAMILY = {"ours": "ours", "ours+pool": "ours+pool", "LPLD": "lpld", "LPQLD": "lpqld", "FKD": "fkd",
-               "fp16+zstd": "zstd", "raw": "raw"}
+JSON_FAMILY = {"ours": "ours", "library": "library", "ours+pool": "ours+pool", "LPLD": "lpld", "LPQLD": "lpqld",
+               "MR-k": "mrk", "FKD": "fkd", "fp16+zstd": "zstd", "raw": "raw"}
 #: display names of the JSON's family names
 FAMILY_DISPLAY = {v: k for k, v in JSON_FAMILY.items()}
-#: the families of the best-per-budget table: ours first, then the peers
-BEST_FAMILIES = ["ours", "ours+pool", "LPLD", "LPQLD", "FKD"]
-#: the schedule is long enough when its last quarter adds less than this (top-1 fraction)
+#: the families of the best-per-budget table: ours first (OURS_FAMILIES), then the peers
+BEST_FAMILIES = ["ours", "library", "ours+pool", "LPLD", "LPQLD", "MR-k", "FKD"]
+OURS_FAMILIES = ("ours", "library", "ours+pool")
+#: the schedule is long enough when twice the schedule gains less than this (top-1 fraction)
 CONVERGED_GAIN = 0.005
 
 
@@ -57,12 +60,34 @@ def mean_std(v: Optional[List[float]]) -> str:
     return f"{m:.2f} ± {100 * statistics.stdev(v):.2f}" if len(v) > 1 else f"{m:.2f}"
 
 
-def converged(curve: List[List[float]]) -> Optional[bool]:
-    """True when the last quarter of the schedule added < 0.5 point of top-1 (None without a curve)."""
+def _last_quarter_gain(curve: List[List[float]]) -> Optional[float]:
     pts = dict((round(f, 4), a) for f, a in curve)
-    if 0.75 not in pts or 1.0 not in pts:
-        return None
-    return pts[1.0] - pts[0.75] < CONVERGED_GAIN
+    return None if 0.75 not in pts or 1.0 not in pts else pts[1.0] - pts[0.75]
+
+
+def converged(curve: List[List[float]]) -> Optional[bool]:
+    """True when the last quarter of the schedule added < 0.5 point of top-1 (None without a curve).  A
+    cosine schedule anneals in its last quarter, so this is informative only; the convergence test is
+    :func:`converged_by_doubling`."""
+    g = _last_quarter_gain(curve)
+    return None if g is None else g < CONVERGED_GAIN
+
+
+def doubling_gain(ref: Dict[str, Any]) -> Optional[float]:
+    """The doubling test's gain (top-1 fraction) of a result's ``reference``: the first seed trained for
+    twice the schedule minus the same seed at the schedule.  ``reference.doubling_gain`` where the JSON has
+    it, else its ``doubled_schedule`` figure (results written before the field existed), else None (not
+    measured)."""
+    if "doubling_gain" in ref:
+        return ref["doubling_gain"]
+    d = ref.get("doubled_schedule")
+    return None if not d else d.get("gain")
+
+
+def converged_by_doubling(ref: Dict[str, Any]) -> Optional[bool]:
+    """True when twice the schedule gains < 0.5 point (:data:`CONVERGED_GAIN`); None when not measured."""
+    g = doubling_gain(ref)
+    return None if g is None else g < CONVERGED_GAIN
 
 
 def _schedule(cfg: Dict[str, Any], info: Dict[str, Any]) -> str:
@@ -94,10 +119,15 @@ def _table_rows(j: Dict[str, Any]) -> List[Dict[str, Any]]:
                note=None)
     out = [raw]
     for r in j["rows"]:
-        out.append(dict(family=FAMILY_DISPLAY.get(r["family"], r["family"]), name=r["variant"], vid=r.get("vid"),
+        fam, name = FAMILY_DISPLAY.get(r["family"], r["family"]), r["variant"]
+        if fam == "LPQLD" and re.fullmatch(r"LPQLD MR-\d+", name or ""):   # results written before MR-k had its
+            fam, name = "MR-k", name[len("LPQLD "):]                      # own family: MR-k alone, no pruning
+        out.append(dict(family=fam, name=name, vid=r.get("vid"),
                         target=r["target_ratio"], label_bytes=r["label_bytes"], kl=r["kl_t"], kl_t1=r["kl_t1"],
                         agree=r.get("agree"), rows_kept=r.get("rows_kept"), top1_mean=r["top1_mean"],
-                        top1_std=r["top1_std"], seeds=r["seeds"], note=r["note"] or ""))
+                        top1_std=r["top1_std"], seeds=r["seeds"], note=r["note"] or "",
+                        keep_epochs=r.get("keep_epochs"), inner_ratio=r.get("inner_ratio"),
+                        probe_kl_t1=r.get("probe_kl_t1")))
     for r in out:
         r.update(rows=rows_n, C=c)
     return out
@@ -129,6 +159,11 @@ def _storage_table(j: Dict[str, Any]) -> List[str]:
         ratio = r["rows"] * 2 * r["C"] / r["label_bytes"] if r["label_bytes"] else float("inf")
         kept = None if r.get("rows_kept") is None else r["rows_kept"] / r["rows"]
         note = r.get("note") or ("" if kept in (None, 1) else f"keeps {100 * kept:.1f}% of rows; KL/agree over kept rows")
+        if r["family"] == "library" and r.get("keep_epochs") is not None:
+            note = (f"allocation: {r['keep_epochs']} of {j['label_epochs']} epochs"
+                    + (f" at {r['inner_ratio']:.3g}x" if r.get("inner_ratio") else "")
+                    + (f", probe KL(T=1) {r['probe_kl_t1']:.3g}" if r.get("probe_kl_t1") is not None else "")
+                    + ("; " + note if note else ""))
         agree = "" if r.get("agree") is None else f"{100 * r['agree']:.1f}%"
         out.append(f"| {r['target']:g}x | {r['name']} | {r['family']} | {r['label_bytes']:,} | "
                    f"{r['label_bytes'] / r['rows']:.3f} | {ratio:.2f}x | {_yes(meets_budget(r))} | "
@@ -163,14 +198,14 @@ def compare(a: Dict[str, Any], b: Dict[str, Any], alpha: float = 0.05) -> str:
 
 def best_by_target(j: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Per target ratio (ascending): ``{"target", "best": {family: row or None}, "ours", "peer"}`` where
-    ``ours`` is the better of ours / ours+pool and ``peer`` the best of LPLD / LPQLD / FKD (rows of
-    :func:`_table_rows`, by mean student top-1)."""
+    ``ours`` is the best of ours / the library default / ours+pool and ``peer`` the best of LPLD / LPQLD /
+    MR-k / FKD (rows of :func:`_table_rows`, by mean student top-1)."""
     rows = [r for r in _table_rows(j) if r["family"] not in ("raw", "fp16+zstd")]
     out = []
     for t in sorted({float(r["target"]) for r in rows}):
         best = {f: _best(rows, f, t) for f in BEST_FAMILIES}
-        mine = [best[f] for f in BEST_FAMILIES[:2] if best[f]]
-        peers = [best[f] for f in BEST_FAMILIES[2:] if best[f]]
+        mine = [best[f] for f in BEST_FAMILIES if f in OURS_FAMILIES and best[f]]
+        peers = [best[f] for f in BEST_FAMILIES if f not in OURS_FAMILIES and best[f]]
         out.append(dict(target=t, best=best, ours=max(mine, key=lambda r: r["top1_mean"]) if mine else None,
                         peer=max(peers, key=lambda r: r["top1_mean"]) if peers else None))
     return out
@@ -179,7 +214,8 @@ def best_by_target(j: Dict[str, Any]) -> List[Dict[str, Any]]:
 def _best_table(j: Dict[str, Any]) -> List[str]:
     """Per target ratio: the best of each family (by mean student top-1), our margins and Welch's test."""
     raw_m = j["reference"]["top1_mean"]
-    fams = BEST_FAMILIES
+    present = {r["family"] for r in _table_rows(j)}
+    fams = [f for f in BEST_FAMILIES if f in present]
     out = ["| target | " + " | ".join(f"best {f}" for f in fams)
            + " | best ours - raw (pt) | best ours - best peer (pt) | best ours vs best peer (Welch) |",
            "|---:|" + "---|" * len(fams) + "---:|---:|---|"]
@@ -206,7 +242,8 @@ def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[s
             target_ratio=float(r["target"]),
             achieved_ratio=(r["rows"] * 2 * r["C"] / r["label_bytes"]) if r.get("label_bytes") else None,
             label_bytes=r.get("label_bytes"), kl_t1=r.get("kl_t1"), kl_t=r.get("kl"), agree=r.get("agree"),
-            rows_kept=r.get("rows_kept"),
+            rows_kept=r.get("rows_kept"), keep_epochs=r.get("keep_epochs"), inner_ratio=r.get("inner_ratio"),
+            probe_kl_t1=r.get("probe_kl_t1"),
             top1_mean=statistics.fmean(t) if t else None, top1_std=statistics.stdev(t) if len(t) > 1 else None,
             seeds=len(t), note=r.get("note") or None))
     raw = next((r for r in rows if r["experiment"] == "storage" and r["family"] == "raw"), {})
@@ -215,11 +252,14 @@ def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[s
     if dbl:
         dbl = dict(epochs=dbl["epochs"], top1=dbl["top1"], gain=dbl["top1"] - t[0],
                    converged=dbl["top1"] - t[0] < CONVERGED_GAIN, curve=dbl["curve"])
+    gain = dbl["gain"] if dbl else None
     return dict(preset=name, dataset=cfg["data"], test=cfg["test"], num_classes=info["classes"],
                 ipc=cfg["sweep_ipc"], images=info["sweep_images"], label_epochs=info["label_epochs"],
                 teacher_top1=info["teacher_top1"], temperature=cfg["T"],
                 reference=dict(top1_mean=statistics.fmean(t), top1_std=statistics.stdev(t) if len(t) > 1 else None,
-                               seeds=len(t), converged=converged(ref["curve"]), curve=ref["curve"],
+                               seeds=len(t), doubling_gain=gain,
+                               converged=None if gain is None else gain < CONVERGED_GAIN,
+                               last_quarter_gain=_last_quarter_gain(ref["curve"]), curve=ref["curve"],
                                doubled_schedule=dbl, label_bytes=raw.get("label_bytes"), kl_t1=raw.get("kl_t1"),
                                kl_t=raw.get("kl"), agree=raw.get("agree")),
                 hard_label_top1=statistics.fmean(hard["top1"]) if hard and hard.get("top1") else None,
@@ -232,7 +272,9 @@ def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[s
 def render_console(j: Dict[str, Any]) -> str:
     """The short results table printed at the end of a run (``<name>.txt``), from the result JSON."""
     ref = j["reference"]
-    conv = {True: "converged", False: "NOT converged (last quarter added >= 0.5 pt)", None: "no curve"}[ref["converged"]]
+    g = doubling_gain(ref)
+    conv = ("convergence not measured (no doubled-schedule run)" if g is None else
+            f"{'converged' if g < CONVERGED_GAIN else 'NOT converged'} by the doubling test: {100 * g:+.2f} pt")
     lines = [f"== {j['preset']}: {j['num_classes']} classes, IPC {j['ipc']}, K = {j['label_epochs']}, "
              f"teacher {100 * j['teacher_top1']:.2f}% ==",
              f"raw fp16 labels {100 * ref['top1_mean']:.2f}% ({conv}; curve "
@@ -240,7 +282,7 @@ def render_console(j: Dict[str, Any]) -> str:
     if ref.get("doubled_schedule"):
         d = ref["doubled_schedule"]
         lines.append(f"twice the schedule ({d['epochs']} epochs, seed 0): {100 * d['top1']:.2f}% "
-                     f"({100 * d['gain']:+.2f} pt: {'long enough' if d['converged'] else 'NOT long enough'})")
+                     f"({100 * d['gain']:+.2f} pt: {'long enough' if d['gain'] < CONVERGED_GAIN else 'NOT long enough'})")
     if j["hard_label_top1"] is not None:
         lines.append(f"hard labels     {100 * j['hard_label_top1']:.2f}%")
     lines.append(f"{'target':>7} {'family':<10} {'variant':<34} {'ratio':>8} {'KL(T=1)':>9} {'top-1 %':>8}")
@@ -260,7 +302,7 @@ def _doubled_line(ref: Dict[str, Any]) -> List[str]:
     d = ref.get("doubled_schedule")
     if not d:
         return []
-    verdict = ("the schedule is long enough by this test" if d["converged"] else
+    verdict = ("the schedule is long enough by this test" if d["gain"] < CONVERGED_GAIN else
                "**the schedule is too short**: longer training would change the table")
     return [f"- Twice the schedule ({d['epochs']} epochs, each stored view twice; seed 0): {100 * d['top1']:.2f}%, "
             f"{100 * d['gain']:+.2f} point against seed 0 of the reference: {verdict} (the curve's last quarter "
@@ -292,10 +334,13 @@ def render_markdown(j: Dict[str, Any]) -> str:
     cfg, name = j["config"], j["preset"]
     prov = j.get("provenance") or {}
     ref = j["reference"]
-    conv = {True: "converged (the last quarter of the schedule added < 0.5 point)",
-            False: "**NOT converged**: the last quarter of the schedule added >= 0.5 point, so the table measures "
-                   "how fast each variant is fitted as much as how good its labels are",
-            None: "convergence not measured"}[ref["converged"]]
+    g = doubling_gain(ref)
+    conv = ("convergence **not measured** (no run at twice the schedule; the curve's last quarter is where the "
+            "cosine schedule anneals, so it is no test)" if g is None else
+            f"converged by the doubling test (twice the schedule: {100 * g:+.2f} point, under 0.5)"
+            if g < CONVERGED_GAIN else
+            f"**NOT converged** by the doubling test (twice the schedule: {100 * g:+.2f} point, 0.5 or more), so the "
+            "table measures how fast each variant is fitted as much as how good its labels are")
     hard_txt = "not run" if j["hard_label_top1"] is None else f"{100 * j['hard_label_top1']:.2f}%"
     teacher = (f"ConvNet width {cfg['teacher_width']} depth {cfg['teacher_depth']} ({cfg['teacher_norm']} norm)"
                if cfg.get("teacher_arch") == "convnet" else f"ResNet width {cfg['teacher_width']}")

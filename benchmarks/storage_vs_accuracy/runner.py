@@ -126,13 +126,14 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         row = dict(experiment="storage", vid=var.vid, family=var.family, name=var.name, target=var.ratio,
                    rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
         same = var.same_as or var.vid
-        k = ref_key if same == "raw" else f"storage|{key}|K{cfg.label_epochs}|{same}"
+        stored = same if var.same_as else (getattr(var, "legacy", None) or var.vid)   # the students' cache id
+        k = ref_key if same == "raw" else f"storage|{key}|K{cfg.label_epochs}|{stored}"
         # a variant is built (encoded) only for what this run trains: its students when some are missing
         # and the time limit has not passed, and its metrics when not cached (past the limit only for a
         # variant whose students are finished: they complete its row)
         chosen = targets is None or var.ratio in targets or same == "raw"
         todo = same != "raw" and bool(pipe.missing(k, table, first))
-        m = metrics.get(var.vid)
+        m = metrics.get(var.vid, getattr(var, "legacy", None), var.name)
         live = not (todo and pipe.past_deadline())
         if chosen and live and m is None:
             m = metrics.compute(var, Y, table, cfg.T)

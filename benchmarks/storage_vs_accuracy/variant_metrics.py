@@ -25,7 +25,8 @@ class MetricsCache:
     """``vid -> metrics`` dict persisted as JSON at ``path`` (written after every new entry).
 
     Entries: ``name`` and either ``note`` (the variant is n/a at its budget) or ``label_bytes``,
-    ``rows_kept``, ``kl``, ``agree``, ``kl_t1`` (NaN stored as null)."""
+    ``rows_kept``, ``kl``, ``agree``, ``kl_t1`` (NaN stored as null), and the variant's ``extra`` fields
+    (an allocation's ``keep_epochs``, ``inner_ratio``, ``probe_kl_t1``)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -34,8 +35,12 @@ class MetricsCache:
             with open(path) as fh:
                 self.data = json.load(fh)
 
-    def get(self, vid: str) -> Optional[Dict[str, Any]]:
+    def get(self, vid: str, legacy: Optional[str] = None, name: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The cached metrics of ``vid``, else those an earlier version cached under ``legacy`` (the same
+        targets under another id; reported under ``name``), else None."""
         m = self.data.get(vid)
+        if m is None and legacy is not None and legacy in self.data:
+            m = dict(self.data[legacy], **({"name": name} if name else {}))
         return None if m is None else {k: (float("nan") if v is None and k in _FLOATS else v) for k, v in m.items()}
 
     def compute(self, var: Any, Y: torch.Tensor, table: BatchTable, T: float) -> Dict[str, Any]:
@@ -52,6 +57,7 @@ class MetricsCache:
                     m["kl_t1"] = kd_metrics(src, Y, table, 1.0)["kl"]
                 except ValueError:   # FKD stores probabilities at the student's T only
                     m["kl_t1"] = float("nan")
+            m.update(getattr(var, "extra", None) or {})
             if str(m.get("note", "")).startswith("error"):
                 return m   # a library bug is reported, not cached: a fixed library gets its row next time
             self.data[var.vid] = m

@@ -42,7 +42,8 @@ def test_every_variant_meets_its_budget_or_says_na(smoke):
 
     cfg, rows, _ = smoke
     sto = _storage(rows)
-    assert {r["family"] for r in sto} >= {"raw", "fp16+zstd", "ours", "ours+pool", "LPLD", "LPQLD", "FKD"}
+    assert {r["family"] for r in sto} >= {"raw", "fp16+zstd", "ours", "library", "ours+pool", "LPLD", "LPQLD", "MR-k",
+                                          "FKD"}
     measured = 0
     for r in sto:
         if r.get("label_bytes") is None:
@@ -53,8 +54,41 @@ def test_every_variant_meets_its_budget_or_says_na(smoke):
             assert meets_budget(r), (r["name"], r["target"], r["label_bytes"], budget_bytes(r))
     assert measured >= 6
     # every target ratio of the preset appears for every family that can be budgeted
-    for fam in ("ours", "LPQLD", "FKD"):
+    for fam in ("ours", "library", "MR-k", "LPQLD", "FKD"):
         assert {float(r["target"]) for r in sto if r["family"] == fam} == {float(x) for x in cfg.ratios}
+    # LPQLD: one row per split of the sweep at every target, each naming its split when it is reachable
+    for x in cfg.ratios:
+        lp = [r for r in sto if r["family"] == "LPQLD" and float(r["target"]) == x]
+        assert sorted(r["vid"] for r in lp) == sorted(f"lpqld-p{p}@{x:g}" for p in cfg.lpqld_splits)
+        for r in lp:
+            p = int(r["vid"].split("@")[0][len("lpqld-p"):])
+            if r.get("label_bytes") is not None:
+                assert r["name"].startswith(f"LPQLD keep 1/{p} + MR-")
+                assert r["rows_kept"] <= r["rows"] / p + 1e-9       # the kept batches only
+
+
+def test_library_default_rows_carry_the_allocation_or_the_budget_error(smoke):
+    """The library default (score_codec.encode(Y, path, ratio=X, quant="int8")) at every target: a row with
+    the encode's allocation (keep_epochs, inner_ratio, probe KL) within budget, or the BudgetError's message."""
+    import json
+
+    from benchmarks.storage_vs_accuracy.report import meets_budget
+
+    cfg, rows, base = smoke
+    lib = [r for r in _storage(rows) if r["family"] == "library"]
+    assert sorted(float(r["target"]) for r in lib) == sorted(float(x) for x in cfg.ratios)
+    trained = 0
+    for r in lib:
+        if r.get("label_bytes") is None:
+            assert r["note"].startswith("n/a: ratio") and "max_kl" in r["note"], r   # the library's BudgetError
+            continue
+        assert meets_budget(r) and 1 <= r["keep_epochs"] <= cfg.label_epochs and r["inner_ratio"] > 0
+        assert r["probe_kl_t1"] >= 0 and r["rows_kept"] == r["keep_epochs"] * r["rows"] // cfg.label_epochs
+        trained += bool(r.get("top1"))
+    assert trained >= 1
+    j = json.load(open(base / "results" / f"{cfg.name}.json"))
+    jl = [r for r in j["rows"] if r["family"] == "library"]
+    assert len(jl) == len(lib) and all({"keep_epochs", "inner_ratio", "probe_kl_t1"} <= set(r) for r in jl)
 
 
 def test_students_beat_chance_and_lossless_variants_are_exact(smoke):
@@ -93,12 +127,15 @@ def test_json_result_has_the_documented_fields(smoke):
               "hard_label_top1", "rows"):
         assert k in j, k
     ref = j["reference"]
-    assert set(ref) >= {"top1_mean", "top1_std", "converged", "curve"}
+    assert set(ref) >= {"top1_mean", "top1_std", "converged", "doubling_gain", "last_quarter_gain", "curve"}
     assert [f for f, _ in ref["curve"]] == [0.25, 0.5, 0.75, 1.0] and isinstance(ref["converged"], bool)
+    # convergence is the doubling test: twice the schedule gains under 0.5 point
+    assert ref["converged"] == (ref["doubling_gain"] < 0.005)
     assert ref["curve"][-1][1] == ref["top1_mean"]                     # one seed: the curve ends at the result
     assert 0 <= j["hard_label_top1"] <= 1
     fams = {r["family"] for r in j["rows"]}
-    assert fams <= {"ours", "ours+pool", "lpld", "lpqld", "fkd", "zstd"} and {"ours", "lpld", "zstd"} <= fams
+    assert fams <= {"ours", "library", "ours+pool", "lpld", "lpqld", "mrk", "fkd", "zstd"}
+    assert {"ours", "library", "lpld", "lpqld", "mrk", "zstd"} <= fams
     for r in j["rows"]:
         assert set(r) >= {"family", "variant", "target_ratio", "achieved_ratio", "label_bytes", "kl_t1",
                           "top1_mean", "top1_std", "seeds"}
@@ -373,3 +410,120 @@ def test_artifacts_from_other_images_are_refused(smoke, tmp_path, caplog):
     assert "made from other images" in caplog.text and "c" * 64 in caplog.text
     assert not (tmp_path / "c").exists()
     assert json.load(open(art / "data.json")) == {"train": "a" * 64, "test": "b" * 64}
+
+
+def _table(E: int, nb: int, B: int, seed: int = 0):
+    """A BatchTable of E epochs of nb batches of B images (each epoch a permutation of the n = nb * B images)."""
+    from benchmarks.storage_vs_accuracy.label_sources import BatchTable
+    from score_codec.store.meta import BATCH_DTYPE, ROW_DTYPE
+
+    n = nb * B
+    rows = np.zeros(E * n, ROW_DTYPE)
+    batches = np.zeros(E * nb, BATCH_DTYPE)
+    g = np.random.default_rng(seed)
+    for e in range(E):
+        rows["image"][e * n:(e + 1) * n], rows["epoch"][e * n:(e + 1) * n] = g.permutation(n), e
+        for b in range(nb):
+            batches[e * nb + b] = (e, b, e * n + b * B, B, 0, np.nan, (-1, -1, -1, -1))
+    return BatchTable(batches, rows)
+
+
+def test_pooled_store_source_replays_the_kept_epochs_batches(tmp_path):
+    """A pooled store is replayed as the library replays it: training epoch e visits the stored batches of
+    source epoch kept_epochs[view_for_epoch(e)], with the store's rows of that view as targets."""
+    import score_codec as sc
+    from benchmarks.storage_vs_accuracy.label_sources import PooledStoreSource, kd_metrics, rows_to_probs
+
+    E, nb, B, C = 6, 3, 4, 10
+    table = _table(E, nb, B)
+    n = nb * B
+    Y = torch.randn(n, E, C) * 3
+    path = str(tmp_path / "pooled.store")
+    sc.encode(Y, path, keep_epochs=3, rank=C)                       # full rank: rows decode to the kept logits
+    src = PooledStoreSource(path)
+    kept = src.store.kept_epochs
+    assert kept == [0, 2, 4] and src.kept == kept
+    plan = src.schedule(table, 2 * E + 1, seed=0)
+    assert [p[0][0] for p in plan] == [kept[src.store.view_for_epoch(e)] for e in range(2 * E + 1)]
+    assert all(len(p) == table.per_epoch and [b for _, b in p] == list(range(nb)) for p in plan)
+    assert {le for p in plan for le, _ in p} == set(kept)           # every kept epoch, no other
+    for view, le in enumerate(kept):
+        ids = table.images(le, 1)
+        want = rows_to_probs(torch.as_tensor(src.store.rows(ids, np.full(len(ids), view))), 4.0)
+        assert torch.allclose(src.targets(le, ids, 4.0), want)
+        assert torch.allclose(src.targets(le, ids, 4.0), rows_to_probs(Y[torch.as_tensor(ids), le], 4.0), atol=2e-2)
+    with pytest.raises(ValueError, match="label epoch 1 is not kept"):
+        src.targets(1, np.arange(3), 4.0)
+    mask = src.stored_mask(table)
+    assert mask.shape == (n, E) and mask[:, kept].all() and mask.sum() == n * len(kept) == src.rows_kept
+    assert kd_metrics(src, Y, table, 1.0)["kl"] < 1e-2               # measured on the kept rows only
+
+
+def test_lpqld_composes_pruning_with_mr_k_within_the_budget():
+    from benchmarks.storage_vs_accuracy.peers import build_peers, legacy_lpqld_vid
+    from benchmarks.storage_vs_accuracy.report import budget_bytes
+
+    E, nb, B, C = 30, 4, 5, 100
+    table = _table(E, nb, B)
+    Y = torch.randn(nb * B, E, C)
+    peers = {v.vid: v for v in build_peers(100, Y, table, 20.0, splits=(3, 10, 30))}
+    assert peers["mrk@100"].source is None and peers["fkd@100"].source is None    # 2 B/row: no top-1 alone
+    budget = budget_bytes(dict(rows=nb * B * E, C=C, target=100))
+    for p, k in ((3, 1), (10, 5), (30, 15)):
+        v = peers[f"lpqld-p{p}@100"]
+        src = v.source
+        assert v.family == "LPQLD" and v.name == f"LPQLD keep 1/{p} + MR-{k}" and src.inner.k == k
+        assert src.label_bytes == src.rows_kept * 4 * k <= budget
+        assert len(src.pool) == len(table.batches) // p                 # the first 1/p of the stored batches
+        assert {le for plan in src.schedule(table, 3, 0) for le, _ in plan} <= {e for e in range(E) if e * nb < len(src.pool)}
+        ids = table.images(0, 0)
+        assert int((src.targets(0, ids, 20.0) > 0).sum(1).max()) == k   # MR-k: mass on the top k only
+    far = {v.vid: v for v in build_peers(1000, Y, table, 20.0, lpld=False, splits=(3,))}["lpqld-p3@1000"]
+    assert far.source is None and far.note.startswith("n/a: keep 1/3")  # 0.6 B per kept row: not even top-1
+    # the earlier single "LPQLD" row was MR-k alone where it fits, else keep 1/10 + MR-k: same students
+    assert legacy_lpqld_vid(1000, 10, None) == "lpqld@10" and legacy_lpqld_vid(1000, 10, 10) is None
+    assert legacy_lpqld_vid(100, 100, 10) == "lpqld@100" and legacy_lpqld_vid(100, 100, None) is None
+    assert legacy_lpqld_vid(100, 100, 3) is None and legacy_lpqld_vid(10, 1000, 10) is None
+
+
+def test_ipc1_preset_and_1000_class_targets(tmp_path):
+    """glyphs-ipc1 is defined as documented (no run: its variants are listed without being built), and
+    the 1000-class presets offer 300x and 1000x."""
+    from benchmarks.storage_vs_accuracy.peers import storage_variants
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+
+    cfg = PRESETS["glyphs-ipc1"]
+    assert "classes=1000" in cfg.data and "classes=1000" in cfg.test
+    assert cfg.ipcs == (1,) and cfg.sweep_ipc == 1 and cfg.sweep_method == "score" and cfg.label_epochs == 300
+    assert cfg.double_check and len(cfg.seeds) >= 3 and {300.0, 1000.0} <= set(cfg.ratios)
+    for name in ("glyphs-full", "glyphs-1k", "glyphs-ipc1"):
+        assert {300.0, 1000.0} <= set(PRESETS[name].ratios), name
+    Y = torch.zeros(3, cfg.label_epochs, 1000)
+    table = _table(cfg.label_epochs, 1, 3)
+    vs = storage_variants(cfg, Y, table, str(tmp_path / "v"), [0, 1, 2])
+    assert not list((tmp_path / "v").iterdir())                        # nothing encoded
+    for x in cfg.ratios:
+        fams = {v.family for v in vs if v.ratio == x}
+        assert {"ours", "library", "LPLD", "MR-k", "LPQLD", "FKD"} <= fams, x
+        assert sorted(v.vid for v in vs if v.ratio == x and v.family == "LPQLD") == \
+            sorted(f"lpqld-p{p}@{x:g}" for p in cfg.lpqld_splits)
+    protocol = open(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "storage_vs_accuracy",
+                                 "PROTOCOL.md")).read()
+    assert "glyphs-ipc1" in protocol and "doubling" in protocol
+
+
+def test_convergence_is_read_from_the_doubling_test():
+    from benchmarks.storage_vs_accuracy.report import converged_by_doubling, doubling_gain, render_markdown
+
+    assert doubling_gain({"doubling_gain": 0.002}) == 0.002 and converged_by_doubling({"doubling_gain": 0.002})
+    old = {"converged": True, "doubled_schedule": {"gain": 0.0239}}   # written before doubling_gain existed
+    assert doubling_gain(old) == 0.0239 and converged_by_doubling(old) is False
+    assert doubling_gain({"converged": False}) is None and converged_by_doubling({"converged": True}) is None
+    from benchmarks import render
+
+    for name, j in render.load_results().items():   # every committed result states what the test found
+        md = render_markdown(j)
+        g = doubling_gain(j["reference"])
+        assert ("not measured" in md) == (g is None), name
+        if g is not None:
+            assert f"{100 * g:+.2f} point" in md, name
