@@ -4,6 +4,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pytest
 import torch
 
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
@@ -11,7 +12,7 @@ from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
 __all__ = ["centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
-           "run_isolated", "reseal"]
+           "run_isolated", "reseal", "needs_fashion_mnist", "fashion_mnist_missing"]
 
 
 def centred(y: torch.Tensor) -> torch.Tensor:
@@ -312,3 +313,19 @@ def run_isolated_report(fn, timeout: float = 30.0, memory: int = 512 * 2**20):
         return "crash: no report", -1
     peak, _, outcome = text.partition(" ")
     return (outcome, int(peak)) if peak.isdigit() else (text, -1)
+
+
+def fashion_mnist_missing() -> bool:
+    """True where the Debian package dataset-fashion-mnist is not installed."""
+    try:
+        from score_codec.training.images import load_fashion_mnist
+
+        load_fashion_mnist("test")
+        return False
+    except Exception:
+        return True
+
+
+#: skip a test that reads Fashion-MNIST where the Debian package is not installed
+needs_fashion_mnist = pytest.mark.skipif(fashion_mnist_missing(),
+                                         reason="Fashion-MNIST is not installed (bash scripts/install-system-deps.sh)")

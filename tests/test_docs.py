@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from tests.common import fashion_mnist_missing
 import torch
 
 from tests.docblocks import ROOT, block_with, blocks, run_block
@@ -28,18 +30,6 @@ needs_mkdocs = pytest.mark.skipif(not HAVE_MKDOCS, reason="mkdocs / mkdocstrings
                                                           '(pip install -e ".[docs]")')
 
 
-def _fashion_mnist_missing() -> bool:
-    try:
-        from score_codec.training.images import load_fashion_mnist
-
-        load_fashion_mnist("test")
-        return False
-    except Exception:
-        return True
-
-
-needs_fashion_mnist = pytest.mark.skipif(_fashion_mnist_missing(),
-                                         reason="Fashion-MNIST is not installed (bash scripts/install-system-deps.sh)")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +145,7 @@ def test_every_page_with_code_is_run():
 
 @pytest.mark.parametrize("block", _params())
 def test_doc_block_runs_as_written(block, workdirs):
-    if "fashion-mnist" in block.code and _fashion_mnist_missing():
+    if "fashion-mnist" in block.code and fashion_mnist_missing():
         pytest.skip("Fashion-MNIST is not installed (bash scripts/install-system-deps.sh)")
     cwd = workdirs(block.page)
     result = run_block(block, cwd)

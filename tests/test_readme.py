@@ -9,6 +9,8 @@ import subprocess
 
 import numpy as np
 import pytest
+
+from tests.common import needs_fashion_mnist
 import torch
 
 from tests.docblocks import ROOT, block_with, blocks, read_page, run_block
@@ -21,18 +23,6 @@ TEST_COMMAND = SETUP + " && python -m pytest -q"
 needs_cli = pytest.mark.skipif(shutil.which("score-codec") is None, reason="the package's scripts are not installed")
 
 
-def _fashion_mnist_missing() -> bool:
-    try:
-        from score_codec.training.images import load_fashion_mnist
-
-        load_fashion_mnist("test")
-        return False
-    except Exception:
-        return True
-
-
-needs_fashion_mnist = pytest.mark.skipif(_fashion_mnist_missing(),
-                                         reason="Fashion-MNIST is not installed (bash scripts/install-system-deps.sh)")
 
 
 def test_readme_is_at_most_15000_bytes():

@@ -32,7 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MODES", "device_name", "student", "teacher_like", "StepLabels", "measure", "render", "main"]
+from benchmarks.shared import teacher_like
+
+__all__ = ["MODES", "device_name", "student", "StepLabels", "measure", "render", "main"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("raw", "device", "workers")
@@ -68,14 +70,6 @@ def student(arch: str, num_classes: int = 1000) -> nn.Module:
     model.stem = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
                                nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     return model
-
-
-def teacher_like(n: int, k: int, c: int = 1000, d: int = 128, seed: int = 0) -> torch.Tensor:
-    """(n, k, c) float32 logits ``relu(h) W + b``: per-image features plus per-view jitter, a fixed random head."""
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, 1, d, generator=g) * 1.5 + 0.7 * torch.randn(n, k, d, generator=g)
-    w = torch.randn(d, c, generator=g) * (2.5 / d ** 0.5)
-    return torch.relu(h) @ w + torch.randn(c, generator=g)
 
 
 class StepLabels(torch.utils.data.Dataset):
