@@ -260,21 +260,23 @@ def cli_section(tmp: str = "") -> List[str]:
             f"| python -c 'import torch' (for scale) | {wall([sys.executable, '-c', 'import torch']):.2f} |", ""]
 
 
+#: runs ``score-codec`` with the given arguments, then writes the process's peak resident set (VmHWM, KiB) to
+#: stderr; measured inside the command's own process (a forked child's rusage also counts the parent's pages)
+_PEAK = ("import sys\nfrom score_codec.cli.main import main\nrc = main(sys.argv[1:])\n"
+         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+         "sys.stderr.write('\\nVmHWM %s\\n' % (hwm[0] if hwm else 'nan'))\nsys.exit(rc)\n")
+
+
 def _encode_wall(src: str, dst: str, extra: List[str]) -> Tuple[float, float]:
     """Wall time (s) and peak resident memory (MB) of one ``score-codec encode`` command (a fresh interpreter:
     torch import included)."""
-    argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
+    argv = [sys.executable, "-c", _PEAK, "encode", src, dst, "--method", "global", "--ratio", "30",
             "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    err = proc.stderr.read()
-    # wait4: this child's own resource usage (ru_maxrss in KiB on Linux), not the maximum over all children
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    r = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    peak = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("VmHWM ")]
+    return wall, float(peak[-1]) / 1024 if peak else float("nan")
 
 
 def encode_section(tmp: str, device: str = "cpu") -> List[str]:

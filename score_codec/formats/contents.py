@@ -145,15 +145,32 @@ class ScratchRows:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self._runs(np.asarray([start]), np.asarray([max(stop, start)]))
+        idx = np.asarray(key)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
             return np.asarray(self._map[key])
-        start, stop, _ = key.indices(self.shape[0])
-        out = np.empty((max(stop - start, 0), self.shape[1]), self.dtype)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
+            raise IndexError(f"{self.filename}: row index outside 0..{self.shape[0] - 1}")
+        # runs of consecutive rows (a dump file's rows are consecutive) are read with one call each
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        first = idx[np.concatenate([[0], cut])] if len(idx) else idx
+        last = idx[np.concatenate([cut - 1, [len(idx) - 1]])] + 1 if len(idx) else idx
+        return self._runs(first, last)
+
+    def _runs(self, first: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Rows first[j]..stop[j]-1 of every run j, concatenated: (sum of run lengths, C)."""
+        out = np.empty((int((stop - first).sum()), self.shape[1]), self.dtype)
+        flat = out.reshape(-1).view(np.uint8)
+        at = 0
         with open(self.filename, "rb") as fh:
-            fh.seek(start * self._row_bytes)
-            got = fh.readinto(out.reshape(-1).view(np.uint8))
-        if got != out.nbytes:
-            raise FormatError(f"{self.filename}: scratch file ended early (rows {start}..{stop} wanted)")
+            for a, b in zip(first.tolist(), stop.tolist()):
+                n = (b - a) * self._row_bytes
+                fh.seek(a * self._row_bytes)
+                if fh.readinto(flat[at:at + n]) != n:
+                    raise FormatError(f"{self.filename}: scratch file ended early (rows {a}..{b} wanted)")
+                at += n
         return out
 
 

@@ -181,7 +181,7 @@ def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
         if alloc.pooled:
             _note(progress, f"pooling: keeping {len(alloc.kept)} of {len(values)} epochs")
             keep = np.isin(aug, alloc.kept)
-            logits = _KeptRows(c.row_logits, keep)
+            logits = _KeptRows(c.scratch_rows, keep)
             image, aug = image[keep], _renumber(aug[keep], alloc.kept, len(values))
             ks = np.full(c.num_images, len(alloc.kept), dtype=np.int64)
             meta = prune_meta(c.aug, alloc.kept, values)

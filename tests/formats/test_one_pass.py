@@ -76,7 +76,8 @@ def test_one_pass_writes_the_two_pass_store(dump, tmp_path):
     assert kl_one == pytest.approx(kl_two, rel=0.02)
 
 
-@pytest.mark.parametrize("kw", [GLOBAL, dict(method="global", ratio=1.5, quant="int8", pool=False)])
+@pytest.mark.parametrize("kw", [GLOBAL, dict(method="global", ratio=1.5, quant="int8", pool=False),
+                                dict(GLOBAL, keep_epochs=3)])
 def test_each_batch_file_is_read_once(dump, tmp_path, monkeypatch, kw):
     reads, maps = collections.Counter(), collections.Counter()
     load = torch.load
@@ -150,3 +151,17 @@ def test_an_interrupted_global_encode_resumes(dump, tmp_path, monkeypatch):
     ya, yb = _decoded(dst), _decoded(ref)
     assert torch.allclose(ya, yb, rtol=1e-3, atol=1e-3 * float(yb.abs().max()))
     assert sorted(os.listdir(tmp_path)) == ["dst.store", "ref.store"]
+
+
+def test_scratch_rows_reads_slices_and_runs_of_rows(tmp_path):
+    a = np.random.default_rng(0).normal(size=(1000, 7)).astype(np.float16)
+    a.tofile(tmp_path / "x.bin")
+    rows = ScratchRows(np.memmap(tmp_path / "x.bin", dtype=np.float16, mode="r", shape=a.shape))
+    assert rows.shape == a.shape and len(rows) == 1000
+    for key in (slice(3, 17), slice(990, 2000), slice(5, 5), slice(None)):
+        assert np.array_equal(rows[key], a[key])
+    pick = np.sort(np.random.default_rng(1).choice(1000, 300, replace=False))
+    for idx in (np.arange(10, 20), np.array([5, 6, 7, 100, 101, 3, 999]), np.zeros(0, np.int64), pick):
+        assert np.array_equal(rows[idx], a[idx])
+    with pytest.raises(IndexError):
+        rows[np.array([3, 1000])]
