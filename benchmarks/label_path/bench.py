@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -260,13 +260,23 @@ def cli_section(tmp: str = "") -> List[str]:
             f"| python -c 'import torch' (for scale) | {wall([sys.executable, '-c', 'import torch']):.2f} |", ""]
 
 
-def _encode_wall(src: str, dst: str, extra: List[str]) -> float:
-    """Wall time (s) of one ``score-codec encode`` command (a fresh interpreter: torch import included)."""
-    argv = [sys.executable, "-m", "score_codec.cli.main", "encode", src, dst, "--method", "global", "--ratio", "30",
+#: runs ``score-codec`` with the given arguments, then writes the process's peak resident set (VmHWM, KiB) to
+#: stderr; measured inside the command's own process (a forked child's rusage also counts the parent's pages)
+_PEAK = ("import sys\nfrom score_codec.cli.main import main\nrc = main(sys.argv[1:])\n"
+         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+         "sys.stderr.write('\\nVmHWM %s\\n' % (hwm[0] if hwm else 'nan'))\nsys.exit(rc)\n")
+
+
+def _encode_wall(src: str, dst: str, extra: List[str]) -> Tuple[float, float]:
+    """Wall time (s) and peak resident memory (MB) of one ``score-codec encode`` command (a fresh interpreter:
+    torch import included)."""
+    argv = [sys.executable, "-c", _PEAK, "encode", src, dst, "--method", "global", "--ratio", "30",
             "--quant", "int8", "--overwrite", "--quiet", "--trust-order"] + extra
     t = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, cwd=ROOT)
-    return time.perf_counter() - t
+    r = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t
+    peak = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("VmHWM ")]
+    return wall, float(peak[-1]) / 1024 if peak else float("nan")
 
 
 def encode_section(tmp: str, device: str = "cpu") -> List[str]:
@@ -303,16 +313,22 @@ def encode_section(tmp: str, device: str = "cpu") -> List[str]:
     t_plain = [load_time(files(d, e), plain) for d, e in sizes]
     t_safe = [load_time(files(d, e), safe_torch_load) for d, e in sizes]
     rows = [n * e for _, e in sizes]
+    mb = [sum(os.path.getsize(f) for f in files(d, e)) / 2**20 for d, e in sizes]
     lines = [f"## Whole-dump encode on {device} (SRe2L dump, C = 1000, {n:,} images, {bs}-row batch files, in the page cache)", "",
-             f"Reading the batch files alone ({rows[0]:,} / {rows[1]:,} rows): torch.load {t_plain[0]:.2f} / "
-             f"{t_plain[1]:.2f} s; our safe loader (weights_only + allow-list) {t_safe[0]:.2f} / {t_safe[1]:.2f} s.", "",
-             "| score-codec encode (--method global --ratio 30) | rows | wall time (s) | vs torch.load | rows/s |",
-             "|---|---:|---:|---:|---:|"]
+             f"Reading the batch files alone ({rows[0]:,} / {rows[1]:,} rows, {mb[0]:,.0f} / {mb[1]:,.0f} MB on disk): "
+             f"torch.load {t_plain[0]:.2f} / {t_plain[1]:.2f} s; our safe loader (weights_only + allow-list) "
+             f"{t_safe[0]:.2f} / {t_safe[1]:.2f} s. Each encode reads every batch file once (its rows parked in a "
+             f"scratch file beside the store, coded once the basis is fitted); peak memory is the encode process's "
+             f"peak resident set (torch's libraries included).", "",
+             "| score-codec encode (--method global --ratio 30) | rows | wall time (s) | vs torch.load | rows/s | peak memory (MB) |",
+             "|---|---:|---:|---:|---:|---:|"]
     marginal = {}
     for name, extra in (("--newton-steps 0 (projection)", ["--newton-steps", "0"]), ("default (KL fit)", [])):
-        walls = [_encode_wall(d, os.path.join(tmp, "enc.store"), extra + ["--device", device]) for d, _ in sizes]
+        runs = [_encode_wall(d, os.path.join(tmp, "enc.store"), extra + ["--device", device]) for d, _ in sizes]
+        walls = [w for w, _ in runs]
         for j in range(2):
-            lines.append(f"| {name} | {rows[j]:,} | {walls[j]:.2f} | {walls[j] / t_plain[j]:.1f}x | {rows[j] / walls[j]:,.0f} |")
+            lines.append(f"| {name} | {rows[j]:,} | {walls[j]:.2f} | {walls[j] / t_plain[j]:.1f}x | {rows[j] / walls[j]:,.0f} "
+                         f"| {runs[j][1]:,.0f} |")
         per_row = (walls[1] - walls[0]) / (rows[1] - rows[0])
         marginal[name] = (walls[0] - per_row * rows[0], per_row)
     load_row = (t_plain[1] - t_plain[0]) / (rows[1] - rows[0])

@@ -3,10 +3,11 @@
 Rows arrive in dump order (epoch, batch, position) but the codec wants one (K_i, C) matrix per image,
 which needs every epoch.  :func:`read_dump` streams one file at a time, appends its logits to a flat
 (R, C) scratch file (dtype of the dump) and keeps only the small metadata tables in memory; the
-:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch.  The global
-codec needs no image's rows together: :func:`scan_dump` keeps the metadata and a spread sample of rows
-(for the basis fit) and :meth:`DumpScan.logits` streams the files a second time, so no scratch copy of
-the dump is written (at ImageNet scale that copy is the dump's size on disk).
+:class:`DumpContents` it returns gathers image matrices from the memory-mapped scratch, and gives the
+global codec (which codes each row on its own) the rows in dump order and a sample of files spread over
+the dump for its basis.  Every dump file is read once.  :func:`scan_dump` is the alternative without a
+scratch file: the metadata and a spread sample in one pass, and :meth:`DumpScan.logits` streams the files
+a second time (twice the unpickling, no scratch copy of the dump's size).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ..store.meta import BATCH_DTYPE, AugMeta
 from .base import DumpReader
 from .detect import open_reader
 
-__all__ = ["DumpContents", "read_dump", "DumpScan", "scan_dump"]
+__all__ = ["DumpContents", "ScratchRows", "read_dump", "DumpScan", "scan_dump"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DumpContents:
     """
 
     def __init__(self, reader: DumpReader, scratch_dir: str, scratch: np.ndarray, aug: AugMeta,
-                 labels: np.ndarray) -> None:
+                 labels: np.ndarray, file_rows: Optional[Sequence[int]] = None) -> None:
         self.format = reader.name
         self.summary = reader.summary()
         self.label_note = reader.label_note
@@ -48,6 +49,8 @@ class DumpContents:
         self.labels = labels
         self._dir = scratch_dir
         self._y = scratch
+        #: rows of each dump file, in dump order (the scratch holds the files one after another)
+        self.file_rows = np.asarray([len(aug.rows)] if file_rows is None else file_rows, dtype=np.int64)
         n = len(labels)
         img = aug.rows["image"]
         self.ks = np.bincount(img, minlength=n).astype(np.int64)
@@ -60,8 +63,28 @@ class DumpContents:
         """All rows (rows, C) in dump order, as read (a memory map of the scratch file)."""
         return self._y
 
+    @property
+    def scratch_rows(self) -> "ScratchRows":
+        """All rows in dump order, read from the scratch file by ordinary reads when sliced (see
+        :class:`ScratchRows`)."""
+        return ScratchRows(self._y)
+
     def __len__(self) -> int:
         return len(self.ks)
+
+    def spread_sample(self, sample_rows: int = 65_536) -> List[np.ndarray]:
+        """Rows of files spread evenly over the dump, as (m, C) views of the scratch in the dump's dtype.
+
+        Every s-th non-empty file, s the smallest power of two that keeps at most ``2 * sample_rows`` rows
+        (at least one file): the sample :func:`scan_dump` keeps, without a second copy in memory."""
+        starts = np.concatenate([[0], np.cumsum(self.file_rows)])
+        stride = 1
+        while True:
+            pick = [j for j in range(0, len(self.file_rows), stride) if self.file_rows[j]]
+            if int(self.file_rows[pick].sum()) <= 2 * sample_rows or len(pick) <= 1:
+                break
+            stride *= 2
+        return [self._y[starts[j]:starts[j + 1]] for j in pick]
 
     @property
     def num_images(self) -> int:
@@ -101,6 +124,54 @@ class DumpContents:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class ScratchRows:
+    """A (rows, C) scratch file as an array-like: a slice is read with ordinary file reads, so a sequential pass
+    over a scratch larger than memory leaves its pages in the page cache, not in the process (a memory map
+    counts every page it touched as the process's own until the kernel reclaims it); an index array is
+    gathered through the memory map.
+
+    Attributes: ``shape``, ``ndim``, ``dtype`` as numpy's; ``filename``: the scratch file.
+    """
+
+    def __init__(self, mapped: np.memmap) -> None:
+        self._map = mapped
+        self.filename = mapped.filename
+        self.shape, self.ndim, self.dtype = tuple(mapped.shape), 2, mapped.dtype
+        self._row_bytes = int(mapped.shape[1]) * mapped.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self._runs(np.asarray([start]), np.asarray([max(stop, start)]))
+        idx = np.asarray(key)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            return np.asarray(self._map[key])
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]):
+            raise IndexError(f"{self.filename}: row index outside 0..{self.shape[0] - 1}")
+        # runs of consecutive rows (a dump file's rows are consecutive) are read with one call each
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        first = idx[np.concatenate([[0], cut])] if len(idx) else idx
+        last = idx[np.concatenate([cut - 1, [len(idx) - 1]])] + 1 if len(idx) else idx
+        return self._runs(first, last)
+
+    def _runs(self, first: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Rows first[j]..stop[j]-1 of every run j, concatenated: (sum of run lengths, C)."""
+        out = np.empty((int((stop - first).sum()), self.shape[1]), self.dtype)
+        flat = out.reshape(-1).view(np.uint8)
+        at = 0
+        with open(self.filename, "rb") as fh:
+            for a, b in zip(first.tolist(), stop.tolist()):
+                n = (b - a) * self._row_bytes
+                fh.seek(a * self._row_bytes)
+                if fh.readinto(flat[at:at + n]) != n:
+                    raise FormatError(f"{self.filename}: scratch file ended early (rows {a}..{b} wanted)")
+                at += n
+        return out
 
 
 def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray, str], None], progress: bool,
@@ -162,17 +233,19 @@ def read_dump(path: str, fmt: str = "auto", scratch_dir: Optional[str] = None, p
     tmp = tempfile.mkdtemp(prefix=".score-scratch-", dir=scratch_dir)
     try:
         raw = os.path.join(tmp, "logits.bin")
-        dtypes = []
+        dtypes, sizes = [], []
 
         def write(j: int, y: np.ndarray, source: str) -> None:
             if not dtypes:
                 dtypes.append(y.dtype)
-            fh.write(np.ascontiguousarray(y).tobytes())
+            sizes.append(len(y))
+            if len(y):
+                fh.write(np.ascontiguousarray(y).data)   # the array's own buffer: no bytes() copy of the file
 
         with open(raw, "wb") as fh:
             meta, labels = _scan(reader, path, write, progress, f"read {reader.name}")
         scratch = np.memmap(raw, dtype=dtypes[0], mode="r", shape=(len(meta.rows), reader.num_classes))
-        return DumpContents(reader, tmp, scratch, meta, labels)
+        return DumpContents(reader, tmp, scratch, meta, labels, sizes)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,16 +1,16 @@
 """Convert between dumps and label stores: :func:`encode_dump` and :func:`decode_dump`.
 
 These are ``score-codec encode`` and ``score-codec decode`` as library calls, with the same guarantees:
-the dump family is detected (or named), SRe2L rows are checked to map to the right images, the global
-codec without a residual streams the dump's files (no scratch copy of the dump), every other codec reads
-the dump once into a scratch file beside the destination, an interrupted encode resumes from its last
-complete shard, and a failed run leaves nothing at the destination.
+the dump family is detected (or named), SRe2L rows are checked to map to the right images, every dump file
+is read once (into a scratch file beside the destination, removed afterwards; the global codec without a
+residual codes it row by row in dump order, every other codec image by image), an interrupted encode
+resumes from its last complete shard, and a failed run leaves nothing at the destination.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ..store.reader import LabelStore
 from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
 from ..store.writer import DEFAULT_SHARD_BYTES, StoreWriter
 from .base import DumpReader
-from .contents import read_dump, scan_dump
+from .contents import read_dump
 from .detect import open_reader
 from .options import DumpOptions, split_dump_options
 from .writers import WRITERS, write_dump
@@ -140,8 +140,7 @@ def encode_dump(
         reader = open_reader(src, format, **dopts.reader_kwargs())
         _note(progress, f"format: {reader.name} ({reader.summary()})")
         if opts.method == "global" and not opts.residual and not resume:
-            fmt, opts, alloc, kl = _encode_streaming(src, dst, reader, dopts, opts, overwrite, progress, shard_bytes,
-                                                     head)
+            fmt, opts, alloc, kl = _encode_one_pass(src, dst, reader, opts, overwrite, progress, shard_bytes, head)
         else:
             fmt, opts, alloc, kl = _encode_gathered(src, dst, reader, opts, overwrite, resume, progress, shard_bytes,
                                               chunk_images, head)
@@ -154,46 +153,48 @@ def encode_dump(
 
 
 
-def _encode_streaming(src: str, dst: str, reader: DumpReader, dopts: DumpOptions, opts: CodecOptions,
-                      overwrite: bool, progress: bool, shard_bytes: int,
-                      head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, None]:
-    """The global codec without a residual: scan the dump (metadata and a spread sample for the basis),
-    then code its files as they are read again; no scratch copy of the dump is written."""
-    # the basis is fitted on fit_rows rows: keep that many from files spread over the dump
+def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions, overwrite: bool, progress: bool,
+                     shard_bytes: int, head: Optional[Head]) -> Tuple[str, CodecOptions, Allocation, None]:
+    """The global codec without a residual: every dump file is read once, its rows appended to a scratch file
+    beside ``dst``; the basis is fitted on (and the allocation probes) files spread over the scratch, whose rows
+    are then coded in sequential chunks.  Reading a flat array back costs a fraction of unpickling the dump
+    again; the scratch is removed whether the encode succeeds or fails."""
+    # the basis is fitted on fit_rows rows: files spread over the dump holding that many
     fit_rows = GlobalCodec(**dict(opts.codec_config or {})).fit_rows
-    c = scan_dump(src, reader=reader, progress=progress, sample_rows=fit_rows, **dopts.reader_kwargs())
-    _check_contents(src, c)
-    opts = _resolve_target(opts, c)
-    labels = c.labels if (c.labels >= 0).all() else None
-    rows = c.aug.rows
-    image, aug, ks = rows["image"].astype(np.int64), rows["aug"].astype(np.int64), c.ks
-    values = epoch_values(c.aug, c.ks)
-    fit_ks = [len(b) for b in c.sample]
-    alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
-                     source_epochs=None if values is None else len(values),
-                     fit_source=lambda: FitSource(list(c.sample), None, fit_ks, c.num_images, len(rows)),
-                     probe=lambda: probe_from_rows(c.sample, min(int(c.ks.max()), PROBE_VIEWS)), head=head,
-                     device=opts.device)
-    logits: Any = c.logits(progress=progress)
-    meta = c.aug
-    if alloc.pooled:
-        _note(progress, f"pooling: keeping {len(alloc.kept)} of {len(values)} epochs")
-        keep = np.isin(aug, alloc.kept)
-        logits = _kept_blocks(logits, keep)
-        image, aug = image[keep], _renumber(aug[keep], alloc.kept, len(values))
-        ks = np.full(c.num_images, len(alloc.kept), dtype=np.int64)
-        meta = prune_meta(c.aug, alloc.kept, values)
-    inner = alloc.writer_options(opts)
-    with StoreWriter(dst, c.num_classes, inner, overwrite=overwrite, shard_bytes=shard_bytes) as w:
-        _set_pool(w, opts, alloc, values)
-        if alloc.bases is not None:
-            w.set_bases(alloc.bases)
-        else:
-            _note(progress, f"fitting the global basis on {sum(len(b) for b in c.sample):,} rows from files spread "
-                            f"over the dump")
-        encode_rows(w, logits, image, aug, ks, labels, head=head, progress=False, fit_on=c.sample)
-        w.set_meta(meta)
-    return c.format, opts, alloc, None
+    scratch = os.path.dirname(os.path.abspath(dst))
+    with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
+        _check_contents(src, c)
+        opts = _resolve_target(opts, c)
+        labels = c.labels if (c.labels >= 0).all() else None
+        sample = c.spread_sample(fit_rows)
+        rows = c.aug.rows
+        image, aug, ks = rows["image"].astype(np.int64), rows["aug"].astype(np.int64), c.ks
+        values = epoch_values(c.aug, c.ks)
+        fit_ks = [len(b) for b in sample]
+        alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
+                         source_epochs=None if values is None else len(values),
+                         fit_source=lambda: FitSource(sample, None, fit_ks, c.num_images, len(rows)),
+                         probe=lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS)), head=head,
+                         device=opts.device)
+        logits: Any = c.scratch_rows
+        meta = c.aug
+        if alloc.pooled:
+            _note(progress, f"pooling: keeping {len(alloc.kept)} of {len(values)} epochs")
+            keep = np.isin(aug, alloc.kept)
+            logits = _KeptRows(c.scratch_rows, keep)
+            image, aug = image[keep], _renumber(aug[keep], alloc.kept, len(values))
+            ks = np.full(c.num_images, len(alloc.kept), dtype=np.int64)
+            meta = prune_meta(c.aug, alloc.kept, values)
+        inner = alloc.writer_options(opts)
+        with StoreWriter(dst, c.num_classes, inner, overwrite=overwrite, shard_bytes=shard_bytes) as w:
+            _set_pool(w, opts, alloc, values)
+            if alloc.bases is not None:
+                w.set_bases(alloc.bases)
+            else:
+                _note(progress, f"fitting the global basis on {sum(fit_ks):,} rows from files spread over the dump")
+            encode_rows(w, logits, image, aug, ks, labels, head=head, progress=progress, fit_on=sample)
+            w.set_meta(meta)
+        return c.format, opts, alloc, None
 
 
 def _set_pool(w: StoreWriter, opts: CodecOptions, alloc: Allocation, values: Optional[np.ndarray]) -> None:
@@ -207,16 +208,6 @@ def _renumber(aug: np.ndarray, kept: np.ndarray, k: int) -> np.ndarray:
     remap = np.full(k, -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     return remap[aug]
-
-
-def _kept_blocks(blocks: Iterator[np.ndarray], keep: np.ndarray) -> Iterator[np.ndarray]:
-    """The rows of dump-order ``blocks`` whose entry of ``keep`` (one per dump row) is true."""
-    at = 0
-    for b in blocks:
-        sel = keep[at:at + len(b)]
-        at += len(b)
-        if sel.any():
-            yield b[sel]
 
 
 class _KeptRows:

@@ -60,7 +60,8 @@ def epoch_layout(root: str) -> List[Tuple[int, List[str]]]:
 
 @functools.lru_cache(maxsize=16)
 def _first_items(root: str, mtime: float) -> int:
-    obj = safe_torch_load(os.path.join(root, "epoch_0", "batch_0.tar"))
+    # mapped, not read: the item count is in the pickle, and encode reads every file's tensors once later
+    obj = safe_torch_load(os.path.join(root, "epoch_0", "batch_0.tar"), mmap=True)
     return len(obj) if isinstance(obj, list) else -1
 
 
@@ -168,7 +169,7 @@ class SRe2LReader(EpochDumpReader):
 
     @staticmethod
     def _rows_in(path: str) -> int:
-        obj = safe_torch_load(path)
+        obj = safe_torch_load(path, mmap=True)   # only a shape is needed: the tensors are mapped, not read
         if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[1], torch.Tensor) or obj[1].ndim != 1:
             raise FormatError(f"{path}: expected item 1 (flip) to be a [B] tensor of an SRe2L batch list")
         return int(obj[1].shape[0])

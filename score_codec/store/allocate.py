@@ -178,9 +178,14 @@ def probe_from_matrices(matrices: Sequence[Any], kept: Optional[np.ndarray] = No
 def probe_from_rows(blocks: Sequence[np.ndarray], group: int) -> torch.Tensor:
     """A probe (g, group, C) float32 of centred rows from blocks of rows spread over a dump (at most
     ``PROBE_ROWS`` rows, evenly taken)."""
-    y = torch.as_tensor(np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks]))
-    if len(y) > PROBE_ROWS:
-        y = y[torch.as_tensor(np.linspace(0, len(y) - 1, PROBE_ROWS).round().astype(np.int64))]
+    sizes = np.asarray([len(b) for b in blocks], dtype=np.int64)
+    total = int(sizes.sum())
+    take = np.arange(total) if total <= PROBE_ROWS else np.linspace(0, total - 1, PROBE_ROWS).round().astype(np.int64)
+    # only the chosen rows are widened to float32 (the blocks may be memory-mapped views of a large sample)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    which = np.searchsorted(starts, take, side="right") - 1
+    y = torch.as_tensor(np.concatenate([np.asarray(blocks[j][take[which == j] - starts[j]], dtype=np.float32)
+                                        for j in np.unique(which)]))
     group = max(1, min(group, len(y)))
     y = y[: (len(y) // group) * group].reshape(-1, group, y.shape[-1])
     return y - y.mean(-1, keepdim=True)

@@ -5,8 +5,8 @@ the C-wide logits first.  With one global basis every row is coded on its own: t
 rows sequentially in large chunks (one GEMM per chunk for the coefficients), keeps only the r-wide
 coefficients (in RAM, or in a float32 scratch file beside the store when they are large) and regroups
 those into per-image records at the end.  Memory stays at one chunk of C-wide rows.  Used by
-``score-codec encode`` for ``--method global`` without a residual, on the dump's files as they are read
-the second time (:func:`score_codec.formats.scan_dump`: no scratch copy of the dump).
+``score-codec encode`` for ``--method global`` without a residual, on the rows of the dump's files parked
+in a scratch file as they were read (each file is read once).
 """
 from __future__ import annotations
 

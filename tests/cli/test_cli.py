@@ -283,19 +283,26 @@ def st_bases(store):
     return BasisSet([BasisEntry(store.basis(0), -1, store.basis_mean(0))])
 
 
-def test_global_encode_streams_the_dump_without_a_scratch_copy(dump, tmp_path, capsys, monkeypatch):
-    """--method global (no residual) reads the dump twice instead of copying it to a scratch file, and the
-    store decodes the dump's logits."""
-    import score_codec.formats.convert as convert
+def test_global_encode_reads_each_dump_file_once(dump, tmp_path, capsys, monkeypatch):
+    """--method global (no residual) reads every dump file's tensors once (into a scratch file beside the
+    store, removed afterwards), and the store decodes the dump's logits."""
+    import collections
 
-    def no_scratch(*a, **k):
-        raise AssertionError("read_dump (the scratch copy) was used")
+    reads = collections.Counter()
+    load = torch.load
+
+    def counting(f, *a, **k):
+        if not k.get("mmap"):
+            reads[os.path.abspath(os.fspath(f))] += 1
+        return load(f, *a, **k)
 
     dst = str(tmp_path / "s.store")
     with monkeypatch.context() as m:
-        m.setattr(convert, "read_dump", no_scratch)
+        m.setattr(torch, "load", counting)
         assert run(["encode", dump, dst, "--method", "global", "--rank", "9", "--quant", "fp16", "--quiet"],
                    capsys)[0] == 0
+    assert reads and set(reads.values()) == {1}
+    assert len(reads) == sum(1 for _, _, fs in os.walk(dump) for f in fs if f.endswith(".tar"))
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".score-")]
     st = LabelStore(dst)
     with read_dump(dump) as c:
