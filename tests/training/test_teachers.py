@@ -93,6 +93,18 @@ def _randomised(model, seed=0):
             t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.1)
     return model.eval()
 
+def _png_folder(root, per_class: int, size: int, seed: int, classes: int = 2):
+    """An ImageFolder of random RGB PNGs (``classes`` folders c0, c1, ... of ``per_class`` images)."""
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    for c in range(classes):
+        os.makedirs(root / f"c{c}")
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
 
 @pytest.fixture(scope="module")
 def images():
@@ -345,16 +357,10 @@ def test_train_student_named_arch_and_normalised_eval(tmp_path, images, registry
 
 def test_score_select_named_teacher(tmp_path, registry):
     """score-select's feature pass: a named teacher with weights and normalisation; features are the fc input."""
-    from PIL import Image
     from score_select.cli import main as select_main
     from score_select.features import load_features
 
-    root = tmp_path / "pool"
-    g = np.random.default_rng(1)
-    for c in range(2):
-        os.makedirs(root / f"c{c}")
-        for i in range(4):
-            Image.fromarray(g.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    root = _png_folder(tmp_path / "pool", per_class=4, size=12, seed=1)
     src = _randomised(TVNet(2), seed=7)
     w = str(tmp_path / "w.pth")
     torch.save({"model": src.state_dict()}, w)
@@ -377,14 +383,8 @@ def test_score_select_named_teacher(tmp_path, registry):
 def test_cli_named_arch_teacher_then_student(tmp_path, registry, capsys):
     """train-teacher --arch torchvision:NAME saves a state dict that relabel takes as --weights; train-student
     builds its student by name too."""
-    from PIL import Image
 
-    root = tmp_path / "imgs"
-    g = np.random.default_rng(2)
-    for c in range(2):
-        os.makedirs(root / f"c{c}")
-        for i in range(6):
-            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    root = _png_folder(tmp_path / "imgs", per_class=6, size=16, seed=2)
     w = str(tmp_path / "teacher.safetensors")
     assert cli_main(["train-teacher", str(root), w, "--arch", "torchvision:resnet18", "--epochs", "1",
                      "--device", "cpu", "--quiet"]) == 0
