@@ -25,14 +25,14 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from score_codec.progress import progress_bar
 
 from score_codec.training import student as _training
 from score_codec.training.augment import apply_mix, crop_coords, cutmix_box, hflip, resized_crop, sample_crop
 from score_codec.training.images import TensorImages, load_fashion_mnist
 from score_codec.training.models import ResNet, load_model, save_model
 
-__all__ = ["BENCH_DIR", "CACHE_DIR", "RUNS_DIR", "cpu_name", "load_subset", "train_teacher", "evaluate_teacher",
+__all__ = ["BENCH_DIR", "CACHE_DIR", "RUNS_DIR", "add_store_arguments", "cpu_name", "load_subset", "train_teacher", "evaluate_teacher",
            "teacher_logits", "cached_teacher_logits", "logit_quality", "replay_epochs", "teacher_like",
            "teacher_like_logits", "make_meta", "reseal", "feature_pool"]
 
@@ -44,6 +44,13 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.join(BENCH_DIR, "cache")
 #: git-ignored folder for the results of runs that are not committed
 RUNS_DIR = os.path.join(BENCH_DIR, "runs")
+
+
+def add_store_arguments(p) -> None:
+    """The codec options of a benchmark's label store: ``--method``, ``--rank``, ``--quant``."""
+    p.add_argument("--method", default="global", help="codec of the store")
+    p.add_argument("--rank", type=int, default=8, help="rank of the codec's basis")
+    p.add_argument("--quant", default="fp16", help="quantisation of the stored factors")
 
 
 def cpu_name() -> str:
@@ -152,7 +159,7 @@ def teacher_logits(model: torch.nn.Module, images: torch.Tensor, k: int, seed: i
     lam_rng = np.random.default_rng(seed)
     out = feats = None
     group = max(1, forward_batch // mix_batch)
-    bar = tqdm(total=n * k, desc="teacher views", unit="view", unit_scale=True, disable=not progress)
+    bar = progress_bar(total=n * k, desc="teacher views", unit="view", unit_scale=True, enabled=progress)
     for e in range(k):
         order = torch.randperm(n, generator=gen)
         batches = [order[s:s + mix_batch] for s in range(0, n, mix_batch)]

@@ -82,7 +82,7 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
         raise InputError("the model has no .features(x) method; pass feature_fn(model, x) -> (B, d)")
     if len(images) == 0:
         raise InputError("no images to extract features from")
-    from tqdm.auto import tqdm
+    from score_codec.progress import progress_bar
 
     model = model.to(device).eval()
     fast = feature_fn is None if fast is None else fast
@@ -92,7 +92,7 @@ def extract(model: torch.nn.Module, images: Sequence, *, batch_size: int = 128,
                                          collate_fn=_collate(image_size))
     feats, labels, clean, views = [], [], [], []
     done = 0
-    for x, y in tqdm(loader, desc="teacher features", unit="batch", disable=not progress, leave=False):
+    for x, y in progress_bar(loader, desc="teacher features", unit="batch", enabled=progress, leave=False):
         x = x.to(device)
         px = preprocess(x) if preprocess else x
         if fast:   # checked against the model on the first batch; the model itself if they differ

@@ -253,9 +253,9 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
             bound[c] = -math.inf
             active.remove(c)
 
-    from tqdm.auto import tqdm
+    from score_codec.progress import progress_bar
 
-    bar = tqdm(total=n, desc="score-select", unit="pick", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc="score-select", unit="pick", enabled=progress, leave=False)
     evaluations = 0
     try:
         if order == "round_robin":

@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: layer of each sub-package; a module may import only from layers at or below its own (peers excluded)
-LAYERS = {"errors": 0, "_version": 0, "codecs": 1, "store": 2, "formats": 3, "training": 3, "cli": 4}
+LAYERS = {"errors": 0, "_version": 0, "progress": 0, "codecs": 1, "store": 2, "formats": 3, "training": 3, "cli": 4}
 
 
 def _modules():

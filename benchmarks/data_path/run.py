@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.shared import add_store_arguments
 from .images import make_image_folder
 from .sources import SRe2LDumpDataset, TimedStoreDataset, epoch_order, identity_collate
 
@@ -303,9 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", nargs="+", default=None, help="DataLoader worker counts (ints or 'all')")
     p.add_argument("--images", type=int, default=None, help="number of JPEGs (default: the preset's)")
     p.add_argument("--rounds", type=int, default=None, help="epochs timed per source and worker count")
-    p.add_argument("--method", default="global")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--quant", default="fp16")
+    add_store_arguments(p)
     p.add_argument("--cache", default=CACHE, help="where the JPEGs, the store and the dump are kept")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/data_path/results for the "
                                                "default preset; the quick preset writes nothing unless given)")

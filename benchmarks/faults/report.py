@@ -1,6 +1,6 @@
 """Inject faults into label stores and dumps; print what was detected and what was lost.
 
-    python -m benchmarks.faults [--fuzz 300] [--out benchmarks/faults/results/fault_report.md]
+    python -m benchmarks.faults [--fuzz 300] [--campaign 5000] [--out benchmarks/faults/results/fault_report.md]
 
 Each fault runs in a fresh temporary directory.  "detected" means the library raised its documented
 error class (or ``verify`` listed the record); "data lost" counts labels returned wrong without an error
@@ -25,7 +25,7 @@ import torch
 import score_codec as sc
 from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
-__all__ = ["bit_flips", "file_faults", "resume_faults", "input_faults", "fuzz", "main"]
+__all__ = ["bit_flips", "file_faults", "resume_faults", "input_faults", "fuzz", "campaign", "render_campaign", "main"]
 
 #: the repository root: where the fresh interpreters and the fuzz tests run
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -200,12 +200,70 @@ def fuzz(n: int) -> List[Row]:
     return rows
 
 
+#: the slow tests the campaign runs: damaged stores and dumps read in capped children, SIGKILLed encodes
+CAMPAIGN_TESTS = ("tests/store/test_store_fuzz.py::test_fuzz_campaign", "tests/formats/test_fuzz.py::test_fuzz_campaign",
+                  "tests/store/test_replace.py::test_sigkill_at_100_random_moments")
+
+
+def campaign(n: int, report: str) -> int:
+    """Run the slow campaign (``n`` cases per store kind and per dump family, 100 SIGKILLs per store kind);
+    its JSON lines go to ``report`` (replaced).  The pytest exit status."""
+    if os.path.exists(report):
+        os.remove(report)
+    env = dict(os.environ, SCORE_FUZZ_CAMPAIGN=str(n), SCORE_FUZZ_REPORT=os.path.abspath(report), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow", *CAMPAIGN_TESTS],
+                          cwd=ROOT, env=env)
+    return proc.returncode
+
+
+_OUTCOMES = ("ok", "score-error", "hang", "crash", "exception", "memory")
+
+
+def render_campaign(rows: List[dict]) -> List[str]:
+    """Markdown tables of the campaign's JSON rows (reads, then SIGKILL trials)."""
+    reads = [r for r in rows if "cases" in r]
+    kills = [r for r in rows if "sigkill" in r]
+    kind = {"s.store": "store directory", "s.h5": "single-file store"}
+    out = []
+    if reads:
+        total = sum(r["cases"] for r in reads)
+        out += ["", f"## Fuzz campaign: {total:,} damaged files, each read in a child with a "
+                    "20-30 s limit and a 512 MB address-space cap", "",
+                "| reader | damage | cases | read fine | ScoreError | hang | crash | other exception | memory cap "
+                "| peak MB (max / median) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in reads:
+            o = r["outcomes"]
+            name = kind.get(r.get("store"), "") or f"{r.get('dump')} dump"
+            damage = ("random bytes, checksums recomputed" if r.get("resealed") else "random bytes")
+            out.append(f"| {name} | {damage} | {r['cases']:,} | " + " | ".join(f"{o.get(k, 0):,}" for k in _OUTCOMES)
+                       + f" | {r['peak_mb']:.1f} / {r['median_peak_mb']:.1f} |")
+        out += ["", "Damage: a flipped, zeroed or truncated run of 1-64 bytes (dumps: also random garbage) at a random "
+                    "offset of a random file; with checksums recomputed, the store's CRCs are resealed over the damage "
+                    "so that the parsers behind them see it."]
+    if kills:
+        out += ["", "## SIGKILL of an overwriting encode at random moments", "",
+                "| store | trials | opens as the old store | opens as the new store | broken |", "|---|---:|---:|---:|---:|"]
+        for r in kills:
+            broken = r["trials"] - r["old"] - r["new"]
+            out.append(f"| {kind.get(r['sigkill'], r['sigkill'])} | {r['trials']} | {r['old']} | {r['new']} | {broken} |")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fuzz", type=int, default=300, help="Hypothesis examples per fuzz target.")
     p.add_argument("--flips", type=int, default=200, help="Random single-bit flips injected into records.")
     p.add_argument("--out", default=None, help="Also write the markdown table to this file.")
+    p.add_argument("--campaign", type=int, default=0, help="Also run the slow fuzz campaign with this many cases per "
+                   "store kind and dump family (hours; its JSON lines go beside --out as campaign.jsonl, whose "
+                   "tables are rendered with the report whenever that file exists).")
     args = p.parse_args(argv)
+    jsonl = os.path.join(os.path.dirname(os.path.abspath(args.out)), "campaign.jsonl") if args.out else None
+    campaign_rc = 0
+    if args.campaign:
+        jsonl = jsonl or os.path.join(tempfile.mkdtemp(prefix="score-campaign-"), "campaign.jsonl")
+        campaign_rc = campaign(args.campaign, jsonl)
     torch.set_num_threads(1)
     rows: List[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,11 +274,14 @@ def main(argv=None) -> int:
     rows += fuzz(args.fuzz)
     lines = ["| fault | expected | injected | detected | data lost |", "|---|---|---:|---:|---:|"]
     lines += [f"| {f} | {e} | {i} | {d}{'' if d == i else ' (MISSED)'} | {l} |" for f, e, i, d, l in rows]
+    ok = all(d == i and l == 0 for _, _, i, d, l in rows) and campaign_rc == 0
+    if jsonl and os.path.exists(jsonl):
+        with open(jsonl) as fh:
+            lines += render_campaign([json.loads(x) for x in fh if x.strip()])
     table = "\n".join(lines)
     print(table)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(table + "\n")
-    ok = all(d == i and l == 0 for _, _, i, d, l in rows)
     return 0 if ok else 1
 

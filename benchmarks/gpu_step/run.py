@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.shared import teacher_like
+from benchmarks.shared import add_store_arguments, teacher_like
 
 __all__ = ["MODES", "device_name", "student", "StepLabels", "measure", "render", "main"]
 
@@ -284,9 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--label-epochs", type=int, default=4)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the workers mode (default min(4, CPUs))")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
-    p.add_argument("--method", default="global")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--quant", default="fp16")
+    add_store_arguments(p)
     p.add_argument("--out", default=None, help="folder for gpu_step.json and gpu_step.md (default: print only)")
     a = p.parse_args(argv)
     res = measure(a.device, a.arch, a.steps, min(10, a.steps) if a.warmup is None else a.warmup, a.rounds, a.batch_size,

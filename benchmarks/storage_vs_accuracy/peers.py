@@ -246,21 +246,23 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     return PeerVariant(vid, "ours+pool", x, src, extra=dict(keep_epochs=keep, inner_ratio=float(inner)))
 
 
-def library_default(x: float, Y: torch.Tensor, labels, path: str) -> PeerVariant:
+def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Optional[float] = None) -> PeerVariant:
     """The library's default at ratio ``x``: ``score_codec.encode(Y, path, ratio=x, quant="int8")`` (the
     global codec with automatic pool-and-code allocation), replayed as the library replays a pooled store
     (:class:`~benchmarks.storage_vs_accuracy.label_sources.PooledStoreSource`).  The encode's allocation
     (``keep_epochs``, ``inner_ratio`` and its probe ``kl_t1``, reported as ``probe_kl_t1``) is kept in
-    ``<path>.encode.json``; a BudgetError is "n/a" with the library's message."""
+    ``<path>.encode.json``; a BudgetError is "n/a" with the library's message.  ``max_kl`` replaces the
+    allocation's default KL level (the calibration variants ``library-kl<v>@X``)."""
     from score_codec import encode
     from score_codec.errors import ScoreError
 
-    vid = f"library@{x:g}"
-    name = "ours: library default"
+    vid = f"library@{x:g}" if max_kl is None else f"library-kl{max_kl:g}@{x:g}"
+    name = "ours: library default" if max_kl is None else f"ours: library, max_kl={max_kl:g}"
+    tuned = {} if max_kl is None else {"max_kl": float(max_kl)}
     info = path + ".encode.json"
     if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
         try:
-            st = encode(Y, path, ratio=float(x), quant=LIBRARY_QUANT, labels=labels, overwrite=True)
+            st = encode(Y, path, ratio=float(x), quant=LIBRARY_QUANT, labels=labels, overwrite=True, **tuned)
         except ScoreError as exc:
             log.info("%s: %s", vid, exc)
             return PeerVariant(vid, "library", x, None, f"n/a: {exc}", name=name)
@@ -331,6 +333,10 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             path = os.path.join(store_dir, f"library_x{x:g}")
             out.append(LazyVariant(f"library@{x:g}", "library", x, lambda x=x, path=path: library_default(
                 x, Y, cls, path), name="ours: library default"))
+        for v in getattr(cfg, "library_max_kl", ()) or ():
+            path = os.path.join(store_dir, f"library_kl{v:g}_x{x:g}")
+            out.append(LazyVariant(f"library-kl{v:g}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
+                x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
         if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
             path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
             out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,

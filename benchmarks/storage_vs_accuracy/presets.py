@@ -55,6 +55,7 @@ class Config:
     lpqld_splits: Tuple[int, ...] = (3, 10, 30)    # LPQLD keeps 1/p of the batches, one row per p
     lpqld_at: Optional[Tuple[float, ...]] = None   # targets with LPQLD rows (None: peers_at)
     library_default: bool = True             # the library's default encode (automatic allocation) at every target
+    library_max_kl: Tuple[float, ...] = ()   # also the library's encode at these max_kl values (calibration)
     cache: Optional[str] = None              # step cache shared with another preset (None: this name)
     # students
     student_width: int = 32
@@ -92,6 +93,16 @@ PRESETS: Dict[str, Config] = {
             # LPQLD's split sweep is left to the long presets: one split (1/10, LPQLD's own) at 100x, where MR-k
             # alone cannot reach
             "lpqld_splits": (10,), "lpqld_at": (100,),
+        }),
+    # Calibrates the automatic allocation's max_kl: the library's encode at three max_kl values against LPLD
+    # and every row coded (global), three seeds each, on glyphs-quick's teacher, selection and dump.
+    "glyphs-calibrate": Config(
+        "glyphs-calibrate", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
+            **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400, "select_methods": ("score",),
+            "ipcs": (10,), "sweep_ipc": 10, "label_epochs": 60, "seeds": (0, 1, 2), "ratios": (10, 30, 100),
+            "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (), "pool_inner": None,
+            "peers_at": (), "lpld_at": (10, 30, 100), "lpqld_at": (), "library_max_kl": (0.003, 0.001),
+            "extra_seeds_for_best": False, "hard_labels": False, "cache": "glyphs-quick",
         }),
     "glyphs-full": Config(
         "glyphs-full", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from score_codec.progress import progress_bar
 
 from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource
 from score_codec.training.student import kd_loss
@@ -35,7 +35,7 @@ def load_views(store: str, images, idx: np.ndarray, dtype: torch.dtype = torch.f
     sub = TensorImages(images.images[idx], np.asarray(images.targets)[idx], images.classes)
     ds = CompressedSoftLabelDataset(sub, store, decode_labels=False)
     out = []
-    for e in tqdm(range(ds.epochs), desc="replay views", unit="epoch", leave=False):
+    for e in progress_bar(range(ds.epochs), desc="replay views", unit="epoch", leave=False, enabled=True):
         ds.set_epoch(e)
         out.append(ds.views(np.arange(len(sub))).to(dtype))
     return out
@@ -91,7 +91,7 @@ def train_one(source: LabelSource, table: BatchTable, views: List[torch.Tensor],
     last = float("nan")
     done = 0
     model.train()
-    bar = tqdm(total=steps, desc=f"student {source.name} s{seed}", unit="step", leave=False, disable=not progress)
+    bar = progress_bar(total=steps, desc=f"student {source.name} s{seed}", unit="step", leave=False, enabled=progress)
     for epoch_plan in plan:
         for le, b in epoch_plan:
             ids = table.images(le, b)

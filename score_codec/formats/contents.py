@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import FormatError, InputError
 from ..store.meta import BATCH_DTYPE, AugMeta
@@ -181,8 +181,8 @@ def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray, str], 
     rows_l, batches_l = [], []
     dtype = None
     nrows = 0
-    for j, rec in enumerate(tqdm(reader.batches(), total=reader.num_files() or None, desc=desc, unit="file",
-                                 disable=not progress)):
+    for j, rec in enumerate(progress_bar(reader.batches(), total=reader.num_files() or None, desc=desc, unit="file",
+                                         enabled=progress)):
         if dtype is None:
             dtype = rec.logits.dtype
         elif rec.logits.dtype != dtype:
@@ -274,8 +274,8 @@ class DumpScan:
         if the files no longer hold the rows the scan saw."""
         reader = open_reader(self.path, self._fmt, **self._options)
         at, image = 0, self.aug.rows["image"]
-        for rec in tqdm(reader.batches(), total=reader.num_files() or None, desc=f"encode {reader.name}",
-                        unit="file", disable=not progress):
+        for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc=f"encode {reader.name}",
+                                unit="file", enabled=progress):
             if not np.array_equal(rec.rows["image"], image[at:at + len(rec.rows)]):
                 raise FormatError(f"{rec.source}: rows differ from the first read of the dump (changed while encoding?)")
             at += len(rec.rows)

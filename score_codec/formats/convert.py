@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
@@ -271,7 +271,7 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
             done = w.num_images  # images already in complete shards when resuming (all of them after encode_rows)
             if done and done < c.num_images:
                 _note(progress, f"resuming: {done} of {c.num_images} images were already encoded")
-            bar = tqdm(total=c.num_images, initial=done, desc=f"encode {opts.method}", unit="img", disable=not progress)
+            bar = progress_bar(total=c.num_images, initial=done, desc=f"encode {opts.method}", unit="img", enabled=progress)
             s = 0
             for mats in (c.matrices(step) if done < c.num_images else []):
                 if s + len(mats) <= done:

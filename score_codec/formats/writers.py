@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import FormatError, InputError
 from ..store.atomic import WriteLock, install
@@ -63,7 +63,7 @@ def _batches(src: Any, progress: bool, what: str) -> Iterator[Tuple[np.ndarray, 
     if enc is None:
         enc = getattr(getattr(src, "store", None), "encoding", None)
     shift = enc is not None and not enc.get("keep_mean", False)
-    for rec in tqdm(aug.batches, desc=f"write {what}", unit="file", disable=not progress):
+    for rec in progress_bar(aug.batches, desc=f"write {what}", unit="file", enabled=progress):
         rows = aug.rows[int(rec["row_start"]):int(rec["row_start"]) + int(rec["size"])]
         logits = src.rows(rows["image"].astype(np.int64), rows["aug"].astype(np.int64))
         yield rows, rec, max_at_zero(logits) if shift else logits
@@ -138,7 +138,7 @@ def _write_npy(src: Any, dst: str, opts: Dict[str, Any]) -> None:
     n, k, c = len(ks), int(ks[0]), int(src.num_classes)
     out = np.lib.format.open_memmap(dst, mode="w+", dtype=np.float32, shape=(n, k, c))
     step = max(1, 65536 // max(k, 1))
-    for s in tqdm(range(0, n, step), desc="write npy", unit="chunk", disable=not opts.get("progress", False)):
+    for s in progress_bar(range(0, n, step), desc="write npy", unit="chunk", enabled=opts.get("progress", False)):
         e = min(n, s + step)
         img = np.repeat(np.arange(s, e), k)
         aug = np.tile(np.arange(k), e - s)

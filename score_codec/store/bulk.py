@@ -6,7 +6,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..codecs.arguments import check_int
 from ..errors import InputError
@@ -127,7 +127,7 @@ def encode(
         elif head is not None and w.codec.scope != "store":
             raise InputError(f"head= gives a global basis; method {opts.method!r} fits per image (use 'global')")
         done = w.num_images  # > 0 only when resuming
-        for s in tqdm(range(done, len(mats), step), desc=f"encode {opts.method}", disable=not progress, unit="chunk"):
+        for s in progress_bar(range(done, len(mats), step), desc=f"encode {opts.method}", enabled=progress, unit="chunk"):
             w.add(mats[s : s + step], labels=None if labels is None else list(labels[s : s + step]))
         if meta is not None:
             w.set_meta(meta)

@@ -6,8 +6,8 @@ is one record (bytes) per image plus any shared bases the chunk introduced.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -22,19 +22,19 @@ from ..codecs.residual import select_residual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
+__all__ = ["CodingFields", "EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
 
 
 #: largest rank a record header can hold (a 16-bit field, docs/FORMAT.md 5.1)
 MAX_RANK = 0xFFFF
 
 
-@dataclass
-class EncodeOptions:
-    """Everything that decides how labels are encoded (JSON-serialisable; stored in the index)."""
+@dataclass(frozen=True)
+class CodingFields:
+    """The settings that decide how rows are coded, declared once for :class:`EncodeOptions` and the public
+    :class:`~score_codec.store.options.CodecOptions` (which documents each field)."""
 
     method: str = "global"
-    codec_config: Dict[str, Any] = field(default_factory=dict)
     rank: Optional[int] = None
     energy: Optional[float] = None
     ratio: Optional[float] = None
@@ -45,27 +45,48 @@ class EncodeOptions:
     keep_mean: bool = False
     zstd_level: int = 3
     shuffle: bool = False
+    codec_config: Optional[Mapping[str, Any]] = field(default=None, hash=False)
+
+    def coding_fields(self) -> Dict[str, Any]:
+        """The coding fields as keywords (``codec_config`` copied)."""
+        d = {f.name: getattr(self, f.name) for f in fields(CodingFields)}
+        d["codec_config"] = dict(self.codec_config or {})
+        return d
+
+
+@dataclass(frozen=True)
+class EncodeOptions(CodingFields):
+    """The coding fields validated and completed (rank 8 when no target is given): the writer's form, stored
+    in the index as JSON."""
 
     def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)   # frozen: normalised once, here
+
+        put("codec_config", dict(self.codec_config or {}))
         if self.quant not in QUANT_CODES:
             raise InputError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_CODES)}")
         if sum(x is not None for x in (self.rank, self.energy, self.ratio, self.target_bytes)) > 1:
             raise InputError("give at most one of rank, energy, ratio, target_bytes")
         if self.rank is None and self.energy is None and self.ratio is None and self.target_bytes is None:
-            self.rank = 8
+            put("rank", 8)
         # a rank of 0 (or a NaN ratio that rate control turns into one) would store no labels at all: every
         # row would decode to the same values, so such targets are refused rather than written
         if self.rank is not None:
-            self.rank = check_int("rank", self.rank, 1, MAX_RANK)
+            put("rank", check_int("rank", self.rank, 1, MAX_RANK))
         if self.energy is not None:
-            self.energy = check_real("energy", self.energy, 0.0, 1.0)
+            put("energy", check_real("energy", self.energy, 0.0, 1.0))
         if self.ratio is not None:
             # below 1 the target allows more bytes than fp16 logits (e.g. fp32 factors): legitimate, if rare
-            self.ratio = check_real("ratio", self.ratio, 0.0)
+            put("ratio", check_real("ratio", self.ratio, 0.0))
         if self.target_bytes is not None:
-            self.target_bytes = check_int("target_bytes", self.target_bytes, 1)
-        self.residual = check_int("residual entries per row", self.residual, 0)
-        self.zstd_level = check_int("zstd_level", self.zstd_level, 0, 22)
+            put("target_bytes", check_int("target_bytes", self.target_bytes, 1))
+        put("residual", check_int("residual entries per row", self.residual, 0))
+        put("zstd_level", check_int("zstd_level", self.zstd_level, 0, 22))
+
+    def as_json(self) -> Dict[str, Any]:
+        """The fields as the JSON object the index records."""
+        return self.coding_fields()
 
     def make_codec(self) -> Codec:
         return get_codec(self.method, **self.codec_config)
@@ -179,7 +200,7 @@ def encode_store_chunk(mats: Sequence[torch.Tensor], opts: EncodeOptions, bases:
     full = {b: bases.full(b) for b in set(basis_of)}
     per_row = opts.residual if bases.residual is None else bases.residual
     if per_row != opts.residual:
-        opts = EncodeOptions(**{**opts.__dict__, "residual": per_row})
+        opts = EncodeOptions(**{**opts.coding_fields(), "residual": per_row})
     buckets: Dict[tuple, List[int]] = {}
     for i, y in enumerate(ys):
         buckets.setdefault((int(y.shape[0]), basis_of[i]), []).append(i)

@@ -9,17 +9,17 @@ object's fields, so ``encode(Y, dst, method="global", ratio=30, quant="int8")`` 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from ..errors import InputError
-from .encoder import EncodeOptions
+from .encoder import CodingFields, EncodeOptions
 
 __all__ = ["CodecOptions", "CODEC_OPTION_NAMES", "split_codec_options"]
 
 
 @dataclass(frozen=True)
-class CodecOptions:
+class CodecOptions(CodingFields):
     """Codec, rate control, quantisation and storage settings of a label store.
 
     At most one of ``rank``, ``energy``, ``ratio`` and ``target_bytes`` may be given; with none of them the
@@ -66,18 +66,6 @@ class CodecOptions:
     ``keep_epochs``).
     """
 
-    method: str = "global"
-    rank: Optional[int] = None
-    energy: Optional[float] = None
-    ratio: Optional[float] = None
-    target_bytes: Optional[int] = None
-    quant: str = "fp16"
-    residual: int = 0
-    residual_score: str = "kl"
-    keep_mean: bool = False
-    zstd_level: int = 3
-    shuffle: bool = False
-    codec_config: Optional[Mapping[str, Any]] = field(default=None, hash=False)
     device: str = "cpu"
     pool: bool = True
     keep_epochs: Optional[int] = None
@@ -116,10 +104,7 @@ class CodecOptions:
 
     def encode_options(self) -> EncodeOptions:
         """The writer's internal, JSON-serialisable form (what the store's index records)."""
-        return EncodeOptions(method=self.method, codec_config=dict(self.codec_config or {}), rank=self.rank,
-                             energy=self.energy, ratio=self.ratio, target_bytes=self.target_bytes, quant=self.quant,
-                             residual=self.residual, residual_score=self.residual_score, keep_mean=self.keep_mean,
-                             zstd_level=self.zstd_level, shuffle=self.shuffle)
+        return EncodeOptions(**self.coding_fields())
 
     def as_dict(self) -> Dict[str, Any]:
         """The fields as a plain dict (``codec_config`` copied)."""

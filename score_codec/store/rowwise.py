@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..codecs.base import all_finite, to_float32
 from ..codecs.global_basis import BasisSet
@@ -105,7 +105,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
     row_mean = np.empty(nrows, dtype=np.float32) if keep_mean else None
     try:
         total, seen = -(-nrows // chunk_rows), 0
-        for s, block in tqdm(_chunks(rows, chunk_rows), total=total, desc="encode rows", unit="chunk", disable=not progress):
+        for s, block in progress_bar(_chunks(rows, chunk_rows), total=total, desc="encode rows", unit="chunk", enabled=progress):
             if block.ndim != 2 or block.shape[1] != c or s + len(block) > nrows:
                 raise InputError(f"rows {s}..{s + len(block)}: block of shape {tuple(block.shape)} does not fit "
                                  f"({nrows}, {c})")
@@ -124,7 +124,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
             raise InputError(f"got {seen} rows, the metadata describes {nrows}")
         order = np.lexsort((aug, image))
         starts = np.concatenate([[0], np.cumsum(ks)])
-        for i0 in tqdm(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", disable=not progress):
+        for i0 in progress_bar(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", enabled=progress):
             i1 = min(n, i0 + images_per_record_chunk)
             records = []
             for i in range(i0, i1):

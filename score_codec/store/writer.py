@@ -173,7 +173,7 @@ class StoreWriter:
         self._allocation: Optional[Dict[str, Any]] = None
         self._closed = False
         self._h5: Optional[h5py.File] = None
-        options = {**self.opts.__dict__, "num_classes": self.num_classes, "shard_bytes": self.shard_bytes,
+        options = {**self.opts.as_json(), "num_classes": self.num_classes, "shard_bytes": self.shard_bytes,
                    "scope": self.codec.scope}
         try:
             self._open_tmp(resume, options)
@@ -411,7 +411,7 @@ class StoreWriter:
 
     def _encoding(self) -> Dict[str, Any]:
         """The index's ``encoding`` attribute: the options, the codec's config and how a ratio was split."""
-        encoding = {**self.opts.__dict__, "codec": self.codec.get_config()}
+        encoding = {**self.opts.as_json(), "codec": self.codec.get_config()}
         if self._allocation is not None:
             encoding["allocation"] = self._allocation
         return encoding

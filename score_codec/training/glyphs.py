@@ -218,7 +218,7 @@ def build_glyph_set(classes: int = 1000, size: int = 32, seed: int = 0, test_fra
                     progress: bool = False) -> GlyphSet:
     """Render the glyph set (see module docstring); ``classes`` characters, ``size`` x ``size`` pixels."""
     from PIL import ImageFont
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     cand = candidate_characters()
     faces = discover_faces(dirs)
@@ -240,7 +240,7 @@ def build_glyph_set(classes: int = 1000, size: int = 32, seed: int = 0, test_fra
     pick = np.sort(np.random.default_rng(seed).choice(pool, size=classes, replace=False))
     chars = [cand[i] for i in pick]
     images, labels, face_of, used = [], [], [], []
-    for f in tqdm(kept, desc="render glyphs", unit="face", disable=not progress):
+    for f in progress_bar(kept, desc="render glyphs", unit="face", enabled=progress):
         try:
             font = ImageFont.truetype(f.path, 2 * size, index=f.index)
             rendered = [_render(font, ch, size, margin) for ch in chars]

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from .augment import MIX_NAMES, apply_mix, crop_coords, cutmix_box, hflip, mix_type_id, resized_crop, sample_crop
 from .images import load_images
@@ -202,7 +202,7 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
     batches = np.zeros(epochs * nb, BATCH_DTYPE)
     images = np.zeros(n, IMAGE_DTYPE)
     try:
-        bar = tqdm(total=epochs * nb, desc="relabel", unit="batch", disable=not progress)
+        bar = progress_bar(total=epochs * nb, desc="relabel", unit="batch", enabled=progress)
         row_start = 0
         with torch.no_grad():
             for e in range(epochs):

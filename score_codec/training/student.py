@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import InputError
 from .augment import resized_crop
@@ -109,7 +109,7 @@ def train_student(dataset_or_store, images=None, test_set=None, model_fn: Callab
     if epochs > ds.epochs:
         log.info("training %d epochs on %d stored label epochs: replaying label epoch e %% %d", epochs, ds.epochs, ds.epochs)
     last = torch.tensor(float("nan"))
-    bar = tqdm(total=steps, desc="student", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc="student", unit="step", enabled=progress)
     for e in range(epochs):
         label_epoch = e % max(ds.epochs, 1)
         ds.set_epoch(label_epoch)
@@ -182,7 +182,7 @@ def train_teacher(images, model: torch.nn.Module, epochs: int = 2, lr: float = 2
         raise InputError(f"train_teacher: schedule {schedule!r}: expected 'cosine' or 'one-cycle'")
     if views is None:
         views = lambda x, g: random_resized_views(x, g, scale=scale)   # noqa: E731
-    bar = tqdm(total=steps, desc="teacher", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc="teacher", unit="step", enabled=progress)
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=g)
         for s in range(0, len(xs), batch_size):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from score_codec.errors import ScoreError
 from score_codec.formats import read_dump
 
-from tests.common import all_files, damage_file, run_isolated
+from tests.common import all_files, damage_file, run_isolated_report
 from tests.dumpgen import make_epoch_dump, make_fkd_dump, make_lpqld_dump
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "40"))
@@ -42,16 +42,29 @@ def _read(work):
             pass
 
 
-def _case(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes):
+#: seconds one read may take, and address space it may add, before the case fails as a hang / a blow-up
+READ_SECONDS, READ_MEMORY = 30.0, 512 * 2**20
+
+
+def _outcome(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes):
+    """Damage a copy of dump ``fam`` and read it in a child: (outcome, peak bytes, description)."""
     work = str(tmp_path_factory.mktemp("case") / fam)
     shutil.copytree(dumps[fam], work)
     files = all_files(work)
     victim = files[file_pick % len(files)]
     damage_file(victim, pos, mode, nbytes)
-    outcome = run_isolated(lambda: _read(work), timeout=30.0)
-    assert outcome == "ok" or outcome.startswith("score-error"), (
-        f"{fam}: {os.path.relpath(victim, work)} {mode} {nbytes} bytes at {pos:.4f}: {outcome}")
+    outcome, peak = run_isolated_report(lambda: _read(work), timeout=READ_SECONDS, memory=READ_MEMORY)
     shutil.rmtree(os.path.dirname(work), ignore_errors=True)
+    return outcome, peak, f"{fam}: {os.path.relpath(victim, work)} {mode} {nbytes} bytes at {pos:.4f}: {outcome}"
+
+
+def _acceptable(outcome, peak):
+    return (outcome == "ok" or outcome.startswith("score-error")) and peak < READ_MEMORY
+
+
+def _case(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes):
+    outcome, peak, what = _outcome(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes)
+    assert _acceptable(outcome, peak), f"{what} (peak {peak} bytes)"
 
 
 @pytest.mark.timeout(300)
@@ -66,12 +79,33 @@ def test_damaged_dumps_raise_only_score_errors(dumps, tmp_path_factory, fam, fil
 @pytest.mark.timeout(4 * 3600)
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_fuzz_campaign(dumps, tmp_path_factory, fam):
-    """CAMPAIGN_EXAMPLES damaged dumps of one family."""
+    """CAMPAIGN_EXAMPLES damaged dumps of one family; the outcome counts and the peak memory per read go to
+    $SCORE_FUZZ_REPORT (JSON lines) when it is set."""
+    import collections
+    import json
+    import time
+
+    import numpy as np
+
+    counts, peaks, bad = collections.Counter(), [], []
+    start = time.monotonic()
 
     @settings(max_examples=CAMPAIGN_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(file_pick=st.integers(0, 1000), pos=st.floats(0, 1), mode=st.sampled_from(["flip", "truncate", "zero", "garbage"]),
            nbytes=st.integers(1, 32))
     def run(file_pick, pos, mode, nbytes):
-        _case(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes)
+        outcome, peak, what = _outcome(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes)
+        counts["ok" if outcome == "ok" else "score-error" if outcome.startswith("score-error") else
+               outcome.split(":")[0]] += 1
+        peaks.append(peak)
+        if not _acceptable(outcome, peak):
+            bad.append(what)
 
     run()
+    row = {"dump": fam, "cases": sum(counts.values()), "outcomes": dict(counts),
+           "peak_mb": round(max(peaks) / 2**20, 1), "median_peak_mb": round(float(np.median(peaks)) / 2**20, 1),
+           "failures": bad[:20], "seconds": round(time.monotonic() - start)}
+    if os.environ.get("SCORE_FUZZ_REPORT"):
+        with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    assert not bad, bad[:20]

@@ -88,7 +88,14 @@ def test_sigkill_of_an_overwriting_encode_leaves_the_old_or_the_new_store(tmp_pa
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("single", [False, True])
 def test_sigkill_at_100_random_moments(tmp_path, single):
+    """Every trial opened as the complete old or new store (asserted in the trials); the counts go to
+    $SCORE_FUZZ_REPORT (JSON lines) when it is set."""
     seen = _kill_trials(tmp_path, 100, single)
+    if os.environ.get("SCORE_FUZZ_REPORT"):
+        import json
+
+        with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
+            fh.write(json.dumps({"sigkill": "s.h5" if single else "s.store", "trials": 100, **seen}) + "\n")
     assert seen["old"] > 0 and seen["new"] > 0   # the kills fell on both sides of the replacement
 
 
@@ -172,3 +179,25 @@ def test_decode_overwrite_keeps_unrelated_files(tmp_path):
     with pytest.raises(InputError, match="README.txt"):
         write_dump(sc.LabelStore(store), str(out), "sre2l", overwrite=True)
     assert (out / "README.txt").read_text() == "my notes" and (out / "epoch_0").is_dir()
+
+
+def test_library_calls_without_progress_never_take_tqdm_s_process_shared_lock(tmp_path):
+    """A writer killed while holding tqdm's process-shared lock would leave every later bar in the parent
+    waiting on it for good: calls with progress=False (the default) must not create or take that lock."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, score_codec as sc\n"
+        "from tests.common import teacher_like_logits\n"
+        f"dst = {str(tmp_path / 'p.store')!r}\n"
+        "sc.encode(teacher_like_logits(8, 6, 10, seed=1), dst, method='global', rank=2)\n"
+        "sc.encode(teacher_like_logits(8, 6, 10, seed=2), dst, method='svd', rank=2, overwrite=True)\n"
+        "sc.LabelStore(dst).verify()\n"
+        "t = sys.modules.get('tqdm.std')\n"
+        "print('lock' if t is not None and hasattr(t.TqdmDefaultWriteLock, 'mp_lock') else 'none')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["none"]
