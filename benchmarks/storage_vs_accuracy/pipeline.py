@@ -20,7 +20,7 @@ from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource
 from benchmarks.storage_vs_accuracy.presets import Config
 from benchmarks.storage_vs_accuracy.students import evaluate_fast, train_one
 
-__all__ = ["Pipeline", "read_sre2l"]
+__all__ = ["Pipeline", "read_sre2l", "selection_method"]
 
 log = logging.getLogger("benchmarks.storage_vs_accuracy")
 
@@ -28,6 +28,14 @@ log = logging.getLogger("benchmarks.storage_vs_accuracy")
 def _atomic_save(obj: Any, path: str) -> None:
     torch.save(obj, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def selection_method(name: str, beta: float) -> Tuple[str, float]:
+    """(score_select method, beta) of a benchmark selection name: ``"score-beta0"`` is SCORE with beta = 0
+    (``"score-beta<v>"`` with beta = v); any other name is that method at the preset's ``beta``."""
+    if name.startswith("score-beta"):
+        return "score", float(name[len("score-beta"):])
+    return name, beta
 
 
 def _images(spec: str, size: Optional[int], limit: Optional[int] = None):
@@ -130,8 +138,9 @@ class Pipeline:
         for (method, ipc), p in wanted.items():
             if not os.path.isfile(p):
                 soft = f["soft_labels"].float() if method != "rded" else f["logits"]
-                idx, _ = score_select.select(f["features"], f["labels"], ipc, method=method,
-                                             soft_labels=soft, alpha=self.cfg.alpha, beta=self.cfg.beta, seed=0)
+                base, beta = selection_method(method, self.cfg.beta)
+                idx, _ = score_select.select(f["features"], f["labels"], ipc, method=base,
+                                             soft_labels=soft, alpha=self.cfg.alpha, beta=beta, seed=0)
                 _atomic_save(f["pool"][idx].sort().values, p)
         return {k: torch.load(p).numpy() for k, p in wanted.items()}
 

@@ -28,12 +28,14 @@ class Config:
     # selection
     pool: int = 10000                        # seeded random candidate pool
     select_views: int = 4                    # views per candidate for SCORE's R(Y) term
-    select_methods: Tuple[str, ...] = ("score", "random", "herding", "rded")
+    select_methods: Tuple[str, ...] = ("score", "random", "herding", "rded")   # "score-beta0": SCORE with beta = 0
     ipcs: Tuple[int, ...] = (10, 50)
     alpha: float = 1.0
     beta: float = 0.1
     sweep_method: str = "score"              # the storage sweep runs on this selection ...
     sweep_ipc: int = 50                      # ... at this IPC
+    select_ratios: Tuple[float, ...] = ()    # selection x compression: also the library default at these ratios
+    select_all_seeds: bool = False           # every seed for every selection row (default: the first seed)
     # relabel
     label_epochs: int = 40                   # K of the storage sweep
     select_label_epochs: Optional[int] = None  # K of the selection comparison (None: label_epochs)
@@ -103,6 +105,24 @@ PRESETS: Dict[str, Config] = {
             "codecs": ("global",), "codecs_high": ("global",), "residual_codecs": (), "pool_inner": None,
             "peers_at": (), "lpld_at": (10, 30, 100), "lpqld_at": (), "library_max_kl": (0.003, 0.001),
             "extra_seeds_for_best": False, "hard_labels": False, "cache": "glyphs-quick",
+        }),
+    # Selection x compression: six selections at IPC 1 and 10, each relabelled, labels raw and at the library
+    # default's 100x and 300x, three seeds per cell.  glyphs-select runs it on glyphs-quick's 100 classes
+    # (teacher and candidate pool shared through the cache); glyphs-select-1k on glyphs-full's 1000 classes.
+    "glyphs-select": Config(
+        "glyphs-select", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
+            **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400,
+            "select_methods": ("score", "score-beta0", "herding", "rded", "kcenter", "random"), "ipcs": (1, 10),
+            "sweep_ipc": 10, "label_epochs": 60, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
+            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
+        }),
+    "glyphs-select-1k": Config(
+        "glyphs-select-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
+            **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000,
+            "select_methods": ("score", "score-beta0", "herding", "rded", "kcenter", "random"), "ipcs": (1, 10),
+            "sweep_ipc": 10, "label_epochs": 100, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
+            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-full",
+            "codec_config": (("newton_steps", 0),),
         }),
     "glyphs-full": Config(
         "glyphs-full", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
@@ -174,7 +194,7 @@ PRESETS: Dict[str, Config] = {
                     label_epochs=40, ratios=(1, 10, 20, 100), seeds=(0,), test_limit=2000, train_steps=1000, lr=1e-2,
                     codecs=("svd", "rsvd", "cur", "rpca", "shared", "global"), hard_labels=True, threads=2),
     "smoke": Config("smoke", teacher_epochs=4, teacher_images=2000, teacher_width=8, pool=400,
-                    select_methods=("score", "random"), ipcs=(10,), sweep_ipc=10, label_epochs=4, batch_size=25,
-                    ratios=(1, 10, 100), codecs=("svd", "shared", "global"), seeds=(0,), test_limit=500, select_views=2,
+                    select_methods=("score", "score-beta0", "random"), select_ratios=(10,), ipcs=(10,), sweep_ipc=10,
+                    label_epochs=4, batch_size=25, ratios=(1, 10, 100), codecs=("svd", "shared", "global"), seeds=(0,), test_limit=500, select_views=2,
                     train_epochs=24, lr=1e-2, T=4.0, hard_labels=True, double_check=True),
 }

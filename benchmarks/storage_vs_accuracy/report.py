@@ -2,7 +2,9 @@
 
 Result rows (dicts) come from :func:`benchmarks.storage_vs_accuracy.run`:
 
-* ``experiment="selection"``: method, ipc, images, K, top1 (list over seeds, fractions);
+* ``experiment="selection"``: method, ipc, images, K, target_ratio (1: raw labels; X: the library's default
+  encode at X), top1 (list over seeds, fractions), and for compressed rows keep_epochs / inner_ratio /
+  probe_kl_t1 or a note ("n/a: ..." when the budget cannot hold the labels);
 * ``experiment="hard"``: the hard-label student on the sweep's views;
 * ``experiment="storage"``: vid, family, name, target (ratio), rows (N*K of the full dump), C,
   label_bytes, rows_kept, kl (nats, at the student's T), kl_t1, agree (fraction), top1 (list), note
@@ -58,6 +60,40 @@ def mean_std(v: Optional[List[float]]) -> str:
         return ""
     m = 100 * statistics.fmean(v)
     return f"{m:.2f} ± {100 * statistics.stdev(v):.2f}" if len(v) > 1 else f"{m:.2f}"
+
+
+def selection_entry(r: Dict[str, Any]) -> Dict[str, Any]:
+    """One ``selection`` entry of the results JSON: a selection method at one IPC and one label ratio."""
+    t = r.get("top1") or []
+    out = dict(method=r["method"], ipc=r["ipc"], images=r.get("images"), K=r["K"],
+               target_ratio=r.get("target_ratio", 1), top1=t,
+               top1_mean=statistics.fmean(t) if t else None, top1_std=statistics.stdev(t) if len(t) > 1 else None,
+               seeds=len(t))
+    out.update({k: r[k] for k in ("keep_epochs", "inner_ratio", "probe_kl_t1", "note") if r.get(k) is not None})
+    return out
+
+
+def selection_table(entries: List[Dict[str, Any]]) -> List[str]:
+    """Markdown: selection method x label ratio per IPC, each row against random, herding and SCORE with
+    beta = 0 at the same IPC and ratio (Welch's t-test, :func:`compare`)."""
+    if not entries:
+        return []
+    ratios = sorted({float(e.get("target_ratio", 1)) for e in entries})
+    rivals = ("random", "herding", "score-beta0")
+    out = ["| method | IPC | labels | student top-1 (%) | seeds | " + " | ".join(f"vs {m}" for m in rivals) + " |",
+           "|---|---:|---|---:|---:|" + "---|" * len(rivals)]
+    for ipc in sorted({e["ipc"] for e in entries}):
+        for x in ratios:
+            cell = {e["method"]: e for e in entries if e["ipc"] == ipc and float(e.get("target_ratio", 1)) == x}
+            for m, e in cell.items():
+                label = "raw fp16" if x == 1 else f"library default {x:g}x"
+                if e.get("keep_epochs") is not None:
+                    label += f" (keeps {e['keep_epochs']} epochs)"
+                vs = ["" if m == r or r not in cell or e.get("top1_mean") is None or cell[r].get("top1_mean") is None
+                      else compare(e, cell[r]) for r in rivals]
+                acc = mean_std(e.get("top1")) or e.get("note") or NOT_RUN
+                out.append(f"| {m} | {ipc} | {label} | {acc} | {e.get('seeds', 0)} | " + " | ".join(vs) + " |")
+    return out
 
 
 def _last_quarter_gain(curve: List[List[float]]) -> Optional[float]:
@@ -263,8 +299,7 @@ def _json(rows: List[Dict[str, Any]], info: Dict[str, Any], name: str) -> Dict[s
                                doubled_schedule=dbl, label_bytes=raw.get("label_bytes"), kl_t1=raw.get("kl_t1"),
                                kl_t=raw.get("kl"), agree=raw.get("agree")),
                 hard_label_top1=statistics.fmean(hard["top1"]) if hard and hard.get("top1") else None,
-                selection=[dict(method=r["method"], ipc=r["ipc"], images=r.get("images"), K=r["K"], top1=r["top1"])
-                           for r in rows if r["experiment"] == "selection"],
+                selection=[selection_entry(r) for r in rows if r["experiment"] == "selection"],
                 rows=out_rows, seconds=info.get("seconds"), config=cfg,
                 batches_per_epoch=info.get("batches_per_epoch"), provenance=info.get("provenance"))
 
@@ -368,10 +403,17 @@ def render_markdown(j: Dict[str, Any]) -> str:
            + ", ".join(f"{int(100 * f)}%: {100 * a:.2f}" for f, a in ref["curve"]) + ".",
            *_doubled_line(ref),
            f"- Hard labels on the same views: {hard_txt}; teacher {100 * j['teacher_top1']:.2f}%.", "",
-           "## Selection (uncompressed labels)", "",
-           "| method | IPC | images | K | student top-1 (%) |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['method']} | {r['ipc']} | {r.get('images') or ''} | {r.get('K', '')} | {mean_std(r['top1']) or NOT_RUN} |"
-           for r in j["selection"]]
+           ]
+    if any(float(r.get("target_ratio", 1)) != 1 for r in j["selection"]):
+        md += ["## Selection x compression", "",
+               "Each selection relabelled with the same teacher and augmentation; labels raw, or the library's default "
+               "encode (automatic allocation) at the ratio. Comparisons: Welch's t-test over the seeds (p < 0.05).", ""]
+        md += selection_table(j["selection"])
+    else:
+        md += ["## Selection (uncompressed labels)", "",
+               "| method | IPC | images | K | student top-1 (%) |", "|---|---:|---:|---:|---:|"]
+        md += [f"| {r['method']} | {r['ipc']} | {r.get('images') or ''} | {r.get('K', '')} | "
+               f"{mean_std(r['top1']) or NOT_RUN} |" for r in j["selection"]]
     row_b = 2 * j["num_classes"]
     md += ["", f"## Label storage at matched budgets ({cfg['sweep_method']} selection, IPC {cfg['sweep_ipc']}, "
                f"{j['images']} images x {j['label_epochs']} rows)", "",

@@ -85,7 +85,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     target ratios (and the reference); the others are reported from the cache, so a long preset can be run
     as several resumable runs that each finish some targets.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
-    from benchmarks.storage_vs_accuracy.peers import storage_variants
+    from benchmarks.storage_vs_accuracy.peers import library_default, storage_variants
     from benchmarks.storage_vs_accuracy.report import write_report
 
     t_start = time.time()
@@ -110,8 +110,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     variants = storage_variants(cfg, Y, table, os.path.join(cache_dir, "variants", key), classes)
     ref_key = f"select|{cfg.sweep_method}|ipc{cfg.sweep_ipc}|K{cfg.label_epochs}"
     reference = pipe.students(ref_key, LogitSource(Y), views, table, cfg.seeds, curve=True)
-    rows.append(dict(experiment="selection", method=cfg.sweep_method, ipc=cfg.sweep_ipc, images=len(sweep_idx),
-                     K=cfg.label_epochs, top1=reference["top1"][:1]))
+    sweep_row = dict(experiment="selection", method=cfg.sweep_method, ipc=cfg.sweep_ipc, images=len(sweep_idx),
+                     K=cfg.label_epochs, target_ratio=1, top1=reference["top1"][:len(cfg.seeds) if cfg.select_all_seeds else 1])
+    rows.append(sweep_row)
     if cfg.double_check:   # the curve's last quarter is the cosine's annealing: a twice-as-long run is the test
         epochs = 2 * (cfg.train_epochs or (math.ceil(cfg.train_steps / table.per_epoch) if cfg.train_steps else table.epochs))
         long_cfg = dataclasses.replace(cfg, train_epochs=epochs, train_steps=None)
@@ -170,19 +171,39 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     del views
     # the selection comparison last: the storage rows (the preset's goal) come first when a run is cut short
     ks = cfg.select_label_epochs or cfg.label_epochs
+    sel_seeds = cfg.seeds if cfg.select_all_seeds else first
     for (method, ipc), idx in sels.items():
-        if (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs:
+        is_sweep = (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs
+        if is_sweep and not cfg.select_ratios:
             continue   # the sweep's reference row is this selection's result
-        row = dict(experiment="selection", method=method, ipc=ipc, images=len(idx), K=ks, top1=[])
-        rows.append(row)
+        # the sweep's raw row is the reference's students (already in rows)
+        row = sweep_row if is_sweep else dict(experiment="selection", method=method, ipc=ipc, images=len(idx), K=ks,
+                                               target_ratio=1, top1=[])
+        if not is_sweep:
+            rows.append(row)
+        compressed = [dict(row, target_ratio=x, top1=[]) for x in cfg.select_ratios]
+        rows.extend(compressed)
         if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
             continue
         store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
+        jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys))]
+        for r in compressed:   # the library's default encode of this selection's labels at each ratio
+            x = r["target_ratio"]
+            path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", f"library_x{x:g}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            var = library_default(x, Ys, pipe.train.targets[idx].tolist(), path)   # seconds; cached on disk
+            r.update(var.extra)
+            if var.source is None:
+                r["note"] = var.note   # the budget cannot hold this selection's labels: no student
+                continue
+            jobs.append((r, f"{sel_key}|library@{x:g}", var.source))
         # replaying 1M views takes minutes: only when a student will train
-        sel_views = load_views(store, pipe.train, idx) if pipe.missing(sel_key, sel_table, first) else None
-        row.update(pipe.students(sel_key, LogitSource(Ys), sel_views, sel_table, first, optional=True))
+        need = any(pipe.missing(k, sel_table, sel_seeds) for _, k, _ in jobs)
+        sel_views = load_views(store, pipe.train, idx) if need else None
+        for r, k, src in jobs:
+            r.update(pipe.students(k, src, sel_views, sel_table, sel_seeds, optional=True))
         del sel_views, Ys
     if pipe.skipped:
         log.warning("time limit reached: %d students not run (a re-run resumes from the cache)", pipe.skipped)
