@@ -110,6 +110,18 @@ def kl_rows(target_log: torch.Tensor, logits: torch.Tensor, temperature: float) 
     return (target_log.exp() * (target_log - lq)).sum(-1)
 
 
+def _solve_spd(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve h x = g for a batch of damped Hessians h (n, r, r) and g (n, r): Cholesky, which takes about half
+    the work of LU on these symmetric positive definite systems; LU for any matrix the factorisation rejects
+    (the top-m Hessian approximation can lose definiteness in float32)."""
+    chol, info = torch.linalg.cholesky_ex(h)
+    x = torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+    bad = info != 0
+    if bool(bad.any()):
+        x[bad] = torch.linalg.solve(h[bad], g[bad])
+    return x
+
+
 def fit_coefficients(y: torch.Tensor, basis: torch.Tensor, mean: Optional[torch.Tensor] = None, *,
                      temperature: float = 1.0, steps: int = 2, damping: float = 1e-3, penalty: float = 0.0,
                      hessian_classes: Optional[int] = 64, chunk_rows: int = 1024) -> torch.Tensor:
@@ -150,23 +162,32 @@ def fit_coefficients(y: torch.Tensor, basis: torch.Tensor, mean: Optional[torch.
     # least squares against the basis as stored: a rounded (fp16) orthonormal basis is orthonormal only to
     # about 1e-3, and a plain projection would leave that much of every row's scale as error even at full rank
     ginv = torch.linalg.pinv(gram.double()).float()
+    inv_t = 1.0 / t
     for s in range(0, y.shape[0], chunk_rows):
-        z = y[s:s + chunk_rows].to(torch.float32) - mu
-        x = (z @ b.T) @ ginv
+        yc = y[s:s + chunk_rows].to(torch.float32)
+        x = ((yc - mu) @ b.T) @ ginv
         if steps > 0:
-            plog = torch.log_softmax((z + mu) / t, -1)
+            plog = torch.log_softmax(yc if t == 1.0 else yc * inv_t, -1)
             p = plog.exp()
+            # KL(p || q) = sum p log p - sum p log q: the first term is fixed per row, and p @ B^T once
+            # gives the gradient's target part (B (q - p) = B q - B p)
+            plogp = (p * plog).sum(-1)
+            pb = p @ b.T
             x0 = x
             rho = torch.zeros(x.shape[0], device=dev)
 
+            def logq(xx: torch.Tensor) -> torch.Tensor:
+                z = torch.addmm(mu, xx, b)
+                return torch.log_softmax(z if t == 1.0 else z * inv_t, -1)
+
             def objective(xx: torch.Tensor) -> torch.Tensor:
-                return kl_rows(plog, mu + xx @ b, t) + 0.5 * rho * (xx - x0).pow(2).sum(-1)
+                return plogp - (p * logq(xx)).sum(-1) + 0.5 * rho * (xx - x0).pow(2).sum(-1)
 
             cur = objective(x)
             for it in range(steps):
-                q = torch.softmax((mu + x @ b) / t, -1)
-                g = (q - p) @ b.T / t
+                q = logq(x).exp_()
                 qb = q @ b.T
+                g = (qb - pb) * inv_t
                 # Hessian of the softmax KL in coefficient space: B (diag q - q q^T) B^T / T^2
                 if top_m:
                     qt, idx = torch.topk(q, top_m, dim=-1)
@@ -179,13 +200,13 @@ def fit_coefficients(y: torch.Tensor, basis: torch.Tensor, mean: Optional[torch.
                     tri = q @ outer
                     h[:, iu[0], iu[1]] = tri
                     h[:, iu[1], iu[0]] = tri
-                h = (h - qb[:, :, None] * qb[:, None, :]) / t ** 2
+                h = (h - qb[:, :, None] * qb[:, None, :]) * inv_t ** 2
                 diag = h.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
                 if it == 0 and penalty > 0:
                     rho = penalty * diag
                     cur = objective(x)
                 g = g + rho[:, None] * (x - x0)
-                step = torch.linalg.solve(h + (damping * diag + rho)[:, None, None] * eye, g)
+                step = _solve_spd(h + (damping * diag + rho)[:, None, None] * eye, g)
                 best, best_kl = x, cur
                 for frac in (1.0, 0.5, 0.25):
                     xn = x - frac * step
