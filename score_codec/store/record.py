@@ -14,9 +14,10 @@ import torch
 import zstandard
 
 from ..errors import CodecError, CorruptRecordError, SizeLimitError
-from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantized_nbytes
+from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantize_batch, quantized_nbytes
 
-__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "unpack_record"]
+__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "pack_coefficient_records",
+           "unpack_record"]
 
 MAGIC = b"SLR1"
 #: magic, K, C, rank, quant, flags, nnz, basis id, raw body length, stored body length
@@ -177,9 +178,29 @@ def pack_record(
             delta[1:] = torch.where(same[1:], cols[1:] - cols[:-1], cols[1:])
             vals = residual.detach().cpu()[rows, cols].numpy().astype("<f2")
             parts += [counts.tobytes(), delta.numpy().astype(idt).tobytes(), vals.tobytes()]
+    return _finish(b"".join(parts), k, c, rank, quant, flags, nnz, basis, zstd_level, shuffle)
+
+
+def pack_coefficient_records(a: torch.Tensor, quant: str, *, c: int, means: Optional[torch.Tensor] = None,
+                             basis: int = 0, zstd_level: int = 3, shuffle: bool = False) -> List[bytes]:
+    """:func:`pack_record` of shared-basis coefficients for a batch of images with the same row count:
+    ``a`` (n, K, r) float32, ``c`` the class count, ``means`` (n, K) or None; the same bytes as ``[pack_record(a[i], None, quant,
+    mean=means[i], basis=basis, ...) for i in range(n)]``, with the quantisation done once for the batch."""
+    n, k, rank = a.shape
+    if rank > 0xFFFF:
+        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
+    flags = (FLAG_MEAN if means is not None else 0) | FLAG_SHARED
+    coef = quantize_batch(a.transpose(1, 2), quant)
+    mean_bytes = None if means is None else means.detach().cpu().numpy().astype("<f4")
+    return [_finish(coef[i] if mean_bytes is None else coef[i] + mean_bytes[i].tobytes(), k, c, rank, quant, flags, 0,
+                    basis, zstd_level, shuffle) for i in range(n)]
+
+
+def _finish(raw: bytes, k: int, c: int, rank: int, quant: str, flags: int, nnz: int, basis: int, zstd_level: int,
+            shuffle: bool) -> bytes:
+    """Byte-shuffle and compress a record's sections, and put the header in front."""
     secs = _sections(k, c, rank, quant, flags, nnz)
     # int8 blocks are one part (scales + values) but two sections; re-split by the section table
-    raw = b"".join(parts)
     if shuffle:
         out, pos = [], 0
         for ln, isz in secs:

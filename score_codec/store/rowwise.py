@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..codecs.base import all_finite, to_float32
 from ..codecs.global_basis import BasisSet
 from ..errors import InputError
 from .encoder import EncodedChunk
-from .record import pack_record
+from .record import pack_coefficient_records, pack_record
 
 __all__ = ["encode_rows", "supports_rowwise", "RowBlocks"]
 
@@ -67,6 +67,25 @@ def _chunks(rows: Any, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
             at, buf, held = at + held, [], 0
     if buf:
         yield at, np.concatenate(buf)
+
+
+def _pack_images(coef: Any, row_mean: Optional[np.ndarray], order: np.ndarray, starts: np.ndarray, ks: np.ndarray,
+                 i0: int, i1: int, r: int, c: int, opts: Any) -> List[bytes]:
+    """The records of images ``i0..i1``: their rows' coefficients gathered from ``coef`` (dump order) through
+    ``order``; images with one row count are quantised as one batch (most dumps give every image K rows)."""
+    kw = dict(basis=0, zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
+    if i1 > i0 and (ks[i0:i1] == ks[i0]).all():
+        idx = order[starts[i0]:starts[i1]]
+        a = torch.from_numpy(np.ascontiguousarray(coef[idx, :r])).reshape(i1 - i0, int(ks[i0]), r)
+        m = None if row_mean is None else torch.from_numpy(row_mean[idx]).reshape(i1 - i0, int(ks[i0]))
+        return pack_coefficient_records(a, opts.quant, means=m, **kw)
+    records = []
+    for i in range(i0, i1):
+        idx = order[starts[i]:starts[i + 1]]
+        a = torch.from_numpy(np.ascontiguousarray(coef[idx, :r]))
+        m = None if row_mean is None else torch.from_numpy(row_mean[idx])
+        records.append(pack_record(a, None, opts.quant, mean=m, **kw))
+    return records
 
 
 def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: np.ndarray,
@@ -126,13 +145,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
         starts = np.concatenate([[0], np.cumsum(ks)])
         for i0 in progress_bar(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", enabled=progress):
             i1 = min(n, i0 + images_per_record_chunk)
-            records = []
-            for i in range(i0, i1):
-                idx = order[starts[i]:starts[i + 1]]
-                a = torch.from_numpy(np.ascontiguousarray(coef[idx, :r]))
-                m = None if row_mean is None else torch.from_numpy(row_mean[idx])
-                records.append(pack_record(a, None, writer.opts.quant, mean=m, basis=0, zstd_level=writer.opts.zstd_level,
-                                           shuffle=writer.opts.shuffle, c=c))
+            records = _pack_images(coef, row_mean, order, starts, ks, i0, i1, r, c, writer.opts)
             k = (i1 - i0)
             chunk = EncodedChunk(records=records, ranks=[r] * k, nnz=[0] * k, bases={}, basis_of=[0] * k)
             writer.append_encoded(chunk, [int(x) for x in ks[i0:i1]], None if labels is None else list(labels[i0:i1]))

@@ -104,3 +104,22 @@ def test_fuzzed_records_raise_only_corrupt_record_error(tail, pos, val):
             unpack_record(candidate)
         except CorruptRecordError:
             pass
+
+
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("with_mean", [False, True])
+@pytest.mark.parametrize("shuffle,zstd_level", [(False, 0), (False, 3), (True, 3)])
+def test_batched_coefficient_records_are_the_per_image_records(quant, with_mean, shuffle, zstd_level):
+    """pack_coefficient_records quantises a batch at once; each record is byte for byte pack_record's."""
+    from score_codec.store.record import pack_coefficient_records
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(5, 6, 3, generator=g) * torch.tensor([1.0, 30.0, 1e-3])
+    a[2, :, 1] = 0.0                                   # a zero component: int8 scale 0
+    means = torch.randn(5, 6, generator=g) if with_mean else None
+    got = pack_coefficient_records(a, quant, c=10, means=means, basis=0, zstd_level=zstd_level, shuffle=shuffle)
+    want = [pack_record(a[i], None, quant, mean=None if means is None else means[i], basis=0,
+                        zstd_level=zstd_level, shuffle=shuffle, c=10) for i in range(5)]
+    assert got == want
+    rec = unpack_record(got[3])
+    assert rec.k == 6 and rec.rank == 3 and rec.basis == 0
