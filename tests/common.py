@@ -10,7 +10,7 @@ import torch
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
 from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
-__all__ = ["centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
+__all__ = ["CampaignTally", "centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
            "run_isolated", "reseal", "needs_fashion_mnist", "fashion_mnist_missing"]
 
@@ -313,6 +313,40 @@ def run_isolated_report(fn, timeout: float = 30.0, memory: int = 512 * 2**20):
         return "crash: no report", -1
     peak, _, outcome = text.partition(" ")
     return (outcome, int(peak)) if peak.isdigit() else (text, -1)
+
+
+class CampaignTally:
+    """The outcomes of a slow fuzz campaign (see :func:`run_isolated_report`): counts by kind, peak memory per
+    read and the failing cases; :meth:`finish` writes one JSON line to ``$SCORE_FUZZ_REPORT`` when it is set
+    and fails on any case that was not "ok" or a ScoreError, or that reached ``memory`` bytes."""
+
+    def __init__(self, memory: int) -> None:
+        import collections
+        import time
+
+        self.memory, self.counts, self.peaks, self.bad = memory, collections.Counter(), [], []
+        self.start = time.monotonic()
+
+    def add(self, outcome: str, peak: int, what: str) -> None:
+        self.counts["ok" if outcome == "ok" else "score-error" if outcome.startswith("score-error") else
+                    outcome.split(":")[0]] += 1
+        self.peaks.append(peak)
+        if not (outcome == "ok" or outcome.startswith("score-error")) or peak >= self.memory:
+            self.bad.append(what)
+
+    def finish(self, **key) -> None:
+        import json
+        import os
+        import time
+
+        row = {**key, "cases": sum(self.counts.values()), "outcomes": dict(self.counts),
+               "peak_mb": round(max(self.peaks) / 2**20, 1),
+               "median_peak_mb": round(float(np.median(self.peaks)) / 2**20, 1),
+               "failures": self.bad[:20], "seconds": round(time.monotonic() - self.start)}
+        if os.environ.get("SCORE_FUZZ_REPORT"):
+            with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        assert not self.bad, self.bad[:20]
 
 
 def fashion_mnist_missing() -> bool:

@@ -8,10 +8,9 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from score_codec.errors import ScoreError
 from score_codec.formats import read_dump
 
-from tests.common import all_files, damage_file, run_isolated_report
+from tests.common import CampaignTally, all_files, damage_file, run_isolated_report
 from tests.dumpgen import make_epoch_dump, make_fkd_dump, make_lpqld_dump
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "40"))
@@ -81,31 +80,13 @@ def test_damaged_dumps_raise_only_score_errors(dumps, tmp_path_factory, fam, fil
 def test_fuzz_campaign(dumps, tmp_path_factory, fam):
     """CAMPAIGN_EXAMPLES damaged dumps of one family; the outcome counts and the peak memory per read go to
     $SCORE_FUZZ_REPORT (JSON lines) when it is set."""
-    import collections
-    import json
-    import time
-
-    import numpy as np
-
-    counts, peaks, bad = collections.Counter(), [], []
-    start = time.monotonic()
+    tally = CampaignTally(READ_MEMORY)
 
     @settings(max_examples=CAMPAIGN_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(file_pick=st.integers(0, 1000), pos=st.floats(0, 1), mode=st.sampled_from(["flip", "truncate", "zero", "garbage"]),
            nbytes=st.integers(1, 32))
     def run(file_pick, pos, mode, nbytes):
-        outcome, peak, what = _outcome(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes)
-        counts["ok" if outcome == "ok" else "score-error" if outcome.startswith("score-error") else
-               outcome.split(":")[0]] += 1
-        peaks.append(peak)
-        if not _acceptable(outcome, peak):
-            bad.append(what)
+        tally.add(*_outcome(dumps, tmp_path_factory, fam, file_pick, pos, mode, nbytes))
 
     run()
-    row = {"dump": fam, "cases": sum(counts.values()), "outcomes": dict(counts),
-           "peak_mb": round(max(peaks) / 2**20, 1), "median_peak_mb": round(float(np.median(peaks)) / 2**20, 1),
-           "failures": bad[:20], "seconds": round(time.monotonic() - start)}
-    if os.environ.get("SCORE_FUZZ_REPORT"):
-        with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-    assert not bad, bad[:20]
+    tally.finish(dump=fam)

@@ -11,10 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import score_codec as sc
-from score_codec.errors import ScoreError
 
-from tests.common import (all_files, damage_file, edit_toc, make_meta, reseal, run_isolated, run_isolated_report,
-                          teacher_like_logits)
+from tests.common import (CampaignTally, all_files, damage_file, edit_toc, make_meta, reseal, run_isolated,
+                          run_isolated_report, teacher_like_logits)
 
 FUZZ_EXAMPLES = int(os.environ.get("SCORE_FUZZ_EXAMPLES", "40"))
 #: cases of the slow campaign per store kind (SCORE_FUZZ_CAMPAIGN overrides)
@@ -130,34 +129,17 @@ def test_forged_table_of_contents_raises_only_score_errors(pristine, tmp_path_fa
 def test_fuzz_campaign(pristine, tmp_path_factory, which, resealed):
     """CAMPAIGN_EXAMPLES damaged stores of one kind, with or without their checksums recomputed; the
     outcome counts and the peak memory per read go to $SCORE_FUZZ_REPORT (JSON lines) when it is set."""
-    import collections
-    import json
-    import time
-
-    counts, peaks, bad = collections.Counter(), [], []
-    start = time.monotonic()
+    tally = CampaignTally(READ_MEMORY)
 
     @settings(max_examples=CAMPAIGN_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(file_pick=st.integers(0, 100), pos=st.floats(0, 1), mode=st.sampled_from(["flip", "truncate", "zero"]),
            nbytes=st.integers(1, 64))
     def run(file_pick, pos, mode, nbytes):
-        outcome, peak, what = _case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed)
-        kind = ("ok" if outcome == "ok" else "score-error" if outcome.startswith("score-error") else
-                outcome.split(":")[0])
-        counts[kind] += 1
-        peaks.append(peak)
-        if not _acceptable(outcome) or peak >= READ_MEMORY:
-            bad.append(what)
+        tally.add(*_case(pristine, tmp_path_factory, which, file_pick, pos, mode, nbytes, resealed))
 
     run()
-    row = {"store": which, "resealed": resealed, "cases": sum(counts.values()), "outcomes": dict(counts),
-           "peak_mb": round(max(peaks) / 2**20, 1), "median_peak_mb": round(float(np.median(peaks)) / 2**20, 1),
-           "failures": bad[:20], "seconds": round(time.monotonic() - start)}
-    if os.environ.get("SCORE_FUZZ_REPORT"):
-        with open(os.environ["SCORE_FUZZ_REPORT"], "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-    assert not bad, bad[:20]
+    tally.finish(store=which, resealed=resealed)
 
 
 @pytest.mark.timeout(60)
