@@ -7,7 +7,8 @@ over an image pool first and writes ``out/selection.json`` (what ``score-select`
 from __future__ import annotations
 
 from .api import DEFAULT_ALPHA, DEFAULT_BETA, select
-from .coding_rate import DEFAULT_EPS_SQ, class_coding_rate, coding_rate, label_coding_rate, objective
+from .coding_rate import (DEFAULT_EPS_SQ, class_coding_rate, coding_rate, label_coding_rate, objective,
+                          residual_label_coding_rate)
 from .estimator import ScoreSelection
 from .pipeline import select_images
 from .greedy import GreedyResult, budgets_from_ipc, greedy_select, sequence_gains
@@ -16,7 +17,7 @@ from .registry import SelectionTask, available_methods, get_selector, register
 
 __all__ = [
     "select", "select_images", "ScoreSelection", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_EPS_SQ",
-    "coding_rate", "class_coding_rate", "label_coding_rate", "objective",
+    "coding_rate", "class_coding_rate", "label_coding_rate", "residual_label_coding_rate", "objective",
     "GreedyResult", "budgets_from_ipc", "greedy_select", "sequence_gains",
     "PRESETS", "preset", "SelectionTask", "available_methods", "get_selector", "register",
 ]

@@ -10,7 +10,7 @@ import torch
 
 from score_codec.errors import InputError
 
-from .coding_rate import DEFAULT_EPS_SQ, label_coding_rate
+from .coding_rate import DEFAULT_EPS_SQ, label_coding_rate, residual_label_coding_rate
 from .greedy import budgets_from_ipc, prepare, sequence_gains
 from .registry import SelectionTask, get_selector, method_options
 
@@ -31,7 +31,7 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
            alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, eps_sq: float = DEFAULT_EPS_SQ,
            soft_labels: Optional[torch.Tensor] = None, device: Union[str, torch.device] = "cpu", *,
            label_rates: Optional[torch.Tensor] = None, label_eps_sq: float = DEFAULT_EPS_SQ,
-           temperature: float = 1.0, num_classes: Optional[int] = None, dtype: torch.dtype = torch.float32,
+           temperature: float = 1.0, label_rate: str = "image", label_rank: int = 16, num_classes: Optional[int] = None, dtype: torch.dtype = torch.float32,
            seed: int = 0, progress: bool = False, **options: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pick ``ipc`` real images per class.
 
@@ -48,6 +48,11 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
         device: compute device (``"cpu"``, ``"cuda"``).
         label_rates: ``(N,)`` precomputed ``R(Y_x)`` in nats (skips computing them from ``soft_labels``).
         label_eps_sq, temperature: eps_y^2 and softmax temperature of ``R(Y)``.
+        label_rate: what ``R(Y_x)`` measures: ``"image"`` (the paper's term: the coding rate of the image's
+            own ``K x C`` soft labels) or ``"residual"`` (the coding rate of what a store-wide basis of
+            ``label_rank`` directions leaves of them: what the default ``global`` codec cannot represent;
+            :func:`~score_select.coding_rate.residual_label_coding_rate`).
+        label_rank: the store-wide basis's directions for ``label_rate="residual"``.
         num_classes: class count (default ``max(labels) + 1``).
         dtype: compute precision (float64 for exact tests).
         seed: seed of the ``random`` method.
@@ -73,9 +78,12 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
         soft_labels = torch.as_tensor(soft_labels)
         if soft_labels.shape[0] != X.shape[0]:
             raise InputError(f"soft_labels has {soft_labels.shape[0]} rows for {X.shape[0]} candidates")
+    if label_rate not in ("image", "residual"):
+        raise InputError(f"label_rate must be 'image' or 'residual', found {label_rate!r}")
     if label_rates is None and soft_labels is not None and beta != 0:
         Y = soft_labels if soft_labels.ndim == 3 else soft_labels[:, None]
-        label_rates = label_coding_rate(Y.to(device), label_eps_sq, temperature)
+        label_rates = (label_coding_rate(Y.to(device), label_eps_sq, temperature) if label_rate == "image" else
+                       residual_label_coding_rate(Y.to(device), label_rank, label_eps_sq, temperature))
     if label_rates is None and beta != 0:
         log.info("no soft labels given: the beta * R(Y) term is absent")
     task = SelectionTask(X, y, budgets, alpha=float(alpha), beta=float(beta), eps_sq=float(eps_sq),

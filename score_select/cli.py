@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "for imagenet1k, tiny, imagewoof or imagenette; explicit --alpha/--beta/--temperature win.")
     p.add_argument("--alpha", type=float, default=None, help="The weight of the class-conditional rate Rc (default 1.0).")
     p.add_argument("--beta", type=float, default=None, help="The weight of the soft-label rate R(Y) (default 0.1).")
+    p.add_argument("--label-rate", choices=("image", "residual"), default="image",
+                   help="What R(Y) measures: the coding rate of each image's own soft labels (the paper's term), or "
+                        "of what a store-wide basis of --label-rank directions leaves of them (what the default "
+                        "global codec cannot represent).")
+    p.add_argument("--label-rank", type=int, default=16, help="Directions of the store-wide basis of --label-rate "
+                   "residual (default 16).")
     p.add_argument("--eps-sq", type=float, default=0.5, help="The squared distortion eps^2 of the rates (default 0.5).")
     p.add_argument("--temperature", type=float, default=None,
                    help="The softmax temperature used for R(Y) (default 1, or the preset's).")
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
                          order=args.order, views=args.views, features=args.features, image_size=args.image_size,
                          batch_size=args.batch_size, device=args.device, seed=args.seed, copy=args.copy,
                          progress=not args.quiet, weights=args.weights, num_classes=args.num_classes,
-                         normalize=_normalization(args))
+                         normalize=_normalization(args), label_rate=args.label_rate, label_rank=args.label_rank)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

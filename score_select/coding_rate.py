@@ -30,6 +30,7 @@ __all__ = [
     "coding_rate",
     "class_coding_rate",
     "label_coding_rate",
+    "residual_label_coding_rate",
     "objective",
 ]
 
@@ -133,6 +134,55 @@ def label_coding_rate(Y: torch.Tensor, eps_sq: float = DEFAULT_EPS_SQ, temperatu
         y = torch.log_softmax(Y[s:s + chunk_size].to(dtype) / temperature, dim=-1)
         y = y - y.mean(dim=-1, keepdim=True)
         out[s:s + chunk_size] = 0.5 * logdet_gram(y, C / (K * eps_sq))
+    return out
+
+
+def _centred_log_probs(Y: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    y = torch.log_softmax(Y.to(dtype) / temperature, dim=-1)
+    return y - y.mean(dim=-1, keepdim=True)
+
+
+def residual_label_coding_rate(Y: torch.Tensor, rank: int = 16, eps_sq: float = DEFAULT_EPS_SQ,
+                               temperature: float = 1.0, fit_rows: int = 65_536,
+                               chunk_size: int = 4096) -> torch.Tensor:
+    """Per-image coding rate of the soft labels a store-wide basis leaves out (*ours*).
+
+    The default codec codes every row in one basis fitted on the whole store, so what it cannot represent
+    of an image is the part of its rows outside that subspace, not how low-rank the image's own ``K x C``
+    matrix is (CutMix makes those full-rank anyway).  This is :func:`label_coding_rate` of the rows'
+    residuals after projecting the centred log-probabilities onto the mean row plus the top-``rank``
+    principal directions of all candidates' rows (fitted on about ``fit_rows`` rows from images spread
+    over the candidates).
+
+    Args:
+        Y: ``(N, K, C)`` raw teacher logits of K augmented views per candidate.
+        rank: directions of the store-wide basis (the codec's rank at the budget of interest).
+        eps_sq, temperature: as in :func:`label_coding_rate`.
+        fit_rows: rows the basis is fitted on.
+        chunk_size: images per batched log-determinant.
+
+    Returns:
+        ``(N,)`` rates in nats (float32 for half inputs).
+    """
+    if Y.ndim != 3:
+        raise InputError(f"soft labels must have shape (N, K, C), found {tuple(Y.shape)}")
+    if not all_finite(Y):
+        raise InputError("soft labels contain NaN or Inf")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise InputError(f"rank must be a non-negative integer, found {rank!r}")
+    N, K, C = Y.shape
+    dtype = Y.dtype if Y.dtype in (torch.float32, torch.float64) else torch.float32
+    pick = torch.linspace(0, N - 1, max(1, min(N, -(-fit_rows // K)))).round().long().unique()
+    rows = _centred_log_probs(Y[pick], temperature, dtype).reshape(-1, C)
+    mean = rows.mean(0)
+    rows = rows - mean
+    evals, evecs = torch.linalg.eigh(rows.T @ rows)
+    basis = evecs[:, torch.argsort(evals, descending=True)[:min(rank, C)]].T.contiguous()   # (r, C)
+    out = torch.empty(N, dtype=dtype, device=Y.device)
+    for s in range(0, N, chunk_size):
+        y = _centred_log_probs(Y[s:s + chunk_size], temperature, dtype) - mean
+        resid = y - (y @ basis.T) @ basis
+        out[s:s + chunk_size] = 0.5 * logdet_gram(resid, C / (K * eps_sq))
     return out
 
 

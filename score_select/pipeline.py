@@ -80,7 +80,7 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
                   features: Optional[str] = None, image_size: Optional[int] = None, batch_size: int = 128,
                   device: str = "cpu", seed: int = 0, copy: bool = False, progress: bool = False,
                   weights: Optional[str] = None, num_classes: Optional[int] = None,
-                  normalize: Any = None) -> Dict[str, Any]:
+                  normalize: Any = None, label_rate: str = "image", label_rank: int = 16) -> Dict[str, Any]:
     """Select ``ipc`` real images per class from a pool with a teacher, into the directory ``out``.
 
     Args:
@@ -98,6 +98,8 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         beta: weight of the soft-label rate R(Y) (default 0.1).
         eps_sq: squared distortion eps^2 of the rates.
         temperature: softmax temperature of R(Y) (default 1, or the preset's).
+        label_rate, label_rank: what R(Y) measures (:func:`score_select.select`): ``"image"`` (the paper's
+            term) or ``"residual"`` (what a store-wide basis of ``label_rank`` directions leaves).
         order: ``"greedy"`` (global greedy) or ``"round_robin"`` (blocked rounds over classes).
         views: augmented views per image whose teacher logits give R(Y) (0 disables).
         features: the teacher-output cache to read if it exists, else to write (default
@@ -133,8 +135,8 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         raise WriteFailedError(f"{out}: cannot create the output directory ({exc})") from exc
     try:
         return _select_into(images, teacher, out, ipc, method=method, alpha=alpha, beta=beta, eps_sq=eps_sq,
-                            temperature=temperature, order=order, views=views,
-                            cache=features or os.path.join(out, "features.safetensors"), image_size=image_size,
+                            temperature=temperature, order=order, views=views, label_rate=label_rate,
+                            label_rank=label_rank, cache=features or os.path.join(out, "features.safetensors"), image_size=image_size,
                             batch_size=batch_size, device=device, seed=seed, copy=copy, progress=progress,
                             teacher_args=dict(weights=weights, num_classes=num_classes, normalize=normalize))
     except BaseException:
@@ -144,7 +146,8 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
 
 
 def _select_into(images: str, teacher: str, out_dir: str, ipc: int, *, method: str, alpha: float, beta: float,
-                 eps_sq: float, temperature: float, order: str, views: int, cache: str, image_size: Optional[int],
+                 eps_sq: float, temperature: float, order: str, views: int, label_rate: str, label_rank: int,
+                 cache: str, image_size: Optional[int],
                  batch_size: int, device: str, seed: int, copy: bool, progress: bool,
                  teacher_args: Dict[str, Any]) -> Dict[str, Any]:
     from .api import select
@@ -158,12 +161,13 @@ def _select_into(images: str, teacher: str, out_dir: str, ipc: int, *, method: s
         soft = data.get("logits")
     idx, gains = select(data["features"], y, ipc, method=method, alpha=alpha, beta=beta, eps_sq=eps_sq,
                         soft_labels=soft, device=device, temperature=temperature, seed=seed, progress=progress,
+                        label_rate=label_rate, label_rank=label_rank,
                         **({"order": order} if "order" in method_options(method) else {}))
     idx_l, lab_l = idx.tolist(), y[idx].tolist()
     paths = meta.get("paths") or []
     summary = {
         "method": method, "ipc": ipc, "alpha": alpha, "beta": beta, "eps_sq": eps_sq,
-        "temperature": temperature, "order": order, "candidates": int(y.shape[0]),
+        "temperature": temperature, "order": order, "label_rate": label_rate, "candidates": int(y.shape[0]),
         "selected": len(idx_l), "objective_nats": float(gains.sum()), "classes": meta.get("classes", []),
         "indices": idx_l, "labels": lab_l, "paths": [paths[i] for i in idx_l] if paths else [],
         "gains": gains.tolist(),

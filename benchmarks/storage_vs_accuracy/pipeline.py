@@ -30,12 +30,16 @@ def _atomic_save(obj: Any, path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def selection_method(name: str, beta: float) -> Tuple[str, float]:
-    """(score_select method, beta) of a benchmark selection name: ``"score-beta0"`` is SCORE with beta = 0
-    (``"score-beta<v>"`` with beta = v); any other name is that method at the preset's ``beta``."""
+def selection_method(name: str, beta: float) -> Tuple[str, Dict[str, Any]]:
+    """(score_select method, its keyword arguments) of a benchmark selection name: ``"score-beta0"`` is
+    SCORE with beta = 0 (``"score-beta<v>"`` with beta = v); ``"score-residual"`` is SCORE whose label term
+    is the store-basis residual rate (``label_rate="residual"``); any other name is that method at the
+    preset's ``beta``."""
+    if name == "score-residual":
+        return "score", dict(beta=beta, label_rate="residual")
     if name.startswith("score-beta"):
-        return "score", float(name[len("score-beta"):])
-    return name, beta
+        return "score", dict(beta=float(name[len("score-beta"):]))
+    return name, dict(beta=beta)
 
 
 def _images(spec: str, size: Optional[int], limit: Optional[int] = None):
@@ -138,9 +142,9 @@ class Pipeline:
         for (method, ipc), p in wanted.items():
             if not os.path.isfile(p):
                 soft = f["soft_labels"].float() if method != "rded" else f["logits"]
-                base, beta = selection_method(method, self.cfg.beta)
+                base, kw = selection_method(method, self.cfg.beta)
                 idx, _ = score_select.select(f["features"], f["labels"], ipc, method=base,
-                                             soft_labels=soft, alpha=self.cfg.alpha, beta=beta, seed=0)
+                                             soft_labels=soft, alpha=self.cfg.alpha, seed=0, **kw)
                 _atomic_save(f["pool"][idx].sort().values, p)
         return {k: torch.load(p).numpy() for k, p in wanted.items()}
 

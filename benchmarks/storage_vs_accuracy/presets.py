@@ -28,7 +28,8 @@ class Config:
     # selection
     pool: int = 10000                        # seeded random candidate pool
     select_views: int = 4                    # views per candidate for SCORE's R(Y) term
-    select_methods: Tuple[str, ...] = ("score", "random", "herding", "rded")   # "score-beta0": SCORE with beta = 0
+    # "score-beta0": SCORE with beta = 0; "score-residual": SCORE with the store-basis residual label rate
+    select_methods: Tuple[str, ...] = ("score", "random", "herding", "rded")
     ipcs: Tuple[int, ...] = (10, 50)
     alpha: float = 1.0
     beta: float = 0.1
@@ -112,14 +113,16 @@ PRESETS: Dict[str, Config] = {
     "glyphs-select": Config(
         "glyphs-select", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
             **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400,
-            "select_methods": ("score", "score-beta0", "herding", "rded", "kcenter", "random"), "ipcs": (1, 10),
+            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
+            "ipcs": (1, 10),
             "sweep_ipc": 10, "label_epochs": 60, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
             "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
         }),
     "glyphs-select-1k": Config(
         "glyphs-select-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000,
-            "select_methods": ("score", "score-beta0", "herding", "rded", "kcenter", "random"), "ipcs": (1, 10),
+            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
+            "ipcs": (1, 10),
             "sweep_ipc": 10, "label_epochs": 100, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
             "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-full",
             "codec_config": (("newton_steps", 0),),

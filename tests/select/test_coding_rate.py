@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from score_codec.errors import InputError
+from score_select import residual_label_coding_rate, select
 from score_select.coding_rate import class_coding_rate, coding_rate, label_coding_rate, logdet_gram, objective
 
 D64 = torch.float64
@@ -76,3 +77,36 @@ def test_objective_combines_the_three_terms():
     want = (coding_rate(Z, 0.5, 6) - 2.0 * class_coding_rate(Z, y, 0.5, n=6, n_c=[3, 3]) - 0.3 * r.sum()).item()
     assert objective(Z, y, alpha=2.0, beta=0.3, n=6, n_c=[3, 3], label_rates=r).item() == pytest.approx(want)
     assert math.isfinite(want)
+
+
+def test_residual_label_rate_is_zero_inside_the_store_basis_and_singles_out_an_image_outside_it():
+    """Centred log-probabilities are centred logits / T, so logits in a 3-direction span (plus any per-row
+    constant) leave nothing outside a rank-3 store basis; an image with rows off that span has the top rate."""
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 8, 3, generator=g, dtype=torch.float64) @ w * 3 + torch.randn(30, 8, 1, generator=g, dtype=torch.float64)
+    inside = residual_label_coding_rate(y, rank=3, temperature=4.0)
+    assert inside.shape == (30,) and float(inside.abs().max()) < 1e-8
+    assert float(label_coding_rate(y, temperature=4.0).min()) > 0.1     # the paper's term sees each image's rank
+    y[5] += torch.randn(8, 20, generator=g, dtype=torch.float64) * 2
+    off = residual_label_coding_rate(y, rank=3, temperature=4.0)
+    assert int(off.argmax()) == 5 and float(off[5]) > 10 * float(off[torch.arange(30) != 5].max())
+    with pytest.raises(InputError):
+        residual_label_coding_rate(y, rank=-1)
+
+
+def test_select_with_the_residual_label_rate_changes_the_beta_term_only():
+    """label_rate="residual" replaces R(Y_x) by the store-basis residual rate; beta = 0 ignores either."""
+    g = torch.Generator().manual_seed(1)
+    feats, labels = torch.randn(60, 8, generator=g), torch.arange(60) % 3
+    soft = torch.randn(60, 4, 12, generator=g)
+    a, _ = select(feats, labels, 2, beta=0.0, soft_labels=soft)
+    b, _ = select(feats, labels, 2, beta=0.0, soft_labels=soft, label_rate="residual")
+    assert torch.equal(a, b)
+    rates = residual_label_coding_rate(soft, rank=16)
+    c, gc = select(feats, labels, 2, beta=5.0, soft_labels=soft, label_rate="residual")
+    d, gd = select(feats, labels, 2, beta=5.0, label_rates=rates)
+    assert torch.equal(c, d) and torch.allclose(gc, gd)
+    with pytest.raises(InputError):
+        select(feats, labels, 2, soft_labels=soft, label_rate="paper")
