@@ -118,6 +118,14 @@ PRESETS: Dict[str, Config] = {
             "sweep_ipc": 10, "label_epochs": 60, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
             "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
         }),
+    # IPC 1 alone on 100 classes: one image per class, K = 300 stored epochs (one pass each: 600 steps)
+    "glyphs-select-ipc1": Config(
+        "glyphs-select-ipc1", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
+            **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400,
+            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
+            "ipcs": (1,), "sweep_ipc": 1, "label_epochs": 300, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
+            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
+        }),
     "glyphs-select-1k": Config(
         "glyphs-select-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000,

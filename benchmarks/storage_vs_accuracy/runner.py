@@ -245,6 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--select-methods", nargs="+", metavar="METHOD",
                    help="selections to run (the preset's select_methods; e.g. only 'score' to leave the selection "
                         "comparison, and its feature pass, to a later run)")
+    p.add_argument("--ipcs", type=int, nargs="+", metavar="IPC",
+                   help="images per class of the selections (the preset's ipcs; the storage sweep moves to the first "
+                        "when the preset's sweep_ipc is not among them)")
     p.add_argument("--commit-results", action="store_true", help="write to benchmarks/storage_vs_accuracy/results (the committed results)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -257,6 +260,10 @@ def main(argv=None) -> int:
         over["seeds"] = tuple(range(a.seeds))
     if a.select_methods:
         over["select_methods"] = tuple(a.select_methods)
+    if a.ipcs:
+        over["ipcs"] = tuple(a.ipcs)
+        if PRESETS[a.preset].sweep_ipc not in a.ipcs:
+            over["sweep_ipc"] = a.ipcs[0]
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
     if a.targets and not set(a.targets) <= set(cfg.ratios):
         p.error(f"--targets {' '.join(f'{x:g}' for x in a.targets)}: the preset's target ratios are "
