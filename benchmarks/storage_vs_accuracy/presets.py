@@ -87,6 +87,17 @@ _GLYPH = dict(teacher_arch="convnet", teacher_norm="batch", teacher_depth=4, stu
               residual_codecs=("global",), pool_codec="global", ratios=(1, 10, 20, 30, 100), select_views=4,
               threads=2)
 
+#: glyphs-quick's data, teacher and candidate pool (and its step cache)
+_QUICK = dict(_GLYPH, data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", teacher_width=64,
+              teacher_epochs=6, pool=9400, cache="glyphs-quick")
+#: glyphs-full's data, teacher and candidate pool
+_FULL = dict(_GLYPH, data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", teacher_width=128,
+             teacher_epochs=3, pool=94000)
+#: the selection x compression table: seven selections, raw labels and the library default at 100x and 300x
+_SELECT = dict(select_methods=("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
+               seeds=(0, 1, 2), ratios=(), pool_inner=None, select_ratios=(100, 300), select_all_seeds=True,
+               hard_labels=False)
+
 PRESETS: Dict[str, Config] = {
     "glyphs-quick": Config(
         "glyphs-quick", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
@@ -107,34 +118,17 @@ PRESETS: Dict[str, Config] = {
             "peers_at": (), "lpld_at": (10, 30, 100), "lpqld_at": (), "library_max_kl": (0.003, 0.001),
             "extra_seeds_for_best": False, "hard_labels": False, "cache": "glyphs-quick",
         }),
-    # Selection x compression: six selections at IPC 1 and 10, each relabelled, labels raw and at the library
+    # Selection x compression: seven selections at IPC 1 and 10, each relabelled, labels raw and at the library
     # default's 100x and 300x, three seeds per cell.  glyphs-select runs it on glyphs-quick's 100 classes
-    # (teacher and candidate pool shared through the cache); glyphs-select-1k on glyphs-full's 1000 classes.
-    "glyphs-select": Config(
-        "glyphs-select", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
-            **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400,
-            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
-            "ipcs": (1, 10),
-            "sweep_ipc": 10, "label_epochs": 60, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
-            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
-        }),
-    # IPC 1 alone on 100 classes: one image per class, K = 300 stored epochs (one pass each: 600 steps)
-    "glyphs-select-ipc1": Config(
-        "glyphs-select-ipc1", data="cjk-glyphs:train?classes=100", test="cjk-glyphs:test?classes=100", **{
-            **_GLYPH, "teacher_width": 64, "teacher_epochs": 6, "pool": 9400,
-            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
-            "ipcs": (1,), "sweep_ipc": 1, "label_epochs": 300, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
-            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-quick",
-        }),
-    "glyphs-select-1k": Config(
-        "glyphs-select-1k", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
-            **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000,
-            "select_methods": ("score", "score-beta0", "score-residual", "herding", "rded", "kcenter", "random"),
-            "ipcs": (1, 10),
-            "sweep_ipc": 10, "label_epochs": 100, "seeds": (0, 1, 2), "ratios": (), "pool_inner": None,
-            "select_ratios": (100, 300), "select_all_seeds": True, "hard_labels": False, "cache": "glyphs-full",
-            "codec_config": (("newton_steps", 0),),
-        }),
+    # (teacher and candidate pool shared through the cache); glyphs-select-ipc1 IPC 1 alone with K = 300
+    # stored epochs (one pass each: 600 steps); glyphs-select-1k on glyphs-full's 1000 classes.
+    "glyphs-select": Config("glyphs-select", **{**_QUICK, **_SELECT, "ipcs": (1, 10), "sweep_ipc": 10,
+                                                "label_epochs": 60}),
+    "glyphs-select-ipc1": Config("glyphs-select-ipc1", **{**_QUICK, **_SELECT, "ipcs": (1,), "sweep_ipc": 1,
+                                                          "label_epochs": 300}),
+    "glyphs-select-1k": Config("glyphs-select-1k", **{**_FULL, **_SELECT, "ipcs": (1, 10), "sweep_ipc": 10,
+                                                      "label_epochs": 100, "cache": "glyphs-full",
+                                                      "codec_config": (("newton_steps", 0),)}),
     "glyphs-full": Config(
         "glyphs-full", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
