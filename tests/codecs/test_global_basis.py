@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
@@ -108,7 +107,7 @@ def test_two_level_class_bases_are_orthogonal_refinements(tmp_path):
         assert full.shape == (5, 30) and torch.allclose(full[:3], top)
         assert (full[3:] @ top.T).abs().max() < 1e-2          # orthogonal up to fp16 rounding
     got = torch.stack([store.matrix(i) for i in range(24)])
-    glob = sc.encode(y, str(tmp_path / "two_g"), method="global", rank=3, quant="fp16")
+    sc.encode(y, str(tmp_path / "two_g"), method="global", rank=3, quant="fp16")
     g_store = sc.LabelStore(str(tmp_path / "two_g"))
     g_got = torch.stack([g_store.matrix(i) for i in range(24)])
     assert kl_rows(y, got) < kl_rows(y, g_got)                    # the class level helps at equal global rank
@@ -133,7 +132,8 @@ def test_streaming_writer_fit_and_first_chunk_fallback(caplog, tmp_path):
         with sc.StoreWriter(str(tmp_path / "w2"), 20, method="global", rank=4, quant="int8") as w:
             w.add(y[:10])
     assert "first chunk" in caplog.text
-    a, b = sc.LabelStore(str(tmp_path / "w1")), sc.encode(y, str(tmp_path / "w3"), method="global", rank=4, quant="int8")
+    a = sc.LabelStore(str(tmp_path / "w1"))
+    sc.encode(y, str(tmp_path / "w3"), method="global", rank=4, quant="int8")
     ref = sc.LabelStore(str(tmp_path / "w3"))
     # fit(all) then chunked adds equals the one-call encode (same basis; rows fitted independently)
     assert a.basis_table.tobytes() == ref.basis_table.tobytes()

@@ -1,13 +1,11 @@
 """Every size read from a file is checked against what the file can hold before anything is allocated, and
 every failure is a named ScoreError: huge tables, huge records, zstd bombs, deep manifests, dangling links,
 unreadable shards."""
-import json
 import os
 import struct
 import tracemalloc
 
 import h5py
-import numpy as np
 import pytest
 import torch
 

@@ -4,8 +4,6 @@ and the expected versus found value when something disagrees."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np

@@ -10,7 +10,7 @@ from score_codec.cli import main
 from score_codec.errors import CorruptRecordError, UncheckedStoreError
 from score_codec.store.upgrade import upgrade_store
 
-from tests.common import damage_file, make_meta, teacher_like_logits
+from tests.common import make_meta, teacher_like_logits
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 LEGACY = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \

@@ -1,5 +1,4 @@
 """A pooled store replays, for every training epoch, exactly the kept source epoch's crops, flips and mixes."""
-import numpy as np
 import pytest
 import torch
 
