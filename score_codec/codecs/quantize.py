@@ -69,20 +69,7 @@ def roundtrip(x: torch.Tensor, quant: str) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, quant: str) -> bytes:
     """Serialise a 2-D float32 tensor (m, n) under ``quant``; little-endian, row-major."""
-    _check(quant)
-    x = x.detach().to("cpu", torch.float32).contiguous()
-    if quant == "fp32":
-        return x.numpy().astype("<f4").tobytes()
-    if quant == "fp16":
-        return x.numpy().astype("<f2").tobytes()
-    if quant == "bf16":
-        return x.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
-    if x.numel() == 0:
-        return b""
-    scale = x.abs().amax(dim=-1) / 127.0
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(x / safe[:, None]).clamp(-127, 127).to(torch.int8)
-    return scale.numpy().astype("<f4").tobytes() + q.numpy().tobytes()
+    return quantize_batch(x[None], quant)[0]
 
 
 def quantize_batch(x: torch.Tensor, quant: str) -> List[bytes]:

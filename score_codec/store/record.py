@@ -131,6 +131,11 @@ def _sections(k: int, c: int, rank: int, quant: str, flags: int, nnz: int) -> Li
     return secs
 
 
+def _check_rank(rank: int) -> None:
+    if rank > 0xFFFF:
+        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
+
+
 def pack_record(
     a: torch.Tensor,
     b: Optional[torch.Tensor],
@@ -149,8 +154,7 @@ def pack_record(
     class count, needed only when ``b`` is None.
     """
     k, rank = a.shape
-    if rank > 0xFFFF:
-        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
+    _check_rank(rank)
     if c is None:
         if b is None:
             raise CodecError("pack_record needs c= when the basis is shared")
@@ -187,8 +191,7 @@ def pack_coefficient_records(a: torch.Tensor, quant: str, *, c: int, means: Opti
     ``a`` (n, K, r) float32, ``c`` the class count, ``means`` (n, K) or None; the same bytes as ``[pack_record(a[i], None, quant,
     mean=means[i], basis=basis, ...) for i in range(n)]``, with the quantisation done once for the batch."""
     n, k, rank = a.shape
-    if rank > 0xFFFF:
-        raise CodecError(f"rank {rank} does not fit the record header (at most 65535)")
+    _check_rank(rank)
     flags = (FLAG_MEAN if means is not None else 0) | FLAG_SHARED
     coef = quantize_batch(a.transpose(1, 2), quant)
     mean_bytes = None if means is None else means.detach().cpu().numpy().astype("<f4")
