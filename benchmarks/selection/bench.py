@@ -1,11 +1,13 @@
 """Benchmark of score_select's incremental greedy (SCORE Eq. 4) against naive recomputation.
 
     OMP_NUM_THREADS=1 python -m benchmarks.selection [--quick] [--threads 1] [--json out.json]
+    OMP_NUM_THREADS=1 python -m benchmarks.selection --pool FEATURES_PT [--ipcs 1 10] [--out table.md]
 
 Reports wall time vs N and d (10 classes, IPC 50, alpha=1, beta=0.1, float32 unless noted), the naive
 per-candidate log-det recomputation measured on a few steps and extrapolated, the speed ratios against
 baselines measured in the same run, apricot/submodlib if importable (skipped otherwise), and the memory
-and time plan for ImageNet-1K (1.28M x 512, IPC 50).
+and time plan for ImageNet-1K (1.28M x 512, IPC 50).  With ``--pool``: every selector timed on a real
+candidate pool (:mod:`benchmarks.selection.real_pool`).
 """
 from __future__ import annotations
 
@@ -56,8 +58,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1).")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="Write the results as JSON here.")
+    p.add_argument("--pool", default=None, metavar="FEATURES_PT",
+                   help="time every selector on this real pool (the storage-versus-accuracy benchmark's "
+                        "cached features.pt) instead of the synthetic sweep")
+    p.add_argument("--ipcs", type=int, nargs="+", default=[1, 10], help="IPCs of the --pool run (default 1 10).")
+    p.add_argument("--out", default=None, help="--pool: write the markdown table here (and .json beside it).")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pool:
+        from benchmarks.selection import real_pool
+
+        real_pool.main(args.pool, args.ipcs, args.out or os.path.join("benchmarks", "runs", "selection_real_pool.md"))
+        return
     C, ipc, alpha, beta = 10, 50, 1.0, 0.1
     print(f"# score_select benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), device {args.device}")

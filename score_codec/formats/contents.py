@@ -26,9 +26,35 @@ from ..store.meta import BATCH_DTYPE, AugMeta
 from .base import DumpReader
 from .detect import open_reader
 
-__all__ = ["DumpContents", "ScratchRows", "read_dump", "DumpScan", "scan_dump"]
+__all__ = ["DumpContents", "ScratchRows", "read_dump", "DumpScan", "scan_dump", "SpreadSample"]
 
 log = logging.getLogger(__name__)
+
+
+class SpreadSample:
+    """Which files of a dump a basis sample keeps, decided as the files stream past: every ``stride``-th
+    non-empty file, ``stride`` a power of two that doubles whenever the kept files pass ``2 * sample_rows``
+    rows (while more than one is kept).  The result is the smallest such stride over the whole dump, so
+    memory stays bounded without knowing the dump's size in advance.
+
+    Attributes: ``stride``; ``kept``: {file number: rows} of the files kept so far.
+    """
+
+    def __init__(self, sample_rows: int) -> None:
+        self.limit, self.stride, self.rows = 2 * int(sample_rows), 1, 0
+        self.kept: Dict[int, int] = {}
+
+    def offer(self, j: int, n: int) -> bool:
+        """File number ``j`` (in dump order) holds ``n`` rows: True if the sample keeps it (for now)."""
+        if j % self.stride or not n:   # an empty file adds nothing to the basis fit
+            return False
+        self.kept[j] = int(n)
+        self.rows += int(n)
+        while self.rows > self.limit and len(self.kept) > 1:
+            self.stride *= 2
+            self.kept = {i: m for i, m in self.kept.items() if i % self.stride == 0}
+            self.rows = sum(self.kept.values())
+        return j in self.kept
 
 
 class DumpContents:
@@ -73,18 +99,14 @@ class DumpContents:
         return len(self.ks)
 
     def spread_sample(self, sample_rows: int = 65_536) -> List[np.ndarray]:
-        """Rows of files spread evenly over the dump, as (m, C) views of the scratch in the dump's dtype.
-
-        Every s-th non-empty file, s the smallest power of two that keeps at most ``2 * sample_rows`` rows
-        (at least one file): the sample :func:`scan_dump` keeps, without a second copy in memory."""
+        """Rows of files spread evenly over the dump, as (m, C) views of the scratch in the dump's dtype:
+        the files :class:`SpreadSample` keeps (the sample :func:`scan_dump` keeps), without a second copy in
+        memory."""
         starts = np.concatenate([[0], np.cumsum(self.file_rows)])
-        stride = 1
-        while True:
-            pick = [j for j in range(0, len(self.file_rows), stride) if self.file_rows[j]]
-            if int(self.file_rows[pick].sum()) <= 2 * sample_rows or len(pick) <= 1:
-                break
-            stride *= 2
-        return [self._y[starts[j]:starts[j + 1]] for j in pick]
+        rule = SpreadSample(sample_rows)
+        for j, n in enumerate(self.file_rows.tolist()):
+            rule.offer(j, n)
+        return [self._y[starts[j]:starts[j + 1]] for j in sorted(rule.kept)]
 
     @property
     def num_images(self) -> int:
@@ -296,23 +318,20 @@ def scan_dump(path: str, fmt: str = "auto", progress: bool = False, reader: Opti
     :meth:`DumpScan.logits` opens the dump again with them.
     """
     reader = reader or open_reader(path, fmt, **options)
-    kept: List[Tuple[int, np.ndarray]] = []
-    state = {"stride": 1, "rows": 0}
+    rule = SpreadSample(sample_rows)
+    kept: Dict[int, np.ndarray] = {}
 
     def keep(j: int, y: np.ndarray, source: str) -> None:
-        if j % state["stride"] or not len(y):   # an empty file adds nothing to the basis fit
+        if not rule.offer(j, len(y)):
             return
         reader.check_values(y, source)   # the scan checks no values but the sample's (it feeds the basis fit)
-        kept.append((j, np.array(y)))   # a copy in the dump's dtype (fp16: half the memory)
-        state["rows"] += len(y)
-        while state["rows"] > 2 * sample_rows and len(kept) > 1:
-            state["stride"] *= 2
-            kept[:] = [(i, b) for i, b in kept if i % state["stride"] == 0]
-            state["rows"] = sum(len(b) for _, b in kept)
+        kept[j] = np.array(y)   # a copy in the dump's dtype (fp16: half the memory)
+        for i in set(kept) - set(rule.kept):   # files the sample dropped when its stride doubled
+            del kept[i]
 
     reader.scan_only = True
     try:
         meta, labels = _scan(reader, path, keep, progress, f"scan {reader.name}")
     finally:
         reader.scan_only = False
-    return DumpScan(path, reader.name, options, reader, meta, labels, [b for _, b in kept])
+    return DumpScan(path, reader.name, options, reader, meta, labels, [kept[j] for j in sorted(kept)])

@@ -374,7 +374,7 @@ class StoreWriter:
                 raise InputError(f"{self.path}: a pooled store keeps {len(self._pool['kept_epochs'])} epochs, so every "
                                  f"image needs that many rows; found {int(index['k'].min())}..{int(index['k'].max())}")
             if self.single:
-                sections = self._write_index(self._h5, index)
+                sections = write_index(self._h5, **self._index_contents(index))
                 sections.update({f"{SHARD_DIR}/{shard_name(s)}": ("u1", None) for s in range(self._shard)})
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes)
                 self._h5.attrs["manifest"] = json.dumps(manifest)
@@ -383,9 +383,7 @@ class StoreWriter:
                 write_toc_prefix(self.tmp, toc)   # written last: marks completeness
                 fsync_file(self.tmp)
             else:
-                write_index_file(os.path.join(self.tmp, INDEX_FILE), self.num_classes, self._encoding(), index,
-                                 basis_table(self._bases), b"".join(b.blob for b in self._bases), self._meta,
-                                 pool=self._pool)
+                write_index_file(os.path.join(self.tmp, INDEX_FILE), **self._index_contents(index))
                 manifest = make_manifest(len(index), self.num_classes, self._shard_sizes, self.tmp, self._shard_members)
                 # the journal stays until the store is in place: a complete store interrupted before that
                 # is resumed (and moved in) rather than encoded again
@@ -416,9 +414,11 @@ class StoreWriter:
             encoding["allocation"] = self._allocation
         return encoding
 
-    def _write_index(self, f: h5py.File, index: np.ndarray) -> Dict[str, Any]:
-        return write_index(f, self.num_classes, self._encoding(), index, basis_table(self._bases),
-                           b"".join(b.blob for b in self._bases), self._meta, pool=self._pool)
+    def _index_contents(self, index: np.ndarray) -> Dict[str, Any]:
+        """What the index holds, as keyword arguments of ``write_index`` and ``write_index_file``."""
+        return dict(num_classes=self.num_classes, encoding=self._encoding(), index=index,
+                    table=basis_table(self._bases), blob=b"".join(b.blob for b in self._bases), meta=self._meta,
+                    pool=self._pool)
 
     def abort(self, keep_partial: bool = False) -> None:
         """Stop writing; discard everything unless ``keep_partial`` (then ``resume=True`` continues)."""

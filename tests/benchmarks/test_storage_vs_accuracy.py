@@ -506,7 +506,8 @@ def test_ipc1_preset_and_1000_class_targets(tmp_path):
     assert not list((tmp_path / "v").iterdir())                        # nothing encoded
     for x in cfg.ratios:
         fams = {v.family for v in vs if v.ratio == x}
-        assert {"ours", "library", "LPLD", "MR-k", "LPQLD", "FKD"} <= fams, x
+        assert {"library", "LPLD", "MR-k", "LPQLD", "FKD"} <= fams, x
+        assert ("ours" in fams) == (x <= 10), x   # every row coded at 10x; beyond, the library default decides
         assert sorted(v.vid for v in vs if v.ratio == x and v.family == "LPQLD") == \
             sorted(f"lpqld-p{p}@{x:g}" for p in cfg.lpqld_splits)
     protocol = open(os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "storage_vs_accuracy",
