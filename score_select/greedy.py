@@ -23,6 +23,7 @@ broken by the smallest original index, up to floating-point summation order.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from dataclasses import dataclass
@@ -208,6 +209,11 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
     picked = [0] * C
     bound = [-math.inf] * C
     best = [-1] * C  # sorted position of each class's best candidate
+    orig = order_cpu.tolist()   # original index of each sorted position (the ties' key)
+    # classes by (-bound, original index of their best): the lazy greedy's queue; an entry whose version
+    # is not its class's current one is void and dropped when it reaches the top
+    heap: List[tuple] = []
+    version = [0] * C
 
     def refresh(c: int, uc: Optional[torch.Tensor] = None) -> None:
         s, e = S.starts[c], S.starts[c + 1]
@@ -230,6 +236,8 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
         j = int(torch.argmax(g))  # first maximum = smallest original index within the class
         bound[c] = float(g[j])
         best[c] = s + j
+        version[c] += 1   # the class's earlier heap entries are void
+        heapq.heappush(heap, (-bound[c], orig[s + j], version[c], c))
 
     active = [c for c in range(C) if budgets[c] > 0]
     for c in active:
@@ -251,6 +259,7 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
             refresh(c, uc)
         else:
             bound[c] = -math.inf
+            version[c] += 1
             active.remove(c)
 
     from score_codec.progress import progress_bar
@@ -268,11 +277,14 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
         else:
             for _ in range(n):
                 while True:
-                    # key (gain, -original index): stale keys are exact upper bounds (see module doc)
-                    c = max(active, key=lambda k: (bound[k], -int(order_cpu[best[k]])))
+                    # the top of (-gain, original index): stale keys are exact upper bounds (see module doc)
+                    _, _, v, c = heap[0]
+                    if v != version[c]:
+                        heapq.heappop(heap)
+                        continue
                     if applied[c] == t:
                         break
-                    refresh(c)
+                    refresh(c)   # pushes the class's fresh entry; this one is void now
                     evaluations += 1
                 pick(c)
                 if not lazy:

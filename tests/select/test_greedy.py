@@ -125,6 +125,17 @@ def test_ties_go_to_the_smallest_original_index():
     assert res.indices.tolist() == [0, 1, 2, 3]
 
 
+def test_ties_across_classes_go_to_the_smallest_original_index_lazy_or_not():
+    # twelve orthogonal directions in six classes: every class's first pick gains the same, whatever was
+    # picked before, so the queue of classes must order them by their best candidate's original index
+    y = torch.tensor([3, 1, 4, 1, 5, 0, 2, 0, 3, 5, 2, 4])
+    X = torch.eye(12, dtype=D64)
+    for lazy in (True, False):
+        res = greedy_select(X, y, budgets_from_ipc(y, 1), dtype=D64, alpha=1.0, lazy=lazy)
+        assert res.indices.tolist() == [0, 1, 2, 4, 5, 6], lazy
+        assert torch.allclose(res.gains, res.gains[:1].expand(6))
+
+
 def test_alpha_beta_zero_is_pure_logdet_greedy():
     X, y = clusters(C=3, per=15, d=8, seed=4)
     b = budgets_from_ipc(y, 4)
