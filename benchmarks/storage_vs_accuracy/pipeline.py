@@ -80,10 +80,23 @@ class Pipeline:
         self.after_student: Optional[Callable[[], None]] = None   # called after each trained student
         self.results_path = os.path.join(cache_dir, "students.jsonl")
         self.done: Dict[str, Dict[str, Any]] = {}
-        if os.path.isfile(self.results_path):
-            for line in open(self.results_path):
+        self._read_to = 0
+        self._read_done()
+
+    def _read_done(self) -> None:
+        """Add the students finished since the last call (another run sharing the cache appends to the same
+        file, so a run re-reads it before it trains a student)."""
+        if not os.path.isfile(self.results_path):
+            return
+        with open(self.results_path, "rb") as fh:
+            fh.seek(self._read_to)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1   # a line still being written is read next time
+        for line in data[:end].splitlines():
+            if line.strip():
                 r = json.loads(line)
-                self.done[r["key"]] = r
+                self.done.setdefault(r["key"], r)
+        self._read_to += end
 
     @property
     def hashes(self) -> Dict[str, str]:
@@ -190,6 +203,7 @@ class Pipeline:
     def missing(self, key: str, table: BatchTable, seeds, cfg: Optional[Config] = None, curve: bool = False) -> List[int]:
         """The seeds of ``key`` with no finished student in the cache."""
         c = cfg or self.cfg
+        self._read_done()
         return [s for s in seeds if self._key(key, s, c, table.epochs, curve) not in self.done]
 
     def students(self, key: str, source: Union[LabelSource, Callable[[], LabelSource]], views, table: BatchTable,
@@ -205,6 +219,9 @@ class Pipeline:
         accs, curves = [], []
         for seed in seeds:
             k = self._key(key, seed, c, table.epochs, curve)
+            if k not in self.done:
+                self._read_done()
+                k = self._key(key, seed, c, table.epochs, curve)
             if k not in self.done and (not train or (optional and self.past_deadline())):
                 self.skipped += train
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -70,7 +71,6 @@ def test_every_variant_meets_its_budget_or_says_na(smoke):
 def test_library_default_rows_carry_the_allocation_or_the_budget_error(smoke):
     """The library default (score_codec.encode(Y, path, ratio=X, quant="int8")) at every target: a row with
     the encode's allocation (keep_epochs, inner_ratio, probe KL) within budget, or the BudgetError's message."""
-    import json
 
     from benchmarks.storage_vs_accuracy.report import meets_budget
 
@@ -120,7 +120,6 @@ def test_outputs_written(smoke):
 
 
 def test_json_result_has_the_documented_fields(smoke):
-    import json
 
     cfg, rows, base = smoke
     j = json.load(open(base / "results" / f"{cfg.name}.json"))
@@ -158,7 +157,6 @@ def test_json_result_has_the_documented_fields(smoke):
 
 
 def test_main_prints_the_results_table_and_records_its_command(smoke, tmp_path, capsys):
-    import json
 
     from benchmarks.storage_vs_accuracy import main
 
@@ -174,7 +172,6 @@ def test_main_prints_the_results_table_and_records_its_command(smoke, tmp_path, 
 def test_time_limit_skips_extra_seeds_and_resumes(smoke):
     """Past the time limit no extra-seed student starts: best rows keep the seeds that ran (the first,
     from the cache), the reference gets all its seeds, and the report is complete for what ran."""
-    import json
 
     from benchmarks.storage_vs_accuracy import run
 
@@ -212,7 +209,6 @@ def test_rows_report_every_cached_seed_after_the_best_row_moves(smoke, tmp_path)
 def test_time_limit_stops_every_student_but_the_reference(smoke):
     """A run past its time limit starts only the reference: the storage rows, the hard-label row and the
     selection comparison (run last) are reported as not run, and the cached steps are reused."""
-    import json
 
     from benchmarks.storage_vs_accuracy.report import NOT_RUN
     from benchmarks.storage_vs_accuracy import run
@@ -354,7 +350,6 @@ def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
 def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
     """Students trained before metrics were cached (or by another run) still reach every output when
     their target is not in this run's ``targets``: top-1 shown, ratio and KL left blank."""
-    import json
     import shutil
 
     from benchmarks.storage_vs_accuracy import run
@@ -378,7 +373,6 @@ def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
 def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
     """Saved artifacts let an empty cache resume: the same teacher bytes, no feature pass for the stored
     selection, every student taken from students.jsonl (same top-1, no new lines), the variants' metrics."""
-    import json
 
     from benchmarks.storage_vs_accuracy import run
 
@@ -401,7 +395,6 @@ def test_artifacts_seed_a_fresh_cache(smoke, tmp_path):
 
 
 def test_artifacts_from_other_images_are_refused(smoke, tmp_path, caplog):
-    import json
 
     from benchmarks.storage_vs_accuracy.artifact_cache import save_artifacts, seed_cache
 
@@ -535,7 +528,6 @@ def test_convergence_is_read_from_the_doubling_test():
 def test_selection_x_compression_rows_for_every_method_and_ratio(smoke):
     """Each selection (SCORE, SCORE with beta = 0, random) at raw labels and at the library default's
     ratios: a row per (method, ratio) with its seeds' top-1 or the budget's n/a, in the JSON and the tables."""
-    import json
 
     cfg, rows, base = smoke
     sel = [r for r in rows if r["experiment"] == "selection"]
@@ -552,3 +544,23 @@ def test_selection_x_compression_rows_for_every_method_and_ratio(smoke):
         assert e["seeds"] == len(e["top1"])
     md = open(os.path.join(base / "results", f"{cfg.name}.md")).read()
     assert "## Selection x compression" in md and "library default 10x" in md
+
+
+def test_a_run_sees_the_students_another_run_sharing_its_cache_finished(tmp_path):
+    """Two resumable runs may share a step cache (e.g. split by --select-methods): each re-reads
+    students.jsonl before it trains, so neither trains what the other finished; a line still being
+    written is read once complete, and the first line of a key wins (as in the committed artifacts)."""
+    from benchmarks.storage_vs_accuracy.pipeline import Pipeline
+
+    path = tmp_path / "students.jsonl"
+    pipe = Pipeline.__new__(Pipeline)   # only the student bookkeeping: no images, no teacher
+    pipe.results_path, pipe.done, pipe._read_to = str(path), {}, 0
+    pipe._read_done()
+    assert pipe.done == {}
+    path.write_text(json.dumps({"key": "a", "top1": 0.5}) + "\n" + '{"key": "b", "to')
+    pipe._read_done()
+    assert set(pipe.done) == {"a"}
+    with open(path, "a") as fh:
+        fh.write('p1": 0.6}\n' + json.dumps({"key": "a", "top1": 0.9}) + "\n")
+    pipe._read_done()
+    assert pipe.done["b"]["top1"] == 0.6 and pipe.done["a"]["top1"] == 0.5
