@@ -202,14 +202,13 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
     else:
         penalty = torch.zeros(N, dtype=dtype, device=device)
     taken = torch.zeros(N, dtype=torch.bool, device=device)
-    order_cpu = S.order.cpu()
     Ug = torch.empty(n, d, dtype=dtype, device=device)  # Sherman-Morrison vectors of the global term
     t = 0
     applied = [0] * C
     picked = [0] * C
     bound = [-math.inf] * C
     best = [-1] * C  # sorted position of each class's best candidate
-    orig = order_cpu.tolist()   # original index of each sorted position (the ties' key)
+    orig = S.order.cpu().tolist()   # original index of each sorted position (the picks' ids, the ties' key)
     # classes by (-bound, original index of their best): the lazy greedy's queue; an entry whose version
     # is not its class's current one is void and dropped when it reaches the top
     heap: List[tuple] = []
@@ -249,7 +248,7 @@ def greedy_select(features: torch.Tensor, labels: torch.Tensor, budgets: torch.T
         nonlocal t
         p = best[c]
         gains.append(bound[c])
-        indices.append(int(order_cpu[p]))
+        indices.append(orig[p])
         taken[p] = True
         _, _, u, uc = state.add(S.row(p), c)
         Ug[t] = u

@@ -102,6 +102,7 @@ def main(path: str, ipcs: Sequence[int], out: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(os.path.splitext(out)[0] + ".json", "w") as fh:
         json.dump(res, fh, indent=1)
+    page = render(res)
     with open(out, "w") as fh:
-        fh.write(render(res))
-    print(render(res))
+        fh.write(page)
+    print(page)
