@@ -106,8 +106,8 @@ def headline_table(j: Dict[str, Any], targets=HEADLINE_TARGETS) -> str:
                      f"{p['name'] if p else 'n/a'} | {pct(p)} |")
     prov = j.get("provenance") or {}
     lines += ["", f"{j['num_classes']} classes of 32-pixel CJK glyphs, {j['images']:,} images x {j['label_epochs']} "
-                  f"label epochs; mean ± std over seeds. Run on {prov.get('hardware', 'unrecorded hardware')}, "
-                  f"{prov.get('date', 'undated')}: `{prov.get('command', '')}`. Full tables: "
+                  f"label epochs; mean ± std over seeds. Run on {prov.get('hardware', 'unrecorded hardware')}: "
+                  f"`{prov.get('command', '')}`. Full tables, with each run's date: "
                   "[docs/benchmarks/results.md](docs/benchmarks/results.md)."]
     return "\n".join(lines)
 

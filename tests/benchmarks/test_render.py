@@ -36,7 +36,8 @@ def test_readme_table_sits_between_the_markers_and_carries_provenance():
     assert [r.split(" | ")[0] for r in rows] == ["| 1x", "| 10x", "| 30x", "| 100x"]
     assert f"{100 * j['reference']['top1_mean']:.2f}" in rows[0]
     prov = j["provenance"]
-    assert prov["date"] in table and prov["hardware"] in table and prov["command"] in table
+    assert prov["hardware"] in table and prov["command"] in table
+    assert prov["date"] not in table   # the README carries no dates; the results page gives each run's
     # the README's own table of the real README, when it has the markers, is the rendered one
     with open(os.path.join(render.ROOT, "README.md")) as f:
         real = f.read()
