@@ -333,7 +333,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             path = os.path.join(store_dir, f"library_x{x:g}")
             out.append(LazyVariant(f"library@{x:g}", "library", x, lambda x=x, path=path: library_default(
                 x, Y, cls, path), name="ours: library default"))
-        for v in getattr(cfg, "library_max_kl", ()) or ():
+        kl_at = getattr(cfg, "library_max_kl_at", None)
+        for v in (getattr(cfg, "library_max_kl", ()) or ()) if kl_at is None or x in kl_at else ():
             path = os.path.join(store_dir, f"library_kl{v:g}_x{x:g}")
             out.append(LazyVariant(f"library-kl{v:g}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))

@@ -59,6 +59,7 @@ class Config:
     lpqld_at: Optional[Tuple[float, ...]] = None   # targets with LPQLD rows (None: peers_at)
     library_default: bool = True             # the library's default encode (automatic allocation) at every target
     library_max_kl: Tuple[float, ...] = ()   # also the library's encode at these max_kl values (calibration)
+    library_max_kl_at: Optional[Tuple[float, ...]] = None   # ... at these targets only (None: every target)
     cache: Optional[str] = None              # step cache shared with another preset (None: this name)
     # students
     student_width: int = 32
@@ -181,6 +182,8 @@ PRESETS: Dict[str, Config] = {
             "ratios": (10, 30, 100, 300, 1000), "codecs": ("global",), "codecs_high": (), "residual_codecs": (),
             "lpqld_splits": (10, 30), "hard_labels": False,
             "best_seed_families": ("library", "LPLD", "LPQLD"), "best_seed_targets": (100, 300, 1000),
+            # the 300x calibration of glyphs-calibrate-ipc1 (a looser max_kl), checked at 1000 classes
+            "library_max_kl": (0.03,), "library_max_kl_at": (300, 1000),
             "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),),
             # 300, 600 and 1200 epochs failed the doubling test, 2400 passes (the PROTOCOL gives the figures)
             "train_epochs": 2400,
