@@ -120,11 +120,11 @@ PRESETS: Dict[str, Config] = {
             "extra_seeds_for_best": False, "hard_labels": False, "cache": "glyphs-quick",
         }),
     # The allocation at 300x on IPC 1 (glyphs-select-ipc1's data, dump and schedule): the library default
-    # against looser max_kl values (more kept epochs at a lower inner fidelity) and LPLD, one seed each.
+    # against looser max_kl values (more kept epochs at a lower inner fidelity) and LPLD, three seeds each.
     "glyphs-calibrate-ipc1": Config(
         "glyphs-calibrate-ipc1", **{
             **_QUICK, "select_methods": ("score",), "ipcs": (1,), "sweep_ipc": 1, "label_epochs": 300,
-            "train_epochs": 4800, "seeds": (0,), "ratios": (300,), "codecs": ("global",), "codecs_high": (),
+            "train_epochs": 4800, "seeds": (0, 1, 2), "ratios": (300,), "codecs": ("global",), "codecs_high": (),
             "residual_codecs": (), "pool_inner": None, "peers_at": (), "lpld_at": (300,), "lpqld_at": (),
             "library_max_kl": (0.03, 0.1), "extra_seeds_for_best": False, "hard_labels": False,
         }),
