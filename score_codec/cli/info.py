@@ -44,7 +44,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"method          {st['method']} ({', '.join(f'{k}: {v}' for k, v in st['methods'].items())}), quant {st['quant']}",
         f"ranks           min {st['rank_min']}, mean {st['rank_mean']:.2f}, max {st['rank_max']}",
         f"label bytes     {st['label_bytes']} ({st['bytes_per_row']:.1f} per row)",
-        f"disk bytes      {st['disk_bytes']} (metadata {st['meta_bytes']} before compression)",
+        f"disk bytes      {st['disk_bytes']} (augmentation metadata {st['meta_bytes']}, {st['meta_rows']} rows)",
         f"ratio           {_ratio(st['ratio'])} fp16 logits; {_ratio(st['ratio_vs_dump'])} the fp16 dump on disk"
         + (f"; {_ratio(st['ratio_vs_source'])} the dump's top-k labels"
            if st["source_label_bytes"] != st["fp16_bytes"] else ""),

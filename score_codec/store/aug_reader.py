@@ -1,10 +1,12 @@
 """Lazy access to a store's augmentation metadata (``/aug``): attributes, batches, one epoch's rows.
 
 A reader process need not hold the whole row table (45 bytes per row: 0.68 GB at ImageNet-1K IPC 50 with
-300 epochs): rows are in dump order, epoch-major, so one epoch's rows are a contiguous slice of
-``/aug/rows``, read by offset through the store's table of contents (or, for stores without one opened
-with ``allow_unchecked``, with h5py).  The small tables (batches, images) and the attributes are read once.  Stores whose rows are not epoch-contiguous (per-image formats such as FKD)
-fall back to reading the whole table once.
+300 epochs): rows are in dump order, epoch-major, so one epoch's rows are a contiguous range of the table,
+read through the store's table of contents: from the compressed chunks that cover it (format version 4,
+``/aug/row_chunks``), or by offset from ``/aug/rows`` (version 3), or, for stores without a table of
+contents opened with ``allow_unchecked``, with h5py.  The small tables (batches, images) and the attributes
+are read once.  Stores whose rows are not epoch-contiguous (per-image formats such as FKD) fall back to
+reading the whole table once.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .aug_chunks import ChunkedRows
 from .header import TocFile, parse_json
 from .integrity import check_dataset_size
-from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
+from .layout import CHUNKED_AUG_VERSION
+from .meta import AUG_CHUNK_DTYPE, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
 
 __all__ = ["AugReader"]
 
@@ -26,12 +30,17 @@ _LOW_LEVEL = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError
 
 class AugReader:
     """Per-process view of ``/aug`` in the HDF5 file ``path`` (opened per call, so safe after fork): read
-    through its table of contents ``toc`` when given, else with h5py (stores without one)."""
+    through its table of contents ``toc`` when given, else with h5py (stores without one).  ``version``:
+    the store's format version (from :data:`~score_codec.store.layout.CHUNKED_AUG_VERSION` on, the rows
+    are compressed chunks)."""
 
-    def __init__(self, path: str, toc: Optional[TocFile] = None, verify_checksums: bool = True) -> None:
+    def __init__(self, path: str, toc: Optional[TocFile] = None, verify_checksums: bool = True,
+                 version: Optional[int] = None) -> None:
         self.path = path
         self.toc = toc
         self.verify = verify_checksums
+        self.chunked = toc is not None and isinstance(version, int) and version >= CHUNKED_AUG_VERSION
+        self._chunks: Optional[ChunkedRows] = None
         self._small: Optional[Tuple[np.ndarray, np.ndarray, Dict[str, Any], int]] = None
         self._epochs: Optional[Dict[int, Tuple[int, int]]] = None
         self._cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
@@ -53,8 +62,9 @@ class AugReader:
             attrs = parse_json(aug["attrs"], f"{self.path}: /aug attrs")
             if not isinstance(attrs, dict):
                 raise StoreError(f"{self.path}: /aug attrs is not a JSON object")
+            n = len(self._row_chunks()) if self.chunked else t.section("aug/rows", ROW_DTYPE).length
             self._small = (t.table("aug/batches", BATCH_DTYPE, self.verify), t.table("aug/images", IMAGE_DTYPE, self.verify),
-                           attrs, t.section("aug/rows", ROW_DTYPE).length)
+                           attrs, n)
         if self._small is None:
             def read(g):
                 for name in ("rows", "batches", "images"):   # sizes checked against the file before any read
@@ -64,6 +74,27 @@ class AugReader:
                 return batches, images, json.loads(g.attrs["attrs"]), int(g["rows"].shape[0])
             self._small = self._read(read)
         return self._small
+
+    def _row_chunks(self) -> ChunkedRows:
+        """The compressed row table of a version-4 store (its chunk table read and checked once)."""
+        if self._chunks is None:
+            t = self.toc
+            blob = t.section("aug/row_blob", np.dtype("u1"))
+            table = t.table("aug/row_chunks", AUG_CHUNK_DTYPE, self.verify)
+            self._chunks = ChunkedRows(f"{self.path}: /aug/row_blob", table, blob.nbytes,
+                                       lambda off, n: t.pread(blob.offset + off, n, "/aug/row_blob"), self.verify)
+        return self._chunks
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the metadata takes in the file: the row table as stored (compressed in version 4), the
+        batch and image tables."""
+        if self.chunked:
+            rows = self.toc.section("aug/row_blob", np.dtype("u1")).nbytes + \
+                self.toc.section("aug/row_chunks", AUG_CHUNK_DTYPE).nbytes
+        else:
+            rows = self.num_rows * ROW_DTYPE.itemsize
+        return int(rows + self.batches.nbytes + self.images.nbytes)
 
     @property
     def batches(self) -> np.ndarray:
@@ -102,7 +133,10 @@ class AugReader:
         if self._cache[0] == epoch and self._cache[1] is not None:
             return self._cache[1], self._cache_offset
         rng = self.epoch_range(epoch)
-        if rng is not None and self.toc is not None:
+        if rng is not None and self.chunked:
+            rows = self._row_chunks().rows(*rng)
+            offset = rng[0]
+        elif rng is not None and self.toc is not None:
             rows = self.toc.table("aug/rows", ROW_DTYPE, self.verify, *rng)
             offset = rng[0]
         elif rng is not None:
@@ -118,6 +152,8 @@ class AugReader:
 
     def all_rows(self) -> np.ndarray:
         self._load_small()   # checks the table's size first
+        if self.chunked:
+            return self._row_chunks().all()
         if self.toc is not None:
             return self.toc.table("aug/rows", ROW_DTYPE, self.verify)
         rows = self._read(lambda g: g["rows"][()] if len(g["rows"]) else np.zeros(0, ROW_DTYPE))

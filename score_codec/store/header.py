@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CorruptRecordError, SizeLimitError, StoreError, TruncatedFileError, UnreadableFileError
 from .layout import BASIS_INDEX_DTYPE, IMAGE_INDEX_DTYPE
-from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
+from .meta import AUG_CHUNK_DTYPE, BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE
 
 __all__ = ["TOC_DATASET", "TOC_PREFIX_VERSION", "MAX_TOC_BYTES", "MAX_ATTR_BYTES", "DTYPE_NAMES", "Section",
            "TocFile", "probe_prefix", "table_crc32", "write_toc", "write_toc_prefix", "parse_json"]
@@ -53,6 +53,7 @@ DTYPE_NAMES: Dict[str, np.dtype] = {
     "image_index": IMAGE_INDEX_DTYPE,
     "basis_index": BASIS_INDEX_DTYPE,
     "aug_row": ROW_DTYPE,
+    "aug_chunk": AUG_CHUNK_DTYPE,
     "aug_batch": BATCH_DTYPE,
     "aug_image": IMAGE_DTYPE,
 }

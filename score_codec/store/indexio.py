@@ -14,6 +14,7 @@ import torch
 
 from ..codecs.quantize import QUANT_CODES, quantize
 from .layout import BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
+from .aug_chunks import encode_rows
 from .header import table_crc32, write_toc, write_toc_prefix
 from .integrity import USERBLOCK_BYTES
 from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta
@@ -75,11 +76,13 @@ def write_index(f: h5py.File, num_classes: int, encoding: Dict[str, Any], index:
     f.attrs["num_classes"] = int(num_classes)
     f.attrs["encoding"] = json.dumps(encoding)
     f.attrs["torch_version"] = str(torch.__version__)
+    chunks, row_blob = encode_rows(np.asarray(meta.rows, ROW_DTYPE))
     arrays = {
         "images": ("image_index", np.asarray(index, IMAGE_INDEX_DTYPE)),
         "bases/table": ("basis_index", np.asarray(table, BASIS_INDEX_DTYPE)),
         "bases/blob": ("u1", np.frombuffer(blob, np.uint8)),
-        "aug/rows": ("aug_row", np.asarray(meta.rows, ROW_DTYPE)),
+        "aug/row_chunks": ("aug_chunk", chunks),
+        "aug/row_blob": ("u1", np.frombuffer(row_blob, np.uint8)),
         "aug/batches": ("aug_batch", np.asarray(meta.batches, BATCH_DTYPE)),
         "aug/images": ("aug_image", np.asarray(meta.images, IMAGE_DTYPE)),
     }

@@ -5,17 +5,20 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION", "INDEX_FILE", "MANIFEST_FILE", "SHARD_DIR", "shard_name", "IMAGE_INDEX_DTYPE",
-    "READABLE_VERSIONS", "TOC_VERSIONS", "BASIS_INDEX_DTYPE", "BASIS_INDEX_DTYPE_V1", "BASIS_FLAG_MEAN", "RECORDS_DATASET", "is_single_file",
+    "READABLE_VERSIONS", "TOC_VERSIONS", "CHUNKED_AUG_VERSION", "POOL_VERSION", "BASIS_INDEX_DTYPE",
+    "BASIS_INDEX_DTYPE_V1", "BASIS_FLAG_MEAN", "RECORDS_DATASET", "is_single_file",
 ]
 
 #: Version of the store format this library writes; readers accept exactly the versions they know.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: the first version whose index may hold the ``pool`` attribute (a store keeping a subset of label epochs)
 POOL_VERSION = 3
 #: versions read through the table of contents (docs/FORMAT.md section 2.2); older ones only through
 #: libhdf5, on request (``allow_unchecked``) or after ``score-codec upgrade``
-TOC_VERSIONS = (3,)
+TOC_VERSIONS = (3, 4)
+#: the first version whose augmentation rows are stored as compressed chunks (``aug/row_chunks``)
+CHUNKED_AUG_VERSION = 4
 
 INDEX_FILE = "index.h5"
 MANIFEST_FILE = "manifest.json"

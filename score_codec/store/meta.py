@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ROW_DTYPE", "BATCH_DTYPE", "IMAGE_DTYPE", "MIX_NONE", "MIX_CUTMIX", "MIX_MIXUP", "AugMeta"]
+__all__ = ["ROW_DTYPE", "AUG_CHUNK_DTYPE", "BATCH_DTYPE", "IMAGE_DTYPE", "MIX_NONE", "MIX_CUTMIX", "MIX_MIXUP", "AugMeta"]
 
 #: One stored row.  ``coords`` are the normalised crop box (top/H, left/W, height/H, width/W) exactly as
 #: the dump holds them (float32 bit patterns are kept); ``mix_index`` is the partner *position within
@@ -40,6 +40,9 @@ ROW_DTYPE = np.dtype(
         ("mix_index", "<i4"),
     ]
 )
+#: One chunk of the compressed row table (format version 4): ``rows`` consecutive rows whose byte-shuffled,
+#: zstd-compressed bytes lie at ``offset`` in the row blob (``length`` bytes, CRC-32 ``crc32``).
+AUG_CHUNK_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("rows", "<u4"), ("crc32", "<u4")])
 
 MIX_NONE, MIX_CUTMIX, MIX_MIXUP = 0, 1, 2
 

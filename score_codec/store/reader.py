@@ -560,7 +560,8 @@ class LabelStore:
     def aug_reader(self) -> AugReader:
         """Lazy access to the metadata: ``attrs``, ``batches``, ``images``, ``num_rows``, ``epoch_rows(e)``."""
         if self._augr is None:
-            self._augr = AugReader(self._index_path(), self._toc, self.verify_checksums)
+            self._augr = AugReader(self._index_path(), self._toc, self.verify_checksums,
+                                   self.manifest.get("format_version"))
         return self._augr
 
     def meta(self, i: int) -> np.ndarray:

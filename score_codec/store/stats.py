@@ -7,7 +7,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..errors import ScoreError, UnreadableFileError
-from .meta import ROW_DTYPE
 from .protocols import StoreTables
 
 __all__ = ["store_stats", "verify_store", "disk_bytes", "source_label_bytes"]
@@ -92,8 +91,7 @@ def store_stats(store: StoreTables) -> Dict[str, Any]:
         "disk_bytes": on_disk,
         "ratio_disk": fp16 / on_disk if on_disk else float("inf"),
         "meta_rows": int(store.aug_reader.num_rows),
-        "meta_bytes": int(store.aug_reader.num_rows * ROW_DTYPE.itemsize + store.aug_reader.batches.nbytes
-                          + store.aug_reader.images.nbytes),
+        "meta_bytes": store.aug_reader.stored_bytes,
         "format_version": store.manifest.get("format_version"),
         "source_rows": source_rows,
         "source_epochs": int(pool["source_epochs"]) if pool is not None else (int(store.ks.min()) if len(store) else 0),

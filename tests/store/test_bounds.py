@@ -11,9 +11,10 @@ import torch
 
 import score_codec as sc
 from score_codec.cli import main
-from score_codec.errors import SizeLimitError, UnreadableFileError
+from score_codec.errors import CorruptRecordError, SizeLimitError, StoreError, UnreadableFileError
+from score_codec.store.aug_chunks import MAX_CHUNK_ROWS
 from score_codec.store.layout import IMAGE_INDEX_DTYPE
-from score_codec.store.meta import ROW_DTYPE
+from score_codec.store.meta import AUG_CHUNK_DTYPE
 from score_codec.store.record import FLAG_ZSTD, HEADER, MAGIC, pack_record, unpack_record
 
 from tests.common import downgrade, edit_toc, make_meta, reseal, teacher_like_logits
@@ -75,14 +76,49 @@ def test_an_unchecked_index_table_claiming_1e12_rows_is_refused(tmp_path, single
     assert "/images" in str(err) and "can hold" in str(err)
 
 
-def test_aug_rows_claiming_5e7_rows_are_refused(tmp_path):
+def test_an_aug_chunk_table_claiming_5e7_chunks_is_refused(tmp_path):
     path = _store(tmp_path)
-    edit_toc(path / "index.h5", _claim_rows(5 * 10**7, "aug/rows", ROW_DTYPE.itemsize))
+    edit_toc(path / "index.h5", _claim_rows(5 * 10**7, "aug/row_chunks", AUG_CHUNK_DTYPE.itemsize))
     reseal(path, rebuild=False)
     store = sc.LabelStore(path)
     err = _bounded(lambda: store.aug, SizeLimitError)
-    assert "/aug/rows" in str(err)
-    assert any("/aug/rows" in p for p in store.verify())
+    assert "/aug/row_chunks" in str(err) and "can hold" in str(err)
+    assert any("/aug/row_chunks" in p for p in store.verify())
+
+
+def _forge_chunks(path, change):
+    """Rewrite the chunk table of a directory store's index as ``change(table)`` leaves it (checksums
+    resealed: the reader is told exactly what the forged table says)."""
+    index = path / "index.h5"
+    with h5py.File(index, "r") as f:
+        table = f["aug/row_chunks"][()]
+    change(table)
+    _replace(index, "aug/row_chunks", data=table)
+    reseal(path)
+
+
+@pytest.mark.parametrize("rows, error, words", [
+    (2**31, SizeLimitError, "a chunk may hold"),          # one chunk past the per-chunk cap
+    (MAX_CHUNK_ROWS, SizeLimitError, "inflate to"),       # ~47 MB claimed from a blob of a few hundred bytes
+    (0, StoreError, "holds no rows"),
+])
+def test_a_forged_chunk_row_count_is_refused_before_inflating(tmp_path, rows, error, words):
+    path = _store(tmp_path)
+    _forge_chunks(path, lambda t: t.__setitem__("rows", rows))
+    store = sc.LabelStore(path)
+    err = _bounded(lambda: store.aug, error)
+    assert "/aug/row_blob" in str(err) and words in str(err)
+
+
+def test_a_chunk_outside_the_blob_and_a_wrong_row_count_are_named_errors(tmp_path):
+    path = _store(tmp_path)
+    _forge_chunks(path, lambda t: t.__setitem__("offset", 10**6))
+    with pytest.raises(StoreError, match="inside the"):
+        sc.LabelStore(path).aug
+    path = _store(tmp_path, "b.store")
+    _forge_chunks(path, lambda t: t.__setitem__("rows", t["rows"] - 1))   # the frame inflates to one row more
+    with pytest.raises(CorruptRecordError, match="chunk 0"):
+        sc.LabelStore(path).aug
 
 
 def test_a_header_only_record_cannot_declare_a_huge_matrix():

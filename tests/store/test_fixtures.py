@@ -13,10 +13,10 @@ HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 CASES = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \
         [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
                              "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")] + \
-        [("v3", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
-                             "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")]
-#: version 3 stores that keep 3 of the 6 label epochs (docs/FORMAT.md section 4, ``pool``)
-POOLED = [("v3", "pooled_global_int8.store"), ("v3", "pooled_svd_fp16.h5")]
+        [(v, n) for v in ("v3", "v4") for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
+                                                "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")]
+#: stores (version 3 on) that keep 3 of the 6 label epochs (docs/FORMAT.md section 4, ``pool``)
+POOLED = [(v, n) for v in ("v3", "v4") for n in ("pooled_global_int8.store", "pooled_svd_fp16.h5")]
 
 
 def test_every_version_up_to_the_current_has_fixtures():
@@ -44,7 +44,7 @@ def test_fixture_decodes_to_its_saved_logits(version, name):
     assert sealed == (name.startswith("sealed_") or version not in ("v1", "v2"))
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 def test_fixtures_stay_close_to_the_source_logits(version):
     y = np.load(os.path.join(HERE, version, "source_logits.npy"))
     yc = y - y.mean(-1, keepdims=True)

@@ -66,7 +66,9 @@ def test_table_of_contents_describes_what_h5py_reads(stores, name):
     raw = fn.read_bytes()
     with h5py.File(fn, "r") as f:
         toc = json.loads(f[TOC_DATASET][()].tobytes())
-        assert {"images", "bases/table", "bases/blob", "aug/rows", "aug/batches", "aug/images"} <= set(toc["datasets"])
+        assert {"images", "bases/table", "bases/blob", "aug/row_chunks", "aug/row_blob", "aug/batches",
+                "aug/images"} <= set(toc["datasets"])
+        assert "aug/rows" not in f and "aug/rows" not in toc["datasets"]   # version 4: the rows are chunks
         if name == "s.h5":
             assert "shards/shard-00000.h5" in toc["datasets"]
         for ds_name, e in toc["datasets"].items():

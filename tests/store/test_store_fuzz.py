@@ -109,7 +109,7 @@ def test_forged_table_of_contents_raises_only_score_errors(pristine, tmp_path_fa
     src = pristine / which
     shutil.copytree(src, work) if src.is_dir() else shutil.copy(src, work)
     index = work if which.endswith(".h5") else work / "index.h5"
-    names = ["images", "bases/table", "bases/blob", "aug/rows", "aug/batches", "aug/images"]
+    names = ["images", "bases/table", "bases/blob", "aug/row_chunks", "aug/row_blob", "aug/batches", "aug/images"]
     fields = ["offset", "bytes", "dtype", "shape", "crc32"]
     edits = data.draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(fields + ["*"]), _toc_values(),
                                          st.booleans()), min_size=1, max_size=4))
@@ -169,3 +169,35 @@ def test_isolated_reads_report_hangs_blowups_and_crashes():
     assert run_isolated(lambda: os.kill(os.getpid(), signal.SIGKILL)) == f"crash: signal {int(signal.SIGKILL)}"
     assert run_isolated(lambda: sc.LabelStore("/nonexistent/x.store")) == "score-error: StoreError"
     assert run_isolated(lambda: {}["k"]).startswith("exception: KeyError")
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_forged_aug_chunk_tables_raise_only_score_errors(pristine, tmp_path_factory, data):
+    """The compressed row table's chunk entries forged with valid checksums (docs/FORMAT.md 6): offsets,
+    lengths and row counts anywhere, CRC-32s kept (the frames then inflate under the forged counts) or not."""
+    import h5py
+
+    work = tmp_path_factory.mktemp("chunks") / "s.store"
+    shutil.copytree(pristine / "s.store", work)
+    index = work / "index.h5"
+    with h5py.File(index, "r") as f:
+        table, blob_bytes = f["aug/row_chunks"][()], int(f["aug/row_blob"].shape[0])
+    big = st.sampled_from([0, 1, blob_bytes - 1, blob_bytes, 2**20, 2**31, 2**32 - 1])
+    for j in data.draw(st.lists(st.integers(0, len(table) - 1), min_size=1, max_size=3)):
+        for field, values in (("offset", st.one_of(st.integers(0, blob_bytes + 8), big)),
+                              ("length", st.one_of(st.integers(0, blob_bytes + 8), big)),
+                              ("rows", st.one_of(st.integers(0, 200), big)),
+                              ("crc32", st.integers(0, 2**32 - 1))):
+            if data.draw(st.booleans()):
+                table[j][field] = min(data.draw(values), 2**32 - 1 if field != "offset" else 2**64 - 1)
+    with h5py.File(index, "r+") as f:
+        del f["aug/row_chunks"]
+        f.create_dataset("aug/row_chunks", data=table)
+    reseal(work)
+    outcome, peak = run_isolated_report(lambda: _read_everything(str(work)), timeout=READ_SECONDS,
+                                        memory=READ_MEMORY)
+    shutil.rmtree(work.parent, ignore_errors=True)
+    assert _acceptable(outcome), f"{table}: {outcome}"
+    assert peak < READ_MEMORY

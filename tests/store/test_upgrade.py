@@ -15,7 +15,9 @@ from tests.common import make_meta, teacher_like_logits
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 LEGACY = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \
          [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
-                              "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")]
+                              "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")] + \
+         [("v3", n) for n in ("svd_int8_residual.store", "twolevel_fp16_mean.h5", "pooled_global_int8.store",
+                              "pooled_svd_fp16.h5")]
 
 
 def _decoded(store):
