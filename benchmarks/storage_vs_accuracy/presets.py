@@ -181,7 +181,7 @@ PRESETS: Dict[str, Config] = {
             "select_methods": ("score",), "label_epochs": 300, "seeds": (0, 1, 2), "pool_inner": None,
             "ratios": (10, 30, 100, 300, 1000), "codecs": ("global",), "codecs_high": (), "residual_codecs": (),
             "lpqld_splits": (10, 30), "hard_labels": False,
-            "best_seed_families": ("library", "LPLD", "LPQLD"), "best_seed_targets": (100, 300, 1000),
+            "best_seed_families": ("library", "LPLD", "LPQLD", "MR-k"), "best_seed_targets": (100, 300, 1000),
             # the 300x calibration of glyphs-calibrate-ipc1 (a looser max_kl), checked at 1000 classes
             "library_max_kl": (0.03,), "library_max_kl_at": (300, 1000),
             "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),),

@@ -564,3 +564,21 @@ def test_a_run_sees_the_students_another_run_sharing_its_cache_finished(tmp_path
         fh.write('p1": 0.6}\n' + json.dumps({"key": "a", "top1": 0.9}) + "\n")
     pipe._read_done()
     assert pipe.done["b"]["top1"] == 0.6 and pipe.done["a"]["top1"] == 0.5
+
+
+def test_extra_seeds_go_to_our_rows_then_the_best_peer_first():
+    """Per target, a seed round trains our best rows, then the peers from the best first seed down (a time
+    limit cuts the least needed students); within a family only the best row is picked."""
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+    from benchmarks.storage_vs_accuracy.runner import _best_rows
+
+    def row(family, target, top1):
+        return dict(experiment="storage", family=family, target=target, top1=[top1], name=f"{family}@{target}")
+
+    rows = [row("library", 300, 0.90), row("LPLD", 100, 0.84), row("library", 100, 0.92), row("library", 100, 0.91),
+            row("MR-k", 100, 0.90), row("LPQLD", 100, 0.87), row("LPQLD", 100, 0.78), row("FKD", 100, 0.11),
+            row("raw", 1, 0.93)]
+    cfg = dataclasses.replace(PRESETS["glyphs-ipc1"], best_seed_families=("library", "LPLD", "LPQLD", "MR-k"))
+    got = [(r["family"], r["target"], r["top1"][0]) for r in _best_rows(rows, cfg)]
+    assert got == [("library", 100, 0.92), ("MR-k", 100, 0.90), ("LPQLD", 100, 0.87), ("LPLD", 100, 0.84),
+                   ("library", 300, 0.90)]
