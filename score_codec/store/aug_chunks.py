@@ -9,7 +9,8 @@ zstd-compressed.  One epoch's rows (a contiguous range in dump order) decode fro
 it, so a DataLoader worker never inflates the whole table.
 
 The reader trusts nothing in the chunk table: every chunk must lie inside the blob, hold between 1 and
-:data:`MAX_CHUNK_ROWS` rows, and inflate to exactly ``rows * 45`` bytes (zstd is asked for no more); the
+:data:`MAX_CHUNK_ROWS` rows, and its frame must declare exactly ``rows * 45`` bytes and hold nothing after
+it (:func:`~score_codec.store.record.inflate`, as for records); the
 whole table may inflate to at most the records' expansion limit times the blob (plus a fixed allowance),
 so a small forged file cannot make a reader allocate without bound.
 """
@@ -23,7 +24,7 @@ import zstandard
 
 from ..errors import CorruptRecordError, SizeLimitError, StoreError
 from .meta import AUG_CHUNK_DTYPE, ROW_DTYPE
-from .record import FREE_RAW_BYTES, ZSTD_MAX_EXPANSION
+from .record import FREE_RAW_BYTES, ZSTD_MAX_EXPANSION, inflate
 
 __all__ = ["CHUNK_ROWS", "MAX_CHUNK_ROWS", "ZSTD_LEVEL", "encode_rows", "ChunkedRows"]
 
@@ -120,13 +121,9 @@ class ChunkedRows:
         if self.verify and zlib.crc32(buf) != int(e["crc32"]):
             raise CorruptRecordError(f"{self.where}: chunk {j} fails its crc32 check: expected {int(e['crc32']):08x}, "
                                      f"found {zlib.crc32(buf):08x}")
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(buf, max_output_size=n * _ROW)
-        except zstandard.ZstdError as exc:
-            raise CorruptRecordError(f"{self.where}: chunk {j} does not inflate ({exc})") from None
-        if len(raw) != n * _ROW:
-            raise CorruptRecordError(f"{self.where}: chunk {j} inflates to {len(raw)} bytes, expected {n} rows of "
-                                     f"{_ROW} ({n * _ROW})")
+        # bounded by MAX_CHUNK_ROWS and the table's total cap: a regular chunk may compress past the
+        # records' expansion limit
+        raw = inflate(buf, n * _ROW, f"{self.where}: chunk {j} ({n} rows)", expansion_limit=False)
         rows = np.frombuffer(raw, np.uint8).reshape(_ROW, n).T.copy().view(ROW_DTYPE).reshape(n)
         self._last = (j, rows)
         return rows
@@ -139,10 +136,9 @@ class ChunkedRows:
             return np.zeros(0, ROW_DTYPE)
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         last = int(np.searchsorted(self.starts, stop, side="left")) - 1
-        parts = [self.chunk(j) for j in range(first, last + 1)]
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        lo = start - int(self.starts[first])
-        return out[lo:lo + stop - start].copy()
+        parts = [self.chunk(j)[max(start - int(self.starts[j]), 0):stop - int(self.starts[j])]
+                 for j in range(first, last + 1)]
+        return np.concatenate(parts)   # a copy: the cached chunk is never handed out
 
     def all(self) -> np.ndarray:
         """Every row, ``ROW_DTYPE``."""

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..codecs.quantize import QUANT_CODES, quantize
-from .layout import BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
 from .aug_chunks import encode_rows
+from .layout import BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, FORMAT_VERSION, IMAGE_INDEX_DTYPE, MANIFEST_FILE
 from .header import table_crc32, write_toc, write_toc_prefix
 from .integrity import USERBLOCK_BYTES
 from .meta import BATCH_DTYPE, IMAGE_DTYPE, ROW_DTYPE, AugMeta

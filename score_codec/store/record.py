@@ -16,7 +16,7 @@ import zstandard
 from ..errors import CodecError, CorruptRecordError, SizeLimitError
 from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantize_batch, quantized_nbytes
 
-__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "pack_record", "pack_coefficient_records",
+__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "inflate", "pack_record", "pack_coefficient_records",
            "unpack_record"]
 
 MAGIC = b"SLR1"
@@ -43,6 +43,35 @@ def max_cells(nbytes: int) -> int:
 
 _compressors = {}
 _decompressor = zstandard.ZstdDecompressor()
+
+
+def inflate(frame: bytes, raw_len: int, where: str, expansion_limit: bool = True) -> bytes:
+    """The ``raw_len`` bytes one zstd ``frame`` holds.  The frame must declare exactly ``raw_len`` (zstd
+    allocates whatever a frame header declares, so a forged one is refused before that), at most
+    ``FREE_RAW_BYTES + ZSTD_MAX_EXPANSION * len(frame)`` unless ``expansion_limit`` is False (a caller that
+    bounds ``raw_len`` otherwise), and nothing may follow the frame.
+
+    Raises:
+        CorruptRecordError: another declared size, trailing bytes, a frame that does not decompress.
+        SizeLimitError: ``raw_len`` past the expansion limit.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared != raw_len:
+            raise CorruptRecordError(f"{where}: zstd frame declares {declared} bytes, expected {raw_len}")
+        if expansion_limit and raw_len > FREE_RAW_BYTES + ZSTD_MAX_EXPANSION * len(frame):
+            raise SizeLimitError(f"{where}: a {len(frame)}-byte zstd body declares {raw_len} bytes, more than "
+                                 f"{ZSTD_MAX_EXPANSION}x its size")
+        # zstd refuses a frame whose content differs from its declared size, now bounded above
+        dobj = _decompressor.decompressobj()
+        body = dobj.decompress(frame)
+        if dobj.unused_data:
+            raise CorruptRecordError(f"{where}: {len(dobj.unused_data)} bytes follow the zstd frame")
+    except zstandard.ZstdError as exc:
+        raise CorruptRecordError(f"{where}: zstd body does not decompress: {exc}") from None
+    if len(body) != raw_len:
+        raise CorruptRecordError(f"{where}: body decompresses to {len(body)} bytes, expected {raw_len}")
+    return body
 
 
 @dataclass
@@ -253,23 +282,7 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
         raise CorruptRecordError(f"{where}: body should hold {sum(s for s, _ in secs)} bytes, header says {raw_len}")
     body = bytes(buf[HEADER.size :])
     if flags & FLAG_ZSTD:
-        try:
-            # the frame must declare exactly raw_len: a forged size would otherwise be allocated as is
-            declared = zstandard.frame_content_size(body)
-            if declared != raw_len:
-                raise CorruptRecordError(f"{where}: zstd frame declares {declared} bytes, header says {raw_len}")
-            if raw_len > FREE_RAW_BYTES + ZSTD_MAX_EXPANSION * len(body):
-                raise SizeLimitError(f"{where}: a {len(body)}-byte zstd body declares {raw_len} bytes, more than "
-                                     f"{ZSTD_MAX_EXPANSION}x its size")
-            # zstd refuses a frame whose content differs from its declared size, now bounded above
-            dobj = _decompressor.decompressobj()
-            body = dobj.decompress(body)
-            if dobj.unused_data:
-                raise CorruptRecordError(f"{where}: {len(dobj.unused_data)} bytes follow the zstd frame")
-        except zstandard.ZstdError as exc:
-            raise CorruptRecordError(f"{where}: zstd body does not decompress: {exc}") from None
-        if len(body) != raw_len:
-            raise CorruptRecordError(f"{where}: body decompresses to {len(body)} bytes, expected {raw_len}")
+        body = inflate(body, raw_len, where)
     elif len(body) != raw_len:
         raise CorruptRecordError(f"{where}: raw body is {len(body)} bytes, expected {raw_len}")
     if flags & FLAG_SHUFFLE:

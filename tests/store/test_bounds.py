@@ -6,6 +6,7 @@ import struct
 import tracemalloc
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -191,3 +192,31 @@ def test_a_shard_without_read_permission_is_a_problem_in_verify(tmp_path):
     finally:
         os.chmod(shard, 0o644)
     assert problems and "shard-00000.h5" in problems[0]
+
+
+def _one_chunk(frame: bytes, rows: int):
+    import zlib
+
+    from score_codec.store.aug_chunks import ChunkedRows
+
+    table = np.array([(0, len(frame), rows, zlib.crc32(frame))], AUG_CHUNK_DTYPE)
+    return ChunkedRows("blob", table, len(frame), lambda off, n: frame[off:off + n])
+
+
+def test_a_chunk_frame_declaring_gigabytes_is_refused_before_decompression():
+    # a frame header declaring 2 GiB of content: zstd would allocate it as declared
+    frame = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", 2**31) + bytes(65536)
+    err = _bounded(lambda: _one_chunk(frame, 100).all(), CorruptRecordError)
+    assert "chunk 0" in str(err) and "declares" in str(err)
+
+
+def test_bytes_after_a_chunk_frame_are_refused():
+    import zstandard
+
+    from score_codec.store.aug_chunks import encode_rows
+
+    rows = make_meta(8, 4).rows
+    _, blob = encode_rows(rows)
+    assert _one_chunk(blob, len(rows)).all().tobytes() == rows.tobytes()
+    with pytest.raises(CorruptRecordError, match="follow the zstd frame"):
+        _one_chunk(blob + zstandard.ZstdCompressor().compress(b"x"), len(rows)).all()

@@ -5,6 +5,7 @@ Every case is read in a forked child with a time limit and an address-space cap,
 or exhausting the run.  Examples are drawn at random on every run."""
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -175,15 +176,24 @@ def test_isolated_reads_report_hangs_blowups_and_crashes():
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_forged_aug_chunk_tables_raise_only_score_errors(pristine, tmp_path_factory, data):
-    """The compressed row table's chunk entries forged with valid checksums (docs/FORMAT.md 6): offsets,
-    lengths and row counts anywhere, CRC-32s kept (the frames then inflate under the forged counts) or not."""
+    """The compressed row table forged with valid checksums (docs/FORMAT.md 6): chunk bytes (frame headers
+    included) changed and their CRC-32s recomputed, then offsets, lengths and row counts anywhere, CRC-32s
+    kept (the frames then inflate under the forged counts) or not."""
     import h5py
 
     work = tmp_path_factory.mktemp("chunks") / "s.store"
     shutil.copytree(pristine / "s.store", work)
     index = work / "index.h5"
     with h5py.File(index, "r") as f:
-        table, blob_bytes = f["aug/row_chunks"][()], int(f["aug/row_blob"].shape[0])
+        table, blob = f["aug/row_chunks"][()], f["aug/row_blob"][()]
+    blob_bytes = len(blob)
+    # the first chunk's frame header (magic, descriptor, declared content size) as often as anywhere else
+    where = st.one_of(st.integers(0, min(13, blob_bytes - 1)), st.integers(0, blob_bytes - 1))
+    for pos, value in data.draw(st.lists(st.tuples(where, st.sampled_from([0, 1, 0x7F, 0xFF]) | st.integers(0, 255)),
+                                         max_size=4)):
+        blob[pos] = value
+    for j, e in enumerate(table):   # each chunk's CRC-32 recomputed: the bytes reach the frame parser
+        table[j]["crc32"] = zlib.crc32(blob[int(e["offset"]):int(e["offset"]) + int(e["length"])].tobytes())
     big = st.sampled_from([0, 1, blob_bytes - 1, blob_bytes, 2**20, 2**31, 2**32 - 1])
     for j in data.draw(st.lists(st.integers(0, len(table) - 1), min_size=1, max_size=3)):
         for field, values in (("offset", st.one_of(st.integers(0, blob_bytes + 8), big)),
@@ -193,8 +203,9 @@ def test_forged_aug_chunk_tables_raise_only_score_errors(pristine, tmp_path_fact
             if data.draw(st.booleans()):
                 table[j][field] = min(data.draw(values), 2**32 - 1 if field != "offset" else 2**64 - 1)
     with h5py.File(index, "r+") as f:
-        del f["aug/row_chunks"]
-        f.create_dataset("aug/row_chunks", data=table)
+        for name, arr in (("aug/row_chunks", table), ("aug/row_blob", blob)):
+            del f[name]
+            f.create_dataset(name, data=arr)
     reseal(work)
     outcome, peak = run_isolated_report(lambda: _read_everything(str(work)), timeout=READ_SECONDS,
                                         memory=READ_MEMORY)
