@@ -36,12 +36,10 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 log = logging.getLogger(__name__)
 
 __all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
-           "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants", "LIBRARY_QUANT"]
+           "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
-#: the factor quantisation the library-default variant asks for
-LIBRARY_QUANT = "int8"
 
 
 def lpld_prune_ratio(x: float) -> float:
@@ -247,8 +245,8 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
 
 
 def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Optional[float] = None) -> PeerVariant:
-    """The library's default at ratio ``x``: ``score_codec.encode(Y, path, ratio=x, quant="int8")`` (the
-    global codec with automatic pool-and-code allocation), replayed as the library replays a pooled store
+    """The library's default at ratio ``x``: ``score_codec.encode(Y, path, ratio=x)`` (the global codec, int8,
+    with automatic pool-and-code allocation), replayed as the library replays a pooled store
     (:class:`~benchmarks.storage_vs_accuracy.label_sources.PooledStoreSource`).  The encode's allocation
     (``keep_epochs``, ``inner_ratio`` and its probe ``kl_t1``, reported as ``probe_kl_t1``) is kept in
     ``<path>.encode.json``; a BudgetError is "n/a" with the library's message.  ``max_kl`` replaces the
@@ -262,7 +260,7 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
     info = path + ".encode.json"
     if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
         try:
-            st = encode(Y, path, ratio=float(x), quant=LIBRARY_QUANT, labels=labels, overwrite=True, **tuned)
+            st = encode(Y, path, ratio=float(x), labels=labels, overwrite=True, **tuned)
         except ScoreError as exc:
             log.info("%s: %s", vid, exc)
             return PeerVariant(vid, "library", x, None, f"n/a: {exc}", name=name)

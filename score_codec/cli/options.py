@@ -60,8 +60,9 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                       "source row).")
     p.add_argument("--max-kl", type=_positive_float, default=0.01, help="Largest KL(T=1) between source and decoded "
                    "rows, measured on a sample, that the automatic split of --ratio accepts for the codec.")
-    p.add_argument("--quant", default="fp16", choices=QUANTS, help="Quantisation of the stored factors "
-                   "(int8: one scale per component).")
+    p.add_argument("--quant", default="int8", choices=QUANTS, help="Quantisation of the stored factors "
+                   "(int8: one fp32 scale per component; the automatic split of --ratio measures its KL with "
+                   "the quantisation included).")
     p.add_argument("--residual", type=int, default=0, help="Sparse residual entries kept per row.")
     p.add_argument("--keep-mean", action="store_true", help="Store each row's mean so decoding returns the exact "
                    "logits; without it decoded rows are row-centred (softmax is unchanged).")

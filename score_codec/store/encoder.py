@@ -39,7 +39,7 @@ class CodingFields:
     energy: Optional[float] = None
     ratio: Optional[float] = None
     target_bytes: Optional[int] = None
-    quant: str = "fp16"
+    quant: str = "int8"
     residual: int = 0
     residual_score: str = "kl"
     keep_mean: bool = False

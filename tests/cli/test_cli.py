@@ -92,7 +92,8 @@ def test_decode_npy(store, tmp_path, capsys):
     y = np.load(str(tmp_path / "y.npy"))
     st = LabelStore(store)
     assert y.shape == (IPC * 10, E, 10)
-    assert np.array_equal(y[7], st.matrix(7).numpy())
+    # the batched decode and one record's decode round differently in the last bits
+    np.testing.assert_allclose(y[7], st.matrix(7).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_info_and_verify_against(dump, store, capsys):
@@ -197,7 +198,7 @@ def test_help_and_argument_errors_answer_without_the_library():
         assert out.strip().endswith("False False"), (argv, out[-300:])
     help_text = subprocess.run([sys.executable, "-m", "score_codec.cli.main", "encode", "--help"], capture_output=True,
                                text=True).stdout
-    assert "(default: global)" in help_text and "(default: fp16)" in help_text
+    assert "(default: global)" in help_text and "(default: int8)" in help_text
 
 
 def test_keep_mean_round_trip_is_exact_logits(dump, tmp_path, capsys):

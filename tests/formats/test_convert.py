@@ -80,7 +80,7 @@ def test_encode_dump_writes_the_store_score_codec_encode_writes(dump, tmp_path, 
 def test_options_object_and_keywords_write_the_same_store(dump, tmp_path):
     opts = sc.CodecOptions(method="svd", rank=2, quant="fp16")
     a = sc.encode_dump(dump, tmp_path / "a.store", opts, ipc=IPC)
-    b = sc.encode_dump(dump, tmp_path / "b.store", method="svd", rank=2, dump_options=sc.DumpOptions(ipc=IPC))
+    b = sc.encode_dump(dump, tmp_path / "b.store", method="svd", rank=2, quant="fp16", dump_options=sc.DumpOptions(ipc=IPC))
     c = sc.encode_dump(dump, tmp_path / "c.store", opts.replace(rank=5), rank=2, ipc=IPC)   # keywords win
     assert a["label_bytes"] == b["label_bytes"] == c["label_bytes"]
     assert torch.equal(_decoded(tmp_path / "a.store"), _decoded(tmp_path / "b.store"))

@@ -1,5 +1,6 @@
 """No silent fidelity loss: every codec at full rank decodes the labels it was given within the precision of
-its default quantisation, on the logits of a trained Fashion-MNIST classifier and on teacher-like logits."""
+its quantisation (fp16 factors, and the default int8), on the logits of a trained Fashion-MNIST classifier
+and on teacher-like logits."""
 import logging
 
 import numpy as np
@@ -13,6 +14,11 @@ from tests.common import centred, kl_rows, teacher_like_logits
 
 METHODS = ["svd", "rsvd", "cur", "rpca", "shared", "global", "two-level"]
 EPS16 = float(np.finfo(np.float16).eps)
+#: one rounding step of each quantisation, relative to the largest value it stores
+STEP = {"fp16": EPS16, "int8": 1.0 / 127}
+#: KL(T=1) between source and decoded rows that full-rank factors stay under at each quantisation
+FULL_RANK_KL = {"fp16": 1e-4, "int8": 2e-3}
+QUANTS = [None, "fp16"]   # None: the default, int8
 
 
 @pytest.fixture(scope="module")
@@ -45,37 +51,41 @@ def fashion_logits():
     return out, y[:60].tolist()
 
 
-def _check_full_rank(tmp_path, logits, labels, method):
+def _check_full_rank(tmp_path, logits, labels, method, quant):
     n, k, c = logits.shape
     # rank C: a basis (shared, global, two-level) spans every class; per-image ranks are capped at min(K, C)
-    sc.encode(logits, tmp_path / "x.store", method=method, rank=c, labels=labels)
+    opts = {} if quant is None else {"quant": quant}
+    sc.encode(logits, tmp_path / "x.store", method=method, rank=c, labels=labels, **opts)
     store = sc.LabelStore(tmp_path / "x.store")
-    assert store.quant == "fp16"
+    q = quant or "int8"
+    assert store.quant == q
     dec = torch.stack([store.matrix(i) for i in range(n)]).double()
     want = centred(logits.double())
     err = float((dec - want).abs().amax(dim=(1, 2)).max() / want.abs().amax())
-    # the default quantisation stores fp16 factors: a few of its steps of the largest logit, no more
-    assert err <= QUANT_DAMAGE_UNITS * EPS16, f"{method}: decoded error {err / EPS16:.1f} fp16 steps"
-    assert kl_rows(logits, dec) < 1e-4
+    # a few rounding steps of the largest logit, no more
+    assert err <= QUANT_DAMAGE_UNITS * STEP[q], f"{method}: decoded error {err / STEP[q]:.1f} {q} steps"
+    assert kl_rows(logits, dec) < FULL_RANK_KL[q]
 
 
+@pytest.mark.parametrize("quant", QUANTS)
 @pytest.mark.parametrize("method", METHODS)
-def test_full_rank_round_trips_a_real_dump(tmp_path, fashion_logits, method):
+def test_full_rank_round_trips_a_real_dump(tmp_path, fashion_logits, method, quant):
     logits, labels = fashion_logits
-    _check_full_rank(tmp_path, logits, labels, method)
+    _check_full_rank(tmp_path, logits, labels, method, quant)
 
 
+@pytest.mark.parametrize("quant", QUANTS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("k", [5, 20])
-def test_full_rank_round_trips_teacher_like_logits(tmp_path, method, k):
+def test_full_rank_round_trips_teacher_like_logits(tmp_path, method, k, quant):
     logits = teacher_like_logits(60, k, 10, seed=k) * 3
-    _check_full_rank(tmp_path, logits, [i % 10 for i in range(60)], method)
+    _check_full_rank(tmp_path, logits, [i % 10 for i in range(60)], method, quant)
 
 
 def test_ill_conditioned_cur_factors_are_replaced_and_reported(tmp_path, caplog):
     logits = teacher_like_logits(100, 20, 10, seed=0) * 3
     with caplog.at_level(logging.WARNING, logger="score_codec.store.encoder"):
-        sc.encode(logits, tmp_path / "x.store", method="cur", rank=10)
+        sc.encode(logits, tmp_path / "x.store", method="cur", rank=10, quant="fp16")
     assert "stored as balanced SVD factors" in caplog.text
     store = sc.LabelStore(tmp_path / "x.store")
     worst = max(float((store.matrix(i) - centred(logits[i])).abs().max()) for i in range(100))

@@ -229,7 +229,7 @@ def test_unknown_version_is_refused(tmp_path, logits):
 
 
 def test_shards_split_at_the_size_limit(tmp_path, logits):
-    sc.encode(logits, tmp_path / "sh", method="svd", rank=3, shard_bytes=2000)
+    sc.encode(logits, tmp_path / "sh", method="svd", rank=3, shard_bytes=1000)
     store = sc.LabelStore(tmp_path / "sh")
     assert len(os.listdir(tmp_path / "sh" / "shards")) > 2
     for i in range(len(store)):
