@@ -141,7 +141,19 @@ class UnknownCodecError(CodecError, KeyError):
 
 
 class BudgetError(InputError):
-    """A rate target (ratio / target_bytes) cannot be met by any allowed rank."""
+    """A rate target (ratio / target_bytes) cannot be met by any allowed rank.
+
+    Attributes:
+        reason: what was measured: the budget, and what the smallest useful label needs.
+        advice: what the caller can change (empty when there is nothing to suggest).
+        max_ratio: the largest ratio the allocation could have held, where it measured one (else None).
+    """
+
+    def __init__(self, reason: str, *, advice: str = "", max_ratio: "float | None" = None) -> None:
+        super().__init__(f"{reason}. {advice}" if advice else reason)
+        self.reason = reason
+        self.advice = advice
+        self.max_ratio = max_ratio
 
 
 class BatchSizeMismatchError(InputError):

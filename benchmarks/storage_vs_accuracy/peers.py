@@ -263,7 +263,8 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
             st = encode(Y, path, ratio=float(x), labels=labels, overwrite=True, **tuned)
         except ScoreError as exc:
             log.info("%s: %s", vid, exc)
-            return PeerVariant(vid, "library", x, None, f"n/a: {exc}", name=name)
+            # a BudgetError's advice is for a user at the prompt; the table keeps what was measured
+            return PeerVariant(vid, "library", x, None, f"n/a: {getattr(exc, 'reason', exc)}", name=name)
         with open(info + ".tmp", "w") as fh:
             json.dump({k: st.get(k) for k in ("keep_epochs", "source_epochs", "inner_ratio", "kl_t1", "ratio")}, fh)
         os.replace(info + ".tmp", info)

@@ -20,6 +20,8 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional
 
+from score_codec.store.allocate import POOL_BUDGET_ADVICE
+
 __all__ = ["budget_bytes", "meets_budget", "mean_std", "NOT_RUN", "converged", "doubling_gain", "converged_by_doubling",
            "write_report", "render_markdown",
            "render_console", "best_by_target", "compare", "provenance", "default_command", "FAMILY_ORDER", "JSON_FAMILY"]
@@ -91,8 +93,8 @@ def selection_table(entries: List[Dict[str, Any]]) -> List[str]:
                     label += f" (keeps {e['keep_epochs']} epochs)"
                 vs = ["" if m == r or r not in cell or e.get("top1_mean") is None or cell[r].get("top1_mean") is None
                       else compare(e, cell[r]) for r in rivals]
-                # the library's BudgetError message ends with advice: the table keeps the measured part
-                acc = mean_std(e.get("top1")) or (e.get("note") or NOT_RUN).split(". Ask for")[0]
+                # the table keeps what was measured, not the advice a BudgetError gives at the prompt
+                acc = mean_std(e.get("top1")) or (e.get("note") or NOT_RUN).replace(f". {POOL_BUDGET_ADVICE}", "")
                 out.append(f"| {m} | {ipc} | {label} | {acc} | {e.get('seeds', 0)} | " + " | ".join(vs) + " |")
     return out
 

@@ -37,7 +37,7 @@ from .options import CodecOptions
 
 __all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_from_matrices",
            "probe_from_rows", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
-           "PROBE_VIEWS"]
+           "PROBE_VIEWS", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PROBE_ROWS = 1024
 #: views per probe image (int8 scales are shared by an image's rows, so the probe keeps images' rows together)
 PROBE_VIEWS = 8
+#: the advice of the BudgetError raised when one kept epoch at the smallest useful rank exceeds the budget
+POOL_BUDGET_ADVICE = "Ask for a lower ratio, raise max_kl, or pass keep_epochs= / pool=False to code harder"
 
 
 def even_epochs(n: int, k: int) -> np.ndarray:
@@ -317,12 +319,12 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
                 need = cost(1, out.min_rank)
                 which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
                          "the full basis, whose KL(T=1) still exceeds")
+                most = 2.0 * c * num_images * k / need
                 raise BudgetError(
                     f"ratio {x:g}x leaves {budget:,.0f} label bytes ({budget / (num_images * k):.2f} B per source "
                     f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, {which} "
                     f"max_kl={opts.max_kl:g} (measured {kl(out.min_rank):.3g}), i.e. a ratio of at most "
-                    f"{2.0 * c * num_images * k / need:.1f}x. Ask for a lower ratio, raise max_kl, or pass "
-                    f"keep_epochs= / pool=False to code harder")
+                    f"{most:.1f}x", advice=POOL_BUDGET_ADVICE, max_ratio=most)
             kept = even_epochs(max(fits), k)
     out.kept = kept
     n = len(kept)

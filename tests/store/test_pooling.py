@@ -112,9 +112,14 @@ def test_keep_epochs_is_honoured_under_a_ratio(tmp_path, teacher_rows):
 
 
 def test_budgets_that_hold_no_useful_label_are_refused(tmp_path, teacher_rows):
-    with pytest.raises(BudgetError, match=r"ratio 2000x leaves .* ratio of at most \d+"):
+    with pytest.raises(BudgetError, match=r"ratio 2000x leaves .* ratio of at most \d+") as info:
         sc.encode(teacher_rows, tmp_path / "b.store", ratio=2000, quant="int8")
     assert not os.path.exists(tmp_path / "b.store")
+    exc = info.value
+    assert str(exc) == f"{exc.reason}. {exc.advice}" and "max_kl" in exc.advice
+    # the largest ratio the error names is one the encode holds, within the max_kl it was measured at
+    st = sc.encode(teacher_rows, tmp_path / "m.store", ratio=exc.max_ratio * 0.99, quant="int8")
+    assert st["keep_epochs"] == 1 and st["kl_t1"] <= 0.01
     # coding every row: not even a rank-0 record fits
     with pytest.raises(BudgetError, match="B per kept row"):
         sc.encode(teacher_rows, tmp_path / "b.store", ratio=2000, quant="int8", pool=False)
