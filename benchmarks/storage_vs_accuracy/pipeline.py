@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from benchmarks.storage_vs_accuracy.claims import StudentClaims
 from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource
 from benchmarks.storage_vs_accuracy.presets import Config
 from benchmarks.storage_vs_accuracy.students import evaluate_fast, train_one
@@ -78,6 +79,8 @@ class Pipeline:
                 not os.path.isfile(os.path.join(cache_dir, "teacher.safetensors")):
             seed_cache(cache_dir, artifacts, self.hashes)
         self.after_student: Optional[Callable[[], None]] = None   # called after each trained student
+        self.claims = StudentClaims(cache_dir)
+        self.elsewhere = 0   # students left to another run that holds their claim
         self.results_path = os.path.join(cache_dir, "students.jsonl")
         self.done: Dict[str, Dict[str, Any]] = {}
         self._read_to = 0
@@ -226,18 +229,30 @@ class Pipeline:
                 self.skipped += train
                 continue
             if k not in self.done:
-                if callable(source) and not isinstance(source, LabelSource):
-                    source = source()
-                    if source is None:   # cached metrics said buildable, the build says n/a: report, do not train
-                        log.warning("%s: no label source (the variant is n/a now): student not trained", key)
-                        break
-                t0 = time.time()
-                res = train_one(source, table, views, c, seed, self.test, self.C,
-                                eval_fractions=c.curve if curve else ())
-                res.update(key=k, seconds=round(time.time() - t0, 1))
-                with open(self.results_path, "a") as fh:
-                    fh.write(json.dumps(res) + "\n")
-                self.done[k] = res
+                if not self.claims.claim(k):   # another run sharing the cache trains it now
+                    log.info("%s seed %d: trained by %s; left to it", key, seed, self.claims.holder(k))
+                    self.elsewhere += 1
+                    continue
+                try:
+                    self._read_done()   # it may have finished between our look and our claim
+                    if k in self.done:
+                        accs.append(self.done[k]["top1"])
+                        curves.append(self.done[k].get("curve") or [])
+                        continue
+                    if callable(source) and not isinstance(source, LabelSource):
+                        source = source()
+                        if source is None:   # cached metrics said buildable, the build says n/a: report, do not train
+                            log.warning("%s: no label source (the variant is n/a now): student not trained", key)
+                            break
+                    t0 = time.time()
+                    res = train_one(source, table, views, c, seed, self.test, self.C,
+                                    eval_fractions=c.curve if curve else ())
+                    res.update(key=k, seconds=round(time.time() - t0, 1))
+                    with open(self.results_path, "a") as fh:
+                        fh.write(json.dumps(res) + "\n")
+                    self.done[k] = res
+                finally:
+                    self.claims.release(k)
                 if self.after_student is not None:
                     try:
                         self.after_student()

@@ -212,6 +212,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         for r, k, src in jobs:
             r.update(pipe.students(k, src, sel_views, sel_table, sel_seeds, optional=True))
         del sel_views, Ys
+    if pipe.elsewhere:
+        log.warning("%d students were training in another run sharing the cache: a re-run reports them",
+                    pipe.elsewhere)
     if pipe.skipped:
         log.warning("time limit reached: %d students not run (a re-run resumes from the cache)", pipe.skipped)
     paths = report()
