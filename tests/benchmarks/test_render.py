@@ -31,13 +31,23 @@ def test_readme_table_sits_between_the_markers_and_carries_provenance():
     before, rest = out.split("<!-- results-table:begin -->\n")
     table, after = rest.split("<!-- results-table:end -->\n")
     assert before == "# score\n\nintro\n\n" and after == "\nrest\n" and "stale table" not in table
-    j = json.load(open(os.path.join(render.RESULTS_DIR, f"{render.HEADLINE_PRESET}.json")))
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| 1x", "| 10x", "| 30x", "| 100x"]
-    assert f"{100 * j['reference']['top1_mean']:.2f}" in rows[0]
-    prov = j["provenance"]
-    assert prov["hardware"] in table and prov["command"] in table
-    assert prov["date"] not in table   # the README carries no dates; the results page gives each run's
+    rendered = 0
+    for preset, targets in render.HEADLINES:
+        path = os.path.join(render.RESULTS_DIR, f"{preset}.json")
+        if not os.path.isfile(path):
+            continue
+        rendered += 1
+        j = json.load(open(path))
+        part = table.split(f"--preset {preset}`")[0].rsplit("per class**", 1)[1]
+        rows = [line for line in part.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        # every target with a row in the results, in order, after raw labels
+        assert [r.split(" | ")[0] for r in rows] == ["| 1x"] + [f"| {t:g}x" for t in targets
+                                                               if any(float(x["target_ratio"]) == t for x in j["rows"])]
+        assert f"{100 * j['reference']['top1_mean']:.2f}" in rows[0]
+        prov = j["provenance"]
+        assert prov["hardware"] in part
+        assert prov["date"] not in part   # the README carries no dates; the results page gives each run's
+    assert rendered == len(render.HEADLINES)
     # the README's own table of the real README, when it has the markers, is the rendered one
     with open(os.path.join(render.ROOT, "README.md")) as f:
         real = f.read()
