@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -105,11 +106,16 @@ def headline_table(j: Dict[str, Any], targets: Sequence[float]) -> str:
         if b is None:
             continue
         o, p = b["ours"], b["peer"]
+        if o is None and p is None:   # no student at this target yet
+            continue
         mine = "n/a" if o is None else o["name"] if o["name"].startswith("ours") else f"ours: {o['name']}"
         lines.append(f"| {t:g}x | {mine} | {pct(o)} | {p['name'] if p else 'n/a'} | {pct(p)} | "
                      f"{compare(o, p) if o and p else ''} |")
     prov = j.get("provenance") or {}
-    lines += ["", f"Run on {prov.get('hardware', 'unrecorded hardware')}: `{default_command(j['preset'])}`."]
+    # the preset's command, with the thread count the run used (the hardware line names it)
+    threads = re.search(r"--threads \d+", prov.get("command", ""))
+    command = default_command(j["preset"]) + (f" {threads.group(0)}" if threads else "")
+    lines += ["", f"Run on {prov.get('hardware', 'unrecorded hardware')}: `{command}`."]
     return "\n".join(lines)
 
 

@@ -50,7 +50,8 @@ def add_store_arguments(p) -> None:
     """The codec options of a benchmark's label store: ``--method``, ``--rank``, ``--quant``."""
     p.add_argument("--method", default="global", help="codec of the store")
     p.add_argument("--rank", type=int, default=8, help="rank of the codec's basis")
-    p.add_argument("--quant", default="fp16", help="quantisation of the stored factors")
+    p.add_argument("--quant", default="fp16", help="quantisation of the stored factors (fp16, as in the "
+                   "committed results; the library's default is int8)")
 
 
 def cpu_name() -> str:

@@ -39,6 +39,8 @@ code  meaning
 """
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "EXIT_OK",
     "EXIT_VERIFY_FAILED",
@@ -149,7 +151,7 @@ class BudgetError(InputError):
         max_ratio: the largest ratio the allocation could have held, where it measured one (else None).
     """
 
-    def __init__(self, reason: str, *, advice: str = "", max_ratio: "float | None" = None) -> None:
+    def __init__(self, reason: str, *, advice: str = "", max_ratio: Optional[float] = None) -> None:
         super().__init__(f"{reason}. {advice}" if advice else reason)
         self.reason = reason
         self.advice = advice

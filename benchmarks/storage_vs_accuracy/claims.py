@@ -1,93 +1,81 @@
-"""Claims on students, so that several runs can share one cache without training the same student twice.
+"""Runs of one preset that share a cache at once: claims on students and exclusive builds.
 
-Runs of one preset that share a cache (``benchmarks/cache/<name>``) already share their finished students
-through ``students.jsonl``.  A claim covers the time a student trains: before training, a run creates
-``claims/<digest>.claim`` (exclusively) holding its host and process id; a second run that finds a claim
-held by a live process on the same host leaves that student to it and goes on to the next.  A claim whose
-process is gone (a killed run) is taken over.  Claims from another host are honoured until they are
-``stale_after`` seconds old, since their process cannot be checked from here.
+Runs that share a cache (``benchmarks/cache/<name>``) share their finished students through
+``students.jsonl``.  While a student trains, its run holds an ``flock`` on ``claims/<digest>.lock``
+(:class:`StudentClaims`); a second run that finds the lock held leaves that student to the first and goes
+on to the next.  The kernel drops the lock when its holder exits, even by SIGKILL, so a killed run's
+claims are free at once, with no guessing from process ids or ages.  Steps that write a shared file (a
+variant's encode, the variants' metrics) run under :func:`exclusive`, which waits for the other run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import socket
-import time
-from typing import Optional
+from typing import Dict, Iterator, Optional
 
-__all__ = ["StudentClaims"]
+from score_codec.errors import StoreLockedError
+from score_codec.store.atomic import WriteLock
+
+__all__ = ["StudentClaims", "exclusive"]
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
+def _holder_pid(lock_file: str) -> Optional[int]:
+    """The pid written in a held lock file, or None."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # exists, owned by someone else
-        return True
-    return True
+        with open(lock_file) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class StudentClaims:
-    """Claim files under ``<cache>/claims``: :meth:`claim` before a student trains, :meth:`release` after.
+    """Claims under ``<cache_dir>/claims``: :meth:`claim` before a student trains, :meth:`release` after."""
 
-    Args:
-        cache_dir: the run's cache folder.
-        stale_after: seconds after which a claim from another host is treated as abandoned.
-    """
-
-    def __init__(self, cache_dir: str, stale_after: float = 6 * 3600.0) -> None:
+    def __init__(self, cache_dir: str) -> None:
         self.dir = os.path.join(cache_dir, "claims")
-        self.stale_after = float(stale_after)
-        self.me = f"{socket.gethostname()} {os.getpid()}"
+        self._held: Dict[str, WriteLock] = {}
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.dir, hashlib.sha256(key.encode()).hexdigest()[:24] + ".claim")
-
-    def holder(self, key: str) -> Optional[str]:
-        """``"host pid"`` of the live run that holds ``key``'s claim, or None (unclaimed, ours, or stale)."""
-        path = self._path(key)
-        try:
-            with open(path) as fh:
-                owner = fh.read().strip()
-            age = time.time() - os.path.getmtime(path)
-        except OSError:
-            return None
-        if owner == self.me:
-            return None
-        host, _, pid = owner.rpartition(" ")
-        if host == socket.gethostname():
-            return owner if pid.isdigit() and _alive(int(pid)) else None
-        return owner if age < self.stale_after else None
+        # WriteLock locks "<path>.lock"
+        return os.path.join(self.dir, hashlib.sha256(key.encode()).hexdigest()[:24])
 
     def claim(self, key: str) -> bool:
-        """Claim ``key``; False when a live run holds it (train something else)."""
-        os.makedirs(self.dir, exist_ok=True)
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if self.holder(key) is not None:
-                return False
-            tmp = f"{path}.{os.getpid()}.tmp"   # take over a stale claim in one rename
-            with open(tmp, "w") as fh:
-                fh.write(self.me)
-            os.replace(tmp, path)
+        """Claim ``key`` (True), or find it held by another live run (False: train something else)."""
+        if key in self._held:
             return True
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.me)
+        os.makedirs(self.dir, exist_ok=True)
+        try:
+            self._held[key] = WriteLock(self._path(key))
+        except StoreLockedError:
+            return False
         return True
 
+    def holder(self, key: str) -> Optional[int]:
+        """The pid of the run holding ``key``'s claim as it wrote it (for messages), or None."""
+        return None if key in self._held else _holder_pid(self._path(key) + ".lock")
+
     def release(self, key: str) -> None:
-        """Remove ``key``'s claim if this run holds it."""
-        path = self._path(key)
+        """Give up ``key``'s claim if this run holds it."""
+        lock = self._held.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.contextmanager
+def exclusive(path: str, poll: float = 2.0) -> Iterator[None]:
+    """Hold ``<path>.lock`` for the block, waiting (``poll`` seconds between tries) while another run does."""
+    import time
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    while True:
         try:
-            with open(path) as fh:
-                if fh.read().strip() != self.me:
-                    return
-            os.remove(path)
-        except OSError:
-            pass
+            lock = WriteLock(path)
+            break
+        except StoreLockedError:
+            time.sleep(poll)
+    try:
+        yield
+    finally:
+        lock.release()

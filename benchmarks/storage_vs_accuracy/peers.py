@@ -13,7 +13,7 @@ Budget: a target ratio ``X`` against the fp16 dump means at most ``N * K * 2C / 
 * **fp16 + zstd**: the raw dump's logits, each stored batch compressed with zstd (lossless).
 
 Ours: the global codec coding every row (``pool=False``), ours + pool (a fixed split: ``pool_inner``),
-and the library default (``score_codec.encode(Y, path, ratio=X, quant="int8")``: the library's automatic
+and the library default (``score_codec.encode(Y, path, ratio=X)``: the library's automatic
 pool-and-code allocation).
 
 With 10 classes a row is only 20 bytes, so top-k methods cannot reach 10x at all (4 bytes per kept
@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from benchmarks.storage_vs_accuracy.claims import exclusive
 from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSource, LogitSource, PooledStoreSource,
                                                           PoolSource, StoreSource, TopKSource)
 
@@ -207,14 +208,15 @@ def ours(x: float, method: str, residual: int, Y: torch.Tensor, labels, path: st
 
     tag = _ours_tag(method, residual, quant, codec_config)
     vid = f"{tag}@{x:g}"
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
-        try:
-            # every row coded at ratio x: the library's automatic epoch pooling is a variant of its own
-            encode(Y, path, method=method, ratio=float(x), quant=quant, residual=residual, labels=labels,
-                   overwrite=True, codec_config=codec_config, pool=False)
-        except ScoreError as exc:
-            log.info("%s: %s", vid, exc)
-            return PeerVariant(vid, "ours", x, None, f"n/a: {exc}", name=tag)
+    with exclusive(path + ".build"):   # another run sharing the cache may be writing the same store
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            try:
+                # every row coded at ratio x: the library's automatic epoch pooling is a variant of its own
+                encode(Y, path, method=method, ratio=float(x), quant=quant, residual=residual, labels=labels,
+                       overwrite=True, codec_config=codec_config, pool=False)
+            except ScoreError as exc:
+                log.info("%s: %s", vid, exc)
+                return PeerVariant(vid, "ours", x, None, f"n/a: {getattr(exc, 'reason', exc)}", name=tag)
     try:   # decode once: a store the library wrote but cannot read is reported, not fatal
         src = StoreSource(path, name=tag)
         src.targets(0, np.arange(min(len(Y), 4)), 1.0)
@@ -258,16 +260,18 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
     name = "ours: library default" if max_kl is None else f"ours: library, max_kl={max_kl:g}"
     tuned = {} if max_kl is None else {"max_kl": float(max_kl)}
     info = path + ".encode.json"
-    if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
-        try:
-            st = encode(Y, path, ratio=float(x), labels=labels, overwrite=True, **tuned)
-        except ScoreError as exc:
-            log.info("%s: %s", vid, exc)
-            # a BudgetError's advice is for a user at the prompt; the table keeps what was measured
-            return PeerVariant(vid, "library", x, None, f"n/a: {getattr(exc, 'reason', exc)}", name=name)
-        with open(info + ".tmp", "w") as fh:
-            json.dump({k: st.get(k) for k in ("keep_epochs", "source_epochs", "inner_ratio", "kl_t1", "ratio")}, fh)
-        os.replace(info + ".tmp", info)
+    with exclusive(path + ".build"):   # another run sharing the cache may be writing the same store
+        if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
+            try:
+                st = encode(Y, path, ratio=float(x), labels=labels, overwrite=True, **tuned)
+            except ScoreError as exc:
+                log.info("%s: %s", vid, exc)
+                # a BudgetError's advice is for a user at the prompt; the table keeps what was measured
+                return PeerVariant(vid, "library", x, None, f"n/a: {getattr(exc, 'reason', exc)}", name=name)
+            with open(info + ".tmp", "w") as fh:
+                json.dump({k: st.get(k) for k in ("keep_epochs", "source_epochs", "inner_ratio", "kl_t1", "ratio")},
+                          fh)
+            os.replace(info + ".tmp", info)
     with open(info) as fh:
         st = json.load(fh)
     extra = dict(keep_epochs=st.get("keep_epochs"), inner_ratio=st.get("inner_ratio"), probe_kl_t1=st.get("kl_t1"))

@@ -1,49 +1,63 @@
-"""Student claims: two runs sharing a cache never train the same student at once, and a killed run's claims
-do not block the next run."""
+"""Runs sharing a benchmark cache: a student in training is left to the run that claimed it, a killed run's
+claims are free at once, and shared builds wait for each other."""
 import os
 import subprocess
 import sys
+import threading
+import time
 
+import pytest
+
+from benchmarks.storage_vs_accuracy.claims import StudentClaims, exclusive
+
+_HOLD = """
+import sys, time
 from benchmarks.storage_vs_accuracy.claims import StudentClaims
+c = StudentClaims(sys.argv[1])
+assert c.claim(sys.argv[2])
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
-def _claims_of(tmp_path, pid: int, host: str = None) -> StudentClaims:
-    c = StudentClaims(str(tmp_path))
-    c.me = f"{host or c.me.rpartition(' ')[0]} {pid}"
-    return c
+def _other_run(tmp_path, key):
+    """A child process holding the claim on ``key`` (a second run sharing the cache)."""
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path), key], stdout=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert p.stdout.readline().strip() == "held"
+    return p
 
 
-def test_a_live_runs_claim_is_left_to_it_and_released_after(tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        theirs, ours = _claims_of(tmp_path, other.pid), StudentClaims(str(tmp_path))
-        assert theirs.claim("storage|a|seed0")
-        assert not ours.claim("storage|a|seed0")
-        assert ours.holder("storage|a|seed0") == theirs.me
-        assert ours.claim("storage|a|seed1")          # other students stay free
-        ours.release("storage|a|seed0")                # not ours: left in place
-        assert not ours.claim("storage|a|seed0")
-        theirs.release("storage|a|seed0")
-        assert ours.claim("storage|a|seed0") and ours.holder("storage|a|seed0") is None
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_a_dead_runs_claim_is_taken_over(tmp_path):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    assert _claims_of(tmp_path, gone.pid).claim("k")
+def test_a_live_runs_claim_is_left_to_it_and_a_killed_runs_is_free(tmp_path):
+    other = _other_run(tmp_path, "storage|a|seed0")
     ours = StudentClaims(str(tmp_path))
-    assert ours.holder("k") is None and ours.claim("k")
-    ours.release("k")
+    try:
+        assert not ours.claim("storage|a|seed0")
+        assert ours.holder("storage|a|seed0") == other.pid
+        assert ours.claim("storage|a|seed1")          # other students stay free
+    finally:
+        other.kill()                                 # SIGKILL: nothing cleans up
+        other.wait()
+    assert ours.claim("storage|a|seed0")             # the kernel dropped the dead run's lock
+    ours.release("storage|a|seed0")
+    ours.release("storage|a|seed1")
     assert os.listdir(os.path.join(str(tmp_path), "claims")) == []
 
 
-def test_another_hosts_claim_holds_until_stale(tmp_path):
-    assert _claims_of(tmp_path, 1, host="elsewhere.invalid").claim("k")
-    assert not StudentClaims(str(tmp_path)).claim("k")
-    assert StudentClaims(str(tmp_path), stale_after=0.0).claim("k")
+def test_exclusive_waits_for_the_other_holder(tmp_path):
+    order = []
+
+    def second():
+        with exclusive(str(tmp_path / "v" / "library@100.build"), poll=0.05):
+            order.append("second")
+
+    with exclusive(str(tmp_path / "v" / "library@100.build")):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]
 
 
 def test_pipeline_leaves_a_claimed_student_and_trains_the_rest(tmp_path, monkeypatch):
@@ -54,22 +68,28 @@ def test_pipeline_leaves_a_claimed_student_and_trains_the_rest(tmp_path, monkeyp
     from benchmarks.storage_vs_accuracy.presets import PRESETS
 
     trained = []
-    monkeypatch.setattr(pl, "train_one", lambda src, table, views, c, seed, test, C, eval_fractions=(): (
-        trained.append(seed) or {"top1": 0.5 + seed / 10, "curve": []}))
+
+    def fake_train(src, table, views, c, seed, test, C, eval_fractions=()):
+        if seed == 3:
+            raise RuntimeError("out of memory")
+        trained.append(seed)
+        return {"top1": 0.5 + seed / 10, "curve": []}
+
+    monkeypatch.setattr(pl, "train_one", fake_train)
     pipe = pl.Pipeline.__new__(pl.Pipeline)
     pipe.cfg, pipe.dir, pipe.deadline, pipe.skipped, pipe.elsewhere = PRESETS["smoke"], str(tmp_path), None, 0, 0
     pipe.claims, pipe.done, pipe._read_to, pipe.after_student = StudentClaims(str(tmp_path)), {}, 0, None
     pipe.results_path, pipe.test, pipe.C = os.path.join(str(tmp_path), "students.jsonl"), None, 10
     table = SimpleNamespace(epochs=4)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = _other_run(tmp_path, pipe._key("storage|x", 1, pipe.cfg, 4, False))
     try:
-        held = pipe._key("storage|x", 1, pipe.cfg, 4, False)
-        assert _claims_of(tmp_path, other.pid).claim(held)
         out = pipe.students("storage|x", object(), None, table, (0, 1, 2))
         assert trained == [0, 2] and out["top1"] == [0.5, 0.7] and pipe.elsewhere == 1
-        assert os.listdir(os.path.join(str(tmp_path), "claims")) == [os.path.basename(pipe.claims._path(held))]
     finally:
         other.kill()
         other.wait()
     out = pipe.students("storage|x", object(), None, table, (0, 1, 2))   # its holder is gone: trained now
     assert trained == [0, 2, 1] and out["top1"] == [0.5, 0.6, 0.7]
+    with pytest.raises(RuntimeError):   # a student that fails releases its claim
+        pipe.students("storage|x", object(), None, table, (3,))
+    assert os.listdir(os.path.join(str(tmp_path), "claims")) == []

@@ -118,7 +118,7 @@ def test_torchrun_relabel_equals_one_process(tmp_path):
             raw_dump=str(one_raw))
     a, b = sc.LabelStore(dist_store), sc.LabelStore(one)
     # the teacher runs in other processes (other kernels where the CPU differs) and its logits are kept in
-    # fp16: inputs agree to one fp16 step, the coefficients fitted from them to one step of their fp16 grid
+    # fp16: inputs agree to one fp16 step, and the coefficients fitted from them to about one quantisation step
     t_dist, t_one = _raw_logits(dist_raw, a), _raw_logits(one_raw, b)
     eps16 = float(np.finfo(np.float16).eps)
     assert np.all(np.abs(t_dist - t_one) <= eps16 * np.maximum(np.abs(t_one), 2.0 ** -14))

@@ -99,7 +99,8 @@ def test_cli_relabel(tmp_path, images, teacher, monkeypatch):
     with torch.no_grad():
         bn(images.images[:16].float() / 255)   # running statistics of real images (training mode)
     save_model(bn.eval(), model)
-    args = ["relabel", "fashion-mnist:train", str(model), "--epochs", "2", "--batch-size", "8", "--rank", "3", "--quiet"]
+    args = ["relabel", "fashion-mnist:train", str(model), "--epochs", "2", "--batch-size", "8", "--rank", "3", "--quant", "fp16",
+            "--quiet"]
     fast, plain = tmp_path / "fast.store", tmp_path / "plain.store"
     assert cli_main(args[:3] + [str(fast)] + args[3:]) == 0
     assert cli_main(args[:3] + [str(plain)] + args[3:] + ["--plain-teacher"]) == 0
