@@ -209,6 +209,20 @@ class Pipeline:
         self._read_done()
         return [s for s in seeds if self._key(key, s, c, table.epochs, curve) not in self.done]
 
+    def wait_for(self, key: str, table: BatchTable, seeds, cfg: Optional[Config] = None, poll: float = 10.0) -> None:
+        """Wait until no other run sharing the cache is training a student of ``key`` for ``seeds``."""
+        c = cfg or self.cfg
+        for seed in seeds:
+            k = self._key(key, seed, c, table.epochs, False)
+            if k in self.done:
+                continue
+            if not self.claims.claim(k):
+                log.info("%s seed %d: waiting for the run that trains it", key, seed)
+                while not self.claims.claim(k):
+                    time.sleep(poll)
+            self.claims.release(k)
+        self._read_done()
+
     def students(self, key: str, source: Union[LabelSource, Callable[[], LabelSource]], views, table: BatchTable,
                  seeds, curve: bool = False, cfg: Optional[Config] = None, optional: bool = False,
                  train: bool = True) -> Dict[str, Any]:

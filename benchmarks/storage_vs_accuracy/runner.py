@@ -161,6 +161,12 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
                     provenance=provenance(command or default_command(cfg.name), cfg.threads))
         return write_report(clean, info, out_dir, cfg.name)
 
+    if pipe.elsewhere:   # first seeds other runs were training decide which rows are best: wait for them
+        for r in rows:
+            if "_job" in r and r["_job"][2] and len(r.get("top1") or []) < len(first):
+                k, var, _ = r["_job"]
+                pipe.wait_for(k, table, first)
+                r["top1"] = pipe.students(k, lambda: None, views, table, first, train=False)["top1"]
     if cfg.extra_seeds_for_best and len(cfg.seeds) > 1:
         report()   # every variant has its first seed: a complete (interim) table before the extra seeds
         best = _best_rows(rows, cfg)

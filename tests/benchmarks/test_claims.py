@@ -93,3 +93,32 @@ def test_pipeline_leaves_a_claimed_student_and_trains_the_rest(tmp_path, monkeyp
     with pytest.raises(RuntimeError):   # a student that fails releases its claim
         pipe.students("storage|x", object(), None, table, (3,))
     assert os.listdir(os.path.join(str(tmp_path), "claims")) == []
+
+
+def test_wait_for_returns_once_the_other_run_has_finished(tmp_path):
+    """Pipeline.wait_for blocks while another run trains the student, then reads its result."""
+    import json
+    from types import SimpleNamespace
+
+    import benchmarks.storage_vs_accuracy.pipeline as pl
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+
+    pipe = pl.Pipeline.__new__(pl.Pipeline)
+    pipe.cfg, pipe.claims, pipe.done, pipe._read_to = PRESETS["smoke"], StudentClaims(str(tmp_path)), {}, 0
+    pipe.results_path = os.path.join(str(tmp_path), "students.jsonl")
+    table = SimpleNamespace(epochs=4)
+    k = pipe._key("storage|x", 0, pipe.cfg, 4, False)
+    other = _other_run(tmp_path, k)
+
+    def finish():
+        time.sleep(0.5)
+        with open(pipe.results_path, "a") as fh:
+            fh.write(json.dumps({"key": k, "top1": 0.9, "curve": []}) + "\n")
+        other.kill()
+        other.wait()
+
+    t = threading.Thread(target=finish)
+    t.start()
+    pipe.wait_for("storage|x", table, (0,), poll=0.05)
+    t.join(10)
+    assert pipe.done[k]["top1"] == 0.9
