@@ -362,7 +362,7 @@ def provenance(command: str, threads: int) -> Dict[str, str]:
     from benchmarks.shared import cpu_name
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return dict(hardware=f"{cpu_name()} ({_os.cpu_count()} logical CPUs, {threads} torch threads), {gpu}",
+    return dict(hardware=f"{cpu_name()} ({_os.cpu_count()} logical CPUs, {threads} torch thread{'s' if threads != 1 else ''}), {gpu}",
                 date=datetime.datetime.now(datetime.timezone.utc).date().isoformat(), command=command,
                 torch=torch.__version__)
 
