@@ -60,9 +60,9 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                       "source row).")
     p.add_argument("--max-kl", type=_positive_float, default=0.01, help="Largest KL(T=1) between source and decoded "
                    "rows, measured on a sample, that the automatic split of --ratio accepts for the codec.")
-    p.add_argument("--quant", default="int8", choices=QUANTS, help="Quantisation of the stored factors "
-                   "(int8: one fp32 scale per component; the automatic split of --ratio measures its KL with "
-                   "the quantisation included).")
+    p.add_argument("--quant", default=argparse.SUPPRESS, choices=QUANTS, help="Quantisation of the stored factors "
+                   "(int8: one fp32 scale per component). Default: int8 for global and two-level, fp16 for the "
+                   "image-scope codecs.")
     p.add_argument("--residual", type=int, default=0, help="Sparse residual entries kept per row.")
     p.add_argument("--keep-mean", action="store_true", help="Store each row's mean so decoding returns the exact "
                    "logits; without it decoded rows are row-centred (softmax is unchanged).")
@@ -88,7 +88,7 @@ def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any
         config["class_rank"] = args.class_rank
     if args.newton_steps is not None:
         config["newton_steps"] = args.newton_steps
-    return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=args.quant,
+    return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=getattr(args, "quant", None),
                         residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None,
                         device=device or getattr(args, "device", None) or "cpu", pool=not args.no_pool,
                         keep_epochs=args.keep_epochs, max_kl=args.max_kl)

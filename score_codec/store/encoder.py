@@ -22,7 +22,7 @@ from ..codecs.residual import select_residual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CodingFields", "EncodeOptions", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
+__all__ = ["CodingFields", "EncodeOptions", "default_quant", "EncodedChunk", "encode_chunk", "encode_store_chunk", "check_matrices"]
 
 
 #: largest rank a record header can hold (a 16-bit field, docs/FORMAT.md 5.1)
@@ -39,7 +39,7 @@ class CodingFields:
     energy: Optional[float] = None
     ratio: Optional[float] = None
     target_bytes: Optional[int] = None
-    quant: str = "int8"
+    quant: Optional[str] = None   # None: default_quant(method)
     residual: int = 0
     residual_score: str = "kl"
     keep_mean: bool = False
@@ -54,6 +54,17 @@ class CodingFields:
         return d
 
 
+def default_quant(method: str) -> str:
+    """The quantisation of ``method``'s factors when none is given: ``"int8"`` for the store-scope codecs
+    (``global``, ``two-level``: per-row coefficients on a basis that is paid for once, where int8 buys
+    about twice the coefficients of fp16 at a small KL cost), ``"fp16"`` for image-scope codecs (whose
+    factors carry top-k and near-tied rows that int8's one scale per component can reorder)."""
+    try:
+        return "int8" if getattr(type(get_codec(method)), "scope", "image") == "store" else "fp16"
+    except Exception:   # an unknown method is reported by the validation that follows
+        return "fp16"
+
+
 @dataclass(frozen=True)
 class EncodeOptions(CodingFields):
     """The coding fields validated and completed (rank 8 when no target is given): the writer's form, stored
@@ -64,6 +75,8 @@ class EncodeOptions(CodingFields):
             object.__setattr__(self, name, value)   # frozen: normalised once, here
 
         put("codec_config", dict(self.codec_config or {}))
+        if self.quant is None:
+            put("quant", default_quant(self.method))
         if self.quant not in QUANT_CODES:
             raise InputError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_CODES)}")
         if sum(x is not None for x in (self.rank, self.energy, self.ratio, self.target_bytes)) > 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import InputError
-from .encoder import CodingFields, EncodeOptions
+from .encoder import CodingFields, EncodeOptions, default_quant
 
 __all__ = ["CodecOptions", "CODEC_OPTION_NAMES", "split_codec_options"]
 
@@ -38,8 +38,9 @@ class CodecOptions(CodingFields):
             store-scope codecs.
         target_bytes: total stored label bytes (turned into ``ratio`` once the row count is known; not
             available to :class:`~score_codec.StoreWriter`, which does not know it in advance).
-        quant: number format of the stored factors: ``"int8"`` (default: one fp32 scale per component),
-            ``"fp16"``, ``"bf16"`` or ``"fp32"``.  The automatic allocation measures its KL with the
+        quant: number format of the stored factors: ``"int8"`` (one fp32 scale per component), ``"fp16"``,
+            ``"bf16"`` or ``"fp32"``; None (default): int8 for the store-scope codecs (``global``,
+            ``two-level``), fp16 for the image-scope ones.  The automatic allocation measures its KL with the
             quantisation included, so at one ratio int8 keeps more label epochs than fp16 at the same KL.
         residual: sparse residual entries kept per row (largest KL contributions), 0 for none.
         residual_score: how residual entries are chosen (``"kl"``).
@@ -73,6 +74,8 @@ class CodecOptions(CodingFields):
     max_kl: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.quant is None:
+            object.__setattr__(self, "quant", default_quant(self.method))   # frozen: resolved once, here
         self.encode_options()  # validates the values (one set of rules, shared with the store writer)
         k = self.keep_epochs
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 1):
@@ -89,6 +92,9 @@ class CodecOptions(CodingFields):
         Raises TypeError for a keyword that is not a field, like a misspelt function argument.
         """
         if options is None:
+            unknown = sorted(set(overrides) - set(CODEC_OPTION_NAMES))
+            if not unknown:
+                return cls(**overrides)   # built at once: the quantisation default follows the method given
             options = cls()
         elif not isinstance(options, cls):
             raise TypeError(f"options must be a CodecOptions, found {type(options).__name__} "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import score_codec as sc
-from score_codec.store.encoder import QUANT_DAMAGE_UNITS
+from score_codec.store.encoder import QUANT_DAMAGE_UNITS, default_quant
 
 from tests.common import centred, kl_rows, teacher_like_logits
 
@@ -18,7 +18,7 @@ EPS16 = float(np.finfo(np.float16).eps)
 STEP = {"fp16": EPS16, "int8": 1.0 / 127}
 #: KL(T=1) between source and decoded rows that full-rank factors stay under at each quantisation
 FULL_RANK_KL = {"fp16": 1e-4, "int8": 2e-3}
-QUANTS = [None, "fp16"]   # None: the default, int8
+QUANTS = [None, "fp16"]   # None: the method's default (int8 for global and two-level, else fp16)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def _check_full_rank(tmp_path, logits, labels, method, quant):
     opts = {} if quant is None else {"quant": quant}
     sc.encode(logits, tmp_path / "x.store", method=method, rank=c, labels=labels, **opts)
     store = sc.LabelStore(tmp_path / "x.store")
-    q = quant or "int8"
+    q = quant or default_quant(method)
     assert store.quant == q
     dec = torch.stack([store.matrix(i) for i in range(n)]).double()
     want = centred(logits.double())
