@@ -164,7 +164,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     if pipe.elsewhere:   # first seeds other runs were training decide which rows are best: wait for them
         for r in rows:
             if "_job" in r and r["_job"][2] and len(r.get("top1") or []) < len(first):
-                k, var, _ = r["_job"]
+                k = r["_job"][0]
                 pipe.wait_for(k, table, first)
                 r["top1"] = pipe.students(k, lambda: None, views, table, first, train=False)["top1"]
     if cfg.extra_seeds_for_best and len(cfg.seeds) > 1:

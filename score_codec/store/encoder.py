@@ -14,7 +14,7 @@ import torch
 from ..codecs import Codec, get_codec
 from ..codecs.arguments import check_int, check_real
 from ..codecs.base import all_finite, check_matrix
-from ..errors import BudgetError, InputError
+from ..errors import BudgetError, InputError, UnknownCodecError
 from ..codecs.quantize import QUANT_CODES, bytes_per_value, roundtrip
 from ..codecs.ratecontrol import allocate_ranks
 from .record import HEADER, pack_record
@@ -60,8 +60,8 @@ def default_quant(method: str) -> str:
     about twice the coefficients of fp16 at a small KL cost), ``"fp16"`` for image-scope codecs (whose
     factors carry top-k and near-tied rows that int8's one scale per component can reorder)."""
     try:
-        return "int8" if getattr(type(get_codec(method)), "scope", "image") == "store" else "fp16"
-    except Exception:   # an unknown method is reported by the validation that follows
+        return "int8" if type(get_codec(method)).scope == "store" else "fp16"
+    except UnknownCodecError:   # reported by the validation that follows
         return "fp16"
 
 

@@ -91,18 +91,15 @@ class CodecOptions(CodingFields):
 
         Raises TypeError for a keyword that is not a field, like a misspelt function argument.
         """
-        if options is None:
-            unknown = sorted(set(overrides) - set(CODEC_OPTION_NAMES))
-            if not unknown:
-                return cls(**overrides)   # built at once: the quantisation default follows the method given
-            options = cls()
-        elif not isinstance(options, cls):
+        if options is not None and not isinstance(options, cls):
             raise TypeError(f"options must be a CodecOptions, found {type(options).__name__} "
                             f"(pass method=, rank=, ... as keywords)")
         unknown = sorted(set(overrides) - set(CODEC_OPTION_NAMES))
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; codec options are "
                             f"{', '.join(CODEC_OPTION_NAMES)}")
+        if options is None:
+            return cls(**overrides)   # built at once: the quantisation default follows the method given
         return dataclasses.replace(options, **overrides) if overrides else options
 
     def replace(self, **changes: Any) -> "CodecOptions":
