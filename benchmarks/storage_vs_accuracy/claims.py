@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from typing import Dict, Iterator, Optional
 
@@ -18,6 +19,8 @@ from score_codec.errors import StoreLockedError
 from score_codec.store.atomic import WriteLock
 
 __all__ = ["StudentClaims", "exclusive"]
+
+log = logging.getLogger(__name__)
 
 
 def _holder_pid(lock_file: str) -> Optional[int]:
@@ -55,6 +58,17 @@ class StudentClaims:
     def holder(self, key: str) -> Optional[int]:
         """The pid of the run holding ``key``'s claim as it wrote it (for messages), or None."""
         return None if key in self._held else _holder_pid(self._path(key) + ".lock")
+
+    def wait(self, key: str, poll: float = 10.0) -> bool:
+        """Return once no other run holds ``key``'s claim: True when one did (and this waited for it)."""
+        if key in self._held:
+            return False
+        if self.claim(key):
+            self.release(key)
+            return False
+        log.info("%s: waiting for the run that trains it (pid %s)", key, self.holder(key))
+        with exclusive(self._path(key), poll):
+            return True
 
     def release(self, key: str) -> None:
         """Give up ``key``'s claim if this run holds it."""

@@ -216,11 +216,7 @@ class Pipeline:
             k = self._key(key, seed, c, table.epochs, False)
             if k in self.done:
                 continue
-            if not self.claims.claim(k):
-                log.info("%s seed %d: waiting for the run that trains it", key, seed)
-                while not self.claims.claim(k):
-                    time.sleep(poll)
-            self.claims.release(k)
+            self.claims.wait(k, poll)
         self._read_done()
 
     def students(self, key: str, source: Union[LabelSource, Callable[[], LabelSource]], views, table: BatchTable,

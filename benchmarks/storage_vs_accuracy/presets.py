@@ -139,9 +139,15 @@ PRESETS: Dict[str, Config] = {
     "glyphs-select-ipc1": Config("glyphs-select-ipc1", **{**_QUICK, **_SELECT, "ipcs": (1,), "sweep_ipc": 1,
                                                           "label_epochs": 300, "train_epochs": 4800,
                                                           "double_check": True}),
-    "glyphs-select-1k": Config("glyphs-select-1k", **{**_FULL, **_SELECT, "ipcs": (1, 10), "sweep_ipc": 10,
+    # On glyphs-full's 1000 classes (teacher, candidate pool and SCORE selections shared through its cache):
+    # IPC 10 with glyphs-full's K = 100 and schedule, and IPC 1 with glyphs-ipc1's K = 300 and 2400-epoch
+    # schedule, so the SCORE rows are those presets' reference and library students.
+    "glyphs-select-1k": Config("glyphs-select-1k", **{**_FULL, **_SELECT, "ipcs": (10,), "sweep_ipc": 10,
                                                       "label_epochs": 100, "cache": "glyphs-full",
                                                       "codec_config": (("newton_steps", 0),)}),
+    "glyphs-select-1k-ipc1": Config("glyphs-select-1k-ipc1", **{
+        **_FULL, **_SELECT, "ipcs": (1,), "sweep_ipc": 1, "label_epochs": 300, "train_epochs": 2400,
+        "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),)}),
     "glyphs-full": Config(
         "glyphs-full", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,

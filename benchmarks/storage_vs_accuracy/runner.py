@@ -201,7 +201,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             continue
         store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
-        jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys))]
+        # --targets picks the selection rows too: raw labels are target 1
+        chosen = {x: targets is None or x in targets for x in (1, *cfg.select_ratios)}
+        jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), chosen[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
             path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", f"library_x{x:g}")
@@ -211,12 +213,15 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             if var.source is None:
                 r["note"] = var.note   # the budget cannot hold this selection's labels: no student
                 continue
-            jobs.append((r, f"{sel_key}|library@{x:g}", var.source))
+            # the sweep's selection at x is the storage table's library row: the same store (same path) and
+            # schedule, so the same students
+            k = f"storage|{key}|K{cfg.label_epochs}|library@{x:g}" if is_sweep else f"{sel_key}|library@{x:g}"
+            jobs.append((r, k, var.source, chosen[x]))
         # replaying 1M views takes minutes: only when a student will train
-        need = any(pipe.missing(k, sel_table, sel_seeds) for _, k, _ in jobs)
+        need = any(c and pipe.missing(k, sel_table, sel_seeds) for _, k, _, c in jobs)
         sel_views = load_views(store, pipe.train, idx) if need else None
-        for r, k, src in jobs:
-            r.update(pipe.students(k, src, sel_views, sel_table, sel_seeds, optional=True))
+        for r, k, src, c in jobs:
+            r.update(pipe.students(k, src, sel_views, sel_table, sel_seeds, optional=True, train=c))
         del sel_views, Ys
     if pipe.elsewhere:
         log.warning("%d students were training in another run sharing the cache: a re-run reports them",
@@ -256,8 +261,8 @@ def main(argv=None) -> int:
                    help="write the teacher, selections and finished students to benchmarks/storage_vs_accuracy/artifacts/<cache> "
                         "(committed, so another machine resumes the preset)")
     p.add_argument("--targets", type=float, nargs="+", metavar="X",
-                   help="build and train only the variants at these target ratios (and the reference) in this run; "
-                        "the others are reported from the cache")
+                   help="build and train only the variants at these target ratios (and the reference) in this run, and "
+                        "the selection rows at these ratios (1: raw labels); the others are reported from the cache")
     p.add_argument("--select-methods", nargs="+", metavar="METHOD",
                    help="selections to run (the preset's select_methods; e.g. only 'score' to leave the selection "
                         "comparison, and its feature pass, to a later run)")
@@ -281,9 +286,10 @@ def main(argv=None) -> int:
         if PRESETS[a.preset].sweep_ipc not in a.ipcs:
             over["sweep_ipc"] = a.ipcs[0]
     cfg = dataclasses.replace(PRESETS[a.preset], **over)
-    if a.targets and not set(a.targets) <= set(cfg.ratios):
+    known = {*cfg.ratios, *((1, *cfg.select_ratios) if cfg.select_ratios else ())}
+    if a.targets and not set(a.targets) <= known:
         p.error(f"--targets {' '.join(f'{x:g}' for x in a.targets)}: the preset's target ratios are "
-                f"{' '.join(f'{x:g}' for x in cfg.ratios)}")
+                f"{' '.join(f'{x:g}' for x in sorted(known))}")
     if cfg.sweep_method not in cfg.select_methods:
         p.error(f"--select-methods must include {cfg.sweep_method!r}, the selection the storage sweep runs on")
     out = a.out_dir or (RESULTS_DIR if a.commit_results else None)

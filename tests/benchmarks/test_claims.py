@@ -122,3 +122,14 @@ def test_wait_for_returns_once_the_other_run_has_finished(tmp_path):
     pipe.wait_for("storage|x", table, (0,), poll=0.05)
     t.join(10)
     assert pipe.done[k]["top1"] == 0.9
+    assert os.listdir(os.path.join(str(tmp_path), "claims")) == []   # waiting leaves no claim behind
+
+
+def test_wait_is_immediate_when_no_run_holds_the_claim_and_keeps_a_held_one(tmp_path):
+    ours = StudentClaims(str(tmp_path))
+    t0 = time.monotonic()
+    assert ours.wait("storage|free|seed0", poll=5.0) is False and time.monotonic() - t0 < 1.0
+    assert ours.claim("storage|mine|seed0")
+    assert ours.wait("storage|mine|seed0", poll=5.0) is False     # our own claim: no wait, still held
+    assert ours.holder("storage|mine|seed0") is None and "storage|mine|seed0" in ours._held
+    ours.release("storage|mine|seed0")

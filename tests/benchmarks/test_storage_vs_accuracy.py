@@ -508,6 +508,25 @@ def test_ipc1_preset_and_1000_class_targets(tmp_path):
     assert "glyphs-ipc1" in protocol and "doubling" in protocol
 
 
+def test_the_1000_class_ipc1_selection_table_shares_glyphs_ipc1s_students():
+    """glyphs-select-1k-ipc1 names the same cache, dump and student schedule as glyphs-ipc1, so its SCORE rows
+    are glyphs-ipc1's students, and it compares every selection the 100-class table does."""
+    from benchmarks.storage_vs_accuracy.pipeline import Pipeline
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+
+    a, b = PRESETS["glyphs-ipc1"], PRESETS["glyphs-select-1k-ipc1"]
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.done = {}
+    for seed in b.seeds:
+        assert pipe._key("storage|score_ipc1|K300|library@100", seed, a, 300, False) == \
+            pipe._key("storage|score_ipc1|K300|library@100", seed, b, 300, False)
+    for f in ("cache", "data", "test", "pool", "select_views", "label_epochs", "ipcs", "batch_size", "crop_scale",
+              "teacher_width", "teacher_epochs", "codec_config"):
+        assert getattr(a, f) == getattr(b, f), f
+    assert set(b.select_methods) == set(PRESETS["glyphs-select-ipc1"].select_methods) and b.select_all_seeds
+    assert {100.0, 300.0} <= set(b.select_ratios)
+
+
 def test_convergence_is_read_from_the_doubling_test():
     from benchmarks.storage_vs_accuracy.report import converged_by_doubling, doubling_gain, render_markdown
 
@@ -544,6 +563,32 @@ def test_selection_x_compression_rows_for_every_method_and_ratio(smoke):
         assert e["seeds"] == len(e["top1"])
     md = open(os.path.join(base / "results", f"{cfg.name}.md")).read()
     assert "## Selection x compression" in md and "library default 10x" in md
+
+
+def test_targets_pick_the_selection_rows_and_the_sweeps_row_is_the_library_row(smoke, tmp_path):
+    """``targets`` trains the selection rows at those ratios only (raw labels are ratio 1).  The sweep's
+    selection encoded by the library at a storage-table ratio is that table's library row (the same store
+    and schedule): one set of students, the same top-1."""
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    cache = tmp_path / "cache"
+    _linked_cache(base, cache)
+    x = 1.2   # a ratio the smoke's tiny stores can hold (10x cannot)
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2, double_check=False, hard_labels=False, seeds=(0,), ratios=(x,),
+                                select_ratios=(x,))   # new student keys
+    rows = run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), targets=(x,))
+    sel = [r for r in rows if r["experiment"] == "selection"]
+    assert {(r["method"], float(r["target_ratio"])) for r in sel} == \
+        {(m, t) for m in cfg.select_methods for t in (1.0, x)}
+    for r in sel:
+        if r["method"] != cfg.sweep_method:
+            assert bool(r.get("top1")) == (float(r["target_ratio"]) == x), r
+    lib = [r for r in _storage(rows) if r["family"] == "library" and float(r["target"]) == x]
+    mine = [r for r in sel if r["method"] == cfg.sweep_method and float(r["target_ratio"]) == x]
+    assert len(lib) == 1 and len(mine) == 1 and lib[0]["top1"] and mine[0]["top1"] == lib[0]["top1"]
+    done = [json.loads(line)["key"] for line in open(cache / "students.jsonl")]
+    assert not [k for k in done if k.startswith(f"select|{cfg.sweep_method}|") and "library@" in k]   # not trained twice
 
 
 def test_a_run_sees_the_students_another_run_sharing_its_cache_finished(tmp_path):
