@@ -6,7 +6,7 @@ over an image pool first and writes ``out/selection.json`` (what ``score-select`
 """
 from __future__ import annotations
 
-from .api import DEFAULT_ALPHA, DEFAULT_BETA, select
+from .api import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LABEL_RATE, select
 from .coding_rate import (DEFAULT_EPS_SQ, class_coding_rate, coding_rate, label_coding_rate, objective,
                           residual_label_coding_rate)
 from .estimator import ScoreSelection
@@ -16,7 +16,7 @@ from .presets import PRESETS, preset
 from .registry import SelectionTask, available_methods, get_selector, register
 
 __all__ = [
-    "select", "select_images", "ScoreSelection", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_EPS_SQ",
+    "select", "select_images", "ScoreSelection", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_LABEL_RATE", "DEFAULT_EPS_SQ",
     "coding_rate", "class_coding_rate", "label_coding_rate", "residual_label_coding_rate", "objective",
     "GreedyResult", "budgets_from_ipc", "greedy_select", "sequence_gains",
     "PRESETS", "preset", "SelectionTask", "available_methods", "get_selector", "register",

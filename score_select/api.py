@@ -14,7 +14,7 @@ from .coding_rate import DEFAULT_EPS_SQ, label_coding_rate, residual_label_codin
 from .greedy import budgets_from_ipc, prepare, sequence_gains
 from .registry import SelectionTask, get_selector, method_options
 
-__all__ = ["select", "DEFAULT_ALPHA", "DEFAULT_BETA"]
+__all__ = ["select", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_LABEL_RATE"]
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,17 @@ for _module in ("baselines", "methods"):
 #: Our defaults (the paper gives only per-dataset values; see :mod:`score_select.presets`).
 DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 0.1
+#: what R(Y_x) measures by default: the part of an image's soft labels outside a store-wide basis, the part
+#: the default ``global`` codec loses (the paper's per-image rate, ``"image"``, cost student accuracy in the
+#: storage benchmark's selection x compression tables)
+DEFAULT_LABEL_RATE = "residual"
 
 
 def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequence[int]], method: str = "score",
            alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, eps_sq: float = DEFAULT_EPS_SQ,
            soft_labels: Optional[torch.Tensor] = None, device: Union[str, torch.device] = "cpu", *,
            label_rates: Optional[torch.Tensor] = None, label_eps_sq: float = DEFAULT_EPS_SQ,
-           temperature: float = 1.0, label_rate: str = "image", label_rank: int = 16, num_classes: Optional[int] = None, dtype: torch.dtype = torch.float32,
+           temperature: float = 1.0, label_rate: str = DEFAULT_LABEL_RATE, label_rank: int = 16, num_classes: Optional[int] = None, dtype: torch.dtype = torch.float32,
            seed: int = 0, progress: bool = False, **options: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pick ``ipc`` real images per class.
 
@@ -48,10 +52,11 @@ def select(features: torch.Tensor, labels: torch.Tensor, ipc: Union[int, Sequenc
         device: compute device (``"cpu"``, ``"cuda"``).
         label_rates: ``(N,)`` precomputed ``R(Y_x)`` in nats (skips computing them from ``soft_labels``).
         label_eps_sq, temperature: eps_y^2 and softmax temperature of ``R(Y)``.
-        label_rate: what ``R(Y_x)`` measures: ``"image"`` (the paper's term: the coding rate of the image's
-            own ``K x C`` soft labels) or ``"residual"`` (the coding rate of what a store-wide basis of
-            ``label_rank`` directions leaves of them: what the default ``global`` codec cannot represent;
-            :func:`~score_select.coding_rate.residual_label_coding_rate`).
+        label_rate: what ``R(Y_x)`` measures: ``"residual"`` (the default: the coding rate of what a
+            store-wide basis of ``label_rank`` directions leaves of the image's soft labels, i.e. what the
+            default ``global`` codec cannot represent;
+            :func:`~score_select.coding_rate.residual_label_coding_rate`) or ``"image"`` (the paper's term:
+            the coding rate of the image's own ``K x C`` soft labels, what a per-image codec needs).
         label_rank: the store-wide basis's directions for ``label_rate="residual"``.
         num_classes: class count (default ``max(labels) + 1``).
         dtype: compute precision (float64 for exact tests).

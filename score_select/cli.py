@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "for imagenet1k, tiny, imagewoof or imagenette; explicit --alpha/--beta/--temperature win.")
     p.add_argument("--alpha", type=float, default=None, help="The weight of the class-conditional rate Rc (default 1.0).")
     p.add_argument("--beta", type=float, default=None, help="The weight of the soft-label rate R(Y) (default 0.1).")
-    p.add_argument("--label-rate", choices=("image", "residual"), default="image",
-                   help="What R(Y) measures: the coding rate of each image's own soft labels (the paper's term), or "
-                        "of what a store-wide basis of --label-rank directions leaves of them (what the default "
-                        "global codec cannot represent).")
+    p.add_argument("--label-rate", choices=("residual", "image"), default=None,
+                   help="What R(Y) measures: the coding rate of what a store-wide basis of --label-rank directions "
+                        "leaves of each image's soft labels (what the default global codec cannot represent; the "
+                        "default), or of the image's own soft labels (the paper's term; the default with --preset).")
     p.add_argument("--label-rank", type=int, default=16, help="Directions of the store-wide basis of --label-rate "
                    "residual (default 16).")
     p.add_argument("--eps-sq", type=float, default=0.5, help="The squared distortion eps^2 of the rates (default 0.5).")

@@ -80,7 +80,7 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
                   features: Optional[str] = None, image_size: Optional[int] = None, batch_size: int = 128,
                   device: str = "cpu", seed: int = 0, copy: bool = False, progress: bool = False,
                   weights: Optional[str] = None, num_classes: Optional[int] = None,
-                  normalize: Any = None, label_rate: str = "image", label_rank: int = 16) -> Dict[str, Any]:
+                  normalize: Any = None, label_rate: Optional[str] = None, label_rank: int = 16) -> Dict[str, Any]:
     """Select ``ipc`` real images per class from a pool with a teacher, into the directory ``out``.
 
     Args:
@@ -98,8 +98,9 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         beta: weight of the soft-label rate R(Y) (default 0.1).
         eps_sq: squared distortion eps^2 of the rates.
         temperature: softmax temperature of R(Y) (default 1, or the preset's).
-        label_rate, label_rank: what R(Y) measures (:func:`score_select.select`): ``"image"`` (the paper's
-            term) or ``"residual"`` (what a store-wide basis of ``label_rank`` directions leaves).
+        label_rate, label_rank: what R(Y) measures (:func:`score_select.select`): ``"residual"`` (what a
+            store-wide basis of ``label_rank`` directions leaves) or ``"image"`` (the paper's term).  None:
+            ``"residual"``, or ``"image"`` with a ``preset`` (its beta is the paper's, tuned for its term).
         order: ``"greedy"`` (global greedy) or ``"round_robin"`` (blocked rounds over classes).
         views: augmented views per image whose teacher logits give R(Y) (0 disables).
         features: the teacher-output cache to read if it exists, else to write (default
@@ -118,6 +119,7 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         What ``out/selection.json`` holds: the settings, ``indices`` / ``labels`` / ``paths`` in pick order,
         ``gains`` (nats, each pick's marginal gain), ``objective_nats``, and ``copied_to`` with ``copy``.
     """
+    from .api import DEFAULT_LABEL_RATE
     from .presets import preset as preset_values
 
     a, b, t = 1.0, 0.1, 1.0
@@ -126,6 +128,8 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
     alpha = alpha if alpha is not None else a
     beta = beta if beta is not None else b
     temperature = temperature if temperature is not None else t
+    if label_rate is None:
+        label_rate = "image" if preset else DEFAULT_LABEL_RATE
     if ipc <= 0:
         raise InputError(f"ipc must be positive, got {ipc}")
     created = not os.path.exists(out)

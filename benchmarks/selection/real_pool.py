@@ -26,7 +26,7 @@ __all__ = ["METHODS", "time_pool", "render", "GOAL_SECONDS"]
 
 #: (row name, score_select method, keyword arguments, which soft labels it reads)
 METHODS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = (
-    ("SCORE (alpha 1, beta 0.1)", "score", dict(alpha=1.0, beta=0.1), "soft_labels"),
+    ("SCORE (alpha 1, beta 0.1)", "score", dict(alpha=1.0, beta=0.1, label_rate="image"), "soft_labels"),
     ("SCORE, residual label rate", "score", dict(alpha=1.0, beta=0.1, label_rate="residual"), "soft_labels"),
     ("SCORE, beta 0", "score", dict(alpha=1.0, beta=0.0), None),
     ("herding", "herding", {}, None),

@@ -32,14 +32,17 @@ def _atomic_save(obj: Any, path: str) -> None:
 
 
 def selection_method(name: str, beta: float) -> Tuple[str, Dict[str, Any]]:
-    """(score_select method, its keyword arguments) of a benchmark selection name: ``"score-beta0"`` is
-    SCORE with beta = 0 (``"score-beta<v>"`` with beta = v); ``"score-residual"`` is SCORE whose label term
-    is the store-basis residual rate (``label_rate="residual"``); any other name is that method at the
-    preset's ``beta``."""
+    """(score_select method, its keyword arguments) of a benchmark selection name: ``"score"`` is SCORE with
+    the paper's label term (``label_rate="image"``), ``"score-residual"`` SCORE with the store-basis residual
+    rate (``label_rate="residual"``, the library's default), ``"score-beta0"`` SCORE with beta = 0
+    (``"score-beta<v>"``: the paper's term at beta = v); any other name is that method at the preset's
+    ``beta``.  The names are spelled out so that cached selections keep their meaning."""
     if name == "score-residual":
         return "score", dict(beta=beta, label_rate="residual")
     if name.startswith("score-beta"):
-        return "score", dict(beta=float(name[len("score-beta"):]))
+        return "score", dict(beta=float(name[len("score-beta"):]), label_rate="image")
+    if name == "score":
+        return "score", dict(beta=beta, label_rate="image")
     return name, dict(beta=beta)
 
 

@@ -110,3 +110,17 @@ def test_select_with_the_residual_label_rate_changes_the_beta_term_only():
     assert torch.equal(c, d) and torch.allclose(gc, gd)
     with pytest.raises(InputError):
         select(feats, labels, 2, soft_labels=soft, label_rate="paper")
+
+
+def test_the_default_label_rate_is_the_residual_and_the_papers_term_stays_an_option():
+    g = torch.Generator().manual_seed(2)
+    feats, labels = torch.randn(80, 8, generator=g), torch.arange(80) % 4
+    soft = torch.randn(80, 4, 12, generator=g)
+    soft[::3] += 4 * torch.randn(1, 1, 12, generator=g)   # a shared direction: residual and image rates differ
+    dflt, gd = select(feats, labels, 3, beta=5.0, soft_labels=soft)
+    res, gr = select(feats, labels, 3, beta=5.0, label_rates=residual_label_coding_rate(soft, rank=16))
+    img, gi = select(feats, labels, 3, beta=5.0, label_rates=label_coding_rate(soft))
+    assert torch.equal(dflt, res) and torch.allclose(gd, gr)
+    assert torch.equal(select(feats, labels, 3, beta=5.0, soft_labels=soft, label_rate="image")[0], img)
+    assert float(gi.sum()) != pytest.approx(float(gd.sum()))   # the two terms are different objectives
+

@@ -134,6 +134,22 @@ def test_cli_selects_copies_and_reuses_the_cache(image_folder, teacher, tmp_path
     assert sel2["beta"] == 0 and sorted(sel2["labels"]) == [0, 0, 1, 1, 2, 2]
 
 
+def test_cli_label_term_is_the_residual_by_default_and_the_papers_with_a_paper_preset(image_folder, teacher,
+                                                                                       tmp_path):
+    """selection.json records the label term: the residual by default, the paper's with ``--preset`` (its
+    beta was tuned for that term), and an explicit ``--label-rate`` wins."""
+    feats = tmp_path / "f.safetensors"
+    runs = {"default": [], "preset": ["--preset", "imagenette"],
+            "named": ["--preset", "imagenette", "--label-rate", "residual"]}
+    got = {}
+    for name, extra in runs.items():
+        src = str(teacher) if not feats.exists() else "-"
+        assert main([str(image_folder), src, str(tmp_path / name), "--ipc", "2", "--views", "3", "--quiet",
+                     "--features", str(feats), *extra]) == 0
+        got[name] = json.loads((tmp_path / name / "selection.json").read_text())["label_rate"]
+    assert got == {"default": "residual", "preset": "image", "named": "residual"}
+
+
 def test_cli_exits_2_with_one_line_on_bad_input(image_folder, teacher, tmp_path, capsys):
     rc = main([str(image_folder), str(teacher), str(tmp_path / "o"), "--ipc", "99", "--views", "0", "--quiet"])
     err = capsys.readouterr().err.strip()

@@ -154,7 +154,7 @@ def test_beta_lowers_the_mean_label_rate_of_the_picked_set():
     rates = label_coding_rate(soft.to(D64))
     means = []
     for beta in [0.0, 0.05, 1.0]:
-        idx, _ = select(X, y, 10, alpha=1.0, beta=beta, soft_labels=soft, dtype=D64)
+        idx, _ = select(X, y, 10, alpha=1.0, beta=beta, soft_labels=soft, dtype=D64, label_rate="image")
         means.append(rates[idx].mean().item())
     # beta never raises the mean rate; between 0 and 1 it lowers it clearly (adjacent betas may pick the same set)
     assert means[1] <= means[0] + 1e-9 and means[2] <= means[1] + 1e-9
