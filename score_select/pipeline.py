@@ -119,10 +119,10 @@ def select_images(images: str, teacher: str, out: str, ipc: int, *, method: str 
         What ``out/selection.json`` holds: the settings, ``indices`` / ``labels`` / ``paths`` in pick order,
         ``gains`` (nats, each pick's marginal gain), ``objective_nats``, and ``copied_to`` with ``copy``.
     """
-    from .api import DEFAULT_LABEL_RATE
+    from .api import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LABEL_RATE
     from .presets import preset as preset_values
 
-    a, b, t = 1.0, 0.1, 1.0
+    a, b, t = DEFAULT_ALPHA, DEFAULT_BETA, 1.0
     if preset:
         a, b, t = preset_values(preset, ipc)
     alpha = alpha if alpha is not None else a

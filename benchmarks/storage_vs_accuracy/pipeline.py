@@ -40,10 +40,8 @@ def selection_method(name: str, beta: float) -> Tuple[str, Dict[str, Any]]:
     if name == "score-residual":
         return "score", dict(beta=beta, label_rate="residual")
     if name.startswith("score-beta"):
-        return "score", dict(beta=float(name[len("score-beta"):]), label_rate="image")
-    if name == "score":
-        return "score", dict(beta=beta, label_rate="image")
-    return name, dict(beta=beta)
+        name, beta = "score", float(name[len("score-beta"):])
+    return name, dict(beta=beta, label_rate="image") if name == "score" else dict(beta=beta)
 
 
 def _images(spec: str, size: Optional[int], limit: Optional[int] = None):

@@ -116,6 +116,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     classes = pipe.train.targets[sweep_idx]
     variants = storage_variants(cfg, Y, table, os.path.join(cache_dir, "variants", key), classes)
     ref_key = f"select|{cfg.sweep_method}|ipc{cfg.sweep_ipc}|K{cfg.label_epochs}"
+
+    def storage_key(stored: str) -> str:   # the students' cache id of a storage variant
+        return f"storage|{key}|K{cfg.label_epochs}|{stored}"
+
     reference = pipe.students(ref_key, LogitSource(Y), views, table, cfg.seeds, curve=True)
     sweep_row = dict(experiment="selection", method=cfg.sweep_method, ipc=cfg.sweep_ipc, images=len(sweep_idx),
                      K=cfg.label_epochs, target_ratio=1, top1=reference["top1"][:len(cfg.seeds) if cfg.select_all_seeds else 1])
@@ -135,7 +139,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
                    rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
         same = var.same_as or var.vid
         stored = same if var.same_as else (getattr(var, "legacy", None) or var.vid)   # the students' cache id
-        k = ref_key if same == "raw" else f"storage|{key}|K{cfg.label_epochs}|{stored}"
+        k = ref_key if same == "raw" else storage_key(stored)
         # a variant is built (encoded) only for what this run trains: its students when some are missing
         # and the time limit has not passed, and its metrics when not cached (past the limit only for a
         # variant whose students are finished: they complete its row)
@@ -185,6 +189,8 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     # the selection comparison last: the storage rows (the preset's goal) come first when a run is cut short
     ks = cfg.select_label_epochs or cfg.label_epochs
     sel_seeds = cfg.seeds if cfg.select_all_seeds else first
+    # --targets picks the selection rows too: raw labels are target 1
+    trains = {x: targets is None or x in targets for x in (1, *cfg.select_ratios)}
     for (method, ipc), idx in sels.items():
         is_sweep = (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs
         if is_sweep and not cfg.select_ratios:
@@ -201,9 +207,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             continue
         store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
-        # --targets picks the selection rows too: raw labels are target 1
-        chosen = {x: targets is None or x in targets for x in (1, *cfg.select_ratios)}
-        jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), chosen[1])]
+        jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), trains[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
             path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", f"library_x{x:g}")
@@ -215,8 +219,8 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
                 continue
             # the sweep's selection at x is the storage table's library row: the same store (same path) and
             # schedule, so the same students
-            k = f"storage|{key}|K{cfg.label_epochs}|library@{x:g}" if is_sweep else f"{sel_key}|library@{x:g}"
-            jobs.append((r, k, var.source, chosen[x]))
+            k = storage_key(var.vid) if is_sweep else f"{sel_key}|{var.vid}"
+            jobs.append((r, k, var.source, trains[x]))
         # replaying 1M views takes minutes: only when a student will train
         need = any(c and pipe.missing(k, sel_table, sel_seeds) for _, k, _, c in jobs)
         sel_views = load_views(store, pipe.train, idx) if need else None

@@ -123,4 +123,3 @@ def test_the_default_label_rate_is_the_residual_and_the_papers_term_stays_an_opt
     assert torch.equal(dflt, res) and torch.allclose(gd, gr)
     assert torch.equal(select(feats, labels, 3, beta=5.0, soft_labels=soft, label_rate="image")[0], img)
     assert float(gi.sum()) != pytest.approx(float(gd.sum()))   # the two terms are different objectives
-
