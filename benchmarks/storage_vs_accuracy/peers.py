@@ -302,7 +302,8 @@ def _peer_name(family: str, c: int, x: float, split: Optional[int]) -> str:
 def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, classes) -> List[LazyVariant]:
     """Every variant of the storage sweep: raw fp16, fp16 + zstd, then per target ratio in ``cfg.ratios``
     our codecs (``cfg.codecs``, without and with ``cfg.residual`` residual entries per row), the library
-    default (``cfg.library_default``), ours + pool and the peers (LPQLD once per split of ``cfg.lpqld_splits``).
+    default (``cfg.library_default``), ours + pool and the peers (LPQLD once per split of ``cfg.lpqld_splits``);
+    our codecs and ours + pool only at targets up to ``cfg.fixed_max_ratio``.
     ``classes`` (N,) are the images' classes (``method="shared"`` fits one basis per class).  Each is built
     (encoded under ``store_dir``) only when its source is first used.  Order: raw and fp16 + zstd, then
     target by target our first codec, the library default, ours + pool and the peers, then our other codecs.
@@ -318,7 +319,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     high = cfg.codecs if getattr(cfg, "codecs_high", None) is None else cfg.codecs_high
     with_res = cfg.codecs if getattr(cfg, "residual_codecs", None) is None else cfg.residual_codecs
     res_max = getattr(cfg, "residual_max_ratio", float("inf"))
-    jobs = [(x, m, r) for x in cfg.ratios for m in (cfg.codecs if x <= 10 else high)
+    fixed_max = getattr(cfg, "fixed_max_ratio", float("inf"))
+    jobs = [(x, m, r) for x in cfg.ratios if x <= fixed_max for m in (cfg.codecs if x <= 10 else high)
             for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
     cc = dict(getattr(cfg, "codec_config", None) or ())
     ctag = "".join(f"_{k}{v}" for k, v in sorted(cc.items()))
@@ -341,7 +343,7 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             path = os.path.join(store_dir, f"library_kl{v:g}_x{x:g}")
             out.append(LazyVariant(f"library-kl{v:g}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
-        if getattr(cfg, "pool_inner", None) and x > cfg.pool_inner:
+        if getattr(cfg, "pool_inner", None) and cfg.pool_inner < x <= fixed_max:
             path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
             out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
                                    lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,

@@ -51,6 +51,8 @@ class Config:
     residual_max_ratio: float = float("inf")           # ... at targets up to this ratio
     pool_inner: Optional[float] = 4.0        # ours + LPLD pool: encode inner/X of the epochs at this ratio
     pool_codec: Optional[str] = None         # the codec of ours + pool (None: codecs[0])
+    fixed_max_ratio: float = float("inf")    # the fixed recipes (every row coded, ours + pool) at targets up to
+                                             # this ratio; above it the library default is our only row
     quant: str = "fp16"
     codec_config: Optional[Tuple[Tuple[str, Any], ...]] = None   # our codecs' codec_config, as (key, value) pairs
     peers_at: Optional[Tuple[float, ...]] = None   # targets with peer rows (None: all)
@@ -153,6 +155,8 @@ PRESETS: Dict[str, Config] = {
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (10,), "sweep_ipc": 10,
             "label_epochs": 100, "select_label_epochs": 100, "seeds": (0, 1, 2), "pool_inner": 10.0,
             "ratios": (10, 20, 30, 100, 300, 1000), "codecs_high": ("global", "two-level"), "residual_max_ratio": 10.0,
+            # every row coded already trails ours + pool at 100x, and the library default replaces both beyond it
+            "fixed_max_ratio": 100.0,
             "best_seed_families": ("ours", "library", "ours+pool", "LPLD", "LPQLD"),
             "best_seed_targets": (10, 30, 100, 300, 1000),
             "double_check": True, "codec_config": (("newton_steps", 0),),   # least squares, as glyphs-1k

@@ -508,6 +508,29 @@ def test_ipc1_preset_and_1000_class_targets(tmp_path):
     assert "glyphs-ipc1" in protocol and "doubling" in protocol
 
 
+def test_fixed_recipes_stop_at_fixed_max_ratio(tmp_path):
+    """glyphs-full keeps its every-row-coded and ours + pool rows up to 100x (their students are cached) and
+    above it compares the library default alone against every peer, LPQLD's three splits included."""
+    from benchmarks.storage_vs_accuracy.peers import storage_variants
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+
+    cfg = PRESETS["glyphs-full"]
+    assert cfg.fixed_max_ratio == 100
+    Y = torch.zeros(3, cfg.label_epochs, 1000)
+    vs = storage_variants(cfg, Y, _table(cfg.label_epochs, 1, 3), str(tmp_path / "v"), [0, 1, 2])
+    assert not list((tmp_path / "v").iterdir())                        # nothing encoded
+    for x in cfg.ratios:
+        fams = {v.family for v in vs if v.ratio == x}
+        assert {"library", "LPLD", "LPQLD"} <= fams, x
+        assert ("ours" in fams) == (x <= cfg.fixed_max_ratio), x
+        assert ("ours+pool" in fams) == (cfg.pool_inner < x <= cfg.fixed_max_ratio), x
+    assert sum(v.family == "LPQLD" for v in vs if v.ratio == 300) == len(cfg.lpqld_splits)
+    # the default keeps every recipe at every target
+    assert {v.family for v in storage_variants(dataclasses.replace(cfg, fixed_max_ratio=float("inf")), Y,
+                                               _table(cfg.label_epochs, 1, 3), str(tmp_path / "w"), [0, 1, 2])
+            if v.ratio == 1000} >= {"ours", "ours+pool"}
+
+
 def test_the_1000_class_ipc1_selection_table_shares_glyphs_ipc1s_students():
     """glyphs-select-1k-ipc1 names the same cache, dump and student schedule as glyphs-ipc1, so its SCORE rows
     are glyphs-ipc1's students, and it compares every selection the 100-class table does."""
