@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from benchmarks.storage_vs_accuracy.claims import StudentClaims
+from benchmarks.storage_vs_accuracy.claims import StudentClaims, exclusive
 from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource
 from benchmarks.storage_vs_accuracy.presets import Config
 from benchmarks.storage_vs_accuracy.students import evaluate_fast, train_one
@@ -119,17 +119,20 @@ class Pipeline:
 
         c = self.cfg
         path = os.path.join(self.dir, "teacher.safetensors")
-        if os.path.isfile(path):
-            model = load_model(path).eval()
-        else:
-            n = c.teacher_images or len(self.train)
-            sub = TensorImages(self.train.images[:n], self.train.targets[:n], self.train.classes)
-            ch = int(sub.images.shape[1])
-            net = (ConvNet(ch, self.C, width=c.teacher_width, depth=c.teacher_depth, norm=c.teacher_norm)
-                   if c.teacher_arch == "convnet" else ResNet(ch, self.C, width=c.teacher_width, blocks=c.teacher_blocks))
-            model = train_teacher(sub, net, epochs=c.teacher_epochs, lr=c.teacher_lr, scale=tuple(c.crop_scale))
-            save_model(model, path + ".tmp.safetensors")
-            os.replace(path + ".tmp.safetensors", path)
+        # a second run sharing the cache waits for the first's teacher: two teachers would label its selections
+        # and its dump differently
+        with exclusive(path + ".build"):
+            if not os.path.isfile(path):
+                n = c.teacher_images or len(self.train)
+                sub = TensorImages(self.train.images[:n], self.train.targets[:n], self.train.classes)
+                ch = int(sub.images.shape[1])
+                net = (ConvNet(ch, self.C, width=c.teacher_width, depth=c.teacher_depth, norm=c.teacher_norm)
+                       if c.teacher_arch == "convnet" else
+                       ResNet(ch, self.C, width=c.teacher_width, blocks=c.teacher_blocks))
+                model = train_teacher(sub, net, epochs=c.teacher_epochs, lr=c.teacher_lr, scale=tuple(c.crop_scale))
+                save_model(model, path + ".tmp.safetensors")
+                os.replace(path + ".tmp.safetensors", path)
+        model = load_model(path).eval()
         info = os.path.join(self.dir, "teacher.json")
         if not os.path.isfile(info):
             json.dump({"test_top1": evaluate_fast(model, self.test, int(self.test.images.shape[-1]))}, open(info, "w"))
@@ -148,21 +151,22 @@ class Pipeline:
                   for m in self.cfg.select_methods for ipc in self.cfg.ipcs}
         if all(os.path.isfile(p) for p in wanted.values()):   # e.g. seeded from artifacts: no features needed
             return {k: torch.load(p).numpy() for k, p in wanted.items()}
-        if not os.path.isfile(path):
-            g = torch.Generator().manual_seed(0)
-            pool = torch.randperm(len(self.train), generator=g)[:self.cfg.pool].sort().values
-            sub = TensorImages(self.train.images[pool], self.train.targets[pool.numpy()], self.train.classes)
-            feats = extract(teacher, sub, batch_size=256, num_views=self.cfg.select_views, progress=True)
-            feats["pool"] = pool
-            _atomic_save(feats, path)
-        f = torch.load(path)
-        for (method, ipc), p in wanted.items():
-            if not os.path.isfile(p):
-                soft = f["soft_labels"].float() if method != "rded" else f["logits"]
-                base, kw = selection_method(method, self.cfg.beta)
-                idx, _ = score_select.select(f["features"], f["labels"], ipc, method=base,
-                                             soft_labels=soft, alpha=self.cfg.alpha, seed=0, **kw)
-                _atomic_save(f["pool"][idx].sort().values, p)
+        with exclusive(path + ".build"):   # one run at a time extracts the features and selects
+            if not os.path.isfile(path):
+                g = torch.Generator().manual_seed(0)
+                pool = torch.randperm(len(self.train), generator=g)[:self.cfg.pool].sort().values
+                sub = TensorImages(self.train.images[pool], self.train.targets[pool.numpy()], self.train.classes)
+                feats = extract(teacher, sub, batch_size=256, num_views=self.cfg.select_views, progress=True)
+                feats["pool"] = pool
+                _atomic_save(feats, path)
+            f = torch.load(path)
+            for (method, ipc), p in wanted.items():
+                if not os.path.isfile(p):
+                    soft = f["soft_labels"].float() if method != "rded" else f["logits"]
+                    base, kw = selection_method(method, self.cfg.beta)
+                    idx, _ = score_select.select(f["features"], f["labels"], ipc, method=base,
+                                                 soft_labels=soft, alpha=self.cfg.alpha, seed=0, **kw)
+                    _atomic_save(f["pool"][idx].sort().values, p)
         return {k: torch.load(p).numpy() for k, p in wanted.items()}
 
     # -- 4. relabel -----------------------------------------------------------------------------------
@@ -184,12 +188,17 @@ class Pipeline:
         ypath = os.path.join(d, "Y.pt")
         store = os.path.join(d, "meta.store")
         if not self.relabelled(key, epochs):
-            shutil.rmtree(d, ignore_errors=True)
-            os.makedirs(d)
-            ds = TensorImages(self.train.images[idx], self.train.targets[idx], self.train.classes)
-            relabel(ds, teacher, store, epochs, batch_size=self.cfg.batch_size, method="svd", rank=1,
-                    seed=0, scale=tuple(self.cfg.crop_scale), raw_dump=os.path.join(d, "sre2l"), progress=True)
-            _atomic_save(read_sre2l(os.path.join(d, "sre2l"), LabelStore(store)).half(), ypath)
+            # another run sharing the cache may be relabelling the same selection: wait for it, then reuse
+            # its dump instead of deleting it half-written
+            with exclusive(d + ".build"):
+                if not self.relabelled(key, epochs):
+                    shutil.rmtree(d, ignore_errors=True)
+                    os.makedirs(d)
+                    ds = TensorImages(self.train.images[idx], self.train.targets[idx], self.train.classes)
+                    relabel(ds, teacher, store, epochs, batch_size=self.cfg.batch_size, method="svd", rank=1,
+                            seed=0, scale=tuple(self.cfg.crop_scale), raw_dump=os.path.join(d, "sre2l"),
+                            progress=True)
+                    _atomic_save(read_sre2l(os.path.join(d, "sre2l"), LabelStore(store)).half(), ypath)
         meta = LabelStore(store).aug
         return store, torch.load(ypath).float(), BatchTable(meta.batches, meta.rows)
 

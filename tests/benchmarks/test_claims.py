@@ -1,5 +1,6 @@
 """Runs sharing a benchmark cache: a student in training is left to the run that claimed it, a killed run's
 claims are free at once, and shared builds wait for each other."""
+import importlib
 import os
 import subprocess
 import sys
@@ -133,3 +134,44 @@ def test_wait_is_immediate_when_no_run_holds_the_claim_and_keeps_a_held_one(tmp_
     assert ours.wait("storage|mine|seed0", poll=5.0) is False     # our own claim: no wait, still held
     assert ours.holder("storage|mine|seed0") is None and "storage|mine|seed0" in ours._held
     ours.release("storage|mine|seed0")
+
+
+def test_relabel_waits_for_the_other_runs_dump_and_reuses_it(tmp_path, monkeypatch):
+    """A run that finds another run relabelling the same selection waits for it and reads its dump: it never
+    deletes a half-written dump nor relabels a second time."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import benchmarks.storage_vs_accuracy.pipeline as pl
+    import score_codec
+    from benchmarks.storage_vs_accuracy.presets import PRESETS
+
+    def no_relabel(*a, **k):
+        raise AssertionError("relabelled a second time")
+
+    rl = importlib.import_module("score_codec.training.relabel")   # the module (the package exports the function)
+    monkeypatch.setattr(rl, "relabel", no_relabel)
+    monkeypatch.setattr(score_codec, "LabelStore", lambda path: SimpleNamespace(aug=SimpleNamespace(batches=7, rows=8)))
+    monkeypatch.setattr(pl, "BatchTable", lambda batches, rows: (batches, rows))
+    pipe = pl.Pipeline.__new__(pl.Pipeline)
+    pipe.cfg, pipe.dir = PRESETS["smoke"], str(tmp_path)
+    d = os.path.join(str(tmp_path), "relabel", "score_ipc1_K4")
+    os.makedirs(d)
+    with open(os.path.join(d, "sre2l.part"), "w") as fh:   # the other run's dump, half-written
+        fh.write("x")
+    got = {}
+
+    def second_run():
+        got["out"] = pipe.relabel(None, "score_ipc1", None, 4)
+
+    with exclusive(d + ".build"):
+        t = threading.Thread(target=second_run)
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and os.path.isfile(os.path.join(d, "sre2l.part"))   # waiting, nothing deleted
+        torch.save(torch.ones(2, 4, 3, dtype=torch.float16), os.path.join(d, "Y.pt"))
+    t.join(30)
+    store, Y, table = got["out"]
+    assert store == os.path.join(d, "meta.store") and Y.dtype == torch.float32 and Y.shape == (2, 4, 3)
+    assert table == (7, 8) and os.path.isfile(os.path.join(d, "sre2l.part"))
