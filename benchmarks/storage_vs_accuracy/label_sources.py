@@ -174,15 +174,23 @@ class TopKSource(LabelSource):
     ``mask`` (N, K) bool keeps only those rows (LPQLD's pruned pool); others are never visited.
     """
 
+    #: logits per chunk of images while the top k are taken (bounds the float32 copies a softmax makes)
+    chunk_values = 1 << 24
+
     def __init__(self, Y: torch.Tensor, k: int, kind: str = "mr", T: float = 20.0,
                  mask: Optional[np.ndarray] = None, name: Optional[str] = None) -> None:
         if kind not in ("mr", "fkd"):
             raise ValueError(f"kind must be 'mr' or 'fkd', found {kind!r}")
         n, K, c = Y.shape
         self.k, self.kind, self.T, self.C = int(k), kind, float(T), c
-        src = Y.float() if kind == "mr" else torch.softmax(Y.float() / T, dim=-1)
-        vals, idx = torch.topk(src, self.k, dim=-1)
-        self.vals, self.idx = vals.half(), idx.to(torch.int16)        # what is stored
+        # what is stored; image by image in chunks, so a 1M-row dump never holds a second full copy
+        self.vals = torch.empty(n, K, self.k, dtype=torch.float16)
+        self.idx = torch.empty(n, K, self.k, dtype=torch.int16)
+        step = max(1, self.chunk_values // max(K * c, 1))
+        for i in range(0, n, step):
+            y = Y[i:i + step].float()
+            vals, idx = torch.topk(y if kind == "mr" else torch.softmax(y / T, dim=-1), self.k, dim=-1)
+            self.vals[i:i + step], self.idx[i:i + step] = vals.half(), idx.to(torch.int16)
         self.mask = mask
         self.rows_kept = int(mask.sum()) if mask is not None else n * K
         self.label_bytes = self.rows_kept * 4 * self.k

@@ -650,3 +650,20 @@ def test_extra_seeds_go_to_our_rows_then_the_best_peer_first():
     got = [(r["family"], r["target"], r["top1"][0]) for r in _best_rows(rows, cfg)]
     assert got == [("library", 100, 0.92), ("MR-k", 100, 0.90), ("LPQLD", 100, 0.87), ("LPLD", 100, 0.84),
                    ("library", 300, 0.90)]
+
+
+@pytest.mark.parametrize("kind", ["mr", "fkd"])
+def test_topk_source_taken_in_chunks_equals_the_whole_dump(kind, monkeypatch):
+    """TopKSource takes the top k image by image in chunks (bounded memory on a 1M-row dump); the stored
+    values and classes are those of one top-k over the whole dump."""
+    from benchmarks.storage_vs_accuracy.label_sources import TopKSource
+
+    Y = torch.randn(7, 3, 50, generator=torch.Generator().manual_seed(0)) * 4
+    whole = TopKSource(Y, 5, kind, T=20.0)
+    monkeypatch.setattr(TopKSource, "chunk_values", 2 * 3 * 50)   # two images per chunk: four chunks
+    chunked = TopKSource(Y, 5, kind, T=20.0)
+    src = Y if kind == "mr" else torch.softmax(Y / 20.0, dim=-1)
+    vals, idx = torch.topk(src, 5, dim=-1)
+    for s in (whole, chunked):
+        assert torch.equal(s.idx.long(), idx) and torch.allclose(s.vals.float(), vals.half().float())
+        assert s.label_bytes == 7 * 3 * 4 * 5
