@@ -32,6 +32,7 @@ import os
 import shlex
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -202,11 +203,15 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             rows.append(row)
         compressed = [dict(row, target_ratio=x, top1=[]) for x in cfg.select_ratios]
         rows.extend(compressed)
+        sel_key = f"select|{method}|ipc{ipc}|K{ks}"
+        if not compressed and not (trains[1] and pipe.missing(sel_key, SimpleNamespace(epochs=ks), sel_seeds)):
+            # raw labels only and nothing to train: the cached students, without relabelling the selection
+            row.update(pipe.students(sel_key, None, None, SimpleNamespace(epochs=ks), sel_seeds, train=False))
+            continue
         if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
             continue
         store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
-        sel_key = f"select|{method}|ipc{ipc}|K{ks}"
         jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), trains[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
