@@ -192,6 +192,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     sel_seeds = cfg.seeds if cfg.select_all_seeds else first
     # --targets picks the selection rows too: raw labels are target 1
     trains = {x: targets is None or x in targets for x in (1, *cfg.select_ratios)}
+    k_only = SimpleNamespace(epochs=ks)   # a student's cache key needs only K, not the relabel's batch table
     for (method, ipc), idx in sels.items():
         is_sweep = (method, ipc) == (cfg.sweep_method, cfg.sweep_ipc) and ks == cfg.label_epochs
         if is_sweep and not cfg.select_ratios:
@@ -204,9 +205,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         compressed = [dict(row, target_ratio=x, top1=[]) for x in cfg.select_ratios]
         rows.extend(compressed)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
-        if not compressed and not (trains[1] and pipe.missing(sel_key, SimpleNamespace(epochs=ks), sel_seeds)):
+        if not compressed and not (trains[1] and pipe.missing(sel_key, k_only, sel_seeds)):
             # raw labels only and nothing to train: the cached students, without relabelling the selection
-            row.update(pipe.students(sel_key, None, None, SimpleNamespace(epochs=ks), sel_seeds, train=False))
+            row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
             continue
         if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
