@@ -36,7 +36,7 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
+__all__ = ["library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
            "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
@@ -190,9 +190,26 @@ def _lpqld(x: float, p: int, Y: torch.Tensor, table: BatchTable, T: float) -> Pe
     return PeerVariant(vid, "LPQLD", x, pool, extra=dict(keep_share=round(1.0 / p, 6), k=k))
 
 
+#: the store format whose global-codec stores changed last (format 5: basis rows scaled to the store's spread,
+#: one int8 scale per record): variants of the global codec carry it in their ids and store paths, so that
+#: students of older stores are never reported as the current library's
+GLOBAL_FORMAT = 5
+
+
+def _fmt(method: str) -> str:
+    """The format suffix of a variant id and store path: ``.f5`` for the global codec, else nothing."""
+    return f".f{GLOBAL_FORMAT}" if method == "global" else ""
+
+
+def library_store_name(x: float) -> str:
+    """The file name of the library default's store at ratio ``x`` (the storage table and the selection rows
+    of the sweep's selection share it, and so their students)."""
+    return f"library{_fmt('global')}_x{x:g}"
+
+
 def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
     tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
-    return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items()))
+    return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items())) + _fmt(method)
 
 
 def _pooled_vid(x: float, method: str, quant: str, codec_config: Optional[dict]) -> str:
@@ -256,7 +273,7 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
     from score_codec import encode
     from score_codec.errors import ScoreError
 
-    vid = f"library@{x:g}" if max_kl is None else f"library-kl{max_kl:g}@{x:g}"
+    vid = f"library{_fmt('global')}@{x:g}" if max_kl is None else f"library-kl{max_kl:g}{_fmt('global')}@{x:g}"
     name = "ours: library default" if max_kl is None else f"ours: library, max_kl={max_kl:g}"
     tuned = {} if max_kl is None else {"max_kl": float(max_kl)}
     info = path + ".encode.json"
@@ -327,7 +344,7 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
     for x, m, r in jobs:
         tag = _ours_tag(m, r, cfg.quant, cc or None)
-        path = os.path.join(store_dir, f"{m}{qtag}{ctag}_res{r}_x{x:g}")
+        path = os.path.join(store_dir, f"{m}{qtag}{ctag}{_fmt(m)}_res{r}_x{x:g}")
         out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path: ours(
             x, m, r, Y, cls, path, cfg.quant, cc or None), name=tag))
     pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
@@ -335,16 +352,16 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     c = int(Y.shape[-1])
     for x in cfg.ratios:
         if getattr(cfg, "library_default", True):
-            path = os.path.join(store_dir, f"library_x{x:g}")
-            out.append(LazyVariant(f"library@{x:g}", "library", x, lambda x=x, path=path: library_default(
+            path = os.path.join(store_dir, library_store_name(x))
+            out.append(LazyVariant(f"library{_fmt('global')}@{x:g}", "library", x, lambda x=x, path=path: library_default(
                 x, Y, cls, path), name="ours: library default"))
         kl_at = getattr(cfg, "library_max_kl_at", None)
         for v in (getattr(cfg, "library_max_kl", ()) or ()) if kl_at is None or x in kl_at else ():
-            path = os.path.join(store_dir, f"library_kl{v:g}_x{x:g}")
-            out.append(LazyVariant(f"library-kl{v:g}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
+            path = os.path.join(store_dir, f"library_kl{v:g}{_fmt('global')}_x{x:g}")
+            out.append(LazyVariant(f"library-kl{v:g}{_fmt('global')}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
         if getattr(cfg, "pool_inner", None) and cfg.pool_inner < x <= fixed_max:
-            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}_pool{cfg.pool_inner:g}_x{x:g}")
+            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}{_fmt(pool_codec)}_pool{cfg.pool_inner:g}_x{x:g}")
             out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
                                    lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
                                                                       cfg.quant, cc or None)))

@@ -193,8 +193,6 @@ PRESETS: Dict[str, Config] = {
             "lpqld_splits": (10, 30), "hard_labels": False,
             # extra seeds for ours and the peers that can be best (LPLD trails MR-k and LPQLD from 100x up)
             "best_seed_families": ("library", "LPQLD", "MR-k"), "best_seed_targets": (100, 300, 1000),
-            # the 300x calibration of glyphs-calibrate-ipc1 (a looser max_kl), checked at 1000 classes
-            "library_max_kl": (0.03,), "library_max_kl_at": (300, 1000),
             "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),),
             # 300, 600 and 1200 epochs failed the doubling test, 2400 passes (the PROTOCOL gives the figures)
             "train_epochs": 2400,

@@ -80,7 +80,7 @@ def _best_rows(rows: List[Dict[str, Any]], cfg: Config) -> List[Dict[str, Any]]:
 def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = None,
         time_limit: Optional[float] = None, artifacts: Optional[str] = None,
         save_artifacts: bool = False, targets: Optional[Sequence[float]] = None,
-        command: Optional[str] = None) -> List[Dict[str, Any]]:
+        command: Optional[str] = None, families: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """Run every step of ``cfg`` and write the report; returns the result rows (see :mod:`benchmarks.storage_vs_accuracy.report`).
 
     Order: the storage sweep (reference, its doubled-schedule check, hard labels, every variant's first seed),
@@ -91,9 +91,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     (:mod:`benchmarks.storage_vs_accuracy.artifact_cache`); ``save_artifacts``
     writes it after every student and at the end.  ``targets``: build and train only the variants at these
     target ratios (and the reference); the others are reported from the cache, so a long preset can be run
-    as several resumable runs that each finish some targets.  ``command``: the command line recorded in the
+    as several resumable runs that each finish some targets; ``families`` likewise for the storage variants'
+    families.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
-    from benchmarks.storage_vs_accuracy.peers import library_default, storage_variants
+    from benchmarks.storage_vs_accuracy.peers import library_default, library_store_name, storage_variants
     from benchmarks.storage_vs_accuracy.report import write_report
 
     t_start = time.time()
@@ -144,13 +145,14 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         # a variant is built (encoded) only for what this run trains: its students when some are missing
         # and the time limit has not passed, and its metrics when not cached (past the limit only for a
         # variant whose students are finished: they complete its row)
-        chosen = targets is None or var.ratio in targets or same == "raw"
+        chosen = (targets is None or var.ratio in targets or same == "raw") and \
+            (families is None or var.family in families or same == "raw")
         todo = same != "raw" and bool(pipe.missing(k, table, first))
         m = metrics.get(var.vid, getattr(var, "legacy", None), var.name)
         live = not (todo and pipe.past_deadline())
         if chosen and live and m is None:
             m = metrics.compute(var, Y, table, cfg.T)
-        row.update(m or dict(note=NOT_RUN if chosen else "not in this run's --targets (no cached metrics)"))
+        row.update(m or dict(note=NOT_RUN if chosen else "not in this run's --targets / --families (no cached metrics)"))
         if m is not None and m.get("label_bytes") is None:
             rows.append(row)   # n/a at this budget
             continue
@@ -216,7 +218,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), trains[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
-            path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", f"library_x{x:g}")
+            path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             var = library_default(x, Ys, pipe.train.targets[idx].tolist(), path)   # seconds; cached on disk
             r.update(var.extra)
@@ -273,6 +275,9 @@ def main(argv=None) -> int:
     p.add_argument("--targets", type=float, nargs="+", metavar="X",
                    help="build and train only the variants at these target ratios (and the reference) in this run, and "
                         "the selection rows at these ratios (1: raw labels); the others are reported from the cache")
+    p.add_argument("--families", nargs="+", metavar="FAMILY",
+                   help="build and train only the storage variants of these families (e.g. 'library' after a change "
+                        "to the library default); the others are reported from the cache")
     p.add_argument("--select-methods", nargs="+", metavar="METHOD",
                    help="selections to run (the preset's select_methods; e.g. only 'score' to leave the selection "
                         "comparison, and its feature pass, to a later run)")
@@ -304,7 +309,7 @@ def main(argv=None) -> int:
         p.error(f"--select-methods must include {cfg.sweep_method!r}, the selection the storage sweep runs on")
     out = a.out_dir or (RESULTS_DIR if a.commit_results else None)
     argv = sys.argv[1:] if argv is None else list(argv)
-    run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts, targets=a.targets,
+    run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts, targets=a.targets, families=a.families,
         command=" ".join(["python -m benchmarks.storage_vs_accuracy", *map(shlex.quote, argv)]))
     return 0
 

@@ -13,6 +13,12 @@ fit (``newton_steps`` damped Newton steps from the projection, at basis ranks up
 that is free, which a student at another temperature would see; the pull keeps the fit good at other
 temperatures too.  Set ``fit_temperature`` to the student's temperature when it is known.
 
+The global codec stores each basis row scaled to the spread of the store's coefficients along it (the
+square root of that component's variance), so the coefficients of every component share one range and a
+record's int8 coefficients need one scale, not one per component (:data:`~score_codec.store.record.FLAG_ONE_SCALE`).
+Coefficients are always fitted on the unit rows and divided by the rows' norms, so a basis read back from any
+store (unit rows or scaled ones) codes rows the same way.
+
 ``two-level`` adds, per class, a basis of what the global basis leaves in that class's rows (orthogonal
 to the global one), and its rate control spends the byte budget greedily on whichever of {more global
 components, more class components, one more residual entry per row} lowers KL most per byte, measured
@@ -35,7 +41,8 @@ from .arguments import check_int, check_real
 from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
 
-__all__ = ["BasisEntry", "BasisSet", "StoreScopeCodec", "GlobalCodec", "TwoLevelCodec", "FitSource", "row_cost"]
+__all__ = ["BasisEntry", "BasisSet", "StoreScopeCodec", "GlobalCodec", "TwoLevelCodec", "FitSource", "row_cost",
+           "spreads", "unit_rows", "MIN_SPREAD"]
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +115,16 @@ class FitSource:
         return m - m.mean(-1, keepdim=True)
 
 
-def row_cost(r: int, k: float, quant: str, residual: int = 0, c: int = 1000) -> float:
-    """Record bytes per row of a store-scope record: coefficients, their int8 scales and the header."""
+#: a component whose spread is below this share of the first one's keeps this share as its row norm: its
+#: coefficients are near zero, and dividing by a vanishing norm would let them set the record's one scale
+MIN_SPREAD = 1e-2
+
+
+def row_cost(r: int, k: float, quant: str, residual: int = 0, c: int = 1000, one_scale: bool = False) -> float:
+    """Record bytes per row of a store-scope record: coefficients, their int8 scales (one per component, or
+    one per record with ``one_scale``) and the header, for ``k`` rows per record."""
     ib = 1 if c <= 0xFF else 2 if c <= 0xFFFF else 4
-    scales = 4 * r / k if quant == "int8" else 0.0
+    scales = (4 if one_scale else 4 * r) / k if quant == "int8" and r else 0.0
     res = (ib + residual * (ib + 2)) if residual else 0.0
     return r * bytes_per_value(quant) + scales + HEADER_BYTES / k + res
 
@@ -121,6 +134,8 @@ class StoreScopeCodec(Codec):
 
     scope = "store"
     shared_basis = True
+    #: records hold int8 coefficients with one scale each (the stored basis rows carry the components' spread)
+    one_scale = False
 
     def __init__(self, fit_temperature: float = 1.0, newton_steps: int = 1, penalty: float = 0.3,
                  fit_rows: int = 65_536, newton_max_rank: int = 128, **config: Any):
@@ -143,13 +158,15 @@ class StoreScopeCodec(Codec):
         raise CodecError(f"{self.codec_id} is a store-scope codec: fit it on the store (StoreWriter.fit) first")
 
     def coefficients(self, y: torch.Tensor, bases: BasisSet, basis_id: int) -> torch.Tensor:
-        """Coefficients (n, K, R) of centred rows ``y`` (n, K, C) on basis ``basis_id`` (full rank R)."""
+        """Coefficients (n, K, R) of centred rows ``y`` (n, K, C) on basis ``basis_id`` (full rank R), whose rows
+        are orthogonal with any norms: fitted on the unit rows, then divided by the norms."""
         rows, mean = bases.full(basis_id)
         n, k, c = y.shape
+        unit, norms = unit_rows(rows.to(y.device))
         # the Hessian from the 64 most probable classes is as good and cheaper once r^2 outweighs the top-k cost
-        a = fit_coefficients(y.reshape(-1, c), rows, mean, temperature=self.fit_temperature, steps=self.steps_for(rows.shape[0]),
+        a = fit_coefficients(y.reshape(-1, c), unit, mean, temperature=self.fit_temperature, steps=self.steps_for(rows.shape[0]),
                              penalty=self.penalty, hessian_classes=64 if rows.shape[0] >= 32 else None)
-        return a.reshape(n, k, -1)
+        return (a / norms).reshape(n, k, -1)
 
     # -- fitting ---------------------------------------------------------------------------------
     def _gram(self, src: FitSource, device: str) -> Tuple[GramAccumulator, int]:
@@ -184,9 +201,11 @@ class StoreScopeCodec(Codec):
 
 @register_codec
 class GlobalCodec(StoreScopeCodec):
-    """One basis and mean row for the whole store (``head=(W, b)`` uses the teacher's last layer instead)."""
+    """One basis and mean row for the whole store (``head=(W, b)`` uses the teacher's last layer instead); its
+    rows are scaled to the store's spread along them, and records hold int8 coefficients with one scale."""
 
     codec_id = "global"
+    one_scale = True
 
     def fit(self, src: FitSource, quant: str, *, rank: Optional[int] = None, energy: Optional[float] = None,
             budget_per_row: Optional[float] = None, residual: int = 0, device: str = "cpu",
@@ -209,15 +228,16 @@ class GlobalCodec(StoreScopeCodec):
         k = total / max(src.num_images, 1)
         qmax = basis.shape[0]
         if budget_per_row is not None:
-            r = _max_rank(lambda r: row_cost(r, k, quant, residual, c) + (2 * c * r + 4 * c) / total, budget_per_row, qmax)
+            def cost(r: int) -> float:
+                return row_cost(r, k, quant, residual, c, self.one_scale) + (2 * c * r + 4 * c) / total
+            r = _max_rank(cost, budget_per_row, qmax)
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
-                                  f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
+                                  f"record needs ({cost(0) - 4 * c / total:.2f} B per row)")
             if r == 0 and residual == 0 and float(variances.sum()) > 0:
                 # a rank-0 basis decodes every row to the mean row: no labels would be stored
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row leaves the global basis at "
-                                  f"rank 0, which stores no labels; rank 1 needs "
-                                  f"{row_cost(1, k, quant, residual, c) + (2 * c + 4 * c) / total:.2f} B per row")
+                                  f"rank 0, which stores no labels; rank 1 needs {cost(1):.2f} B per row")
         elif energy is not None:
             share = variances.cumsum(0) / variances.sum().clamp_min(1e-300)
             r = int((share < energy - 1e-12).sum()) + 1
@@ -225,7 +245,7 @@ class GlobalCodec(StoreScopeCodec):
             r = qmax if rank is None else int(rank)
         r = max(0, min(r, qmax, 0xFFFF))
         log.info("global basis: rank %d of %d (fitted on %s)", r, qmax, "the teacher head" if head is not None else "the store's rows")
-        return BasisSet([self._entry(basis[:r], mean=mean)])
+        return BasisSet([self._entry(basis[:r] * spreads(variances[:r]).to(basis.dtype)[:, None], mean=mean)])
 
 
 @register_codec
@@ -346,6 +366,23 @@ class TwoLevelCodec(StoreScopeCodec):
             of_class[int(cl)] = len(entries)
             entries.append(self._entry(b2, parent=0))
         return BasisSet(entries, of_class=of_class, residual=chosen_residual)
+
+
+def spreads(variances: torch.Tensor) -> torch.Tensor:
+    """Row norms (r,) in (0, 1] of a scaled global basis from its components' variances (r,), decreasing: the
+    standard deviations relative to the first (the fp16 basis keeps its precision whatever the logits' scale),
+    each at least :data:`MIN_SPREAD` (all ones when the first is zero)."""
+    sd = variances.to(torch.float64).clamp_min(0).sqrt()
+    if not len(sd) or float(sd[0]) <= 0:
+        return torch.ones_like(sd)
+    return (sd / sd[0]).clamp_min(MIN_SPREAD)
+
+
+def unit_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rows scaled to unit norm (r, C), their norms (r,)); a zero row stays zero with norm 1."""
+    norms = rows.norm(dim=1)
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return rows / norms[:, None], norms
 
 
 def _max_rank(cost: Callable[[int], float], budget: float, qmax: int) -> Optional[int]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..codecs.global_basis import BasisEntry, BasisSet, FitSource, row_cost
+from ..codecs.global_basis import BasisEntry, BasisSet, FitSource, row_cost, unit_rows
 from ..codecs.quantize import roundtrip
 from ..errors import BudgetError, InputError
 from .meta import AugMeta
@@ -209,10 +209,12 @@ def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: 
         approx = torch.zeros_like(probe) + (0 if mean is None else mean)
     else:
         if project:
-            a = (probe - (0 if mean is None else mean)) @ rows[:rank].T
+            unit, norms = unit_rows(rows[:rank])
+            a = (probe - (0 if mean is None else mean)) @ unit.T / norms
         else:
             a = codec.coefficients(probe, bs, 0)
-        a_q = roundtrip(a.transpose(-1, -2), quant).transpose(-1, -2)
+        # as the writer stores them: int8 scales over each probe image's rows, per component or one per image
+        a_q = roundtrip(a.transpose(-1, -2), quant, codec.one_scale).transpose(-1, -2)
         approx = a_q @ rows[:rank] + (0 if mean is None else mean)
     return kl_t1(probe, approx)
 
@@ -301,7 +303,7 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     def per_row(n: int, r: int) -> float:
         # bytes per kept row of n epochs per image at rank r: the record's share (as the writer's rate control
         # counts it) plus the fp16 basis and its float32 mean spread over the kept rows
-        return row_cost(r, float(n), opts.quant, opts.residual, c) + (2 * c * r + 4 * c) / (num_images * n)
+        return row_cost(r, float(n), opts.quant, opts.residual, c, codec.one_scale) + (2 * c * r + 4 * c) / (num_images * n)
 
     def cost(n: int, r: int) -> float:
         return per_row(n, r) * num_images * n

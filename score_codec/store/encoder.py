@@ -135,15 +135,16 @@ def _fixed_cost(k: int, c: int, opts: EncodeOptions) -> int:
 
 def _pack(a_q: torch.Tensor, b_q: Optional[torch.Tensor], res: torch.Tensor, idx: List[int], rk: torch.Tensor,
           means: List[torch.Tensor], basis_of: List[int], opts: EncodeOptions, c: int, records: List[Optional[bytes]],
-          nnz: List[int]) -> None:
-    """Serialise one bucket's images into ``records`` / ``nnz`` (in place)."""
+          nnz: List[int], one_scale: bool = False) -> None:
+    """Serialise one bucket's images into ``records`` / ``nnz`` (in place; ``one_scale``: shared-basis int8
+    coefficients with one scale per record)."""
     for j, i in enumerate(idx):
         r = int(rk[j])
         mean = means[i] if opts.keep_mean else None
         records[i] = pack_record(a_q[j, :, :r].cpu(), None if b_q is None else b_q[j, :r].cpu(), opts.quant,
                                  mean=None if mean is None else mean.cpu(),
                                  residual=res[j].cpu() if opts.residual else None, basis=basis_of[i],
-                                 zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
+                                 zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c, one_scale=one_scale)
         nnz[i] = int((res[j] != 0).sum()) if opts.residual else 0
 
 
@@ -224,12 +225,12 @@ def encode_store_chunk(mats: Sequence[torch.Tensor], opts: EncodeOptions, bases:
         rows, mu = full[bid]
         rows = rows.to(device)
         a = codec.coefficients(y, bases, bid)
-        a_q = roundtrip(a.transpose(-1, -2), opts.quant).transpose(-1, -2)
+        a_q = roundtrip(a.transpose(-1, -2), opts.quant, codec.one_scale).transpose(-1, -2)
         approx = a_q @ rows + (0 if mu is None else mu.to(device))
         res = select_residual(y, approx, opts.residual, opts.residual_score)
         _check_finite(y, approx, res, opts.quant)
         rk = torch.full((len(idx),), rows.shape[0], dtype=torch.int64)
-        _pack(a_q, None, res, idx, rk, means, basis_of, opts, c, records, nnz)
+        _pack(a_q, None, res, idx, rk, means, basis_of, opts, c, records, nnz, codec.one_scale)
         for i in idx:
             ranks[i] = int(rows.shape[0])
     return EncodedChunk(records=records, ranks=ranks, nnz=nnz, bases={}, basis_of=basis_of)

@@ -5,20 +5,22 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION", "INDEX_FILE", "MANIFEST_FILE", "SHARD_DIR", "shard_name", "IMAGE_INDEX_DTYPE",
-    "READABLE_VERSIONS", "TOC_VERSIONS", "CHUNKED_AUG_VERSION", "POOL_VERSION", "BASIS_INDEX_DTYPE",
+    "READABLE_VERSIONS", "TOC_VERSIONS", "CHUNKED_AUG_VERSION", "ONE_SCALE_VERSION", "POOL_VERSION", "BASIS_INDEX_DTYPE",
     "BASIS_INDEX_DTYPE_V1", "BASIS_FLAG_MEAN", "RECORDS_DATASET", "is_single_file",
 ]
 
 #: Version of the store format this library writes; readers accept exactly the versions they know.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: the first version whose index may hold the ``pool`` attribute (a store keeping a subset of label epochs)
 POOL_VERSION = 3
 #: versions read through the table of contents (docs/FORMAT.md section 2.2); older ones only through
 #: libhdf5, on request (``allow_unchecked``) or after ``score-codec upgrade``
-TOC_VERSIONS = (3, 4)
+TOC_VERSIONS = (3, 4, 5)
 #: the first version whose augmentation rows are stored as compressed chunks (``aug/row_chunks``)
 CHUNKED_AUG_VERSION = 4
+#: the first version whose records may hold int8 coefficients with one scale (record flag 16)
+ONE_SCALE_VERSION = 5
 
 INDEX_FILE = "index.h5"
 MANIFEST_FILE = "manifest.json"

@@ -16,13 +16,17 @@ import zstandard
 from ..errors import CodecError, CorruptRecordError, SizeLimitError
 from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantize_batch, quantized_nbytes
 
-__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "Record", "inflate", "pack_record", "pack_coefficient_records",
+__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "FLAG_ONE_SCALE", "Record", "inflate", "pack_record", "pack_coefficient_records",
            "unpack_record"]
 
 MAGIC = b"SLR1"
 #: magic, K, C, rank, quant, flags, nnz, basis id, raw body length, stored body length
 HEADER = struct.Struct("<4sIIHBBIiII")
 FLAG_MEAN, FLAG_SHARED, FLAG_ZSTD, FLAG_SHUFFLE = 1, 2, 4, 8
+#: int8 shared-basis coefficients with one scale for the whole (r, K) block instead of one per component
+#: (format version 5 and later)
+FLAG_ONE_SCALE = 16
+FLAGS_KNOWN = 0x1F
 #: zstd is kept only when it saves at least this share: decompression costs time on every read
 MIN_ZSTD_GAIN = 0.03
 #: largest K x C a record may declare: bounds what a damaged header can make a reader allocate
@@ -145,7 +149,7 @@ def _sections(k: int, c: int, rank: int, quant: str, flags: int, nnz: int) -> Li
     isz = 2 if quant in ("fp16", "bf16") else (4 if quant == "fp32" else 1)
     secs = []
     if quant == "int8" and rank:
-        secs += [(4 * rank, 4), (rank * k, 1)]
+        secs += [(4 if flags & FLAG_ONE_SCALE else 4 * rank, 4), (rank * k, 1)]
         if not flags & FLAG_SHARED:
             secs += [(4 * rank, 4), (rank * c, 1)]
     else:
@@ -175,15 +179,18 @@ def pack_record(
     zstd_level: int = 3,
     shuffle: bool = False,
     c: Optional[int] = None,
+    one_scale: bool = False,
 ) -> bytes:
     """Serialise one image.
 
     ``a`` (K, r) and ``b`` (r, C) float32 (``b=None`` with ``basis >= 0`` for a shared basis), ``mean``
     (K,), ``residual`` a dense (K, C) tensor whose non-zeros are stored (values as fp16); ``c`` is the
-    class count, needed only when ``b`` is None.
+    class count, needed only when ``b`` is None.  ``one_scale``: int8 coefficients of a shared basis with
+    one scale for all of them (:data:`FLAG_ONE_SCALE`).
     """
     k, rank = a.shape
     _check_rank(rank)
+    one_scale = _one_scale(one_scale, quant, b is None)
     if c is None:
         if b is None:
             raise CodecError("pack_record needs c= when the basis is shared")
@@ -192,8 +199,8 @@ def pack_record(
         raise CodecError(f"B has shape {tuple(b.shape)}, expected at least ({rank}, {c})")
     if residual is not None and tuple(residual.shape) != (k, c):
         raise CodecError(f"residual has shape {tuple(residual.shape)}, expected ({k}, {c})")
-    flags = (FLAG_MEAN if mean is not None else 0) | (FLAG_SHARED if b is None else 0)
-    parts = [quantize(a.T, quant)]
+    flags = (FLAG_MEAN if mean is not None else 0) | (FLAG_SHARED if b is None else 0) | (FLAG_ONE_SCALE if one_scale else 0)
+    parts = [quantize(a.T, quant, one_scale)]
     if b is not None:
         parts.append(quantize(b[:rank], quant))
     if mean is not None:
@@ -214,15 +221,25 @@ def pack_record(
     return _finish(b"".join(parts), k, c, rank, quant, flags, nnz, basis, zstd_level, shuffle)
 
 
+def _one_scale(one_scale: bool, quant: str, shared: bool) -> bool:
+    """Whether a record gets :data:`FLAG_ONE_SCALE`: asked for, int8 and shared-basis only (other
+    quantisations have no scales; an own basis B keeps one scale per component)."""
+    if one_scale and not shared:
+        raise CodecError("one_scale applies to shared-basis coefficients only (b must be None)")
+    return bool(one_scale) and quant == "int8"
+
+
 def pack_coefficient_records(a: torch.Tensor, quant: str, *, c: int, means: Optional[torch.Tensor] = None,
-                             basis: int = 0, zstd_level: int = 3, shuffle: bool = False) -> List[bytes]:
+                             basis: int = 0, zstd_level: int = 3, shuffle: bool = False,
+                             one_scale: bool = False) -> List[bytes]:
     """:func:`pack_record` of shared-basis coefficients for a batch of images with the same row count:
     ``a`` (n, K, r) float32, ``c`` the class count, ``means`` (n, K) or None; the same bytes as ``[pack_record(a[i], None, quant,
-    mean=means[i], basis=basis, ...) for i in range(n)]``, with the quantisation done once for the batch."""
+    mean=means[i], basis=basis, one_scale=one_scale, ...) for i in range(n)]``, with the quantisation done once for the batch."""
     n, k, rank = a.shape
     _check_rank(rank)
-    flags = (FLAG_MEAN if means is not None else 0) | FLAG_SHARED
-    coef = quantize_batch(a.transpose(1, 2), quant)
+    one_scale = _one_scale(one_scale, quant, True)
+    flags = (FLAG_MEAN if means is not None else 0) | FLAG_SHARED | (FLAG_ONE_SCALE if one_scale else 0)
+    coef = quantize_batch(a.transpose(1, 2), quant, one_scale)
     mean_bytes = None if means is None else means.detach().cpu().numpy().astype("<f4")
     return [_finish(coef[i] if mean_bytes is None else coef[i] + mean_bytes[i].tobytes(), k, c, rank, quant, flags, 0,
                     basis, zstd_level, shuffle) for i in range(n)]
@@ -268,8 +285,12 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
     quant = QUANT_NAMES[qcode]
     # shared-basis coefficients may use every basis row even when K is smaller than the rank
     max_rank = c if flags & FLAG_SHARED else min(k, c)
-    if rank > max_rank or nnz > k * c or flags & ~0xF or k * c > MAX_CELLS:
+    if rank > max_rank or nnz > k * c or flags & ~FLAGS_KNOWN or k * c > MAX_CELLS:
         raise CorruptRecordError(f"{where}: header out of range (K={k}, C={c}, rank={rank}, nnz={nnz}, flags={flags})")
+    one_scale = bool(flags & FLAG_ONE_SCALE)
+    if one_scale and (quant != "int8" or not flags & FLAG_SHARED):
+        raise CorruptRecordError(f"{where}: one-scale flag on a {quant} record{'' if flags & FLAG_SHARED else ' with its own basis'}; "
+                                 f"it applies to int8 shared-basis records only")
     if k * c > max_cells(len(buf)):
         raise SizeLimitError(f"{where}: a {len(buf)}-byte record declares K={k} x C={c} cells; at most "
                              f"{max_cells(len(buf))} may decode from that many bytes")
@@ -295,9 +316,9 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
     a_scale = b_scale = None
     try:
         if raw:
-            at, a_scale, n = dequantize_raw(mv, quant, rank, k)
+            at, a_scale, n = dequantize_raw(mv, quant, rank, k, one_scale)
         else:
-            at, n = dequantize(mv, quant, rank, k)
+            at, n = dequantize(mv, quant, rank, k, one_scale)
         pos = n
         b = None
         if not flags & FLAG_SHARED:

@@ -70,10 +70,10 @@ def _chunks(rows: Any, chunk_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
 
 
 def _pack_images(coef: Any, row_mean: Optional[np.ndarray], order: np.ndarray, starts: np.ndarray, ks: np.ndarray,
-                 i0: int, i1: int, r: int, c: int, opts: Any) -> List[bytes]:
+                 i0: int, i1: int, r: int, c: int, opts: Any, one_scale: bool = False) -> List[bytes]:
     """The records of images ``i0..i1``: their rows' coefficients gathered from ``coef`` (dump order) through
     ``order``; images with one row count are quantised as one batch (most dumps give every image K rows)."""
-    kw = dict(basis=0, zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c)
+    kw = dict(basis=0, zstd_level=opts.zstd_level, shuffle=opts.shuffle, c=c, one_scale=one_scale)
     if i1 > i0 and (ks[i0:i1] == ks[i0]).all():
         idx = order[starts[i0]:starts[i1]]
         a = torch.from_numpy(np.ascontiguousarray(coef[idx, :r])).reshape(i1 - i0, int(ks[i0]), r)
@@ -145,7 +145,7 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
         starts = np.concatenate([[0], np.cumsum(ks)])
         for i0 in progress_bar(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", enabled=progress):
             i1 = min(n, i0 + images_per_record_chunk)
-            records = _pack_images(coef, row_mean, order, starts, ks, i0, i1, r, c, writer.opts)
+            records = _pack_images(coef, row_mean, order, starts, ks, i0, i1, r, c, writer.opts, codec.one_scale)
             k = (i1 - i0)
             chunk = EncodedChunk(records=records, ranks=[r] * k, nnz=[0] * k, bases={}, basis_of=[0] * k)
             writer.append_encoded(chunk, [int(x) for x in ks[i0:i1]], None if labels is None else list(labels[i0:i1]))

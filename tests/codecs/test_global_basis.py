@@ -224,3 +224,46 @@ def test_rate_control_on_a_sample_uses_the_store_size():
     small = codec.fit(FitSource(list(y[::4])), "int8", budget_per_row=budget)
     rank = lambda bs: int(bs.full(0)[0].shape[0])   # noqa: E731
     assert rank(sample) == rank(whole) and rank(small) < rank(whole)
+
+
+def test_global_basis_rows_carry_the_spread_and_code_like_unit_rows(tmp_path):
+    """The stored global basis's rows are orthogonal with norms = the components' standard deviations relative
+    to the first's; coefficients on it are those on the unit rows divided by the norms, so both decode alike."""
+    from score_codec.codecs import get_codec
+    from score_codec.codecs.global_basis import BasisEntry, BasisSet, FitSource, MIN_SPREAD, spreads, unit_rows
+
+    y = teacher_like_logits(40, 6, 30, seed=3)
+    codec = get_codec("global", newton_steps=0)
+    bases = codec.fit(FitSource(list(y)), "int8", rank=8)
+    rows, mean = bases.full(0)
+    unit, norms = unit_rows(rows)
+    assert abs(float(norms[0]) - 1.0) < 1e-2 and (norms[1:] <= norms[:-1] * 1.01).all() and (norms >= MIN_SPREAD * 0.99).all()
+    assert torch.allclose(unit @ unit.T, torch.eye(8), atol=2e-3)
+    yc = (y - y.mean(-1, keepdim=True)).float()
+    # the coefficients' spread is about the same for every component (what one int8 scale per record needs)
+    a = codec.coefficients(yc, bases, 0).reshape(-1, 8)
+    sd = a.std(0)
+    assert float(sd.max() / sd.min()) < 3.0
+    a_unit = codec.coefficients(yc, BasisSet([BasisEntry(unit, -1, mean)]), 0).reshape(-1, 8)
+    assert torch.allclose(a * norms, a_unit, atol=1e-4 * float(a_unit.abs().max()))
+    assert torch.allclose(a @ rows, a_unit @ unit, atol=1e-4 * float(yc.abs().max()))
+    assert torch.equal(spreads(torch.zeros(3)), torch.ones(3, dtype=torch.float64))
+
+
+def test_one_scale_records_are_smaller_and_keep_more_epochs_at_one_ratio(tmp_path, monkeypatch):
+    """At one ratio the global codec's one scale per record (format 5) keeps more epochs than one scale per
+    component would, at no higher probe KL; its records are 4 (r - 1) bytes smaller at one rank."""
+    from score_codec.codecs.global_basis import GlobalCodec
+    from score_codec.store.record import HEADER
+
+    g = torch.Generator().manual_seed(5)   # logits W h + b of 12-wide features: 400 images, 40 epochs, 200 classes
+    w, bias = torch.randn(200, 12, generator=g), torch.randn(200, generator=g)
+    y = torch.randn(400, 40, 12, generator=g) @ w.T + bias + 0.01 * torch.randn(400, 40, 200, generator=g)
+    st1 = sc.encode(y, str(tmp_path / "one"), ratio=100, progress=False)
+    monkeypatch.setattr(GlobalCodec, "one_scale", False)
+    st0 = sc.encode(y, str(tmp_path / "per"), ratio=100, progress=False)
+    assert st1["keep_epochs"] > st0["keep_epochs"] and st0["keep_epochs"] < 40
+    assert st1["kl_t1"] <= 0.01 and st0["kl_t1"] <= 0.01
+    assert st1["ratio"] >= 100 * 0.97 and st0["ratio"] >= 100 * 0.97
+    a, b = sc.LabelStore(str(tmp_path / "one")), sc.LabelStore(str(tmp_path / "per"))
+    assert HEADER.unpack_from(a.record_bytes(0))[5] & 16 and not HEADER.unpack_from(b.record_bytes(0))[5] & 16

@@ -13,10 +13,10 @@ HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 CASES = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca_bf16_mean.store")] + \
         [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
                              "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")] + \
-        [(v, n) for v in ("v3", "v4") for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
+        [(v, n) for v in ("v3", "v4", "v5") for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
                                                 "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")]
 #: stores (version 3 on) that keep 3 of the 6 label epochs (docs/FORMAT.md section 4, ``pool``)
-POOLED = [(v, n) for v in ("v3", "v4") for n in ("pooled_global_int8.store", "pooled_svd_fp16.h5")]
+POOLED = [(v, n) for v in ("v3", "v4", "v5") for n in ("pooled_global_int8.store", "pooled_svd_fp16.h5")]
 
 
 def test_every_version_up_to_the_current_has_fixtures():
@@ -44,7 +44,7 @@ def test_fixture_decodes_to_its_saved_logits(version, name):
     assert sealed == (name.startswith("sealed_") or version not in ("v1", "v2"))
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5"])
 def test_fixtures_stay_close_to_the_source_logits(version):
     y = np.load(os.path.join(HERE, version, "source_logits.npy"))
     yc = y - y.mean(-1, keepdims=True)
@@ -75,3 +75,20 @@ def test_pooled_fixture_decodes_its_kept_epochs(version, name):
     q = torch.log_softmax(torch.as_tensor(got, dtype=torch.float64), -1)
     assert float((p.exp() * (p - q)).sum(-1).mean()) < 0.5
     assert [store.view_for_epoch(e) for e in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+@pytest.mark.parametrize("version,one", [("v4", False), ("v5", True)])
+def test_global_int8_records_carry_one_scale_from_version_5(version, one):
+    """Version 5's global codec writes int8 coefficients with one scale per record (flag 16): its records are
+    4 (r - 1) bytes smaller than version 4's for the same rank and rows."""
+    from score_codec.store.record import FLAG_ONE_SCALE, HEADER, unpack_record
+
+    for name in ("global_int8_residual.store", "sealed_global_int8.store", "pooled_global_int8.store"):
+        store = sc.LabelStore(os.path.join(HERE, version, name))
+        for i in range(len(store)):
+            buf = store.record_bytes(i)
+            flags = HEADER.unpack_from(buf)[5]
+            assert bool(flags & FLAG_ONE_SCALE) == one, (name, i)
+            rec = unpack_record(buf, raw=True)
+            # one scale repeated for every component (value = stored * scale)
+            assert (rec.a_scale == rec.a_scale[0]).all() or not one

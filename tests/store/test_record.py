@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from score_codec.errors import CorruptRecordError
 from score_codec.codecs.quantize import QUANT_CODES, dequantize, quantize, roundtrip
-from score_codec.store.record import HEADER, pack_record, unpack_record
+from score_codec.store.record import FLAG_ONE_SCALE, HEADER, pack_record, unpack_record
 
 
 def _parts(k=12, c=9, r=3, seed=0):
@@ -92,11 +92,44 @@ def test_int8_scales_no_writer_produces_are_refused(scale, raw):
         unpack_record(bytes(buf), raw=raw)
 
 
+@pytest.mark.parametrize("shuffle,zstd_level", [(False, 0), (True, 3)])
+def test_one_scale_records_hold_one_scale_and_decode_to_their_rounding(shuffle, zstd_level):
+    """ONE_SCALE: 4 bytes of scale per record instead of 4 r; the decoded coefficients are the int8 rounding
+    with one step for the whole (r, K) block, within half that step of the coefficients."""
+    a = torch.randn(12, 5) * torch.tensor([3.0, 1.0, 0.5, 0.2, 0.1])
+    one = pack_record(a, None, "int8", basis=0, zstd_level=0, c=9, one_scale=True)
+    per = pack_record(a, None, "int8", basis=0, zstd_level=0, c=9)
+    assert len(per) - len(one) == 4 * (5 - 1) and HEADER.unpack_from(one)[5] & FLAG_ONE_SCALE
+    rec = unpack_record(pack_record(a, None, "int8", basis=0, zstd_level=zstd_level, shuffle=shuffle, c=9, one_scale=True))
+    step = a.abs().max() / 127
+    assert torch.equal(rec.a, roundtrip(a, "int8", one_scale=True))
+    assert (rec.a - a).abs().max() <= step / 2 + 1e-6
+    raw = unpack_record(one, raw=True)
+    assert raw.a.dtype == torch.int8 and raw.a_scale.shape == (5,) and (raw.a_scale == raw.a_scale[0]).all()
+    assert torch.equal(raw.dequantized().a, rec.a)
+
+
+def test_one_scale_applies_to_int8_shared_records_only():
+    from score_codec.errors import CodecError
+
+    a, b, _, _ = _parts()
+    with pytest.raises(CodecError, match="shared-basis"):
+        pack_record(a, b, "int8", one_scale=True)
+    # other quantisations have no scales: the flag is not written
+    assert not HEADER.unpack_from(pack_record(a, None, "fp16", basis=0, c=9, one_scale=True))[5] & FLAG_ONE_SCALE
+    for quant, shared in (("fp16", True), ("int8", False)):
+        buf = bytearray(pack_record(a, None if shared else b, quant, basis=0 if shared else -1, c=9, zstd_level=0))
+        buf[15] |= FLAG_ONE_SCALE
+        with pytest.raises(CorruptRecordError, match="one-scale flag"):
+            unpack_record(bytes(buf))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=300), st.integers(0, 400), st.integers(0, 255))
-def test_fuzzed_records_raise_only_corrupt_record_error(tail, pos, val):
+@given(st.binary(min_size=0, max_size=300), st.integers(0, 400), st.integers(0, 255), st.booleans())
+def test_fuzzed_records_raise_only_corrupt_record_error(tail, pos, val, one_scale):
     a, b, mean, res = _parts(seed=1)
-    buf = bytearray(pack_record(a, b, "int8", mean=mean, residual=res, zstd_level=3))
+    buf = bytearray(pack_record(a, None if one_scale else b, "int8", mean=mean, residual=res, zstd_level=3,
+                                basis=0 if one_scale else -1, c=9, one_scale=one_scale))
     if pos < len(buf):
         buf[pos] = val
     for candidate in (bytes(buf), bytes(buf[: pos % (len(buf) + 1)]) + tail, HEADER.pack(b"SLR1", 3, 4, 1, 1, 0, 0, -1, 14, 14) + tail):
