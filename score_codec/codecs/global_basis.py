@@ -14,7 +14,7 @@ that is free, which a student at another temperature would see; the pull keeps t
 temperatures too.  Set ``fit_temperature`` to the student's temperature when it is known.
 
 The global codec stores each basis row scaled to the spread of the store's coefficients along it (the
-square root of that component's variance), so the coefficients of every component share one range and a
+standard deviation of that component, relative to the first's), so the coefficients of every component share one range and a
 record's int8 coefficients need one scale, not one per component (:data:`~score_codec.store.record.FLAG_ONE_SCALE`).
 Coefficients are always fitted on the unit rows and divided by the rows' norms, so a basis read back from any
 store (unit rows or scaled ones) codes rows the same way.
@@ -233,7 +233,7 @@ class GlobalCodec(StoreScopeCodec):
             r = _max_rank(cost, budget_per_row, qmax)
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
-                                  f"record needs ({cost(0) - 4 * c / total:.2f} B per row)")
+                                  f"record needs ({row_cost(0, k, quant, residual, c, self.one_scale):.2f} B per row)")
             if r == 0 and residual == 0 and float(variances.sum()) > 0:
                 # a rank-0 basis decodes every row to the mean row: no labels would be stored
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row leaves the global basis at "

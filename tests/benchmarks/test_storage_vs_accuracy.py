@@ -347,6 +347,25 @@ def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
     assert all(len(r["top1"]) == 1 for r in second if r["target"] == 100 and r.get("label_bytes"))
 
 
+def test_families_build_and_train_only_their_variants(smoke, tmp_path):
+    """A run with ``families`` encodes and trains only those families' variants (at its targets); the
+    others are left unbuilt, and global-codec variants carry the store format in their ids."""
+    from benchmarks.storage_vs_accuracy import run
+    from benchmarks.storage_vs_accuracy.peers import GLOBAL_FORMAT
+
+    cfg, _, base = smoke
+    cache = tmp_path / "cache"
+    _linked_cache(base, cache)
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2, double_check=False, seeds=(0,))   # new student keys
+    got = [r for r in _storage(run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), targets=(10,),
+                                   families=("library",))) if r["target"] == 10]
+    lib = [r for r in got if r["family"] == "library"]
+    assert lib and all(len(r["top1"]) == 1 and r["vid"].startswith(f"library.f{GLOBAL_FORMAT}@") for r in lib)
+    others = [r for r in got if r["family"] != "library"]
+    assert others and all(not r.get("top1") and r.get("label_bytes") is None for r in others)
+    assert all(r["vid"].endswith(f".f{GLOBAL_FORMAT}@10") for r in others if r["vid"].startswith("global"))
+
+
 def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
     """Students trained before metrics were cached (or by another run) still reach every output when
     their target is not in this run's ``targets``: top-1 shown, ratio and KL left blank."""

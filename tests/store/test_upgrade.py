@@ -17,7 +17,8 @@ LEGACY = [("v1", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "rpca
          [("v2", n) for n in ("svd_int8_residual.store", "shared_fp16.h5", "global_int8_residual.store",
                               "twolevel_fp16_mean.h5", "sealed_global_int8.store", "sealed_svd_fp16.h5")] + \
          [("v3", n) for n in ("svd_int8_residual.store", "twolevel_fp16_mean.h5", "pooled_global_int8.store",
-                              "pooled_svd_fp16.h5")]
+                              "pooled_svd_fp16.h5")] + \
+         [("v4", n) for n in ("global_int8_residual.store", "pooled_global_int8.store", "sealed_svd_fp16.h5")]
 
 
 def _decoded(store):
