@@ -36,7 +36,7 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
+__all__ = ["GLOBAL_FORMAT", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
            "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.

@@ -41,7 +41,7 @@ from benchmarks.shared import CACHE_DIR, RUNS_DIR
 from benchmarks.storage_vs_accuracy.label_sources import HardLabelSource, LogitSource
 from benchmarks.storage_vs_accuracy.pipeline import Pipeline, read_sre2l
 from benchmarks.storage_vs_accuracy.presets import PRESETS, Config
-from benchmarks.storage_vs_accuracy.report import NOT_RUN, default_command, provenance
+from benchmarks.storage_vs_accuracy.report import FAMILY_ORDER, NOT_RUN, default_command, provenance
 from benchmarks.storage_vs_accuracy.students import load_views
 from benchmarks.storage_vs_accuracy.variant_metrics import MetricsCache
 
@@ -307,6 +307,10 @@ def main(argv=None) -> int:
                 f"{' '.join(f'{x:g}' for x in sorted(known))}")
     if cfg.sweep_method not in cfg.select_methods:
         p.error(f"--select-methods must include {cfg.sweep_method!r}, the selection the storage sweep runs on")
+    known_families = set(FAMILY_ORDER) - {"raw", "fp16+zstd"}
+    if a.families and not set(a.families) <= known_families:
+        p.error(f"--families {' '.join(a.families)}: the storage variants' families are "
+                f"{' '.join(sorted(known_families))}")
     out = a.out_dir or (RESULTS_DIR if a.commit_results else None)
     argv = sys.argv[1:] if argv is None else list(argv)
     run(cfg, a.cache_dir, out, a.time_limit, save_artifacts=a.save_artifacts, targets=a.targets, families=a.families,

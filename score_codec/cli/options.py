@@ -61,7 +61,7 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
     p.add_argument("--max-kl", type=_positive_float, default=0.01, help="Largest KL(T=1) between source and decoded "
                    "rows, measured on a sample, that the automatic split of --ratio accepts for the codec.")
     p.add_argument("--quant", default=argparse.SUPPRESS, choices=QUANTS, help="Quantisation of the stored factors "
-                   "(int8: one fp32 scale per component, one per image for global). Default: int8 for global and two-level, fp16 for the "
+                   "(int8: one fp32 scale per component; one per record for global). Default: int8 for global and two-level, fp16 for the "
                    "image-scope codecs.")
     p.add_argument("--residual", type=int, default=0, help="Sparse residual entries kept per row.")
     p.add_argument("--keep-mean", action="store_true", help="Store each row's mean so decoding returns the exact "

@@ -16,8 +16,9 @@ temperatures too.  Set ``fit_temperature`` to the student's temperature when it 
 The global codec stores each basis row scaled to the spread of the store's coefficients along it (the
 standard deviation of that component, relative to the first's), so the coefficients of every component share one range and a
 record's int8 coefficients need one scale, not one per component (:data:`~score_codec.store.record.FLAG_ONE_SCALE`).
-Coefficients are always fitted on the unit rows and divided by the rows' norms, so a basis read back from any
-store (unit rows or scaled ones) codes rows the same way.
+Coefficients are always fitted on the unit rows and divided by the rows' norms, so any stored basis can code
+rows.  A basis whose rows all have norm 1 (one written before format 5, or a flat spectrum) does not carry
+the spread: records on it keep one int8 scale per component (:func:`carries_spread`).
 
 ``two-level`` adds, per class, a basis of what the global basis leaves in that class's rows (orthogonal
 to the global one), and its rate control spends the byte budget greedily on whichever of {more global
@@ -42,7 +43,7 @@ from .quantize import bytes_per_value, roundtrip
 from .residual import select_residual
 
 __all__ = ["BasisEntry", "BasisSet", "StoreScopeCodec", "GlobalCodec", "TwoLevelCodec", "FitSource", "row_cost",
-           "spreads", "unit_rows", "MIN_SPREAD"]
+           "spreads", "unit_rows", "carries_spread", "MIN_SPREAD", "SPREAD_NORM"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class FitSource:
 #: a component whose spread is below this share of the first one's keeps this share as its row norm: its
 #: coefficients are near zero, and dividing by a vanishing norm would let them set the record's one scale
 MIN_SPREAD = 1e-2
+#: a basis carries the spread when some row's norm is below this (unit rows are 1 up to fp16 rounding)
+SPREAD_NORM = 0.99
 
 
 def row_cost(r: int, k: float, quant: str, residual: int = 0, c: int = 1000, one_scale: bool = False) -> float:
@@ -134,8 +137,13 @@ class StoreScopeCodec(Codec):
 
     scope = "store"
     shared_basis = True
-    #: records hold int8 coefficients with one scale each (the stored basis rows carry the components' spread)
+    #: records hold int8 coefficients with one scale each when the basis carries the components' spread
     one_scale = False
+
+    def record_one_scale(self, rows: torch.Tensor) -> bool:
+        """Whether records on the basis ``rows`` (r, C) get one int8 scale (:attr:`one_scale` and
+        :func:`carries_spread`) rather than one per component."""
+        return self.one_scale and carries_spread(rows)
 
     def __init__(self, fit_temperature: float = 1.0, newton_steps: int = 1, penalty: float = 0.3,
                  fit_rows: int = 65_536, newton_max_rank: int = 128, **config: Any):
@@ -228,12 +236,13 @@ class GlobalCodec(StoreScopeCodec):
         k = total / max(src.num_images, 1)
         qmax = basis.shape[0]
         if budget_per_row is not None:
-            def cost(r: int) -> float:
-                return row_cost(r, k, quant, residual, c, self.one_scale) + (2 * c * r + 4 * c) / total
+            def cost(r: int) -> float:   # as the writer will store rank r: one scale when the rows carry the spread
+                one = self.one_scale and bool((spreads(variances[:r]) < SPREAD_NORM).any())
+                return row_cost(r, k, quant, residual, c, one) + (2 * c * r + 4 * c) / total
             r = _max_rank(cost, budget_per_row, qmax)
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
-                                  f"record needs ({row_cost(0, k, quant, residual, c, self.one_scale):.2f} B per row)")
+                                  f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
             if r == 0 and residual == 0 and float(variances.sum()) > 0:
                 # a rank-0 basis decodes every row to the mean row: no labels would be stored
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row leaves the global basis at "
@@ -376,6 +385,12 @@ def spreads(variances: torch.Tensor) -> torch.Tensor:
     if not len(sd) or float(sd[0]) <= 0:
         return torch.ones_like(sd)
     return (sd / sd[0]).clamp_min(MIN_SPREAD)
+
+
+def carries_spread(rows: torch.Tensor) -> bool:
+    """True when some row of a global basis (r, C) has a norm below :data:`SPREAD_NORM`: its rows carry the
+    components' spread (format 5 on), so its coefficients share one range and a record needs one int8 scale."""
+    return bool(rows.shape[0]) and bool((rows.norm(dim=1) < SPREAD_NORM).any())
 
 
 def unit_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,9 @@ Every scheme maps a float32 matrix (m, n) to bytes and back; int8 stores an fp32
 (``max|row| / 127``) followed by the int8 values.  Callers quantise ``A^T`` (r, K) and ``B`` (r, C), so
 "per row" means per rank component for both factors.  With ``one_scale`` an int8 matrix stores a single
 scale (``max|matrix| / 127``): the coefficients of a store-wide basis whose rows carry each component's
-spread (:class:`~score_codec.codecs.global_basis.GlobalCodec`) share one range, and one 4-byte scale per
-record instead of one per component is what lets a 1000x budget keep several label epochs.
+spread (:class:`~score_codec.codecs.global_basis.GlobalCodec`) share one range, so one 4-byte scale per
+record serves them all, where one per component costs 4 r bytes of a record that may hold only a few
+hundred.
 """
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: 
         else:
             a = codec.coefficients(probe, bs, 0)
         # as the writer stores them: int8 scales over each probe image's rows, per component or one per image
-        a_q = roundtrip(a.transpose(-1, -2), quant, codec.one_scale).transpose(-1, -2)
+        a_q = roundtrip(a.transpose(-1, -2), quant, codec.record_one_scale(rows[:rank])).transpose(-1, -2)
         approx = a_q @ rows[:rank] + (0 if mean is None else mean)
     return kl_t1(probe, approx)
 
@@ -303,7 +303,8 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     def per_row(n: int, r: int) -> float:
         # bytes per kept row of n epochs per image at rank r: the record's share (as the writer's rate control
         # counts it) plus the fp16 basis and its float32 mean spread over the kept rows
-        return row_cost(r, float(n), opts.quant, opts.residual, c, codec.one_scale) + (2 * c * r + 4 * c) / (num_images * n)
+        one = codec.record_one_scale(rows[:r])
+        return row_cost(r, float(n), opts.quant, opts.residual, c, one) + (2 * c * r + 4 * c) / (num_images * n)
 
     def cost(n: int, r: int) -> float:
         return per_row(n, r) * num_images * n

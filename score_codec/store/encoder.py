@@ -225,12 +225,13 @@ def encode_store_chunk(mats: Sequence[torch.Tensor], opts: EncodeOptions, bases:
         rows, mu = full[bid]
         rows = rows.to(device)
         a = codec.coefficients(y, bases, bid)
-        a_q = roundtrip(a.transpose(-1, -2), opts.quant, codec.one_scale).transpose(-1, -2)
+        one = codec.record_one_scale(rows)
+        a_q = roundtrip(a.transpose(-1, -2), opts.quant, one).transpose(-1, -2)
         approx = a_q @ rows + (0 if mu is None else mu.to(device))
         res = select_residual(y, approx, opts.residual, opts.residual_score)
         _check_finite(y, approx, res, opts.quant)
         rk = torch.full((len(idx),), rows.shape[0], dtype=torch.int64)
-        _pack(a_q, None, res, idx, rk, means, basis_of, opts, c, records, nnz, codec.one_scale)
+        _pack(a_q, None, res, idx, rk, means, basis_of, opts, c, records, nnz, one)
         for i in idx:
             ranks[i] = int(rows.shape[0])
     return EncodedChunk(records=records, ranks=ranks, nnz=nnz, bases={}, basis_of=basis_of)

@@ -38,7 +38,7 @@ class CodecOptions(CodingFields):
             store-scope codecs.
         target_bytes: total stored label bytes (turned into ``ratio`` once the row count is known; not
             available to :class:`~score_codec.StoreWriter`, which does not know it in advance).
-        quant: number format of the stored factors: ``"int8"`` (one fp32 scale per component; one per image for ``global``), ``"fp16"``,
+        quant: number format of the stored factors: ``"int8"`` (one fp32 scale per component; one per record for ``global``), ``"fp16"``,
             ``"bf16"`` or ``"fp32"``; None (default): int8 for the store-scope codecs (``global``,
             ``two-level``), fp16 for the image-scope ones.  The automatic allocation measures its KL with the
             quantisation included, so at one ratio int8 keeps more label epochs than fp16 at the same KL.

@@ -21,13 +21,13 @@ from ..errors import (CodecError, CorruptRecordError, IncompleteStoreError, Inde
 from .layout import (BASIS_FLAG_MEAN, BASIS_INDEX_DTYPE, BASIS_INDEX_DTYPE_V1, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, READABLE_VERSIONS,
                      RECORDS_DATASET, SHARD_DIR, TOC_VERSIONS, is_single_file, shard_name)
 from ..errors import InputError
-from .layout import POOL_VERSION
+from .layout import ONE_SCALE_VERSION, POOL_VERSION
 from .aug_reader import AugReader
 from .header import TOC_PREFIX_VERSION, TocFile, parse_json, probe_prefix
 from .integrity import SHARD_MEMBERS, check_dataset_size, check_index_file, check_prefix, check_shard_file
 from .meta import AugMeta
 from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, quantized_nbytes
-from .record import CELLS_PER_BYTE, FREE_CELLS, MAX_CELLS, Record, unpack_record
+from .record import CELLS_PER_BYTE, FLAG_ONE_SCALE, FREE_CELLS, MAX_CELLS, Record, unpack_record
 from .dense import DenseFactors, dense_bytes, rows_from_records
 from .stats import store_stats, verify_store
 
@@ -440,7 +440,12 @@ class LabelStore:
 
     def record(self, i: int, raw: bool = False) -> Record:
         """Parsed record of image ``i`` (factors, means, residual); ``raw`` keeps the stored dtypes."""
-        rec = unpack_record(self.record_bytes(i), where=f"{self.path}: record {i}", raw=raw)
+        buf = self.record_bytes(i)
+        version = self.manifest.get("format_version")
+        if len(buf) > 15 and buf[15] & FLAG_ONE_SCALE and isinstance(version, int) and version < ONE_SCALE_VERSION:
+            raise CorruptRecordError(f"{self.path}: record {i} has the one-scale flag, which stores of format version "
+                                     f"{version} cannot hold (it exists from version {ONE_SCALE_VERSION})")
+        rec = unpack_record(buf, where=f"{self.path}: record {i}", raw=raw)
         e = self.index[i]
         if (rec.k != int(e["k"]) or rec.c != self.num_classes or rec.rank != int(e["rank"]) or rec.basis != int(e["basis"])
                 or rec.res_vals.numel() != int(e["nnz"])):

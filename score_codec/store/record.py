@@ -16,7 +16,7 @@ import zstandard
 from ..errors import CodecError, CorruptRecordError, SizeLimitError
 from ..codecs.quantize import QUANT_CODES, QUANT_NAMES, dequantize, dequantize_raw, quantize, quantize_batch, quantized_nbytes
 
-__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "FLAG_ONE_SCALE", "Record", "inflate", "pack_record", "pack_coefficient_records",
+__all__ = ["MAGIC", "HEADER", "FLAG_MEAN", "FLAG_SHARED", "FLAG_ZSTD", "FLAG_SHUFFLE", "FLAG_ONE_SCALE", "FLAGS_KNOWN", "Record", "inflate", "pack_record", "pack_coefficient_records",
            "unpack_record"]
 
 MAGIC = b"SLR1"
@@ -97,7 +97,7 @@ class Record:
     basis: int = -1
     quant: str = "fp16"
     #: raw records (``unpack_record(raw=True)``) keep ``a`` / ``b`` in their stored dtype; int8 ones carry
-    #: one float32 scale per rank component here (value = stored * scale)
+    #: one float32 scale per rank component here (value = stored * scale; a one-scale record's repeated)
     a_scale: Optional[torch.Tensor] = None
     b_scale: Optional[torch.Tensor] = None
 
@@ -190,7 +190,7 @@ def pack_record(
     """
     k, rank = a.shape
     _check_rank(rank)
-    one_scale = _one_scale(one_scale, quant, b is None)
+    one_scale = _one_scale(one_scale, quant, b is None, rank)
     if c is None:
         if b is None:
             raise CodecError("pack_record needs c= when the basis is shared")
@@ -221,12 +221,12 @@ def pack_record(
     return _finish(b"".join(parts), k, c, rank, quant, flags, nnz, basis, zstd_level, shuffle)
 
 
-def _one_scale(one_scale: bool, quant: str, shared: bool) -> bool:
-    """Whether a record gets :data:`FLAG_ONE_SCALE`: asked for, int8 and shared-basis only (other
-    quantisations have no scales; an own basis B keeps one scale per component)."""
+def _one_scale(one_scale: bool, quant: str, shared: bool, rank: int) -> bool:
+    """Whether a record gets :data:`FLAG_ONE_SCALE`: asked for, int8, shared-basis and rank >= 1 only (other
+    quantisations have no scales, an own basis B keeps one scale per component, a rank-0 block has none)."""
     if one_scale and not shared:
         raise CodecError("one_scale applies to shared-basis coefficients only (b must be None)")
-    return bool(one_scale) and quant == "int8"
+    return bool(one_scale) and quant == "int8" and rank > 0
 
 
 def pack_coefficient_records(a: torch.Tensor, quant: str, *, c: int, means: Optional[torch.Tensor] = None,
@@ -237,7 +237,7 @@ def pack_coefficient_records(a: torch.Tensor, quant: str, *, c: int, means: Opti
     mean=means[i], basis=basis, one_scale=one_scale, ...) for i in range(n)]``, with the quantisation done once for the batch."""
     n, k, rank = a.shape
     _check_rank(rank)
-    one_scale = _one_scale(one_scale, quant, True)
+    one_scale = _one_scale(one_scale, quant, True, rank)
     flags = (FLAG_MEAN if means is not None else 0) | FLAG_SHARED | (FLAG_ONE_SCALE if one_scale else 0)
     coef = quantize_batch(a.transpose(1, 2), quant, one_scale)
     mean_bytes = None if means is None else means.detach().cpu().numpy().astype("<f4")
@@ -288,9 +288,10 @@ def unpack_record(buf: bytes, where: str = "record", raw: bool = False) -> Recor
     if rank > max_rank or nnz > k * c or flags & ~FLAGS_KNOWN or k * c > MAX_CELLS:
         raise CorruptRecordError(f"{where}: header out of range (K={k}, C={c}, rank={rank}, nnz={nnz}, flags={flags})")
     one_scale = bool(flags & FLAG_ONE_SCALE)
-    if one_scale and (quant != "int8" or not flags & FLAG_SHARED):
-        raise CorruptRecordError(f"{where}: one-scale flag on a {quant} record{'' if flags & FLAG_SHARED else ' with its own basis'}; "
-                                 f"it applies to int8 shared-basis records only")
+    if one_scale and (quant != "int8" or not flags & FLAG_SHARED or rank == 0):
+        raise CorruptRecordError(f"{where}: one-scale flag on a {quant} record of rank {rank}"
+                                 f"{'' if flags & FLAG_SHARED else ' with its own basis'}; it applies to int8 "
+                                 f"shared-basis records of rank 1 or more only")
     if k * c > max_cells(len(buf)):
         raise SizeLimitError(f"{where}: a {len(buf)}-byte record declares K={k} x C={c} cells; at most "
                              f"{max_cells(len(buf))} may decode from that many bytes")

@@ -145,7 +145,8 @@ def encode_rows(writer: Any, rows: Any, image: np.ndarray, aug: np.ndarray, ks: 
         starts = np.concatenate([[0], np.cumsum(ks)])
         for i0 in progress_bar(range(0, n, images_per_record_chunk), desc="write records", unit="chunk", enabled=progress):
             i1 = min(n, i0 + images_per_record_chunk)
-            records = _pack_images(coef, row_mean, order, starts, ks, i0, i1, r, c, writer.opts, codec.one_scale)
+            records = _pack_images(coef, row_mean, order, starts, ks, i0, i1, r, c, writer.opts,
+                                   codec.record_one_scale(full))
             k = (i1 - i0)
             chunk = EncodedChunk(records=records, ranks=[r] * k, nnz=[0] * k, bases={}, basis_of=[0] * k)
             writer.append_encoded(chunk, [int(x) for x in ks[i0:i1]], None if labels is None else list(labels[i0:i1]))

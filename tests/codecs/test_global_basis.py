@@ -226,7 +226,7 @@ def test_rate_control_on_a_sample_uses_the_store_size():
     assert rank(sample) == rank(whole) and rank(small) < rank(whole)
 
 
-def test_global_basis_rows_carry_the_spread_and_code_like_unit_rows(tmp_path):
+def test_global_basis_rows_carry_the_spread_and_code_like_unit_rows():
     """The stored global basis's rows are orthogonal with norms = the components' standard deviations relative
     to the first's; coefficients on it are those on the unit rows divided by the norms, so both decode alike."""
     from score_codec.codecs import get_codec
@@ -250,9 +250,9 @@ def test_global_basis_rows_carry_the_spread_and_code_like_unit_rows(tmp_path):
     assert torch.equal(spreads(torch.zeros(3)), torch.ones(3, dtype=torch.float64))
 
 
-def test_one_scale_records_are_smaller_and_keep_more_epochs_at_one_ratio(tmp_path, monkeypatch):
+def test_one_scale_records_keep_more_epochs_at_one_ratio(tmp_path, monkeypatch):
     """At one ratio the global codec's one scale per record (format 5) keeps more epochs than one scale per
-    component would, at no higher probe KL; its records are 4 (r - 1) bytes smaller at one rank."""
+    component would, with the probe KL still at or below max_kl."""
     from score_codec.codecs.global_basis import GlobalCodec
     from score_codec.store.record import HEADER
 
@@ -267,3 +267,35 @@ def test_one_scale_records_are_smaller_and_keep_more_epochs_at_one_ratio(tmp_pat
     assert st1["ratio"] >= 100 * 0.97 and st0["ratio"] >= 100 * 0.97
     a, b = sc.LabelStore(str(tmp_path / "one")), sc.LabelStore(str(tmp_path / "per"))
     assert HEADER.unpack_from(a.record_bytes(0))[5] & 16 and not HEADER.unpack_from(b.record_bytes(0))[5] & 16
+
+
+def test_a_basis_without_the_spread_keeps_one_scale_per_component(tmp_path):
+    """A basis given with unit rows (as stores before format 5 hold them) gets one int8 scale per component:
+    one scale would round its small components coarsely.  The same basis scaled to its spread gets one scale,
+    and both decode within int8 rounding of the source."""
+    from score_codec.codecs.global_basis import BasisEntry, BasisSet, FitSource, unit_rows
+    from score_codec.codecs import get_codec
+    from score_codec.store.record import FLAG_ONE_SCALE, HEADER
+
+    y = teacher_like_logits(30, 6, 40, seed=4)
+    scaled = get_codec("global", newton_steps=0).fit(FitSource(list(y)), "int8", rank=10)
+    rows, mean = scaled.full(0)
+    unit = BasisSet([BasisEntry(unit_rows(rows)[0], -1, mean)])
+    kls = {}
+    for name, bases in (("scaled", scaled), ("unit", unit)):
+        st = sc.encode(y, str(tmp_path / name), bases=bases, quant="int8", progress=False)
+        store = sc.LabelStore(str(tmp_path / name))
+        flags = {HEADER.unpack_from(store.record_bytes(i))[5] & FLAG_ONE_SCALE for i in range(len(store))}
+        assert flags == ({FLAG_ONE_SCALE} if name == "scaled" else {0})
+        got = torch.stack([store.matrix(i) for i in range(len(store))])
+        kls[name] = kl_rows(centred(y), got)
+    assert kls["scaled"] < 2 * kls["unit"] + 1e-4 and kls["unit"] < 2 * kls["scaled"] + 1e-4
+
+
+def test_rank_0_global_records_carry_no_scale():
+    """A rank-0 int8 record has no coefficients, so no scale and no one-scale flag (FORMAT.md 5.2)."""
+    from score_codec.store.record import FLAG_ONE_SCALE, HEADER, pack_coefficient_records, pack_record
+
+    for buf in (pack_record(torch.zeros(4, 0), None, "int8", basis=0, c=7, one_scale=True),
+                pack_coefficient_records(torch.zeros(2, 4, 0), "int8", c=7, one_scale=True)[0]):
+        assert not HEADER.unpack_from(buf)[5] & FLAG_ONE_SCALE and len(buf) == HEADER.size

@@ -96,7 +96,7 @@ def test_int8_scales_no_writer_produces_are_refused(scale, raw):
 def test_one_scale_records_hold_one_scale_and_decode_to_their_rounding(shuffle, zstd_level):
     """ONE_SCALE: 4 bytes of scale per record instead of 4 r; the decoded coefficients are the int8 rounding
     with one step for the whole (r, K) block, within half that step of the coefficients."""
-    a = torch.randn(12, 5) * torch.tensor([3.0, 1.0, 0.5, 0.2, 0.1])
+    a = torch.randn(12, 5, generator=torch.Generator().manual_seed(3)) * torch.tensor([3.0, 1.0, 0.5, 0.2, 0.1])
     one = pack_record(a, None, "int8", basis=0, zstd_level=0, c=9, one_scale=True)
     per = pack_record(a, None, "int8", basis=0, zstd_level=0, c=9)
     assert len(per) - len(one) == 4 * (5 - 1) and HEADER.unpack_from(one)[5] & FLAG_ONE_SCALE
@@ -156,3 +156,17 @@ def test_batched_coefficient_records_are_the_per_image_records(quant, with_mean,
     assert got == want
     rec = unpack_record(got[3])
     assert rec.k == 6 and rec.rank == 3 and rec.basis == 0
+
+
+def test_one_scale_records_are_refused_in_stores_before_version_5(tmp_path):
+    """The flag exists from format version 5: a store that says it is older and holds such a record is damaged."""
+    import score_codec as sc
+    from score_codec.errors import CorruptRecordError as Corrupt
+    from tests.common import teacher_like_logits
+
+    sc.encode(teacher_like_logits(4, 3, 12, seed=2), str(tmp_path / "s"), rank=3, progress=False)
+    store = sc.LabelStore(str(tmp_path / "s"))
+    assert HEADER.unpack_from(store.record_bytes(0))[5] & FLAG_ONE_SCALE and store.record(0).rank == 3
+    store.manifest["format_version"] = 4
+    with pytest.raises(Corrupt, match="one-scale flag.*format version 4"):
+        store.record(0)
