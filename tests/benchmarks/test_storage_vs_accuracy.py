@@ -360,7 +360,9 @@ def test_families_build_and_train_only_their_variants(smoke, tmp_path):
     got = [r for r in _storage(run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), targets=(10,),
                                    families=("library",))) if r["target"] == 10]
     lib = [r for r in got if r["family"] == "library"]
-    assert lib and all(len(r["top1"]) == 1 and r["vid"].startswith(f"library.f{GLOBAL_FORMAT}@") for r in lib)
+    assert lib and all(r["vid"].startswith(f"library.f{GLOBAL_FORMAT}@") for r in lib)
+    # a budget the library refuses is "n/a" with no student; every other library row trained one
+    assert all(len(r.get("top1") or []) == (1 if r.get("label_bytes") else 0) for r in lib), lib
     others = [r for r in got if r["family"] != "library"]
     assert others and all(not r.get("top1") and r.get("label_bytes") is None for r in others)
     assert all(r["vid"].endswith(f".f{GLOBAL_FORMAT}@10") for r in others if r["vid"].startswith("global"))
