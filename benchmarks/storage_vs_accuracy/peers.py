@@ -36,7 +36,7 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GLOBAL_FORMAT", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
+__all__ = ["GLOBAL_FORMAT", "library_vid", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
            "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
@@ -201,6 +201,12 @@ def _fmt(method: str) -> str:
     return f".f{GLOBAL_FORMAT}" if method == "global" else ""
 
 
+def library_vid(x: float, max_kl: Optional[float] = None) -> str:
+    """The variant id of the library default at ratio ``x`` (``max_kl``: the calibration variant)."""
+    kl = "" if max_kl is None else f"-kl{max_kl:g}"
+    return f"library{kl}{_fmt('global')}@{x:g}"
+
+
 def library_store_name(x: float) -> str:
     """The file name of the library default's store at ratio ``x`` (the storage table and the selection rows
     of the sweep's selection share it, and so their students)."""
@@ -273,7 +279,7 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
     from score_codec import encode
     from score_codec.errors import ScoreError
 
-    vid = f"library{_fmt('global')}@{x:g}" if max_kl is None else f"library-kl{max_kl:g}{_fmt('global')}@{x:g}"
+    vid = library_vid(x, max_kl)
     name = "ours: library default" if max_kl is None else f"ours: library, max_kl={max_kl:g}"
     tuned = {} if max_kl is None else {"max_kl": float(max_kl)}
     info = path + ".encode.json"
@@ -353,12 +359,12 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     for x in cfg.ratios:
         if getattr(cfg, "library_default", True):
             path = os.path.join(store_dir, library_store_name(x))
-            out.append(LazyVariant(f"library{_fmt('global')}@{x:g}", "library", x, lambda x=x, path=path: library_default(
+            out.append(LazyVariant(library_vid(x), "library", x, lambda x=x, path=path: library_default(
                 x, Y, cls, path), name="ours: library default"))
         kl_at = getattr(cfg, "library_max_kl_at", None)
         for v in (getattr(cfg, "library_max_kl", ()) or ()) if kl_at is None or x in kl_at else ():
             path = os.path.join(store_dir, f"library_kl{v:g}{_fmt('global')}_x{x:g}")
-            out.append(LazyVariant(f"library-kl{v:g}{_fmt('global')}@{x:g}", "library", x, lambda x=x, path=path, v=v: library_default(
+            out.append(LazyVariant(library_vid(x, v), "library", x, lambda x=x, path=path, v=v: library_default(
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
         if getattr(cfg, "pool_inner", None) and cfg.pool_inner < x <= fixed_max:
             path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}{_fmt(pool_codec)}_pool{cfg.pool_inner:g}_x{x:g}")
