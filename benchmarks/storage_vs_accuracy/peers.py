@@ -36,7 +36,7 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GLOBAL_FORMAT", "library_vid", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
+__all__ = ["GLOBAL_TAG", "library_vid", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
            "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
@@ -190,15 +190,16 @@ def _lpqld(x: float, p: int, Y: torch.Tensor, table: BatchTable, T: float) -> Pe
     return PeerVariant(vid, "LPQLD", x, pool, extra=dict(keep_share=round(1.0 / p, 6), k=k))
 
 
-#: the store format whose global-codec stores changed last (format 5: basis rows scaled to the store's spread,
-#: one int8 scale per record): variants of the global codec carry it in their ids and store paths, so that
-#: students of older stores are never reported as the current library's
-GLOBAL_FORMAT = 5
+#: how the library writes global-codec stores, as a tag: the store format (5: basis rows scaled to the store's
+#: spread, one int8 scale per record) and "z" for the allocation that measures record sizes after zstd.  Variants
+#: of the global codec carry it in their ids and store paths, so that students of stores written another way
+#: are never reported as the current library's
+GLOBAL_TAG = "f5z"
 
 
 def _fmt(method: str) -> str:
-    """The format suffix of a variant id and store path: ``.f5`` for the global codec, else nothing."""
-    return f".f{GLOBAL_FORMAT}" if method == "global" else ""
+    """The suffix of a variant id and store path: ``.`` + :data:`GLOBAL_TAG` for the global codec, else nothing."""
+    return f".{GLOBAL_TAG}" if method == "global" else ""
 
 
 def library_vid(x: float, max_kl: Optional[float] = None) -> str:

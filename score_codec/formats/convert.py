@@ -20,7 +20,7 @@ from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
 from ..codecs.global_basis import FitSource
 from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoch_values, finish, probe_from_matrices,
-                              probe_from_rows, prune_meta, store_kl)
+                              probe_from_rows, prune_meta, record_sample, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
 from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
@@ -245,7 +245,8 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
             fit = lambda: FitSource(_Matrices(c), labels, c.ks)
         alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
                          source_epochs=None if values is None else len(values), fit_source=fit,
-                         probe=lambda: probe_from_matrices(_Matrices(c)), head=head, device=opts.device)
+                         probe=lambda: probe_from_matrices(_Matrices(c)), head=head, device=opts.device,
+                         records=lambda kept: record_sample(_Matrices(c), kept))
         kept = alloc.kept if alloc.pooled else None
         meta, image, aug, ks = c.aug, c.aug.rows["image"].astype(np.int64), c.aug.rows["aug"].astype(np.int64), c.ks
         row_logits: Any = c.row_logits

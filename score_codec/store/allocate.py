@@ -34,15 +34,18 @@ from ..codecs.quantize import roundtrip
 from ..errors import BudgetError, InputError
 from .meta import AugMeta
 from .options import CodecOptions
+from .record import pack_coefficient_records
 
-__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_from_matrices",
-           "probe_from_rows", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
-           "PROBE_VIEWS", "POOL_BUDGET_ADVICE"]
+__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients", "record_bytes", "wrap_rows", "probe_from_matrices",
+           "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
+           "PROBE_VIEWS", "RECORD_IMAGES", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
 
 #: rows of the probe sample on which KL(T=1) is measured
 PROBE_ROWS = 1024
+#: images whose kept rows are packed as records to measure the record size zstd leaves
+RECORD_IMAGES = 64
 #: views per probe image (int8 scales are shared by an image's rows, so the probe keeps images' rows together)
 PROBE_VIEWS = 8
 #: the advice of the BudgetError raised when one kept epoch at the smallest useful rank exceeds the budget
@@ -177,6 +180,15 @@ def probe_from_matrices(matrices: Sequence[Any], kept: Optional[np.ndarray] = No
     return y - y.mean(-1, keepdim=True)
 
 
+def record_sample(matrices: Sequence[Any], kept: np.ndarray, images: int = RECORD_IMAGES) -> torch.Tensor:
+    """Centred rows (g, n, C) float32 of ``images`` images spread over ``matrices`` at the view positions
+    ``kept`` (n,): the records the writer would pack for them, on which record sizes are measured."""
+    ids = np.unique(np.linspace(0, len(matrices) - 1, max(1, min(images, len(matrices)))).round().astype(np.int64))
+    pos = np.asarray(kept, dtype=np.int64)
+    y = torch.stack([torch.as_tensor(np.asarray(matrices[int(i)][pos], dtype=np.float32)) for i in ids])
+    return y - y.mean(-1, keepdim=True)
+
+
 def probe_from_rows(blocks: Sequence[np.ndarray], group: int) -> torch.Tensor:
     """A probe (g, group, C) float32 of centred rows from blocks of rows spread over a dump (at most
     ``PROBE_ROWS`` rows, evenly taken)."""
@@ -200,23 +212,53 @@ def kl_t1(y: torch.Tensor, yhat: torch.Tensor) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
-def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: str, project: bool = False) -> float:
-    """KL(T=1) of the ``probe`` rows (g, v, C, centred) coded on the first ``rank`` rows of ``full``'s basis
-    (``project``: by the least-squares projection alone, which the codec's KL fit only improves on)."""
+def probe_coefficients(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int,
+                       project: bool = False) -> torch.Tensor:
+    """Unrounded coefficients (g, v, rank) of the ``probe`` rows (g, v, C, centred) on the first ``rank`` rows
+    of ``full``'s basis (``project``: the least-squares projection alone, which the codec's KL fit only
+    improves on)."""
     rows, mean = full.full(0)
-    bs = BasisSet([BasisEntry(rows[:rank], -1, mean)])
+    if rank == 0:
+        return probe.new_zeros(probe.shape[:-1] + (0,))
+    if project:
+        unit, norms = unit_rows(rows[:rank])
+        return (probe - (0 if mean is None else mean)) @ unit.T / norms
+    return codec.coefficients(probe, BasisSet([BasisEntry(rows[:rank], -1, mean)]), 0)
+
+
+def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: str, project: bool = False,
+             coefficients: Optional[torch.Tensor] = None) -> float:
+    """KL(T=1) of the ``probe`` rows (g, v, C, centred) coded on the first ``rank`` rows of ``full``'s basis
+    (``coefficients``: :func:`probe_coefficients` of the same arguments, when already computed)."""
+    rows, mean = full.full(0)
+    a = probe_coefficients(codec, full, probe, rank, project) if coefficients is None else coefficients
     if rank == 0:
         approx = torch.zeros_like(probe) + (0 if mean is None else mean)
     else:
-        if project:
-            unit, norms = unit_rows(rows[:rank])
-            a = (probe - (0 if mean is None else mean)) @ unit.T / norms
-        else:
-            a = codec.coefficients(probe, bs, 0)
         # as the writer stores them: int8 scales over each probe image's rows, per component or one per image
         a_q = roundtrip(a.transpose(-1, -2), quant, codec.record_one_scale(rows[:rank])).transpose(-1, -2)
         approx = a_q @ rows[:rank] + (0 if mean is None else mean)
     return kl_t1(probe, approx)
+
+
+def record_bytes(coefficients: torch.Tensor, quant: str, c: int, zstd_level: int, shuffle: bool,
+                 one_scale: bool) -> float:
+    """Mean bytes (header included) of the records the writer packs (quantised, shuffled and zstd-compressed
+    as the options say) for ``coefficients`` (g, n, r): one record of n rows per item.  zstd gains most on
+    the coefficients of low-spread components (few int8 levels), which a byte count before compression
+    cannot see."""
+    recs = pack_coefficient_records(coefficients.float().cpu(), quant, c=c, zstd_level=zstd_level, shuffle=shuffle,
+                                    one_scale=one_scale)
+    return sum(len(r) for r in recs) / len(recs)
+
+
+def wrap_rows(coefficients: torch.Tensor, rows: int) -> torch.Tensor:
+    """The rows of ``coefficients`` (g, v, r), taken in order and wrapped around, cut into (m, rows, r)
+    stand-in records until every row is in one (when no image's own kept rows are at hand)."""
+    a = coefficients.reshape(-1, coefficients.shape[-1])
+    total = a.shape[0]
+    m = max(1, math.ceil(total / rows))
+    return a[torch.arange(m * rows) % total].reshape(m, rows, a.shape[-1])
 
 
 def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,
@@ -240,7 +282,8 @@ def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,
 
 def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_epochs: Optional[int],
              fit_source: Callable[[], FitSource], probe: Callable[[], torch.Tensor],
-             head: Optional[Any] = None, bases: Optional[BasisSet] = None, device: str = "cpu") -> Allocation:
+             head: Optional[Any] = None, bases: Optional[BasisSet] = None, device: str = "cpu",
+             records: Optional[Callable[[np.ndarray], torch.Tensor]] = None) -> Allocation:
     """Decide the kept epochs and the inner coding of a store (see the module docstring).
 
     Args:
@@ -251,6 +294,9 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
             nothing can be pooled).
         fit_source: the sample the writer would fit the global basis on (called only when fitting).
         probe: centred probe rows (g, v, C) from the source (called only when measuring).
+        records: centred rows (g, n, C) of a sample of images at given kept positions (n,)
+            (:func:`record_sample`), on which the size of a record after zstd is measured; None: the probe's
+            rows stand in for records (:func:`wrap_rows`).
         head, bases: as :func:`score_codec.encode` (``bases``: nothing is fitted or pooled automatically).
 
     Returns:
@@ -287,12 +333,20 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     qmax = int(rows.shape[0])
     budget = 2.0 * c * num_images * k / x
     probe_rows = probe().to(device)
+    coef: Dict[int, torch.Tensor] = {}
     cache: Dict[int, float] = {}
     projected: Dict[int, float] = {}
+    sizes: Dict[tuple, float] = {}
+    samples: Dict[int, torch.Tensor] = {}
+
+    def coefficients(r: int) -> torch.Tensor:
+        if r not in coef:
+            coef[r] = probe_coefficients(codec, full, probe_rows, r)
+        return coef[r]
 
     def kl(r: int) -> float:
         if r not in cache:
-            cache[r] = probe_kl(codec, full, probe_rows, r, opts.quant)
+            cache[r] = probe_kl(codec, full, probe_rows, r, opts.quant, coefficients=coefficients(r))
         return cache[r]
 
     def kl_projected(r: int) -> float:
@@ -300,14 +354,33 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
             projected[r] = probe_kl(codec, full, probe_rows, r, opts.quant, project=True)
         return projected[r]
 
-    def per_row(n: int, r: int) -> float:
-        # bytes per kept row of n epochs per image at rank r: the record's share (as the writer's rate control
-        # counts it) plus the fp16 basis and its float32 mean spread over the kept rows
+    def per_row(n: int, r: int, measured: bool = True) -> float:
+        # bytes per kept row of n epochs per image at rank r: the record's share plus the fp16 basis and its
+        # float32 mean spread over the kept rows.  The record is measured as the writer packs it, zstd
+        # included, on a sample of images (``measured=False``: counted before zstd, an upper bound); residual
+        # entries and row means are counted as stored raw.
         one = codec.record_one_scale(rows[:r])
-        return row_cost(r, float(n), opts.quant, opts.residual, c, one) + (2 * c * r + 4 * c) / (num_images * n)
+        raw = row_cost(r, float(n), opts.quant, opts.residual, c, one)
+        if measured and opts.zstd_level > 0 and r > 0:
+            if (n, r) not in sizes:
+                if records is None:
+                    a = wrap_rows(coefficients(r), n)
+                else:
+                    if n not in samples:
+                        samples.clear()   # one sample at a time: a sample of many kept epochs is large
+                        samples[n] = records(even_epochs(n, k)).to(device)
+                    # the projection alone: the codec's KL fit moves the coefficients too little to change
+                    # their size after zstd, and costs a fit per (n, r) step of the searches
+                    a = probe_coefficients(codec, full, samples[n], r, project=True)
+                sizes[(n, r)] = record_bytes(a, opts.quant, c, opts.zstd_level, opts.shuffle, one) / n
+            record = sizes[(n, r)] + raw - row_cost(r, float(n), opts.quant, 0, c, one)
+        else:
+            record = raw
+        return record + (4.0 if opts.keep_mean else 0.0) + (2 * c * r + 4 * c) / (num_images * n)
 
-    def cost(n: int, r: int) -> float:
-        return per_row(n, r) * num_images * n
+    def cost(n: int, r: int, measured: bool = True) -> float:
+        return per_row(n, r, measured) * num_images * n
+
 
     auto = opts.pool and opts.keep_epochs is None
     if auto:
@@ -317,8 +390,10 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
             log.warning("no global-basis rank reaches KL(T=1) <= %g on the probe (rank %d gives %.3g)",
                         opts.max_kl, qmax, kl(qmax))
         if cost(k, out.min_rank) > budget:
-            fits = [n for n in range(1, k + 1) if cost(n, out.min_rank) <= budget]
-            if not fits:
+            # the count before zstd fits (zstd never grows a record), so the search starts there
+            start = _largest(lambda m: cost(m, out.min_rank, False) <= budget, 1, k)
+            fits = _largest(lambda m: cost(m, out.min_rank) <= budget, start or 1, k)
+            if fits is None:
                 need = cost(1, out.min_rank)
                 which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
                          "the full basis, whose KL(T=1) still exceeds")
@@ -328,12 +403,13 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
                     f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, {which} "
                     f"max_kl={opts.max_kl:g} (measured {kl(out.min_rank):.3g}), i.e. a ratio of at most "
                     f"{most:.1f}x", advice=POOL_BUDGET_ADVICE, max_ratio=most)
-            kept = even_epochs(max(fits), k)
+            kept = even_epochs(fits, k)
     out.kept = kept
     n = len(kept)
     # the rank the writer's rate control would choose for the kept rows under the whole budget
     inner = x if n == k else x * n / k
-    fit_r = _bisect_ranks(lambda r: per_row(n, r) <= 2.0 * c / inner, qmax)
+    start = _largest(lambda r: per_row(n, r, False) <= 2.0 * c / inner, 0, qmax)
+    fit_r = _bisect_ranks(lambda r: per_row(n, r) <= 2.0 * c / inner, qmax, start or 0)
     if not fit_r:
         raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 global "
                           f"record needs ({per_row(n, 0):.2f} B per row with {n} kept epochs)")
@@ -354,18 +430,23 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     return out
 
 
-def _bisect_ranks(ok: Callable[[int], bool], qmax: int) -> List[int]:
-    """[the largest r in [0, qmax] with ok(r)] (ok decreasing in r), or [] when ok(0) is false."""
-    if not ok(0):
-        return []
-    lo, hi = 0, qmax
+def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> Optional[int]:
+    """The largest m in [lo, hi] with ok(m) (ok decreasing in m), or None when ok(lo) is false."""
+    if not ok(lo):
+        return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):
             lo = mid
         else:
             hi = mid - 1
-    return [lo]
+    return lo
+
+
+def _bisect_ranks(ok: Callable[[int], bool], qmax: int, lo: int = 0) -> List[int]:
+    """[the largest r in [lo, qmax] with ok(r)] (ok decreasing in r), or [] when ok(lo) is false."""
+    r = _largest(ok, lo, qmax)
+    return [] if r is None else [r]
 
 
 def store_kl(store: Any, matrices: Sequence[Any], kept: Optional[np.ndarray]) -> float:
@@ -411,7 +492,7 @@ def plan_and_prune(opts: CodecOptions, matrices: Sequence[Any], meta: Optional[A
     alloc = allocate(opts, num_classes=num_classes, num_images=len(matrices),
                      source_epochs=None if values is None else len(values),
                      fit_source=lambda: FitSource(matrices, labels), probe=lambda: probe_from_matrices(matrices),
-                     head=head, bases=bases, device=opts.device)
+                     head=head, bases=bases, device=opts.device, records=lambda kept: record_sample(matrices, kept))
     inner = alloc.writer_options(opts)
     if alloc.pooled and meta is not None:
         meta = prune_meta(meta, alloc.kept, values)

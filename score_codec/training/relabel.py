@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..store.options import CodecOptions
 from ..store.meta import BATCH_DTYPE, IMAGE_DTYPE, MIX_CUTMIX, MIX_MIXUP, ROW_DTYPE, AugMeta
 from ..codecs.global_basis import FitSource
-from ..store.allocate import KeptViews, allocate, finish, probe_from_matrices, prune_meta, store_kl
+from ..store.allocate import KeptViews, allocate, finish, probe_from_matrices, prune_meta, record_sample, store_kl
 from .normalize import check_channels, normalization_attrs, normalize_views, resolve_normalization
 from .teachers import load_teacher
 from ..store.distributed import encode_distributed, rank_and_world
@@ -246,7 +246,8 @@ def relabel(images: Union[str, Any], model: Union[str, torch.nn.Module], dst: st
         values = np.arange(epochs, dtype=np.int64)   # relabel's views are its epochs
         alloc = allocate(opts, num_classes=c, num_images=n, source_epochs=epochs,
                          fit_source=lambda: FitSource(src, images["label"].tolist(), [epochs] * n),
-                         probe=lambda: probe_from_matrices(src), head=head, device=device)
+                         probe=lambda: probe_from_matrices(src), head=head, device=device,
+                         records=lambda kept: record_sample(src, kept))
         kept = alloc.kept if alloc.pooled else None
         if kept is not None:
             meta = prune_meta(meta, kept, values)

@@ -349,9 +349,9 @@ def test_targets_build_and_train_only_their_variants(smoke, tmp_path):
 
 def test_families_build_and_train_only_their_variants(smoke, tmp_path):
     """A run with ``families`` encodes and trains only those families' variants (at its targets); the
-    others are left unbuilt, and global-codec variants carry the store format in their ids."""
+    others are left unbuilt, and global-codec variants carry the library's tag in their ids."""
     from benchmarks.storage_vs_accuracy import run
-    from benchmarks.storage_vs_accuracy.peers import GLOBAL_FORMAT
+    from benchmarks.storage_vs_accuracy.peers import GLOBAL_TAG
 
     cfg, _, base = smoke
     cache = tmp_path / "cache"
@@ -360,12 +360,12 @@ def test_families_build_and_train_only_their_variants(smoke, tmp_path):
     got = [r for r in _storage(run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), targets=(10,),
                                    families=("library",))) if r["target"] == 10]
     lib = [r for r in got if r["family"] == "library"]
-    assert lib and all(r["vid"].startswith(f"library.f{GLOBAL_FORMAT}@") for r in lib)
+    assert lib and all(r["vid"].startswith(f"library.{GLOBAL_TAG}@") for r in lib)
     # a budget the library refuses is "n/a" with no student; every other library row trained one
     assert all(len(r.get("top1") or []) == (1 if r.get("label_bytes") else 0) for r in lib), lib
     others = [r for r in got if r["family"] != "library"]
     assert others and all(not r.get("top1") and r.get("label_bytes") is None for r in others)
-    assert all(r["vid"].endswith(f".f{GLOBAL_FORMAT}@10") for r in others if r["vid"].startswith("global"))
+    assert all(r["vid"].endswith(f".{GLOBAL_TAG}@10") for r in others if r["vid"].startswith("global"))
 
 
 def test_a_row_with_cached_students_but_no_metrics_is_reported(smoke, tmp_path):
