@@ -27,6 +27,20 @@ def kl_rows(y: torch.Tensor, yhat: torch.Tensor, t: float = 1.0) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
+#: how far below its target a store's ratio may land: the rate control measures record sizes after zstd on
+#: a sample of images, so the whole store meets the budget to within the sample's error
+RATIO_TOLERANCE = 0.01
+
+
+def assert_ratio_met(stats: dict, target: float, spent: float = 0.0) -> None:
+    """``stats["ratio"]`` meets ``target`` to within :data:`RATIO_TOLERANCE` and, with ``spent`` > 0, spends
+    the budget: the ratio is below ``target * (1 + spent)``."""
+    got = stats["ratio"]
+    assert got >= target * (1 - RATIO_TOLERANCE), f"ratio {got:.4g}, target {target:g}"
+    if spent:
+        assert got < target * (1 + spent), f"ratio {got:.4g} leaves much of the {target:g}x budget unspent"
+
+
 def head_like_logits(n: int, k: int, c: int, d: int = 24, seed: int = 0) -> torch.Tensor:
     """(n, k, c) logits of a teacher's final linear layer, ``W h + b``: d-dimensional features ``h`` around a
     per-class prototype (one class per image), varying across the k views, so every row of the store lies near

@@ -75,8 +75,8 @@ def test_quickstart_python(tmp_path):
 def test_quickstart_command_line(tmp_path):
     r = run_block(block_with(README, "logits.npy", "bash"), str(tmp_path))
     ratio = float(re.search(r"([\d.]+)x smaller than fp16 logits", r.stdout).group(1))
-    # at least the budget; zstd shrinks the int8 coefficients of the trailing components below what it counts
-    assert 9.5 <= ratio <= 11.5, r.stdout
+    # the budget, with record sizes counted after zstd, is met and spent (one more basis rank would not fit)
+    assert 9.9 <= ratio <= 10.5, r.stdout
     summary = re.search(r"^\s*all\s+10000\s+(\S+)\s+(\S+)\s+([\d.]+)%", r.stdout, flags=re.M)
     assert summary and float(summary.group(1)) < 1e-2 and float(summary.group(3)) > 95, r.stdout
     src = np.load(tmp_path / "logits.npy").astype(np.float32)

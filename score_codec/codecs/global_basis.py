@@ -217,8 +217,13 @@ class GlobalCodec(StoreScopeCodec):
 
     def fit(self, src: FitSource, quant: str, *, rank: Optional[int] = None, energy: Optional[float] = None,
             budget_per_row: Optional[float] = None, residual: int = 0, device: str = "cpu",
-            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> BasisSet:
-        """Fit the basis on ``src`` and choose its rank from ``rank``, ``energy`` or ``budget_per_row`` bytes."""
+            head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+            record_bytes: Optional[Callable[[torch.Tensor, Optional[torch.Tensor], bool], float]] = None) -> BasisSet:
+        """Fit the basis on ``src`` and choose its rank from ``rank``, ``energy`` or ``budget_per_row`` bytes.
+
+        ``record_bytes(rows, mean, one_scale)``: bytes per row of the records on the basis ``rows`` (r, C)
+        with mean row ``mean`` as they are stored (after compression), measured by the caller; without it
+        the budget counts the record bytes before compression."""
         c = int(src.centred(0).shape[1])
         if head is not None:
             mean, basis = head_basis(*head)
@@ -236,10 +241,17 @@ class GlobalCodec(StoreScopeCodec):
         k = total / max(src.num_images, 1)
         qmax = basis.shape[0]
         if budget_per_row is not None:
-            def cost(r: int) -> float:   # as the writer will store rank r: one scale when the rows carry the spread
+            def cost(r: int, measured: bool = True) -> float:
+                # as the writer will store rank r: one scale when the rows carry the spread
                 one = self.one_scale and bool((spreads(variances[:r]) < SPREAD_NORM).any())
-                return row_cost(r, k, quant, residual, c, one) + (2 * c * r + 4 * c) / total
-            r = _max_rank(cost, budget_per_row, qmax)
+                record = row_cost(r, k, quant, residual, c, one)
+                if measured and record_bytes is not None and r > 0:
+                    rows = basis[:r] * spreads(variances[:r]).to(basis.dtype)[:, None]
+                    record += record_bytes(rows, mean, one) - row_cost(r, k, quant, 0, c, one)
+                return record + (2 * c * r + 4 * c) / total
+            # compression never grows a record, so the rank the bytes before it allow is a lower bound
+            start = _max_rank(lambda r: cost(r, False), budget_per_row, qmax)
+            r = _max_rank(cost, budget_per_row, qmax, 0 if start is None else start)
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
                                   f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")
@@ -400,11 +412,11 @@ def unit_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return rows / norms[:, None], norms
 
 
-def _max_rank(cost: Callable[[int], float], budget: float, qmax: int) -> Optional[int]:
-    """Largest r in [0, qmax] with cost(r) <= budget (cost increasing), or None if even r = 0 does not fit."""
-    if cost(0) > budget:
+def _max_rank(cost: Callable[[int], float], budget: float, qmax: int, lo: int = 0) -> Optional[int]:
+    """Largest r in [lo, qmax] with cost(r) <= budget (cost increasing), or None if even r = lo does not fit."""
+    if cost(lo) > budget:
         return None
-    lo, hi = 0, qmax
+    hi = qmax
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if cost(mid) <= budget:

@@ -36,7 +36,7 @@ from .meta import AugMeta
 from .options import CodecOptions
 from .record import pack_coefficient_records
 
-__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients", "record_bytes", "wrap_rows", "probe_from_matrices",
+__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients", "record_bytes", "wrap_rows", "SampleRecordBytes", "probe_from_matrices",
            "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
            "PROBE_VIEWS", "RECORD_IMAGES", "POOL_BUDGET_ADVICE"]
 
@@ -259,6 +259,44 @@ def wrap_rows(coefficients: torch.Tensor, rows: int) -> torch.Tensor:
     total = a.shape[0]
     m = max(1, math.ceil(total / rows))
     return a[torch.arange(m * rows) % total].reshape(m, rows, a.shape[-1])
+
+
+class SampleRecordBytes:
+    """Bytes per row of the records the writer packs on a given basis, after zstd, measured on a sample of
+    a :class:`~score_codec.codecs.global_basis.FitSource` (the ``record_bytes`` hook of
+    :meth:`GlobalCodec.fit <score_codec.codecs.global_basis.GlobalCodec.fit>`, which the store writer's own
+    rate control uses when no allocation chose the rank).
+
+    The sample is ``images`` items spread over the source when its items are images; when they are blocks
+    of rows (``num_images`` differs from their count), its rows cut into records of the store's mean row
+    count.  Coefficients are the projection onto the basis (the codec's KL fit moves them too little to
+    change their size); header, scales and coefficients are counted, residual entries and row means not."""
+
+    def __init__(self, src: FitSource, quant: str, zstd_level: int, shuffle: bool, images: int = RECORD_IMAGES):
+        self.src, self.quant, self.zstd_level, self.shuffle, self.images = src, quant, zstd_level, shuffle, images
+        self._sample: Optional[List[torch.Tensor]] = None
+
+    def sample(self) -> List[torch.Tensor]:
+        """The centred (n_i, C) float32 matrices whose records are measured (read once)."""
+        if self._sample is None:
+            n = len(self.src)
+            ids = np.unique(np.linspace(0, n - 1, max(1, min(self.images, n))).round().astype(np.int64))
+            mats = [self.src.centred(int(i)) for i in ids]
+            if self.src.num_images != n:
+                rows = max(1, round(self.src.total_rows / max(self.src.num_images, 1)))
+                mats = list(wrap_rows(torch.cat(mats)[None], rows))
+            self._sample = mats
+        return self._sample
+
+    def __call__(self, rows: torch.Tensor, mean: Optional[torch.Tensor], one_scale: bool) -> float:
+        """Mean bytes per row of the sample's records on the basis ``rows`` (r, C) with mean row ``mean``."""
+        unit, norms = unit_rows(rows.float().cpu())
+        total = nrows = 0
+        for y in self.sample():
+            a = (y - (0 if mean is None else mean.float().cpu())) @ unit.T / norms
+            total += record_bytes(a[None], self.quant, int(rows.shape[1]), self.zstd_level, self.shuffle, one_scale)
+            nrows += int(y.shape[0])
+        return total / nrows
 
 
 def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,

@@ -13,7 +13,7 @@ from score_codec.store.dense import dense_bytes
 from score_codec.errors import (BudgetError, CorruptRecordError, IncompleteStoreError, IndexMismatchError, InputError,
                                 MissingShardError, StoreVersionError, TruncatedFileError)
 
-from tests.common import assert_close_rel, centred, make_meta, teacher_like_logits
+from tests.common import assert_close_rel, assert_ratio_met, centred, make_meta, teacher_like_logits
 
 METHODS = ["svd", "rsvd", "cur", "rpca", "shared"]
 
@@ -91,7 +91,8 @@ def test_ratio_target_is_met_and_reported_exactly(tmp_path, ratio):
     stored = int(store.index["length"].sum()) + int(store.basis_table["length"].sum())
     assert stats["label_bytes"] == stored
     assert stats["ratio"] == pytest.approx(2 * 40 * 64 * 40 / stored)
-    assert stats["ratio"] >= ratio and int(store.basis_table["rank"][0]) >= 1
+    assert_ratio_met(stats, ratio)
+    assert int(store.basis_table["rank"][0]) >= 1
 
 
 def test_ratio_allocation_beats_uniform_rank_at_equal_bytes(tmp_path):
