@@ -10,7 +10,7 @@ import torch
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
 from benchmarks.shared import make_meta, reseal, teacher_like_logits
 
-__all__ = ["CampaignTally", "centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal",
+__all__ = ["CampaignTally", "centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal", "assert_ratio_met", "RATIO_TOLERANCE",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
            "run_isolated", "reseal", "needs_fashion_mnist", "fashion_mnist_missing"]
 

@@ -10,7 +10,9 @@ while dropping epochs loses augmentation diversity only gradually, so :func:`all
    smallest basis rank whose KL stays at or below ``max_kl`` (:attr:`CodecOptions.max_kl`);
 3. keeps every epoch when the budget pays for that rank on every row (the store then is what it would be
    without pooling); otherwise keeps the most epochs it does pay for, evenly spaced and including the first,
-   and codes them at the budget's inner ratio (a rank at or above the smallest useful one);
+   and codes them at the budget's inner ratio (a rank at or above the smallest useful one).  A record is
+   counted as stored, after zstd: the records of a sample of images (:func:`record_sample`) are packed
+   with the store's options and measured, so the budget is met on disk to within the sample's error;
 4. raises :class:`~score_codec.errors.BudgetError` when even one epoch at that rank does not fit.
 
 The automatic split applies to the global codec (whose fidelity is set by one rank and measured cheaply).
