@@ -9,6 +9,7 @@ import torch
 
 # the synthetic logits and augmentation metadata the benchmarks build too: one definition, in benchmarks.shared
 from benchmarks.shared import make_meta, reseal, teacher_like_logits
+from score_codec.store.allocate import RATIO_TOLERANCE   # the library's own tolerance
 
 __all__ = ["CampaignTally", "centred", "kl_rows", "teacher_like_logits", "head_like_logits", "assert_close_rel", "assert_float32_decode_equal", "assert_ratio_met", "RATIO_TOLERANCE",
            "planted_low_rank_sparse", "make_meta", "all_files", "damage_file", "assert_stores_close",
@@ -27,9 +28,6 @@ def kl_rows(y: torch.Tensor, yhat: torch.Tensor, t: float = 1.0) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
-#: how far below its target a store's ratio may land: the rate control measures record sizes after zstd on
-#: a sample of images, so the whole store meets the budget to within the sample's error
-RATIO_TOLERANCE = 0.01
 
 
 def assert_ratio_met(stats: dict, target: float, spent: float = 0.0) -> None:

@@ -221,9 +221,10 @@ class GlobalCodec(StoreScopeCodec):
             record_bytes: Optional[Callable[[torch.Tensor, Optional[torch.Tensor], bool], float]] = None) -> BasisSet:
         """Fit the basis on ``src`` and choose its rank from ``rank``, ``energy`` or ``budget_per_row`` bytes.
 
-        ``record_bytes(rows, mean, one_scale)``: bytes per row of the records on the basis ``rows`` (r, C)
-        with mean row ``mean`` as they are stored (after compression), measured by the caller; without it
-        the budget counts the record bytes before compression."""
+        ``record_bytes(rows, mean, one_scale)``: bytes per row of the records' scales and coefficients on the
+        basis ``rows`` (r, C) with mean row ``mean`` as they are stored (after compression), measured by the
+        caller, without the header, residual entries and row means; without it the budget counts the record
+        bytes before compression."""
         c = int(src.centred(0).shape[1])
         if head is not None:
             mean, basis = head_basis(*head)
@@ -247,11 +248,14 @@ class GlobalCodec(StoreScopeCodec):
                 record = row_cost(r, k, quant, residual, c, one)
                 if measured and record_bytes is not None and r > 0:
                     rows = basis[:r] * spreads(variances[:r]).to(basis.dtype)[:, None]
-                    record += record_bytes(rows, mean, one) - row_cost(r, k, quant, 0, c, one)
+                    record += record_bytes(rows, mean, one) + HEADER_BYTES / k - row_cost(r, k, quant, 0, c, one)
                 return record + (2 * c * r + 4 * c) / total
-            # compression never grows a record, so the rank the bytes before it allow is a lower bound
+            # compression never grows a record, so the rank the bytes before it allow is (up to the sample's
+            # error) a lower bound: the search starts there, and goes below it only when that rank misses
             start = _max_rank(lambda r: cost(r, False), budget_per_row, qmax)
-            r = _max_rank(cost, budget_per_row, qmax, 0 if start is None else start)
+            r = None if start is None else _max_rank(cost, budget_per_row, qmax, start)
+            if r is None:
+                r = _max_rank(cost, budget_per_row, qmax if start is None else start)
             if r is None:
                 raise BudgetError(f"the byte budget of {budget_per_row:.2f} B per row is below what a rank-0 global "
                                   f"record needs ({row_cost(0, k, quant, residual, c):.2f} B per row)")

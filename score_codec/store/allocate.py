@@ -11,8 +11,9 @@ while dropping epochs loses augmentation diversity only gradually, so :func:`all
 3. keeps every epoch when the budget pays for that rank on every row (the store then is what it would be
    without pooling); otherwise keeps the most epochs it does pay for, evenly spaced and including the first,
    and codes them at the budget's inner ratio (a rank at or above the smallest useful one).  A record is
-   counted as stored, after zstd: the records of a sample of images (:func:`record_sample`) are packed
-   with the store's options and measured, so the budget is met on disk to within the sample's error;
+   counted as stored, after zstd: the records of a sample of images (:func:`record_sample`; the probe's
+   rows, :func:`wrap_rows`, where no image's rows are at hand) are packed with the store's options and
+   measured, so the budget is met on disk to within the sample's error (:data:`RATIO_TOLERANCE`);
 4. raises :class:`~score_codec.errors.BudgetError` when even one epoch at that rank does not fit.
 
 The automatic split applies to the global codec (whose fidelity is set by one rank and measured cheaply).
@@ -26,7 +27,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,11 +37,12 @@ from ..codecs.quantize import roundtrip
 from ..errors import BudgetError, InputError
 from .meta import AugMeta
 from .options import CodecOptions
-from .record import pack_coefficient_records
+from .record import HEADER, pack_coefficient_records
 
-__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients", "record_bytes", "wrap_rows", "SampleRecordBytes", "probe_from_matrices",
-           "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews", "PROBE_ROWS",
-           "PROBE_VIEWS", "RECORD_IMAGES", "POOL_BUDGET_ADVICE"]
+__all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients",
+           "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control", "probe_from_matrices",
+           "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews",
+           "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 PROBE_ROWS = 1024
 #: images whose kept rows are packed as records to measure the record size zstd leaves
 RECORD_IMAGES = 64
+#: how far below its target a ratio may land before the encode warns: record sizes after zstd are measured
+#: on a sample, so the whole store meets the budget to within the sample's error
+RATIO_TOLERANCE = 0.01
 #: views per probe image (int8 scales are shared by an image's rows, so the probe keeps images' rows together)
 PROBE_VIEWS = 8
 #: the advice of the BudgetError raised when one kept epoch at the smallest useful rank exceeds the budget
@@ -220,6 +225,7 @@ def probe_coefficients(codec: Any, full: BasisSet, probe: torch.Tensor, rank: in
     of ``full``'s basis (``project``: the least-squares projection alone, which the codec's KL fit only
     improves on)."""
     rows, mean = full.full(0)
+    rows, mean = rows.to(probe.device), None if mean is None else mean.to(probe.device)
     if rank == 0:
         return probe.new_zeros(probe.shape[:-1] + (0,))
     if project:
@@ -231,8 +237,10 @@ def probe_coefficients(codec: Any, full: BasisSet, probe: torch.Tensor, rank: in
 def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: str, project: bool = False,
              coefficients: Optional[torch.Tensor] = None) -> float:
     """KL(T=1) of the ``probe`` rows (g, v, C, centred) coded on the first ``rank`` rows of ``full``'s basis
-    (``coefficients``: :func:`probe_coefficients` of the same arguments, when already computed)."""
+    (``project``: coefficients by the least-squares projection alone; ``coefficients``:
+    :func:`probe_coefficients` of the same arguments, when already computed)."""
     rows, mean = full.full(0)
+    rows, mean = rows.to(probe.device), None if mean is None else mean.to(probe.device)
     a = probe_coefficients(codec, full, probe, rank, project) if coefficients is None else coefficients
     if rank == 0:
         approx = torch.zeros_like(probe) + (0 if mean is None else mean)
@@ -243,7 +251,7 @@ def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: 
     return kl_t1(probe, approx)
 
 
-def record_bytes(coefficients: torch.Tensor, quant: str, c: int, zstd_level: int, shuffle: bool,
+def mean_record_size(coefficients: torch.Tensor, quant: str, c: int, zstd_level: int, shuffle: bool,
                  one_scale: bool) -> float:
     """Mean bytes (header included) of the records the writer packs (quantised, shuffled and zstd-compressed
     as the options say) for ``coefficients`` (g, n, r): one record of n rows per item.  zstd gains most on
@@ -264,41 +272,58 @@ def wrap_rows(coefficients: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 class SampleRecordBytes:
-    """Bytes per row of the records the writer packs on a given basis, after zstd, measured on a sample of
-    a :class:`~score_codec.codecs.global_basis.FitSource` (the ``record_bytes`` hook of
-    :meth:`GlobalCodec.fit <score_codec.codecs.global_basis.GlobalCodec.fit>`, which the store writer's own
-    rate control uses when no allocation chose the rank).
+    """Bytes per row of the records the writer packs on a given basis, after zstd and without the header,
+    measured on a sample of a :class:`~score_codec.codecs.global_basis.FitSource` (the ``record_bytes``
+    hook of :meth:`GlobalCodec.fit <score_codec.codecs.global_basis.GlobalCodec.fit>`, which the store
+    writer's own rate control uses when no allocation chose the rank).
 
-    The sample is ``images`` items spread over the source when its items are images; when they are blocks
-    of rows (``num_images`` differs from their count), its rows cut into records of the store's mean row
-    count.  Coefficients are the projection onto the basis (the codec's KL fit moves them too little to
-    change their size); header, scales and coefficients are counted, residual entries and row means not."""
+    The sample is ``images`` items spread over the source, at most the store's mean row count of rows from
+    each (its first rows): a record per image when the items are images, a stand-in record of consecutive
+    rows when they are blocks of a dump.  Coefficients are the projection onto the basis (the codec's KL fit
+    moves them too little to change their size); scales and coefficients are counted, the header (counted
+    by the caller at the store's row count), residual entries and row means are not."""
 
-    def __init__(self, src: FitSource, quant: str, zstd_level: int, shuffle: bool, images: int = RECORD_IMAGES):
+    def __init__(self, src: FitSource, quant: str, zstd_level: int, shuffle: bool,
+                 images: int = RECORD_IMAGES) -> None:
         self.src, self.quant, self.zstd_level, self.shuffle, self.images = src, quant, zstd_level, shuffle, images
         self._sample: Optional[List[torch.Tensor]] = None
 
     def sample(self) -> List[torch.Tensor]:
-        """The centred (n_i, C) float32 matrices whose records are measured (read once)."""
+        """The centred (n_i, C) float32 rows whose records are measured (read once, on the CPU)."""
         if self._sample is None:
             n = len(self.src)
+            rows = max(1, math.ceil(self.src.total_rows / max(self.src.num_images, 1)))
             ids = np.unique(np.linspace(0, n - 1, max(1, min(self.images, n))).round().astype(np.int64))
-            mats = [self.src.centred(int(i)) for i in ids]
-            if self.src.num_images != n:
-                rows = max(1, round(self.src.total_rows / max(self.src.num_images, 1)))
-                mats = list(wrap_rows(torch.cat(mats)[None], rows))
-            self._sample = mats
+            self._sample = [self.src.centred(int(i))[:rows].float().cpu() for i in ids]
         return self._sample
 
     def __call__(self, rows: torch.Tensor, mean: Optional[torch.Tensor], one_scale: bool) -> float:
-        """Mean bytes per row of the sample's records on the basis ``rows`` (r, C) with mean row ``mean``."""
+        """Mean bytes per row, header excluded, of the sample's records on the basis ``rows`` (r, C) with
+        mean row ``mean``."""
         unit, norms = unit_rows(rows.float().cpu())
+        mu = 0 if mean is None else mean.float().cpu()
+        c = int(rows.shape[1])
         total = nrows = 0
         for y in self.sample():
-            a = (y - (0 if mean is None else mean.float().cpu())) @ unit.T / norms
-            total += record_bytes(a[None], self.quant, int(rows.shape[1]), self.zstd_level, self.shuffle, one_scale)
+            a = (y - mu) @ unit.T / norms
+            total += mean_record_size(a[None], self.quant, c, self.zstd_level, self.shuffle, one_scale) - HEADER.size
             nrows += int(y.shape[0])
         return total / nrows
+
+
+def fit_rate_control(opts: Any, src: FitSource, budget_per_row: Optional[float]) -> Tuple[Optional[float], Dict[str, Any]]:
+    """The byte budget per row and the extra keywords that a store-scope codec's own rate control fits with
+    (the store writer's and a distributed encode's, where no allocation chose the rank): row means
+    (``keep_mean``) come off the budget as stored, and the ``global`` codec measures its record sizes after
+    zstd (:class:`SampleRecordBytes`)."""
+    if budget_per_row is None:
+        return None, {}
+    if opts.keep_mean:
+        budget_per_row -= 4.0
+    kw: Dict[str, Any] = {}
+    if opts.zstd_level > 0 and opts.method == "global":
+        kw["record_bytes"] = SampleRecordBytes(src, opts.quant, opts.zstd_level, opts.shuffle)
+    return budget_per_row, kw
 
 
 def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,
@@ -376,7 +401,7 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     coef: Dict[int, torch.Tensor] = {}
     cache: Dict[int, float] = {}
     projected: Dict[int, float] = {}
-    sizes: Dict[tuple, float] = {}
+    sizes: Dict[Tuple[int, int], float] = {}
     samples: Dict[int, torch.Tensor] = {}
 
     def coefficients(r: int) -> torch.Tensor:
@@ -408,11 +433,11 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
                 else:
                     if n not in samples:
                         samples.clear()   # one sample at a time: a sample of many kept epochs is large
-                        samples[n] = records(even_epochs(n, k)).to(device)
+                        samples[n] = records(even_epochs(n, k)).cpu()   # packed on the CPU
                     # the projection alone: the codec's KL fit moves the coefficients too little to change
                     # their size after zstd, and costs a fit per (n, r) step of the searches
                     a = probe_coefficients(codec, full, samples[n], r, project=True)
-                sizes[(n, r)] = record_bytes(a, opts.quant, c, opts.zstd_level, opts.shuffle, one) / n
+                sizes[(n, r)] = mean_record_size(a, opts.quant, c, opts.zstd_level, opts.shuffle, one) / n
             record = sizes[(n, r)] + raw - row_cost(r, float(n), opts.quant, 0, c, one)
         else:
             record = raw
@@ -519,6 +544,10 @@ def finish(stats: Dict[str, Any], opts: CodecOptions, alloc: Allocation,
                           f"exceeds max_kl={opts.max_kl:g}; students trained on labels this far from the teacher's "
                           f"lose accuracy (keep fewer epochs with keep_epochs=, or ask for a lower ratio)", stacklevel=3)
     stats["min_rank"] = alloc.min_rank
+    got = stats.get("ratio")
+    if opts.ratio is not None and got is not None and got < opts.ratio * (1 - RATIO_TOLERANCE):
+        warnings.warn(f"ratio {opts.ratio:g}x: the store came out at {got:.4g}x, more than {RATIO_TOLERANCE:.0%} "
+                      f"over the budget (record sizes after zstd are measured on a sample of images)", stacklevel=3)
     return stats
 
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..codecs import get_codec
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource
 from ..errors import CorruptRecordError, InputError
+from .allocate import fit_rate_control
 from .atomic import WriteLock, install
 from .bulk import encode
 from .integrity import check_shard_file
@@ -183,8 +184,10 @@ def _fit_once(codec: Any, Y: Sequence[Any], labels: Optional[Sequence[int]], opt
     rank = opts.rank
     if rank is None and opts.energy is None and budget is None:
         rank = 8
-    return codec.fit(FitSource(Y, labels), opts.quant, rank=rank, energy=opts.energy, budget_per_row=budget,
-                     residual=opts.residual, device=opts.device, head=head)
+    src = FitSource(Y, labels)
+    budget, kw = fit_rate_control(opts, src, budget)
+    return codec.fit(src, opts.quant, rank=rank, energy=opts.energy, budget_per_row=budget,
+                     residual=opts.residual, device=opts.device, head=head, **kw)
 
 
 def encode_distributed(Y: Sequence[Any], path: str, options: Optional[CodecOptions] = None, *,

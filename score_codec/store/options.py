@@ -33,10 +33,11 @@ class CodecOptions(CodingFields):
         rank: components per image (image-scope codecs) or of the global basis (store-scope codecs).
         energy: share in (0, 1] of the squared singular values kept per image (of the store's variance,
             for store-scope codecs).
-        ratio: target compression ratio: fp16 label bytes (2 C per row) over stored label bytes; met per
+        ratio: target compression ratio: fp16 label bytes (2 C per row) over stored label bytes (for
+            ``global``, record sizes after zstd measured on a sample, so met to within about 1%); met per
             ``StoreWriter.add`` chunk by image-scope codecs, by the whole store (bases included) by
             store-scope codecs.
-        target_bytes: total stored label bytes (turned into ``ratio`` once the row count is known; not
+        target_bytes: total stored label bytes, met as ``ratio`` is (turned into it once the row count is known; not
             available to :class:`~score_codec.StoreWriter`, which does not know it in advance).
         quant: number format of the stored factors: ``"int8"`` (one fp32 scale per component; one per record for ``global``), ``"fp16"``,
             ``"bf16"`` or ``"fp32"``; None (default): int8 for the store-scope codecs (``global``,

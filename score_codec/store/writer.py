@@ -31,7 +31,7 @@ from .journal import JOURNAL_DIR, load_journal, write_entry, write_options
 from .atomic import WriteLock, install, recover
 from .layout import (BASIS_FLAG_MEAN, IMAGE_INDEX_DTYPE, INDEX_FILE, MANIFEST_FILE, RECORDS_DATASET, SHARD_DIR, is_single_file,
                      shard_name)
-from .allocate import SampleRecordBytes
+from .allocate import fit_rate_control
 from .meta import AugMeta
 from .options import CodecOptions
 
@@ -245,10 +245,7 @@ class StoreWriter:
             raise InputError("fit() needs at least one matrix")
         budget = None if self.opts.ratio is None else 2.0 * self.num_classes / self.opts.ratio
         src = FitSource(matrices, labels, ks, num_images, total_rows)
-        kw: Dict[str, Any] = {}
-        if budget is not None and self.opts.zstd_level > 0 and self.opts.method == "global":
-            # the budget is met on disk: record sizes are measured after zstd on a sample of the fit's rows
-            kw["record_bytes"] = SampleRecordBytes(src, self.opts.quant, self.opts.zstd_level, self.opts.shuffle)
+        budget, kw = fit_rate_control(self.opts, src, budget)
         bs = self.codec.fit(src, self.opts.quant, rank=self.opts.rank, energy=self.opts.energy,
                             budget_per_row=budget, residual=self.opts.residual, device=self.device, head=head, **kw)
         self.set_bases(bs)
