@@ -40,6 +40,7 @@ from .base import Codec, check_matrix, register_codec, to_float32
 from .basis import GramAccumulator, fit_coefficients, head_basis, kl_rows, orthonormal_rows
 from .arguments import check_int, check_real
 from .quantize import bytes_per_value, roundtrip
+from .ratecontrol import largest_fitting
 from .residual import select_residual
 
 __all__ = ["BasisEntry", "BasisSet", "StoreScopeCodec", "GlobalCodec", "TwoLevelCodec", "FitSource", "row_cost",
@@ -418,13 +419,4 @@ def unit_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _max_rank(cost: Callable[[int], float], budget: float, qmax: int, lo: int = 0) -> Optional[int]:
     """Largest r in [lo, qmax] with cost(r) <= budget (cost increasing), or None if even r = lo does not fit."""
-    if cost(lo) > budget:
-        return None
-    hi = qmax
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_fitting(lambda r: cost(r) <= budget, lo, qmax)

@@ -7,13 +7,13 @@ taking units in order of ``s^2 / cost`` is optimal for this separable problem (u
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..errors import BudgetError, CodecError
 
-__all__ = ["allocate_ranks"]
+__all__ = ["allocate_ranks", "largest_fitting"]
 
 
 def allocate_ranks(
@@ -62,3 +62,17 @@ def allocate_ranks(
     ranks = torch.zeros(n, dtype=torch.int64)
     ranks.index_add_(0, take // q, torch.ones_like(take))
     return ranks
+
+
+def largest_fitting(ok: Callable[[int], bool], lo: int, hi: int) -> Optional[int]:
+    """The largest m in [lo, hi] with ``ok(m)`` (ok true up to some m, false beyond it: a cost under a
+    budget), found by bisection; None when ``ok(lo)`` is false."""
+    if not ok(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

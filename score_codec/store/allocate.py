@@ -34,15 +34,16 @@ import torch
 
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource, row_cost, unit_rows
 from ..codecs.quantize import roundtrip
+from ..codecs.ratecontrol import largest_fitting
 from ..errors import BudgetError, InputError
 from .meta import AugMeta
 from .options import CodecOptions
 from .record import HEADER, pack_coefficient_records
 
 __all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients",
-           "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control", "probe_from_matrices",
-           "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews",
-           "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
+           "project_rows", "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control",
+           "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
+           "KeptViews", "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,13 @@ class Allocation:
                 "kl_t1": self.kl_t1, "max_kl": self.max_kl}
 
 
+def _spread(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` indices (int64, increasing) evenly spread over [0, n), the first and last included."""
+    return np.unique(np.linspace(0, n - 1, max(1, min(n, count))).round().astype(np.int64))
+
+
 def _probe_images(n: int, k: int, rows: int = PROBE_ROWS) -> np.ndarray:
-    per = min(k, PROBE_VIEWS)
-    want = max(1, min(n, math.ceil(rows / per)))
-    return np.unique(np.linspace(0, n - 1, want).round().astype(np.int64))
+    return _spread(n, math.ceil(rows / min(k, PROBE_VIEWS)))
 
 
 def probe_from_matrices(matrices: Sequence[Any], kept: Optional[np.ndarray] = None) -> torch.Tensor:
@@ -190,7 +194,7 @@ def probe_from_matrices(matrices: Sequence[Any], kept: Optional[np.ndarray] = No
 def record_sample(matrices: Sequence[Any], kept: np.ndarray, images: int = RECORD_IMAGES) -> torch.Tensor:
     """Centred rows (g, n, C) float32 of ``images`` images spread over ``matrices`` at the view positions
     ``kept`` (n,): the records the writer would pack for them, on which record sizes are measured."""
-    ids = np.unique(np.linspace(0, len(matrices) - 1, max(1, min(images, len(matrices)))).round().astype(np.int64))
+    ids = _spread(len(matrices), images)
     pos = np.asarray(kept, dtype=np.int64)
     y = torch.stack([torch.as_tensor(np.asarray(matrices[int(i)][pos], dtype=np.float32)) for i in ids])
     return y - y.mean(-1, keepdim=True)
@@ -219,6 +223,13 @@ def kl_t1(y: torch.Tensor, yhat: torch.Tensor) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
+def project_rows(y: torch.Tensor, rows: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
+    """Least-squares coefficients (..., r) of the centred rows ``y`` (..., C) on the basis ``rows`` (r, C)
+    (mutually orthogonal, of any norms) with mean row ``mean``."""
+    unit, norms = unit_rows(rows)
+    return (y - (0 if mean is None else mean)) @ unit.T / norms
+
+
 def probe_coefficients(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int,
                        project: bool = False) -> torch.Tensor:
     """Unrounded coefficients (g, v, rank) of the ``probe`` rows (g, v, C, centred) on the first ``rank`` rows
@@ -229,8 +240,7 @@ def probe_coefficients(codec: Any, full: BasisSet, probe: torch.Tensor, rank: in
     if rank == 0:
         return probe.new_zeros(probe.shape[:-1] + (0,))
     if project:
-        unit, norms = unit_rows(rows[:rank])
-        return (probe - (0 if mean is None else mean)) @ unit.T / norms
+        return project_rows(probe, rows[:rank], mean)
     return codec.coefficients(probe, BasisSet([BasisEntry(rows[:rank], -1, mean)]), 0)
 
 
@@ -252,7 +262,7 @@ def probe_kl(codec: Any, full: BasisSet, probe: torch.Tensor, rank: int, quant: 
 
 
 def mean_record_size(coefficients: torch.Tensor, quant: str, c: int, zstd_level: int, shuffle: bool,
-                 one_scale: bool) -> float:
+                     one_scale: bool) -> float:
     """Mean bytes (header included) of the records the writer packs (quantised, shuffled and zstd-compressed
     as the options say) for ``coefficients`` (g, n, r): one record of n rows per item.  zstd gains most on
     the coefficients of low-spread components (few int8 levels), which a byte count before compression
@@ -293,19 +303,17 @@ class SampleRecordBytes:
         if self._sample is None:
             n = len(self.src)
             rows = max(1, math.ceil(self.src.total_rows / max(self.src.num_images, 1)))
-            ids = np.unique(np.linspace(0, n - 1, max(1, min(self.images, n))).round().astype(np.int64))
-            self._sample = [self.src.centred(int(i))[:rows].float().cpu() for i in ids]
+            self._sample = [self.src.centred(int(i))[:rows].float().cpu() for i in _spread(n, self.images)]
         return self._sample
 
     def __call__(self, rows: torch.Tensor, mean: Optional[torch.Tensor], one_scale: bool) -> float:
         """Mean bytes per row, header excluded, of the sample's records on the basis ``rows`` (r, C) with
         mean row ``mean``."""
-        unit, norms = unit_rows(rows.float().cpu())
-        mu = 0 if mean is None else mean.float().cpu()
+        rows, mean = rows.float().cpu(), None if mean is None else mean.float().cpu()
         c = int(rows.shape[1])
         total = nrows = 0
         for y in self.sample():
-            a = (y - mu) @ unit.T / norms
+            a = project_rows(y, rows, mean)
             total += mean_record_size(a[None], self.quant, c, self.zstd_level, self.shuffle, one_scale) - HEADER.size
             nrows += int(y.shape[0])
         return total / nrows
@@ -446,7 +454,6 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     def cost(n: int, r: int, measured: bool = True) -> float:
         return per_row(n, r, measured) * num_images * n
 
-
     auto = opts.pool and opts.keep_epochs is None
     if auto:
         r_min = _smallest_rank(kl, opts.max_kl, qmax, bound=kl_projected)
@@ -456,8 +463,8 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
                         opts.max_kl, qmax, kl(qmax))
         if cost(k, out.min_rank) > budget:
             # the count before zstd fits (zstd never grows a record), so the search starts there
-            start = _largest(lambda m: cost(m, out.min_rank, False) <= budget, 1, k)
-            fits = _largest(lambda m: cost(m, out.min_rank) <= budget, start or 1, k)
+            start = largest_fitting(lambda m: cost(m, out.min_rank, False) <= budget, 1, k)
+            fits = largest_fitting(lambda m: cost(m, out.min_rank) <= budget, start or 1, k)
             if fits is None:
                 need = cost(1, out.min_rank)
                 which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
@@ -473,12 +480,12 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     n = len(kept)
     # the rank the writer's rate control would choose for the kept rows under the whole budget
     inner = x if n == k else x * n / k
-    start = _largest(lambda r: per_row(n, r, False) <= 2.0 * c / inner, 0, qmax)
-    fit_r = _bisect_ranks(lambda r: per_row(n, r) <= 2.0 * c / inner, qmax, start or 0)
-    if not fit_r:
+    start = largest_fitting(lambda r: per_row(n, r, False) <= 2.0 * c / inner, 0, qmax)
+    fit_r = largest_fitting(lambda r: per_row(n, r) <= 2.0 * c / inner, start or 0, qmax)
+    if fit_r is None:
         raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 global "
                           f"record needs ({per_row(n, 0):.2f} B per row with {n} kept epochs)")
-    out.rank = fit_r[0]
+    out.rank = fit_r
     if out.rank == 0 and not opts.residual:
         # a rank-0 basis decodes every row to the mean row: no labels would be stored
         raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row: the global basis at rank 0, "
@@ -493,25 +500,6 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     log.info("allocation: %d of %d epochs, inner ratio %.1fx, global rank %s, KL(T=1) %.3g", n, k,
              out.inner_ratio, out.rank, out.kl_t1)
     return out
-
-
-def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> Optional[int]:
-    """The largest m in [lo, hi] with ok(m) (ok decreasing in m), or None when ok(lo) is false."""
-    if not ok(lo):
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _bisect_ranks(ok: Callable[[int], bool], qmax: int, lo: int = 0) -> List[int]:
-    """[the largest r in [lo, qmax] with ok(r)] (ok decreasing in r), or [] when ok(lo) is false."""
-    r = _largest(ok, lo, qmax)
-    return [] if r is None else [r]
 
 
 def store_kl(store: Any, matrices: Sequence[Any], kept: Optional[np.ndarray]) -> float:
