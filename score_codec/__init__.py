@@ -30,10 +30,10 @@ from .errors import (BatchSizeMismatchError, BudgetError, CodecError, CorruptRec
 if TYPE_CHECKING:  # the names below load on first use (__getattr__); this block is for readers and tools
     from .codecs import (BasisSet, Codec, Factors, codec_from_config, get_codec, register_codec,
                          registered_codecs)
-    from .formats.convert import decode_dump, encode_dump
+    from .formats.convert import decode_dump, encode_dump, plan_dump
     from .formats.options import DumpOptions
     from .formats.report import store_info, verify_store
-    from .store.bulk import encode
+    from .store.bulk import encode, plan
     from .store.distributed import encode_distributed
     from .store.layout import FORMAT_VERSION
     from .store.meta import AugMeta
@@ -50,6 +50,8 @@ _LAZY = {
     # encode and decode
     "encode": "score_codec.store.bulk",
     "encode_dump": "score_codec.formats.convert",
+    "plan": "score_codec.store.bulk",
+    "plan_dump": "score_codec.formats.convert",
     "decode_dump": "score_codec.formats.convert",
     "encode_distributed": "score_codec.store.distributed",
     "CodecOptions": "score_codec.store.options",
@@ -80,7 +82,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     # encode and decode
-    "encode", "encode_dump", "decode_dump", "encode_distributed", "CodecOptions", "DumpOptions",
+    "encode", "encode_dump", "plan", "plan_dump", "decode_dump", "encode_distributed", "CodecOptions", "DumpOptions",
     # the store
     "StoreWriter", "LabelStore", "AugMeta", "FORMAT_VERSION", "store_info", "verify_store",
     # writing a codec

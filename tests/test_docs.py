@@ -181,6 +181,9 @@ def _check_codec_example(ns, cwd):
 
 def _check_compress_cli(r, cwd):
     assert re.search(r"^\s*all\s+10000\s", r.stdout, flags=re.M), r.stdout
+    # the plan printed one line per ratio: its kept epochs (10 label epochs in the dump), or why it cannot
+    assert all(re.search(rf"^\s*{x}x\s+\d+ of 10\s", r.stdout, flags=re.M) for x in (2, 4)), r.stdout
+    assert re.search(r"^\s*8x\s+n/a \(at most [\d.]+x\)", r.stdout, flags=re.M), r.stdout
     orig = sorted(os.listdir(os.path.join(cwd, "sre2l_dump", "epoch_0")))
     assert orig and sorted(os.listdir(os.path.join(cwd, "restored_dump", "epoch_0"))) == orig
     assert np.load(os.path.join(cwd, "dump_logits.npy")).shape == (1000, 10, 10)
@@ -236,6 +239,10 @@ def _check_pooling(ns, cwd):
     st, store = ns["st"], ns["store"]
     assert 1 <= st["keep_epochs"] < st["source_epochs"] == 50 and st["ratio"] >= 100 * 0.98
     assert st["kl_t1"] <= 0.01 and store.view_for_epoch(7) == 7 % st["keep_epochs"]
+    # the plan's 100x is the encode's split; 1000x cannot hold a useful label and says how far it can go
+    at10, at100, at1000 = ns["plans"]
+    assert at100["keep_epochs"] == st["keep_epochs"] and at10["keep_epochs"] > at100["keep_epochs"]
+    assert at1000["error"] and at1000["max_ratio"] < 1000
 
 
 G, C = "docs/guides/", "docs/codecs/"

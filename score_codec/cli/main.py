@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = [
     "score_codec.cli.encode",
+    "score_codec.cli.plan",
     "score_codec.cli.info",
     "score_codec.cli.relabel",
     "score_codec.cli.train",
@@ -26,6 +27,7 @@ SUBCOMMAND_MODULES = [
 ]
 
 EPILOG = """examples:
+  score-codec plan dumps/sre2l_ipc50 --ratio 30 100 300 1000   # what each ratio would keep, before encoding
   score-codec encode dumps/FKD_cutmix_fp16 labels.store --method svd --rank 8
   score-codec info labels.store
   score-codec verify labels.store --against dumps/FKD_cutmix_fp16

@@ -11,7 +11,7 @@ import importlib
 
 from .base import FORMATS, BatchRecord, DumpReader, register_format
 from .contents import DumpContents, DumpScan, read_dump, scan_dump
-from .convert import decode_dump, encode_dump
+from .convert import decode_dump, encode_dump, plan_dump
 from .detect import detect_format, format_names, open_reader
 from .options import DumpOptions
 from .report import store_info, verify_store
@@ -23,5 +23,5 @@ for _module in ("sre2l", "gvbsm_edc", "fkd", "lpqld", "npy"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["FORMATS", "WRITERS", "BatchRecord", "DumpReader", "DumpContents", "DumpScan", "register_format", "read_dump", "scan_dump",
-           "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load", "encode_dump", "decode_dump",
+           "write_dump", "detect_format", "format_names", "open_reader", "safe_torch_load", "encode_dump", "plan_dump", "decode_dump",
            "DumpOptions", "store_info", "verify_store"]

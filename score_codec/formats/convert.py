@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ from ..progress import progress_bar
 from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
 from ..codecs.global_basis import FitSource
-from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoch_values, finish, probe_from_matrices,
-                              probe_from_rows, prune_meta, record_sample, store_kl)
+from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoch_values, finish, plan_entry,
+                              plan_ratios, probe_from_matrices, probe_from_rows, prune_meta, record_sample, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
 from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
@@ -31,7 +31,7 @@ from .detect import open_reader
 from .options import DumpOptions, split_dump_options
 from .writers import WRITERS, write_dump
 
-__all__ = ["encode_dump", "decode_dump", "CHUNK_IMAGES"]
+__all__ = ["encode_dump", "plan_dump", "decode_dump", "CHUNK_IMAGES"]
 
 PathLike = Union[str, os.PathLike]
 Head = Tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -151,6 +151,83 @@ def encode_dump(
     stats["source_format"] = fmt
     return stats
 
+
+
+def plan_dump(
+    src: PathLike,
+    ratios: Sequence[float],
+    options: Optional[CodecOptions] = None,
+    *,
+    format: str = "auto",
+    dump_options: Optional[DumpOptions] = None,
+    progress: bool = False,
+    scratch_dir: Optional[PathLike] = None,
+    head: Optional[Head] = None,
+    **kwargs: Any,
+) -> List[Dict[str, Any]]:
+    """How :func:`encode_dump` would spend each of several ratios on a dump; writes no store
+    (``score-codec plan`` as a function).
+
+    The dump is read once, as an encode reads it (its rows go to a scratch file in ``scratch_dir``, default
+    the working directory, removed afterwards), the global basis is fitted once, and each ratio is split
+    between kept label epochs and rank with the same inputs ``encode_dump`` uses.
+
+    Args:
+        src, options, format, dump_options, head, kwargs: as :func:`encode_dump` (``method="global"`` only;
+            ``ratio`` / ``target_bytes`` are ignored).
+        ratios: target ratios against fp16 logits (positive numbers).
+        progress: progress bars and notes on stderr.
+        scratch_dir: where the scratch copy of the dump's rows goes (it needs the dump's size in free space).
+
+    Returns:
+        One dict per ratio (see :func:`score_codec.plan`): ``keep_epochs``, ``inner_ratio``, ``rank``,
+        ``kl_t1``, ``label_bytes``, ``predicted_ratio``, or ``error`` and ``max_ratio``; the list's dicts
+        all carry ``source_format``.
+
+    Raises:
+        InputError: a dump or an option that cannot be used; another method than ``global``; views that are
+            not label epochs.
+        IOFailureError: the operating system refused a read or a write.
+    """
+    codec_kw, rest = split_codec_options(kwargs)
+    dump_kw, rest = split_dump_options(rest)
+    if rest:
+        raise TypeError(f"plan_dump() got unexpected keyword argument(s) {', '.join(map(repr, sorted(rest)))}")
+    opts = CodecOptions.build(options, **codec_kw).replace(ratio=None, target_bytes=None)
+    dopts = DumpOptions.build(dump_options, **dump_kw)
+    src = os.fspath(src)
+    scratch = os.path.abspath(os.fspath(scratch_dir) if scratch_dir is not None else os.getcwd())
+    if not os.path.isdir(scratch):
+        raise InputError(f"{scratch}: scratch directory does not exist")
+    try:
+        reader = open_reader(src, format, **dopts.reader_kwargs())
+        _note(progress, f"format: {reader.name} ({reader.summary()})")
+        with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
+            _check_contents(src, c)
+            labels = c.labels if (c.labels >= 0).all() else None
+            values = epoch_values(c.aug, c.ks)
+            k = None if values is None else len(values)
+            if opts.method == "global" and not opts.residual:
+                # what the one-pass encode fits and probes on (``_encode_one_pass``)
+                sample = c.spread_sample(GlobalCodec(**dict(opts.codec_config or {})).fit_rows)
+                fit_ks = [len(b) for b in sample]
+                nrows = len(c.aug.rows)
+                fit = lambda: FitSource(sample, None, fit_ks, c.num_images, nrows)
+                probe = lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS))
+                records = None
+            else:
+                fit = lambda: FitSource(_Matrices(c), labels, c.ks)
+                probe = lambda: probe_from_matrices(_Matrices(c))
+                records = lambda kept: record_sample(_Matrices(c), kept)
+            results = plan_ratios(opts, ratios, num_classes=c.num_classes, num_images=c.num_images,
+                                  source_epochs=k, fit_source=fit, probe=probe, head=head, device=opts.device,
+                                  records=records)
+            out = [plan_entry(x, r, c.num_classes, c.num_images, k) for x, r in zip(ratios, results)]
+            for e in out:
+                e["source_format"] = c.format
+            return out
+    except OSError as exc:
+        raise IOFailureError(f"{src}: {exc}") from exc
 
 
 def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions, overwrite: bool, progress: bool,

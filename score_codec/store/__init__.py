@@ -7,6 +7,6 @@ from .meta import AugMeta
 from .options import CodecOptions
 from .writer import StoreWriter
 from .reader import LabelStore
-from .bulk import encode
+from .bulk import encode, plan
 
-__all__ = ["FORMAT_VERSION", "AugMeta", "CodecOptions", "StoreWriter", "LabelStore", "encode"]
+__all__ = ["FORMAT_VERSION", "AugMeta", "CodecOptions", "StoreWriter", "LabelStore", "encode", "plan"]

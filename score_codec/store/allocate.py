@@ -42,7 +42,7 @@ from .record import HEADER, pack_coefficient_records
 
 __all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients",
            "project_rows", "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control",
-           "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
+           "plan_ratios", "plan_entry", "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
            "KeptViews", "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class Allocation:
         min_rank: the smallest rank whose probe KL(T=1) is at or below ``max_kl`` (automatic split only).
         kl_t1: mean KL(T=1) of the decoded probe rows at ``rank`` (global codec with a ratio), else None.
         max_kl: the threshold used.
+        label_bytes: the store's label bytes the split predicts (records after zstd, measured on a sample,
+            plus the basis), or None where nothing was split.
         bases: the fitted global basis truncated to ``rank``, for the writer (None: the writer fits).
     """
 
@@ -146,6 +148,7 @@ class Allocation:
     min_rank: Optional[int] = None
     kl_t1: Optional[float] = None
     max_kl: float = 0.01
+    label_bytes: Optional[float] = None
     bases: Optional[BasisSet] = field(default=None, repr=False)
 
     @property
@@ -353,6 +356,134 @@ def _smallest_rank(kl: Callable[[int], float], max_kl: float, qmax: int,
     return lo
 
 
+def _initial(opts: CodecOptions, k: Optional[int]) -> Allocation:
+    """The allocation before any budget is split: ``keep_epochs`` evenly spaced, else every epoch."""
+    if opts.keep_epochs is not None:
+        if k is None:
+            raise InputError("keep_epochs needs views that are label epochs (every image one row per epoch); "
+                             "this input's views are not")
+        kept = even_epochs(int(opts.keep_epochs), k)
+    else:
+        kept = np.arange(k if k is not None else 0, dtype=np.int64)
+    return Allocation(source_epochs=k or 0, kept=kept, max_kl=opts.max_kl)
+
+
+class _Split:
+    """The fitted global basis and the measurements on which one budget is split between kept epochs and
+    rank: fitted once, so that several ratios can be split on one fit (:func:`plan_ratios`).  Every
+    measurement is cached by rank (and by kept-epoch count for record sizes)."""
+
+    def __init__(self, opts: CodecOptions, num_classes: int, num_images: int, source_epochs: int,
+                 fit_source: Callable[[], FitSource], probe: Callable[[], torch.Tensor], head: Optional[Any],
+                 device: str, records: Optional[Callable[[np.ndarray], torch.Tensor]]) -> None:
+        from ..codecs import get_codec
+        self.opts, self.c, self.num_images, self.k, self.records = opts, int(num_classes), int(num_images), \
+            int(source_epochs), records
+        self.codec = get_codec("global", **dict(opts.codec_config or {}))
+        self.full = self.codec.fit(fit_source(), opts.quant, head=head, device=device, residual=opts.residual)
+        self.rows, self.mean = self.full.full(0)
+        self.qmax = int(self.rows.shape[0])
+        self.probe_rows = probe().to(device)
+        self._coef: Dict[int, torch.Tensor] = {}
+        self._kl: Dict[int, float] = {}
+        self._projected: Dict[int, float] = {}
+        self._sizes: Dict[Tuple[int, int], float] = {}
+        self._samples: Dict[int, torch.Tensor] = {}
+
+    def coefficients(self, r: int) -> torch.Tensor:
+        if r not in self._coef:
+            self._coef[r] = probe_coefficients(self.codec, self.full, self.probe_rows, r)
+        return self._coef[r]
+
+    def kl(self, r: int) -> float:
+        if r not in self._kl:
+            self._kl[r] = probe_kl(self.codec, self.full, self.probe_rows, r, self.opts.quant,
+                                   coefficients=self.coefficients(r))
+        return self._kl[r]
+
+    def kl_projected(self, r: int) -> float:
+        if r not in self._projected:
+            self._projected[r] = probe_kl(self.codec, self.full, self.probe_rows, r, self.opts.quant, project=True)
+        return self._projected[r]
+
+    def per_row(self, n: int, r: int, measured: bool = True) -> float:
+        """Bytes per kept row of ``n`` epochs per image at rank ``r``: the record's share plus the fp16 basis
+        and its float32 mean spread over the kept rows.  The record is measured as the writer packs it, zstd
+        included, on a sample of images (``measured=False``: counted before zstd, an upper bound); residual
+        entries and row means are counted as stored raw."""
+        opts, c = self.opts, self.c
+        one = self.codec.record_one_scale(self.rows[:r])
+        raw = row_cost(r, float(n), opts.quant, opts.residual, c, one)
+        if measured and opts.zstd_level > 0 and r > 0:
+            if (n, r) not in self._sizes:
+                if self.records is None:
+                    a = wrap_rows(self.coefficients(r), n)
+                else:
+                    if n not in self._samples:
+                        self._samples.clear()   # one sample at a time: a sample of many kept epochs is large
+                        self._samples[n] = self.records(even_epochs(n, self.k)).cpu()   # packed on the CPU
+                    # the projection alone: the codec's KL fit moves the coefficients too little to change
+                    # their size after zstd, and costs a fit per (n, r) step of the searches
+                    a = probe_coefficients(self.codec, self.full, self._samples[n], r, project=True)
+                self._sizes[(n, r)] = mean_record_size(a, opts.quant, c, opts.zstd_level, opts.shuffle, one) / n
+            record = self._sizes[(n, r)] + raw - row_cost(r, float(n), opts.quant, 0, c, one)
+        else:
+            record = raw
+        return record + (4.0 if opts.keep_mean else 0.0) + (2 * c * r + 4 * c) / (self.num_images * n)
+
+    def cost(self, n: int, r: int, measured: bool = True) -> float:
+        """Label bytes of the whole store with ``n`` kept epochs at rank ``r`` (see :meth:`per_row`)."""
+        return self.per_row(n, r, measured) * self.num_images * n
+
+    def split(self, x: float, out: Allocation) -> Allocation:
+        """Spend the budget of ratio ``x`` (steps 2-4 of the module docstring) on ``out``'s kept epochs, or on
+        fewer when pooling is automatic; fills ``out`` and returns it."""
+        opts, c, k, qmax = self.opts, self.c, self.k, self.qmax
+        budget = 2.0 * c * self.num_images * k / x
+        kept = out.kept
+        if opts.pool and opts.keep_epochs is None:
+            r_min = _smallest_rank(self.kl, opts.max_kl, qmax, bound=self.kl_projected)
+            out.min_rank = qmax if r_min is None else r_min
+            if r_min is None:
+                log.warning("no global-basis rank reaches KL(T=1) <= %g on the probe (rank %d gives %.3g)",
+                            opts.max_kl, qmax, self.kl(qmax))
+            if self.cost(k, out.min_rank) > budget:
+                # the count before zstd fits (zstd never grows a record), so the search starts there
+                start = largest_fitting(lambda m: self.cost(m, out.min_rank, False) <= budget, 1, k)
+                fits = largest_fitting(lambda m: self.cost(m, out.min_rank) <= budget, start or 1, k)
+                if fits is None:
+                    need = self.cost(1, out.min_rank)
+                    which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
+                             "the full basis, whose KL(T=1) still exceeds")
+                    most = 2.0 * c * self.num_images * k / need
+                    raise BudgetError(
+                        f"ratio {x:g}x leaves {budget:,.0f} label bytes ({budget / (self.num_images * k):.2f} B per "
+                        f"source row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, "
+                        f"{which} max_kl={opts.max_kl:g} (measured {self.kl(out.min_rank):.3g}), i.e. a ratio of "
+                        f"at most {most:.1f}x", advice=POOL_BUDGET_ADVICE, max_ratio=most)
+                kept = even_epochs(fits, k)
+        out.kept = kept
+        n = len(kept)
+        # the rank the writer's rate control would choose for the kept rows under the whole budget
+        inner = x if n == k else x * n / k
+        start = largest_fitting(lambda r: self.per_row(n, r, False) <= 2.0 * c / inner, 0, qmax)
+        fit_r = largest_fitting(lambda r: self.per_row(n, r) <= 2.0 * c / inner, start or 0, qmax)
+        if fit_r is None:
+            raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 "
+                              f"global record needs ({self.per_row(n, 0):.2f} B per row with {n} kept epochs)")
+        out.rank = fit_r
+        if out.rank == 0 and not opts.residual:
+            # a rank-0 basis decodes every row to the mean row: no labels would be stored
+            raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row: the global basis at rank "
+                              f"0, which stores no labels; rank 1 needs {self.per_row(n, 1):.2f} B per row with {n} "
+                              f"kept epochs")
+        out.inner_ratio = inner
+        out.kl_t1 = self.kl(out.rank)
+        out.label_bytes = self.cost(n, out.rank)
+        out.bases = BasisSet([BasisEntry(self.rows[:out.rank], -1, self.mean)])
+        return out
+
+
 def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_epochs: Optional[int],
              fit_source: Callable[[], FitSource], probe: Callable[[], torch.Tensor],
              head: Optional[Any] = None, bases: Optional[BasisSet] = None, device: str = "cpu",
@@ -382,117 +513,16 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
         InputError: ``keep_epochs`` on a store whose views are not label epochs, or outside [1, K].
     """
     k = source_epochs
-    if opts.keep_epochs is not None:
-        if k is None:
-            raise InputError("keep_epochs needs views that are label epochs (every image one row per epoch); "
-                             "this input's views are not")
-        kept = even_epochs(int(opts.keep_epochs), k)
-    else:
-        kept = np.arange(k if k is not None else 0, dtype=np.int64)
-    out = Allocation(source_epochs=k or 0, kept=kept, max_kl=opts.max_kl)
+    out = _initial(opts, k)
     if opts.ratio is None:
         return out
     x = float(opts.ratio)
-    c = int(num_classes)
     if k is None or opts.method != "global" or bases is not None:
         # the inner ratio of the kept rows: the whole budget spread over fewer rows
-        out.inner_ratio = x * len(kept) / k if k else x
+        out.inner_ratio = x * len(out.kept) / k if k else x
         return out
-    from ..codecs import get_codec
-    codec = get_codec("global", **dict(opts.codec_config or {}))
-    src = fit_source()
-    full = codec.fit(src, opts.quant, head=head, device=device, residual=opts.residual)
-    rows, mean = full.full(0)
-    qmax = int(rows.shape[0])
-    budget = 2.0 * c * num_images * k / x
-    probe_rows = probe().to(device)
-    coef: Dict[int, torch.Tensor] = {}
-    cache: Dict[int, float] = {}
-    projected: Dict[int, float] = {}
-    sizes: Dict[Tuple[int, int], float] = {}
-    samples: Dict[int, torch.Tensor] = {}
-
-    def coefficients(r: int) -> torch.Tensor:
-        if r not in coef:
-            coef[r] = probe_coefficients(codec, full, probe_rows, r)
-        return coef[r]
-
-    def kl(r: int) -> float:
-        if r not in cache:
-            cache[r] = probe_kl(codec, full, probe_rows, r, opts.quant, coefficients=coefficients(r))
-        return cache[r]
-
-    def kl_projected(r: int) -> float:
-        if r not in projected:
-            projected[r] = probe_kl(codec, full, probe_rows, r, opts.quant, project=True)
-        return projected[r]
-
-    def per_row(n: int, r: int, measured: bool = True) -> float:
-        # bytes per kept row of n epochs per image at rank r: the record's share plus the fp16 basis and its
-        # float32 mean spread over the kept rows.  The record is measured as the writer packs it, zstd
-        # included, on a sample of images (``measured=False``: counted before zstd, an upper bound); residual
-        # entries and row means are counted as stored raw.
-        one = codec.record_one_scale(rows[:r])
-        raw = row_cost(r, float(n), opts.quant, opts.residual, c, one)
-        if measured and opts.zstd_level > 0 and r > 0:
-            if (n, r) not in sizes:
-                if records is None:
-                    a = wrap_rows(coefficients(r), n)
-                else:
-                    if n not in samples:
-                        samples.clear()   # one sample at a time: a sample of many kept epochs is large
-                        samples[n] = records(even_epochs(n, k)).cpu()   # packed on the CPU
-                    # the projection alone: the codec's KL fit moves the coefficients too little to change
-                    # their size after zstd, and costs a fit per (n, r) step of the searches
-                    a = probe_coefficients(codec, full, samples[n], r, project=True)
-                sizes[(n, r)] = mean_record_size(a, opts.quant, c, opts.zstd_level, opts.shuffle, one) / n
-            record = sizes[(n, r)] + raw - row_cost(r, float(n), opts.quant, 0, c, one)
-        else:
-            record = raw
-        return record + (4.0 if opts.keep_mean else 0.0) + (2 * c * r + 4 * c) / (num_images * n)
-
-    def cost(n: int, r: int, measured: bool = True) -> float:
-        return per_row(n, r, measured) * num_images * n
-
-    auto = opts.pool and opts.keep_epochs is None
-    if auto:
-        r_min = _smallest_rank(kl, opts.max_kl, qmax, bound=kl_projected)
-        out.min_rank = qmax if r_min is None else r_min
-        if r_min is None:
-            log.warning("no global-basis rank reaches KL(T=1) <= %g on the probe (rank %d gives %.3g)",
-                        opts.max_kl, qmax, kl(qmax))
-        if cost(k, out.min_rank) > budget:
-            # the count before zstd fits (zstd never grows a record), so the search starts there
-            start = largest_fitting(lambda m: cost(m, out.min_rank, False) <= budget, 1, k)
-            fits = largest_fitting(lambda m: cost(m, out.min_rank) <= budget, start or 1, k)
-            if fits is None:
-                need = cost(1, out.min_rank)
-                which = ("the smallest whose KL(T=1) stays at or below" if r_min is not None else
-                         "the full basis, whose KL(T=1) still exceeds")
-                most = 2.0 * c * num_images * k / need
-                raise BudgetError(
-                    f"ratio {x:g}x leaves {budget:,.0f} label bytes ({budget / (num_images * k):.2f} B per source "
-                    f"row); even one kept epoch needs {need:,.0f} B at global-basis rank {out.min_rank}, {which} "
-                    f"max_kl={opts.max_kl:g} (measured {kl(out.min_rank):.3g}), i.e. a ratio of at most "
-                    f"{most:.1f}x", advice=POOL_BUDGET_ADVICE, max_ratio=most)
-            kept = even_epochs(fits, k)
-    out.kept = kept
-    n = len(kept)
-    # the rank the writer's rate control would choose for the kept rows under the whole budget
-    inner = x if n == k else x * n / k
-    start = largest_fitting(lambda r: per_row(n, r, False) <= 2.0 * c / inner, 0, qmax)
-    fit_r = largest_fitting(lambda r: per_row(n, r) <= 2.0 * c / inner, start or 0, qmax)
-    if fit_r is None:
-        raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row, below what a rank-0 global "
-                          f"record needs ({per_row(n, 0):.2f} B per row with {n} kept epochs)")
-    out.rank = fit_r
-    if out.rank == 0 and not opts.residual:
-        # a rank-0 basis decodes every row to the mean row: no labels would be stored
-        raise BudgetError(f"ratio {x:g}x leaves {2.0 * c / inner:.2f} B per kept row: the global basis at rank 0, "
-                          f"which stores no labels; rank 1 needs {per_row(n, 1):.2f} B per row with {n} kept epochs")
-    out.inner_ratio = inner
-    out.kl_t1 = kl(out.rank)
-    out.bases = BasisSet([BasisEntry(rows[:out.rank], -1, mean)])
+    out = _Split(opts, num_classes, num_images, k, fit_source, probe, head, device, records).split(x, out)
+    n = len(out.kept)
     if out.kl_t1 > opts.max_kl:
         warnings.warn(f"ratio {x:g}x codes {n} of {k} epochs at global-basis rank {out.rank}: measured KL(T=1) "
                       f"{out.kl_t1:.3g} exceeds max_kl={opts.max_kl:g}; students trained on labels this far from "
@@ -500,6 +530,60 @@ def allocate(opts: CodecOptions, *, num_classes: int, num_images: int, source_ep
     log.info("allocation: %d of %d epochs, inner ratio %.1fx, global rank %s, KL(T=1) %.3g", n, k,
              out.inner_ratio, out.rank, out.kl_t1)
     return out
+
+
+def plan_ratios(opts: CodecOptions, ratios: Sequence[float], *, num_classes: int, num_images: int,
+                source_epochs: Optional[int], fit_source: Callable[[], FitSource],
+                probe: Callable[[], torch.Tensor], head: Optional[Any] = None, device: str = "cpu",
+                records: Optional[Callable[[np.ndarray], torch.Tensor]] = None) -> List[Any]:
+    """:func:`allocate` at each of several ratios on one fit of the global basis, writing nothing.
+
+    ``opts`` is used as :func:`allocate` uses it, with each ratio in turn (its own ``ratio`` is ignored).
+
+    Returns:
+        One entry per ratio, in order: the :class:`Allocation` (with ``label_bytes``, the store's predicted
+        label bytes) or the :class:`~score_codec.errors.BudgetError` that encoding at that ratio would raise.
+
+    Raises:
+        InputError: a method other than ``global``, views that are not label epochs, a ratio that is not a
+            positive finite number, or ``keep_epochs`` outside [1, K].
+    """
+    if opts.method != "global":
+        raise InputError(f"planning splits a budget for the global codec; method {opts.method!r} has no split "
+                         f"(encode with it and read the ratio it reports)")
+    if source_epochs is None:
+        raise InputError("planning needs views that are label epochs (every image one row per epoch); this "
+                         "input's views are not")
+    xs = [float(x) for x in ratios]
+    bad = [x for x in xs if not (math.isfinite(x) and x > 0)]
+    if not xs or bad:
+        raise InputError(f"ratios must be positive finite numbers, found {list(ratios)!r}")
+    split = _Split(opts, num_classes, num_images, source_epochs, fit_source, probe, head, device, records)
+    out: List[Any] = []
+    for x in xs:
+        try:
+            out.append(split.split(x, _initial(opts, source_epochs)))
+        except BudgetError as exc:
+            out.append(exc)
+    return out
+
+
+def plan_entry(x: float, result: Any, num_classes: int, num_images: int, source_epochs: int) -> Dict[str, Any]:
+    """One ratio of a plan as a JSON-serialisable dict: ``ratio`` (asked), ``keep_epochs`` of
+    ``source_epochs``, ``inner_ratio``, ``rank``, ``min_rank``, ``kl_t1`` (probe, T=1), ``label_bytes`` and
+    ``predicted_ratio`` (the store it predicts), or, where the ratio cannot hold a useful label, ``error``
+    (the BudgetError's reason) and ``max_ratio`` (the largest ratio that would, where measured; else None)."""
+    entry: Dict[str, Any] = {"ratio": float(x), "source_epochs": int(source_epochs), "keep_epochs": None,
+                             "inner_ratio": None, "rank": None, "min_rank": None, "kl_t1": None, "label_bytes": None,
+                             "predicted_ratio": None, "error": None, "max_ratio": None}
+    if isinstance(result, BudgetError):
+        entry.update(error=result.reason, max_ratio=result.max_ratio)
+        return entry
+    raw = 2.0 * num_classes * num_images * source_epochs
+    entry.update(keep_epochs=int(len(result.kept)), inner_ratio=result.inner_ratio, rank=result.rank,
+                 min_rank=result.min_rank, kl_t1=result.kl_t1, label_bytes=int(round(result.label_bytes)),
+                 predicted_ratio=raw / result.label_bytes)
+    return entry
 
 
 def store_kl(store: Any, matrices: Sequence[Any], kept: Optional[np.ndarray]) -> float:

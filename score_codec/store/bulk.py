@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,18 +10,36 @@ from ..progress import progress_bar
 
 from ..codecs.arguments import check_int
 from ..errors import InputError
-from ..codecs.global_basis import BasisSet
-from .allocate import KeptViews, finish, plan_and_prune, store_kl
+from ..codecs.global_basis import BasisSet, FitSource
+from .allocate import (KeptViews, epoch_values, finish, plan_and_prune, plan_entry, plan_ratios, probe_from_matrices,
+                       record_sample, store_kl)
 from .encoder import check_matrices
 from .meta import AugMeta
 from .options import CodecOptions
 from .reader import LabelStore
 from .writer import DEFAULT_SHARD_BYTES, StoreWriter
 
-__all__ = ["encode"]
+__all__ = ["encode", "plan"]
 
 #: images encoded per batched call; bounds peak memory to a few of these chunks
 CHUNK_IMAGES = 512
+
+
+def _matrices(Y: Any) -> List[torch.Tensor]:
+    """Y (an (N, K, C) tensor or array, or an iterable of (K_i, C) matrices) as a list of 2-D tensors."""
+    if isinstance(Y, np.ndarray):
+        Y = torch.from_numpy(Y)
+    if isinstance(Y, torch.Tensor):
+        if Y.ndim != 3:
+            raise InputError(f"Y must have shape (N, K, C), found {tuple(Y.shape)}")
+        mats = list(Y.unbind(0))
+    else:
+        mats = [m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m)) for m in Y]
+    if not mats:
+        raise InputError("no images to encode")
+    if any(m.ndim != 2 for m in mats):
+        raise InputError("every label matrix must be 2-D (K, C)")
+    return mats
 
 
 def encode(
@@ -84,18 +102,7 @@ def encode(
         BudgetError: the ratio cannot hold a useful label (see :func:`score_codec.store.allocate.allocate`).
     """
     opts = CodecOptions.build(options, **codec)
-    if isinstance(Y, np.ndarray):
-        Y = torch.from_numpy(Y)
-    if isinstance(Y, torch.Tensor):
-        if Y.ndim != 3:
-            raise InputError(f"Y must have shape (N, K, C), found {tuple(Y.shape)}")
-        mats = list(Y.unbind(0))
-    else:
-        mats = [m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m)) for m in Y]
-    if not mats:
-        raise InputError("no images to encode")
-    if any(m.ndim != 2 for m in mats):
-        raise InputError("every label matrix must be 2-D (K, C)")
+    mats = _matrices(Y)
     c = int(mats[0].shape[1])
     chunk_images = check_int("chunk_images", chunk_images, 1)
     if opts.target_bytes is not None:
@@ -133,3 +140,51 @@ def encode(
             w.set_meta(meta)
     store = LabelStore(os.fspath(path))
     return finish(store.stats(), opts, alloc, lambda: store_kl(store, source, alloc.kept if alloc.pooled else None))
+
+
+def plan(
+    Y: Union[torch.Tensor, np.ndarray, Iterable[Any]],
+    ratios: Sequence[float],
+    options: Optional[CodecOptions] = None,
+    *,
+    labels: Optional[Sequence[int]] = None,
+    meta: Optional[AugMeta] = None,
+    head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+    **codec: Any,
+) -> List[Dict[str, Any]]:
+    """How :func:`encode` would spend each of several ratios, on one fit of the global basis; writes nothing.
+
+    ``plan(Y, [30, 100, 300, 1000])`` answers "how many label epochs does each ratio keep, at what rank and
+    KL?" before an encode: the basis is fitted once and each ratio's split between kept epochs and rank is
+    the one ``encode(Y, path, ratio=x, ...)`` makes with the same options (see
+    :mod:`score_codec.store.allocate`).
+
+    Args:
+        Y: as :func:`encode`: (N, K, C) logits, or an iterable of (K_i, C) matrices; row j of every image is
+            label epoch j unless ``meta`` says otherwise.
+        ratios: target ratios against fp16 logits (positive numbers).
+        options, codec: as :func:`encode` (``method="global"`` only; ``ratio`` / ``target_bytes`` are
+            ignored; ``max_kl``, ``pool``, ``keep_epochs``, ``quant``, ``keep_mean``, ``zstd_level`` ... apply).
+        labels, meta, head: as :func:`encode`.
+
+    Returns:
+        One dict per ratio, in order (:func:`~score_codec.store.allocate.plan_entry`): ``keep_epochs`` of
+        ``source_epochs``, ``inner_ratio``, ``rank``, ``kl_t1`` (probe KL at T = 1), ``label_bytes`` and
+        ``predicted_ratio``; a ratio that cannot hold a useful label has ``error`` (why) and ``max_ratio``
+        instead, where ``encode`` would raise :class:`~score_codec.errors.BudgetError`.
+
+    Raises:
+        InputError: another method, views that are not label epochs, a ratio that is not a positive number.
+    """
+    opts = CodecOptions.build(options, **codec).replace(ratio=None, target_bytes=None)
+    mats = _matrices(Y)
+    c = int(mats[0].shape[1])
+    if labels is not None and len(labels) != len(mats):
+        raise InputError(f"got {len(labels)} labels for {len(mats)} images")
+    check_matrices(mats, c)
+    values = epoch_values(meta, np.array([int(m.shape[0]) for m in mats]))
+    k = None if values is None else len(values)
+    results = plan_ratios(opts, ratios, num_classes=c, num_images=len(mats), source_epochs=k,
+                          fit_source=lambda: FitSource(mats, labels), probe=lambda: probe_from_matrices(mats),
+                          head=head, device=opts.device, records=lambda kept: record_sample(mats, kept))
+    return [plan_entry(x, r, c, len(mats), k) for x, r in zip(ratios, results)]

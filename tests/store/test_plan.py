@@ -1,0 +1,109 @@
+"""Planning: the split of several ratios on one fit, and that it is the split an encode makes."""
+import json
+
+import numpy as np
+import pytest
+
+import score_codec as sc
+from score_codec.cli.main import main
+from score_codec.errors import BudgetError, InputError
+
+from tests.common import assert_ratio_met, head_like_logits
+
+N, K, C = 160, 30, 500
+
+
+@pytest.fixture(scope="module")
+def logits():
+    return head_like_logits(N, K, C, d=16, seed=7)
+
+
+@pytest.fixture(scope="module")
+def planned(logits):
+    return sc.plan(logits, [8, 60, 120, 5000])
+
+
+def _encoded(tmp_path, logits, ratio, **kw):
+    return sc.encode(logits, tmp_path / f"r{ratio}.store", ratio=ratio, overwrite=True, **kw)
+
+
+def test_plan_spans_every_epoch_pooling_and_refusal(planned):
+    every, pooled, fewer, refused = planned
+    assert every["keep_epochs"] == K and every["error"] is None
+    assert 1 <= fewer["keep_epochs"] < pooled["keep_epochs"] < K
+    # more epochs dropped, never a rank below the smallest useful one
+    assert fewer["rank"] >= fewer["min_rank"] and pooled["rank"] >= pooled["min_rank"]
+    assert pooled["kl_t1"] <= 0.01 and fewer["kl_t1"] <= 0.01
+    assert refused["error"] and refused["keep_epochs"] is None and 120 < refused["max_ratio"] < 5000
+    json.dumps(planned)   # the entries are what --json prints
+
+
+@pytest.mark.parametrize("ratio", [8, 60, 120])
+def test_plan_is_the_split_encode_makes(tmp_path, logits, planned, ratio):
+    entry = next(e for e in planned if e["ratio"] == ratio)
+    st = _encoded(tmp_path, logits, ratio)
+    assert st["keep_epochs"] == entry["keep_epochs"]
+    store = sc.LabelStore(tmp_path / f"r{ratio}.store")
+    assert int(store.basis_table["rank"][0]) == entry["rank"]
+    # the predicted bytes count records on a sample: the store lands within the rate control's tolerance
+    assert abs(st["label_bytes"] / entry["label_bytes"] - 1) < 0.02
+    assert_ratio_met(st, ratio)
+
+
+def test_a_refused_ratio_is_the_encode_refusal(tmp_path, logits, planned):
+    with pytest.raises(BudgetError) as exc:
+        _encoded(tmp_path, logits, 5000)
+    assert exc.value.reason == planned[-1]["error"]
+    assert exc.value.max_ratio == pytest.approx(planned[-1]["max_ratio"])
+
+
+def test_plan_honours_the_split_options(logits, planned):
+    loose, kept, every = sc.plan(logits, [60], max_kl=0.05)[0], sc.plan(logits, [60], keep_epochs=3)[0], \
+        sc.plan(logits, [60], pool=False)[0]
+    assert loose["keep_epochs"] >= planned[1]["keep_epochs"] and loose["kl_t1"] <= 0.05
+    assert kept["keep_epochs"] == 3 and kept["rank"] > planned[1]["rank"]
+    assert every["keep_epochs"] == K and every["rank"] < planned[1]["min_rank"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda y: sc.plan(y, [10], method="svd"),
+    lambda y: sc.plan(y, [0]),
+    lambda y: sc.plan(y, [float("nan")]),
+    lambda y: sc.plan(y, []),
+    lambda y: sc.plan([y[0], y[1, :3]], [10]),        # views that are not label epochs
+    lambda y: sc.plan(y, [10], keep_epochs=K + 1),
+])
+def test_plan_refuses_what_it_cannot_plan(logits, call):
+    with pytest.raises(InputError):
+        call(logits)
+
+
+def test_plan_dump_is_the_split_encode_dump_makes(tmp_path, logits):
+    npy = tmp_path / "logits.npy"
+    np.save(npy, logits.numpy().astype(np.float16))
+    entries = sc.plan_dump(npy, [60, 5000], scratch_dir=tmp_path)
+    assert entries[0]["source_format"] == "npy" and entries[1]["error"]
+    st = sc.encode_dump(npy, tmp_path / "d.store", ratio=60)
+    assert st["keep_epochs"] == entries[0]["keep_epochs"]
+    assert int(sc.LabelStore(tmp_path / "d.store").basis_table["rank"][0]) == entries[0]["rank"]
+    assert abs(st["label_bytes"] / entries[0]["label_bytes"] - 1) < 0.02
+    # nothing is left in the scratch directory but what was there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.store", "logits.npy"]
+
+
+def test_cli_plan(tmp_path, logits, capsys):
+    npy = tmp_path / "logits.npy"
+    np.save(npy, logits.numpy().astype(np.float16))
+    assert main(["plan", str(npy), "--ratio", "60", "5000", "--quiet", "--scratch-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "kept epochs" in lines[1] and " of 30" in lines[2] and "n/a (at most" in lines[3]
+    assert main(["plan", str(npy), "--ratio", "60", "--json", "--quiet", "--scratch-dir", str(tmp_path)]) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    assert entry["ratio"] == 60 and 1 <= entry["keep_epochs"] < K
+    # bad input: exit 2, naming what is wrong
+    assert main(["plan", str(tmp_path / "missing.npy"), "--ratio", "60", "--quiet"]) == 2
+    assert "missing.npy" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", str(npy), "--ratio", "-3"])
+    assert exc.value.code == 2
