@@ -77,6 +77,9 @@ def test_quickstart_command_line(tmp_path):
     ratio = float(re.search(r"([\d.]+)x smaller than fp16 logits", r.stdout).group(1))
     # the budget, with record sizes counted after zstd, is met and spent (one more basis rank would not fit)
     assert 9.9 <= ratio <= 10.5, r.stdout
+    # the plan's 10x line is the split the encode then makes (every one of the 20 label epochs kept)
+    assert re.search(r"^\s*10x\s+20 of 20\s", r.stdout, flags=re.M), r.stdout
+    assert re.search(r"^\s*100x\s+(\d+ of 20|n/a)", r.stdout, flags=re.M), r.stdout
     summary = re.search(r"^\s*all\s+10000\s+(\S+)\s+(\S+)\s+([\d.]+)%", r.stdout, flags=re.M)
     assert summary and float(summary.group(1)) < 1e-2 and float(summary.group(3)) > 95, r.stdout
     src = np.load(tmp_path / "logits.npy").astype(np.float32)
