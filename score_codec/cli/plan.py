@@ -10,7 +10,7 @@ import logging
 from typing import Any, Dict, List
 
 from .encode import add_reader_arguments, dump_options, load_head
-from .options import QUANTS, HelpFormatter, count
+from .options import QUANTS, HelpFormatter, _positive_float, count
 
 __all__ = ["register", "cmd_plan", "plan_table"]
 
@@ -23,16 +23,6 @@ Each line says what 'score-codec encode SRC DST --ratio X' with the same options
 it keeps, the rank it codes them at, the probe KL(T=1) of the decoded rows and the store's label bytes; a
 ratio that cannot hold a useful label says why and the largest ratio that can.
 """
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, found {text!r}")
-    return v
 
 
 def _size(n: float) -> str:
@@ -103,14 +93,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "report the split 'score-codec encode --ratio' would make: label epochs kept, the rank "
                        "they are coded at, the probe KL(T=1) and the predicted store size. Writes no store.")
     p.add_argument("src", help="The dump: a directory (epoch_0/batch_0.tar ... or per-image files) or a .npy file.")
-    p.add_argument("--ratio", type=_positive, nargs="+", required=True, metavar="X",
+    p.add_argument("--ratio", type=_positive_float, nargs="+", required=True, metavar="X",
                    help="Target ratios against fp16 logits.")
     add_reader_arguments(p)
     pool = p.add_mutually_exclusive_group()
     pool.add_argument("--no-pool", action="store_true", help="Code every label epoch (as encode --no-pool).")
     pool.add_argument("--keep-epochs", type=count(1), default=None, metavar="N",
                       help="Keep exactly N label epochs (as encode --keep-epochs).")
-    p.add_argument("--max-kl", type=_positive, default=0.01, help="Largest probe KL(T=1) the split accepts "
+    p.add_argument("--max-kl", type=_positive_float, default=0.01, help="Largest probe KL(T=1) the split accepts "
                    "(as encode --max-kl).")
     p.add_argument("--quant", default="int8", choices=QUANTS, help="Quantisation of the coefficients.")
     p.add_argument("--residual", type=count(0), default=0, help="Sparse residual entries kept per row.")

@@ -11,7 +11,7 @@ from typing import Any, Optional, Type
 
 from ..errors import InputError, ScoreError
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["check_int", "check_real", "check_device"]
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: Optional[int] = None,
@@ -42,3 +42,20 @@ def check_real(name: str, value: Any, low: float, high: float = math.inf, *, low
         lo, hi = ("(" if low_open else "["), (")" if high_open or math.isinf(high) else "]")
         raise error(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}, found {value!r}")
     return v
+
+
+def check_device(name: str, value: Any, error: Type[ScoreError] = InputError) -> str:
+    """``value`` as a device string torch accepts and this machine has (``"cpu"``, ``"cuda"``,
+    ``"cuda:1"``, ...); else ``error`` naming it."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise error(f"{name} must be a torch device such as 'cpu' or 'cuda:0', found {value!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise error(f"{name}={value!r}: this torch build or machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise error(f"{name}={value!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return str(value)

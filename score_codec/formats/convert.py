@@ -19,8 +19,9 @@ from ..progress import progress_bar
 from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
 from ..codecs.global_basis import FitSource
-from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, epoch_values, finish, plan_entry,
-                              plan_ratios, probe_from_matrices, probe_from_rows, prune_meta, record_sample, store_kl)
+from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, check_plannable, check_ratios,
+                              epoch_values, finish, plan_entry, plan_ratios, probe_from_matrices, probe_from_rows,
+                              prune_meta, record_sample, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
 from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
@@ -196,9 +197,14 @@ def plan_dump(
     opts = CodecOptions.build(options, **codec_kw).replace(ratio=None, target_bytes=None)
     dopts = DumpOptions.build(dump_options, **dump_kw)
     src = os.fspath(src)
+    ratios = check_ratios(ratios)
+    check_plannable(opts, 0)   # the method, before the dump is read
+    if opts.method == "global":
+        GlobalCodec(**dict(opts.codec_config or {}))   # a bad codec_config, before the dump is read
     scratch = os.path.abspath(os.fspath(scratch_dir) if scratch_dir is not None else os.getcwd())
     if not os.path.isdir(scratch):
-        raise InputError(f"{scratch}: scratch directory does not exist")
+        raise InputError(f"{scratch}: the scratch directory " +
+                         ("is not a directory" if os.path.exists(scratch) else "does not exist"))
     try:
         reader = open_reader(src, format, **dopts.reader_kwargs())
         _note(progress, f"format: {reader.name} ({reader.summary()})")
@@ -207,7 +213,10 @@ def plan_dump(
             labels = c.labels if (c.labels >= 0).all() else None
             values = epoch_values(c.aug, c.ks)
             k = None if values is None else len(values)
-            if opts.method == "global" and not opts.residual:
+            check_plannable(opts, k, src)
+            if opts.keep_epochs is not None and not 1 <= opts.keep_epochs <= k:
+                raise InputError(f"{src}: cannot keep {opts.keep_epochs} of the dump's {k} label epochs")
+            if not opts.residual:
                 # what the one-pass encode fits and probes on (``_encode_one_pass``)
                 sample = c.spread_sample(GlobalCodec(**dict(opts.codec_config or {})).fit_rows)
                 fit_ks = [len(b) for b in sample]

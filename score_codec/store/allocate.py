@@ -34,6 +34,7 @@ import torch
 
 from ..codecs.global_basis import BasisEntry, BasisSet, FitSource, row_cost, unit_rows
 from ..codecs.quantize import roundtrip
+from ..codecs.arguments import check_real
 from ..codecs.ratecontrol import largest_fitting
 from ..errors import BudgetError, InputError
 from .meta import AugMeta
@@ -42,7 +43,7 @@ from .record import HEADER, pack_coefficient_records
 
 __all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients",
            "project_rows", "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control",
-           "plan_ratios", "plan_entry", "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
+           "plan_ratios", "plan_entry", "check_ratios", "check_plannable", "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
            "KeptViews", "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class Allocation:
         kl_t1: mean KL(T=1) of the decoded probe rows at ``rank`` (global codec with a ratio), else None.
         max_kl: the threshold used.
         label_bytes: the store's label bytes the split predicts (records after zstd, measured on a sample,
-            plus the basis), or None where nothing was split.
+            plus the basis; residual entries and row means counted as stored raw, so a store with a
+            residual comes out smaller), or None where nothing was split.
         bases: the fitted global basis truncated to ``rank``, for the writer (None: the writer fits).
     """
 
@@ -538,7 +540,12 @@ def plan_ratios(opts: CodecOptions, ratios: Sequence[float], *, num_classes: int
                 records: Optional[Callable[[np.ndarray], torch.Tensor]] = None) -> List[Any]:
     """:func:`allocate` at each of several ratios on one fit of the global basis, writing nothing.
 
-    ``opts`` is used as :func:`allocate` uses it, with each ratio in turn (its own ``ratio`` is ignored).
+    Args:
+        opts: the codec options, used as :func:`allocate` uses them with each ratio in turn (their own
+            ``ratio`` is ignored).
+        ratios: target ratios against fp16 logits (positive finite numbers).
+        num_classes, num_images, source_epochs, fit_source, probe, head, device, records: as :func:`allocate`
+            (``source_epochs`` must be given: only label epochs can be split).
 
     Returns:
         One entry per ratio, in order: the :class:`Allocation` (with ``label_bytes``, the store's predicted
@@ -548,16 +555,9 @@ def plan_ratios(opts: CodecOptions, ratios: Sequence[float], *, num_classes: int
         InputError: a method other than ``global``, views that are not label epochs, a ratio that is not a
             positive finite number, or ``keep_epochs`` outside [1, K].
     """
-    if opts.method != "global":
-        raise InputError(f"planning splits a budget for the global codec; method {opts.method!r} has no split "
-                         f"(encode with it and read the ratio it reports)")
-    if source_epochs is None:
-        raise InputError("planning needs views that are label epochs (every image one row per epoch); this "
-                         "input's views are not")
-    xs = [float(x) for x in ratios]
-    bad = [x for x in xs if not (math.isfinite(x) and x > 0)]
-    if not xs or bad:
-        raise InputError(f"ratios must be positive finite numbers, found {list(ratios)!r}")
+    xs = check_ratios(ratios)
+    check_plannable(opts, source_epochs)
+    _initial(opts, source_epochs)   # keep_epochs outside [1, K] is refused before the fit
     split = _Split(opts, num_classes, num_images, source_epochs, fit_source, probe, head, device, records)
     out: List[Any] = []
     for x in xs:
@@ -568,11 +568,45 @@ def plan_ratios(opts: CodecOptions, ratios: Sequence[float], *, num_classes: int
     return out
 
 
+def check_ratios(ratios: Any) -> List[float]:
+    """``ratios`` (a sequence or iterable of numbers) as a non-empty list of positive finite floats; else
+    :class:`~score_codec.errors.InputError` naming what was found."""
+    try:
+        values = list(ratios)
+    except TypeError:
+        raise InputError(f"ratios must be a sequence of positive numbers, found {ratios!r}") from None
+    if not values:
+        raise InputError("ratios is empty: give at least one target ratio")
+    return [check_real("ratio", x, 0.0) for x in values]
+
+
+def check_plannable(opts: CodecOptions, source_epochs: Optional[int], where: str = "") -> None:
+    """Refuse what has no split to plan: a method other than ``global``, or views that are not label epochs
+    (``source_epochs`` None).  ``where`` (a file) prefixes the message."""
+    at = f"{where}: " if where else ""
+    if opts.method != "global":
+        raise InputError(f"{at}planning splits a budget for the global codec; method {opts.method!r} has no split "
+                         f"(encode with it and read the ratio it reports)")
+    if source_epochs is None:
+        raise InputError(f"{at}planning needs views that are label epochs (every image one row per epoch); "
+                         f"these views are not")
+
+
 def plan_entry(x: float, result: Any, num_classes: int, num_images: int, source_epochs: int) -> Dict[str, Any]:
-    """One ratio of a plan as a JSON-serialisable dict: ``ratio`` (asked), ``keep_epochs`` of
-    ``source_epochs``, ``inner_ratio``, ``rank``, ``min_rank``, ``kl_t1`` (probe, T=1), ``label_bytes`` and
-    ``predicted_ratio`` (the store it predicts), or, where the ratio cannot hold a useful label, ``error``
-    (the BudgetError's reason) and ``max_ratio`` (the largest ratio that would, where measured; else None)."""
+    """One ratio of a plan as a JSON-serialisable dict.
+
+    Args:
+        x: the ratio asked for.
+        result: what :func:`plan_ratios` returned for it (an :class:`Allocation` or a BudgetError).
+        num_classes, num_images, source_epochs: C, N and K of the source.
+
+    Returns:
+        ``ratio``; ``keep_epochs`` of ``source_epochs``; ``inner_ratio`` (fp16 bytes of the kept rows over
+        stored bytes); ``rank`` and ``min_rank`` of the global basis; ``kl_t1`` (mean probe KL(T=1), nats);
+        ``label_bytes`` (int, the store's predicted label bytes) and ``predicted_ratio`` (fp16 bytes of every
+        source row over them).  Where the ratio cannot hold a useful label these are None and ``error`` (the
+        BudgetError's reason) and ``max_ratio`` (the largest ratio that would, where measured) are set.
+    """
     entry: Dict[str, Any] = {"ratio": float(x), "source_epochs": int(source_epochs), "keep_epochs": None,
                              "inner_ratio": None, "rank": None, "min_rank": None, "kl_t1": None, "label_bytes": None,
                              "predicted_ratio": None, "error": None, "max_ratio": None}

@@ -11,7 +11,7 @@ from ..progress import progress_bar
 from ..codecs.arguments import check_int
 from ..errors import InputError
 from ..codecs.global_basis import BasisSet, FitSource
-from .allocate import (KeptViews, epoch_values, finish, plan_and_prune, plan_entry, plan_ratios, probe_from_matrices,
+from .allocate import (KeptViews, check_ratios, epoch_values, finish, plan_and_prune, plan_entry, plan_ratios, probe_from_matrices,
                        record_sample, store_kl)
 from .encoder import check_matrices
 from .meta import AugMeta
@@ -177,6 +177,7 @@ def plan(
         InputError: another method, views that are not label epochs, a ratio that is not a positive number.
     """
     opts = CodecOptions.build(options, **codec).replace(ratio=None, target_bytes=None)
+    ratios = check_ratios(ratios)
     mats = _matrices(Y)
     c = int(mats[0].shape[1])
     if labels is not None and len(labels) != len(mats):

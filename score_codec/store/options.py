@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from ..codecs.arguments import check_device
 from ..errors import InputError
 from .encoder import CodingFields, EncodeOptions, default_quant
 
@@ -85,6 +86,7 @@ class CodecOptions(CodingFields):
             raise InputError(f"max_kl must be a positive number, found {self.max_kl!r}")
         if self.keep_epochs is not None and not self.pool:
             raise InputError("give keep_epochs or pool=False, not both (pool=False keeps every epoch)")
+        check_device("device", self.device)
 
     @classmethod
     def build(cls, options: Optional["CodecOptions"] = None, **overrides: Any) -> "CodecOptions":
