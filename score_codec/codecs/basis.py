@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..errors import CodecError
+from ..errors import CodecError, InputError
 
 __all__ = ["GramAccumulator", "fit_coefficients", "orthonormal_rows", "head_basis", "kl_rows"]
 
@@ -90,15 +90,23 @@ def orthonormal_rows(rows: torch.Tensor, against: Optional[torch.Tensor] = None,
     return q.T[keep].contiguous()
 
 
-def head_basis(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def head_basis(weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               num_classes: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Basis and mean of a teacher's final linear layer ``logits = weight @ h + bias``.
 
     ``weight`` (C, d), ``bias`` (C,).  Row-centred logits lie in ``mean + span(rows)`` with
     mean = centred bias and rows = an orthonormal basis (d', C) of the centred columns of ``weight``,
-    so the global codec with this basis reproduces the teacher's logits up to quantisation."""
+    so the global codec with this basis reproduces the teacher's logits up to quantisation.
+    ``num_classes``: the C of the labels it will code; a head with another C is an InputError."""
     w = weight.detach().to(torch.float64)
     if w.ndim != 2:
         raise CodecError(f"head_basis: weight must be (C, d), found shape {tuple(w.shape)}")
+    if num_classes is not None and w.shape[0] != num_classes:
+        raise InputError(f"head: the teacher's final layer has {w.shape[0]} outputs (weight {tuple(w.shape)}), "
+                         f"the labels have {num_classes} classes")
+    if bias is not None and tuple(bias.shape) != (w.shape[0],):
+        raise InputError(f"head: bias must have shape ({w.shape[0]},) to match weight {tuple(w.shape)}, "
+                         f"found {tuple(bias.shape)}")
     b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
     w = w - w.mean(0, keepdim=True)
     return b - b.mean(), orthonormal_rows(w.T)

@@ -228,7 +228,7 @@ class GlobalCodec(StoreScopeCodec):
         bytes before compression."""
         c = int(src.centred(0).shape[1])
         if head is not None:
-            mean, basis = head_basis(*head)
+            mean, basis = head_basis(*head, num_classes=c)
             # order the head's directions by the variance of this store's rows along them, so that a rank
             # below d keeps the directions that matter (the QR order is arbitrary)
             acc, total = self._gram(src, device)
@@ -366,7 +366,7 @@ class TwoLevelCodec(StoreScopeCodec):
             raise CodecError("the two-level codec takes rank= (global), class_rank= or a byte budget, not energy=")
         c = int(src.centred(0).shape[1])
         if head is not None:
-            mean, basis = head_basis(*head)
+            mean, basis = head_basis(*head, num_classes=c)
             total = src.total_rows
         else:
             acc, total = self._gram(src, device)

@@ -60,6 +60,16 @@ def test_head_basis_gives_exact_logits_with_d_components(tmp_path):
     assert st["rank_max"] == 6
 
 
+def test_a_head_that_does_not_fit_the_labels_is_bad_input(tmp_path):
+    y, w, b = affine_logits()
+    c = y.shape[-1]
+    with pytest.raises(sc.InputError, match=f"{c + 1} outputs"):
+        sc.encode(y, str(tmp_path / "a"), method="global", head=(torch.randn(c + 1, w.shape[1]), None), rank=2)
+    with pytest.raises(sc.InputError, match="bias must have shape"):
+        sc.encode(y, str(tmp_path / "b"), method="global", head=(w, b[:-1]), rank=2)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_kl_fit_lowers_kl_against_the_projection():
     y = teacher_like_logits(30, 20, 40, rank=6, seed=3)
     rows = centred(y).reshape(-1, 40)
