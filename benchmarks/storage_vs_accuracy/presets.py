@@ -185,15 +185,15 @@ PRESETS: Dict[str, Config] = {
     # minutes here, so the rows are the comparison the preset is for: the library default (its automatic
     # keep-and-code split) against LPLD, LPQLD (two splits), MR-k and FKD at every target, every row coded
     # (global) at 10x only (beyond it the library default decides whether to code every row), and three seeds
-    # for the reference and the best library, LPQLD and MR-k rows from 100x up.
+    # for the reference and the best library, LPLD, LPQLD and MR-k rows.
     "glyphs-ipc1": Config(
         "glyphs-ipc1", data="cjk-glyphs:train?classes=1000", test="cjk-glyphs:test?classes=1000", **{
             **_GLYPH, "teacher_width": 128, "teacher_epochs": 3, "pool": 94000, "ipcs": (1,), "sweep_ipc": 1,
             "select_methods": ("score",), "label_epochs": 300, "seeds": (0, 1, 2), "pool_inner": None,
             "ratios": (10, 30, 100, 300, 1000), "codecs": ("global",), "codecs_high": (), "residual_codecs": (),
             "lpqld_splits": (10, 30), "hard_labels": False,
-            # extra seeds for ours and the peers that can be best (LPLD trails MR-k and LPQLD from 100x up)
-            "best_seed_families": ("library", "LPQLD", "MR-k"), "best_seed_targets": (100, 300, 1000),
+            # extra seeds for ours and the peers that can be best (LPLD is the best peer at 10x and 30x)
+            "best_seed_families": ("library", "LPLD", "LPQLD", "MR-k"), "best_seed_targets": (10, 30, 100, 300, 1000),
             "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),),
             # 300, 600 and 1200 epochs failed the doubling test, 2400 passes (the PROTOCOL gives the figures)
             "train_epochs": 2400,
