@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_options", "count",
+__all__ = ["METHODS", "QUANTS", "FORMAT_NAMES", "HelpFormatter", "add_codec_arguments", "codec_config", "codec_options", "count",
            "add_teacher_arguments", "add_store_arguments", "store_argument"]
 
 #: registered codecs (``score_codec.registered_codecs()``)
@@ -78,19 +78,20 @@ def add_codec_arguments(p: argparse.ArgumentParser, rank_default: Any = None) ->
                    "--weights); its final linear layer becomes the basis.")
 
 
+def codec_config(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The store-scope codec's ``codec_config`` from ``--fit-temperature``, ``--class-rank`` and
+    ``--newton-steps`` (those a subcommand has and the user gave; None when none was)."""
+    config = {name: getattr(args, name) for name in ("fit_temperature", "class_rank", "newton_steps")
+              if getattr(args, name, None) is not None}
+    return config or None
+
+
 def codec_options(args: argparse.Namespace, device: Optional[str] = None) -> Any:
     """A :class:`~score_codec.store.options.CodecOptions` from parsed :func:`add_codec_arguments` options."""
     from ..store.options import CodecOptions
 
-    config: Dict[str, Any] = {}
-    if args.fit_temperature is not None:
-        config["fit_temperature"] = args.fit_temperature
-    if args.class_rank is not None:
-        config["class_rank"] = args.class_rank
-    if args.newton_steps is not None:
-        config["newton_steps"] = args.newton_steps
     return CodecOptions(method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, quant=getattr(args, "quant", None),
-                        residual=args.residual, keep_mean=args.keep_mean, codec_config=config or None,
+                        residual=args.residual, keep_mean=args.keep_mean, codec_config=codec_config(args),
                         device=device or getattr(args, "device", None) or "cpu", pool=not args.no_pool,
                         keep_epochs=args.keep_epochs, max_kl=args.max_kl)
 

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Dict, List
 
 from .encode import add_reader_arguments, dump_options, load_head
-from .options import QUANTS, HelpFormatter, _positive_float, count
+from .options import QUANTS, HelpFormatter, _positive_float, codec_config, count
 
 __all__ = ["register", "cmd_plan", "plan_table"]
 
@@ -64,13 +64,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.workers)
-    config: Dict[str, Any] = {}
-    if args.fit_temperature is not None:
-        config["fit_temperature"] = args.fit_temperature
-    if args.newton_steps is not None:
-        config["newton_steps"] = args.newton_steps
     opts = CodecOptions(method="global", quant=args.quant, residual=args.residual, keep_mean=args.keep_mean,
-                        codec_config=config or None, device=args.device, pool=not args.no_pool,
+                        codec_config=codec_config(args), device=args.device, pool=not args.no_pool,
                         keep_epochs=args.keep_epochs, max_kl=args.max_kl)
     entries = plan_dump(args.src, args.ratio, opts, format=args.src_format, dump_options=dump_options(args),
                         progress=not args.quiet, scratch_dir=args.scratch_dir,

@@ -19,9 +19,9 @@ from ..progress import progress_bar
 from ..codecs.global_basis import GlobalCodec
 from ..errors import InputError, IOFailureError, WriteFailedError
 from ..codecs.global_basis import FitSource
-from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, check_plannable, check_ratios,
-                              epoch_values, finish, plan_entry, plan_ratios, probe_from_matrices, probe_from_rows,
-                              prune_meta, record_sample, store_kl)
+from ..store.allocate import (PROBE_VIEWS, Allocation, KeptViews, allocate, check_plan_method, check_plannable, check_ratios,
+                              epoch_values, finish, matrix_inputs, plan_entry, plan_ratios, probe_from_rows,
+                              prune_meta, store_kl)
 from ..store.options import CodecOptions, split_codec_options
 from ..store.reader import LabelStore
 from ..store.rowwise import RowBlocks, encode_rows, supports_rowwise
@@ -154,6 +154,29 @@ def encode_dump(
 
 
 
+def _allocation_inputs(c: Any, opts: CodecOptions, labels: Optional[np.ndarray], one_pass: bool,
+                       rowwise: bool = False) -> Tuple[Optional[List[Any]], Dict[str, Any]]:
+    """What an encode of dump contents ``c`` fits the global basis on and probes: ``(sample, kwargs)`` with
+    ``kwargs`` the ``fit_source``, ``probe`` and ``records`` of :func:`allocate` / :func:`plan_ratios` (one
+    definition, so that a plan is made on exactly what the encode uses).
+
+    ``one_pass`` (the global codec without a residual, ``_encode_one_pass``): ``sample`` is files spread over
+    the dump holding the codec's ``fit_rows`` rows, which the writer also fits on, and record sizes are
+    measured on the probe's rows.  Otherwise (``_encode_gathered``; ``sample`` None): every image's matrix,
+    or with ``rowwise`` blocks of rows in dump order, and record sizes on a sample of images."""
+    if one_pass:
+        sample = c.spread_sample(GlobalCodec(**dict(opts.codec_config or {})).fit_rows)
+        ks, rows = [len(b) for b in sample], len(c.aug.rows)
+        return sample, dict(fit_source=lambda: FitSource(sample, None, ks, c.num_images, rows),
+                            probe=lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS)), records=None)
+    kwargs = matrix_inputs(_Matrices(c), labels, c.ks)
+    if rowwise:
+        blocks, nrows = RowBlocks(c.row_logits, 4096), int(c.ks.sum())
+        kwargs["fit_source"] = lambda: FitSource(blocks, None, [len(blocks[i]) for i in range(len(blocks))],
+                                                 c.num_images, nrows)
+    return None, kwargs
+
+
 def plan_dump(
     src: PathLike,
     ratios: Sequence[float],
@@ -198,7 +221,7 @@ def plan_dump(
     dopts = DumpOptions.build(dump_options, **dump_kw)
     src = os.fspath(src)
     ratios = check_ratios(ratios)
-    check_plannable(opts, 0)   # the method, before the dump is read
+    check_plan_method(opts)   # before the dump is read
     if opts.method == "global":
         GlobalCodec(**dict(opts.codec_config or {}))   # a bad codec_config, before the dump is read
     scratch = os.path.abspath(os.fspath(scratch_dir) if scratch_dir is not None else os.getcwd())
@@ -216,21 +239,10 @@ def plan_dump(
             check_plannable(opts, k, src)
             if opts.keep_epochs is not None and not 1 <= opts.keep_epochs <= k:
                 raise InputError(f"{src}: cannot keep {opts.keep_epochs} of the dump's {k} label epochs")
-            if not opts.residual:
-                # what the one-pass encode fits and probes on (``_encode_one_pass``)
-                sample = c.spread_sample(GlobalCodec(**dict(opts.codec_config or {})).fit_rows)
-                fit_ks = [len(b) for b in sample]
-                nrows = len(c.aug.rows)
-                fit = lambda: FitSource(sample, None, fit_ks, c.num_images, nrows)
-                probe = lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS))
-                records = None
-            else:
-                fit = lambda: FitSource(_Matrices(c), labels, c.ks)
-                probe = lambda: probe_from_matrices(_Matrices(c))
-                records = lambda kept: record_sample(_Matrices(c), kept)
+            # the inputs encode_dump's path for these options uses (a residual goes per image)
+            _, inputs = _allocation_inputs(c, opts, labels, one_pass=not opts.residual)
             results = plan_ratios(opts, ratios, num_classes=c.num_classes, num_images=c.num_images,
-                                  source_epochs=k, fit_source=fit, probe=probe, head=head, device=opts.device,
-                                  records=records)
+                                  source_epochs=k, head=head, device=opts.device, **inputs)
             out = [plan_entry(x, r, c.num_classes, c.num_images, k) for x, r in zip(ratios, results)]
             for e in out:
                 e["source_format"] = c.format
@@ -245,23 +257,20 @@ def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
     beside ``dst``; the basis is fitted on (and the allocation probes) files spread over the scratch, whose rows
     are then coded in sequential chunks.  Reading a flat array back costs a fraction of unpickling the dump
     again; the scratch is removed whether the encode succeeds or fails."""
-    # the basis is fitted on fit_rows rows: files spread over the dump holding that many
-    fit_rows = GlobalCodec(**dict(opts.codec_config or {})).fit_rows
+    GlobalCodec(**dict(opts.codec_config or {}))   # a bad codec_config, before the dump is read
     scratch = os.path.dirname(os.path.abspath(dst))
     with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
         _check_contents(src, c)
         opts = _resolve_target(opts, c)
         labels = c.labels if (c.labels >= 0).all() else None
-        sample = c.spread_sample(fit_rows)
+        # the basis is fitted on files spread over the dump holding the codec's fit_rows rows
+        sample, inputs = _allocation_inputs(c, opts, labels, one_pass=True)
         rows = c.aug.rows
         image, aug, ks = rows["image"].astype(np.int64), rows["aug"].astype(np.int64), c.ks
         values = epoch_values(c.aug, c.ks)
-        fit_ks = [len(b) for b in sample]
         alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
-                         source_epochs=None if values is None else len(values),
-                         fit_source=lambda: FitSource(sample, None, fit_ks, c.num_images, len(rows)),
-                         probe=lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS)), head=head,
-                         device=opts.device)
+                         source_epochs=None if values is None else len(values), head=head, device=opts.device,
+                         **inputs)
         logits: Any = c.scratch_rows
         meta = c.aug
         if alloc.pooled:
@@ -277,7 +286,8 @@ def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
             if alloc.bases is not None:
                 w.set_bases(alloc.bases)
             else:
-                _note(progress, f"fitting the global basis on {sum(fit_ks):,} rows from files spread over the dump")
+                _note(progress, f"fitting the global basis on {sum(len(b) for b in sample):,} rows from files spread "
+                            f"over the dump")
             encode_rows(w, logits, image, aug, ks, labels, head=head, progress=progress, fit_on=sample)
             w.set_meta(meta)
         return c.format, opts, alloc, None
@@ -322,17 +332,12 @@ def _encode_gathered(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
         if opts.method in ("shared", "two-level") and labels is None:
             raise InputError(f"method {opts.method!r} needs image classes: pass labels= or ipc=")
         values = epoch_values(c.aug, c.ks)
+        # the row-wise encode (global, no residual) fits on blocks of rows in dump order
         rowwise = opts.method == "global" and opts.residual == 0
-        nrows = int(c.ks.sum())
-        if rowwise:   # the sample the row-wise encode fits on: blocks of rows in dump order
-            blocks = RowBlocks(c.row_logits, 4096)
-            fit = lambda: FitSource(blocks, None, [len(blocks[i]) for i in range(len(blocks))], c.num_images, nrows)
-        else:
-            fit = lambda: FitSource(_Matrices(c), labels, c.ks)
+        _, inputs = _allocation_inputs(c, opts, labels, one_pass=False, rowwise=rowwise)
         alloc = allocate(opts, num_classes=c.num_classes, num_images=c.num_images,
-                         source_epochs=None if values is None else len(values), fit_source=fit,
-                         probe=lambda: probe_from_matrices(_Matrices(c)), head=head, device=opts.device,
-                         records=lambda kept: record_sample(_Matrices(c), kept))
+                         source_epochs=None if values is None else len(values), head=head, device=opts.device,
+                         **inputs)
         kept = alloc.kept if alloc.pooled else None
         meta, image, aug, ks = c.aug, c.aug.rows["image"].astype(np.int64), c.aug.rows["aug"].astype(np.int64), c.ks
         row_logits: Any = c.row_logits

@@ -43,8 +43,9 @@ from .record import HEADER, pack_coefficient_records
 
 __all__ = ["Allocation", "allocate", "epoch_values", "even_epochs", "prune_meta", "probe_kl", "probe_coefficients",
            "project_rows", "mean_record_size", "wrap_rows", "SampleRecordBytes", "fit_rate_control",
-           "plan_ratios", "plan_entry", "check_ratios", "check_plannable", "probe_from_matrices", "probe_from_rows", "record_sample", "kl_t1", "store_kl", "finish", "plan_and_prune",
-           "KeptViews", "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
+           "plan_ratios", "plan_entry", "check_ratios", "check_plan_method", "check_plannable", "probe_from_matrices",
+           "probe_from_rows", "record_sample", "matrix_inputs", "kl_t1", "store_kl", "finish", "plan_and_prune", "KeptViews",
+           "PROBE_ROWS", "PROBE_VIEWS", "RECORD_IMAGES", "RATIO_TOLERANCE", "POOL_BUDGET_ADVICE"]
 
 log = logging.getLogger(__name__)
 
@@ -580,14 +581,19 @@ def check_ratios(ratios: Any) -> List[float]:
     return [check_real("ratio", x, 0.0) for x in values]
 
 
-def check_plannable(opts: CodecOptions, source_epochs: Optional[int], where: str = "") -> None:
-    """Refuse what has no split to plan: a method other than ``global``, or views that are not label epochs
-    (``source_epochs`` None).  ``where`` (a file) prefixes the message."""
-    at = f"{where}: " if where else ""
+def check_plan_method(opts: CodecOptions) -> None:
+    """Refuse a method other than ``global``: only its budget is split between epochs and rank."""
     if opts.method != "global":
-        raise InputError(f"{at}planning splits a budget for the global codec; method {opts.method!r} has no split "
+        raise InputError(f"planning splits a budget for the global codec; method {opts.method!r} has no split "
                          f"(encode with it and read the ratio it reports)")
+
+
+def check_plannable(opts: CodecOptions, source_epochs: Optional[int], where: str = "") -> None:
+    """Refuse what has no split to plan: a method other than ``global`` (:func:`check_plan_method`), or views
+    that are not label epochs (``source_epochs`` None; ``where``, a file, prefixes that message)."""
+    check_plan_method(opts)
     if source_epochs is None:
+        at = f"{where}: " if where else ""
         raise InputError(f"{at}planning needs views that are label epochs (every image one row per epoch); "
                          f"these views are not")
 
@@ -657,6 +663,15 @@ def finish(stats: Dict[str, Any], opts: CodecOptions, alloc: Allocation,
     return stats
 
 
+def matrix_inputs(matrices: Sequence[Any], labels: Optional[Sequence[int]] = None,
+                  ks: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """``fit_source``, ``probe`` and ``records`` of :func:`allocate` / :func:`plan_ratios` for per-image
+    matrices held (or memory-mapped) as an indexable (``ks``: their row counts, where reading every matrix
+    to count them would cost a pass)."""
+    return dict(fit_source=lambda: FitSource(matrices, labels, ks), probe=lambda: probe_from_matrices(matrices),
+                records=lambda kept: record_sample(matrices, kept))
+
+
 def plan_and_prune(opts: CodecOptions, matrices: Sequence[Any], meta: Optional[AugMeta], ks: np.ndarray,
                    num_classes: int, labels: Optional[Sequence[int]] = None, head: Optional[Any] = None,
                    bases: Optional[BasisSet] = None):
@@ -665,9 +680,8 @@ def plan_and_prune(opts: CodecOptions, matrices: Sequence[Any], meta: Optional[A
     Returns ``(allocation, epoch values or None, codec options for the kept rows, metadata of the kept rows)``."""
     values = epoch_values(meta, ks)
     alloc = allocate(opts, num_classes=num_classes, num_images=len(matrices),
-                     source_epochs=None if values is None else len(values),
-                     fit_source=lambda: FitSource(matrices, labels), probe=lambda: probe_from_matrices(matrices),
-                     head=head, bases=bases, device=opts.device, records=lambda kept: record_sample(matrices, kept))
+                     source_epochs=None if values is None else len(values), head=head, bases=bases,
+                     device=opts.device, **matrix_inputs(matrices, labels))
     inner = alloc.writer_options(opts)
     if alloc.pooled and meta is not None:
         meta = prune_meta(meta, alloc.kept, values)

@@ -10,9 +10,9 @@ from ..progress import progress_bar
 
 from ..codecs.arguments import check_int
 from ..errors import InputError
-from ..codecs.global_basis import BasisSet, FitSource
-from .allocate import (KeptViews, check_ratios, epoch_values, finish, plan_and_prune, plan_entry, plan_ratios, probe_from_matrices,
-                       record_sample, store_kl)
+from ..codecs.global_basis import BasisSet
+from .allocate import (KeptViews, check_ratios, epoch_values, finish, matrix_inputs, plan_and_prune, plan_entry,
+                       plan_ratios, store_kl)
 from .encoder import check_matrices
 from .meta import AugMeta
 from .options import CodecOptions
@@ -185,7 +185,6 @@ def plan(
     check_matrices(mats, c)
     values = epoch_values(meta, np.array([int(m.shape[0]) for m in mats]))
     k = None if values is None else len(values)
-    results = plan_ratios(opts, ratios, num_classes=c, num_images=len(mats), source_epochs=k,
-                          fit_source=lambda: FitSource(mats, labels), probe=lambda: probe_from_matrices(mats),
-                          head=head, device=opts.device, records=lambda kept: record_sample(mats, kept))
+    results = plan_ratios(opts, ratios, num_classes=c, num_images=len(mats), source_epochs=k, head=head,
+                          device=opts.device, **matrix_inputs(mats, labels))
     return [plan_entry(x, r, c, len(mats), k) for x, r in zip(ratios, results)]
