@@ -270,7 +270,12 @@ class GlobalCodec(StoreScopeCodec):
         else:
             r = qmax if rank is None else int(rank)
         r = max(0, min(r, qmax, 0xFFFF))
-        log.info("global basis: rank %d of %d (fitted on %s)", r, qmax, "the teacher head" if head is not None else "the store's rows")
+        fitted_on = "the teacher head" if head is not None else "the store's rows"
+        if rank is None and energy is None and budget_per_row is None:
+            # every direction: the caller (the pool-and-code allocation) may still choose the rank
+            log.info("global basis: %d directions (fitted on %s)", r, fitted_on)
+        else:
+            log.info("global basis: rank %d of %d (fitted on %s)", r, qmax, fitted_on)
         return BasisSet([self._entry(basis[:r] * spreads(variances[:r]).to(basis.dtype)[:, None], mean=mean)])
 
 

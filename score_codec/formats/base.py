@@ -125,6 +125,8 @@ class DumpReader:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     priority: ClassVar[int] = 100
+    #: what one item of :meth:`batches` is, in progress bars (:meth:`num_files` counts them)
+    unit: ClassVar[str] = "file"
 
     def __init__(self, path: str, *, num_classes: Optional[int] = None, labels: Optional[np.ndarray] = None,
                  ipc: Optional[int] = None, seed: int = 42, sampler_draws: int = 2, check_mapping: bool = True,

@@ -203,7 +203,7 @@ def _scan(reader: DumpReader, path: str, sink: Callable[[int, np.ndarray, str], 
     rows_l, batches_l = [], []
     dtype = None
     nrows = 0
-    for j, rec in enumerate(progress_bar(reader.batches(), total=reader.num_files() or None, desc=desc, unit="file",
+    for j, rec in enumerate(progress_bar(reader.batches(), total=reader.num_files() or None, desc=desc, unit=reader.unit,
                                          enabled=progress)):
         if dtype is None:
             dtype = rec.logits.dtype
@@ -297,7 +297,7 @@ class DumpScan:
         reader = open_reader(self.path, self._fmt, **self._options)
         at, image = 0, self.aug.rows["image"]
         for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc=f"encode {reader.name}",
-                                unit="file", enabled=progress):
+                                unit=reader.unit, enabled=progress):
             if not np.array_equal(rec.rows["image"], image[at:at + len(rec.rows)]):
                 raise FormatError(f"{rec.source}: rows differ from the first read of the dump (changed while encoding?)")
             at += len(rec.rows)

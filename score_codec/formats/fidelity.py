@@ -56,7 +56,7 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
     # a pooled store holds the kept epochs only: the dump's other epochs have no rows to compare
     kept = getattr(store, "kept_epochs", None)
     kept = None if kept is None else set(kept)
-    for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc="verify", unit="file", enabled=progress):
+    for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc="verify", unit=reader.unit, enabled=progress):
         n = len(rec.rows)
         if kept is not None and n and int(rec.rows["epoch"][0]) not in kept:
             continue

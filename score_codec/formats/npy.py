@@ -19,6 +19,7 @@ class NpyReader(DumpReader):
     name = "npy"
     description = "dense .npy logits (N, K, C)"
     priority = 90
+    unit = "image"
 
     @classmethod
     def detect(cls, path: str) -> bool:

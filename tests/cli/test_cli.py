@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -313,3 +314,17 @@ def test_global_encode_reads_each_dump_file_once(dump, tmp_path, capsys, monkeyp
     # rank 9 of 10 centred classes in fp16: the dump's logits come back up to fp16 rounding
     assert (got - src).abs().max() < 1e-2 * src.abs().max()
     assert st.index["rank"].tolist() == [9] * len(st) and st.verify() == []
+
+
+def test_encode_npy_progress_counts_images_and_logs_the_chosen_rank(tmp_path, capsys, caplog):
+    # a dense array is read one image at a time, and the allocation fits every direction before it chooses
+    # the rank: neither may be reported as something it is not ("file/s", "rank C of C")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(40, 6))
+    np.save(str(tmp_path / "y.npy"), (rng.normal(size=(60, 12, 6)) @ w.T).astype(np.float16))
+    with caplog.at_level(logging.INFO, logger="score_codec"):
+        code, _, err = run(["encode", str(tmp_path / "y.npy"), str(tmp_path / "s.store"), "--ratio", "8"], capsys)
+    assert code == 0
+    assert "image/s" in err and "file/s" not in err
+    assert "global basis: 40 directions" in caplog.text and "rank 40 of 40" not in caplog.text
+    assert "allocation: 12 of 12 epochs" in caplog.text
