@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 
+from score_codec._version import __version__
 from score_codec.cli.exits import EXIT_STATUS_HELP, run_reporting_errors
 from score_codec.cli.options import add_teacher_arguments
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_arguments(p)
     p.add_argument("--json", action="store_true", help="Print a machine-readable summary on stdout.")
     p.add_argument("--quiet", action="store_true", help="Show no progress bars and log only warnings.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

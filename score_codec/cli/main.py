@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import List, Optional
 
+from .._version import __version__
+from ..store.layout import FORMAT_VERSION
 from .exits import EXIT_STATUS_HELP, run_reporting_errors
 
 __all__ = ["main", "build_parser"]
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages to stderr.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__} (writes store format version {FORMAT_VERSION})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMAND_MODULES:

@@ -48,6 +48,19 @@ def test_help_on_every_command(capsys):
         assert "usage:" in capsys.readouterr().out
 
 
+def test_version_names_package_and_store_format(capsys):
+    import score_codec
+    from score_select.cli import main as select_main
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert score_codec.__version__ in out and f"store format version {score_codec.FORMAT_VERSION}" in out
+    with pytest.raises(SystemExit) as exc:
+        select_main(["--version"])
+    assert exc.value.code == 0 and score_codec.__version__ in capsys.readouterr().out
+
+
 def test_encode_reports_format_and_stats(dump, tmp_path, capsys):
     dst = str(tmp_path / "s.h5")
     code, out, err = run(["encode", dump, dst, "--rank", "3", "--json"], capsys)
