@@ -33,13 +33,20 @@ def _size(n: float) -> str:
 
 
 def plan_table(entries: List[Dict[str, Any]]) -> str:
-    """The plan's entries (:func:`score_codec.plan_dump`) as an aligned text table, one line per ratio."""
+    """The plan's entries (:func:`score_codec.plan_dump`) as an aligned text table, one line per ratio; a
+    ratio that cannot be held reads "n/a" with the largest that can, and a numbered note below the table
+    gives the reason (one note for the ratios refused for the same largest ratio)."""
     head = ("ratio", "kept epochs", "inner ratio", "rank", "probe KL(T=1)", "label bytes", "store")
-    rows = []
+    rows, notes, note_of = [], [], {}
     for e in entries:
         if e["error"] is not None:
-            most = "" if e["max_ratio"] is None else f" (at most {e['max_ratio']:.1f}x)"
-            rows.append((f"{e['ratio']:g}x", f"n/a{most}: {e['error']}"))
+            # ratios past the same largest one fail for the same reason: the first (smallest) states it
+            key = e["max_ratio"] if e["max_ratio"] is not None else ("error", len(notes))
+            if key not in note_of:
+                notes.append(e["error"])
+                note_of[key] = len(notes)
+            most = "" if e["max_ratio"] is None else f", at most {e['max_ratio']:.1f}x fits"
+            rows.append((f"{e['ratio']:g}x", f"n/a{most} [{note_of[key]}]"))
             continue
         rows.append((f"{e['ratio']:g}x", f"{e['keep_epochs']} of {e['source_epochs']}", f"{e['inner_ratio']:.1f}x",
                      str(e["rank"]), f"{e['kl_t1']:.3g}", _size(e["label_bytes"]), f"{e['predicted_ratio']:.1f}x"))
@@ -50,6 +57,7 @@ def plan_table(entries: List[Dict[str, Any]]) -> str:
             lines.append("  ".join(v.rjust(w) for v, w in zip(r, widths)))
         else:
             lines.append(r[0].rjust(widths[0]) + "  " + r[1])
+    lines.extend(f"[{i}] {text}" for i, text in enumerate(notes, 1))
     return "\n".join(lines)
 
 

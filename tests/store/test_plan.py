@@ -132,7 +132,8 @@ def test_cli_plan(tmp_path, logits, capsys):
     assert main(["plan", str(npy), "--ratio", "60", "5000", "--quiet", "--scratch-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "kept epochs" in lines[1] and " of 30" in lines[2] and "n/a (at most" in lines[3]
+    assert "kept epochs" in lines[1] and " of 30" in lines[2] and "n/a, at most" in lines[3]
+    assert lines[3].endswith("[1]") and lines[4].startswith("[1] ratio 5000x leaves")
     assert main(["plan", str(npy), "--ratio", "60", "--json", "--quiet", "--scratch-dir", str(tmp_path)]) == 0
     entry = json.loads(capsys.readouterr().out)[0]
     assert entry["ratio"] == 60 and 1 <= entry["keep_epochs"] < K
