@@ -55,17 +55,28 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
     at = 0
     # a pooled store holds the kept epochs only: the dump's other epochs have no rows to compare
     kept = getattr(store, "kept_epochs", None)
-    kept = None if kept is None else set(kept)
+    kept = None if kept is None else np.asarray(sorted(kept), dtype=np.int64)
     for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc="verify", unit=reader.unit, enabled=progress):
-        n = len(rec.rows)
-        if kept is not None and n and int(rec.rows["epoch"][0]) not in kept:
+        dump_rows, logits = rec.rows, rec.logits
+        if kept is not None:
+            # a file may hold one epoch (batch dumps) or every epoch of an image (a dense array): keep the
+            # rows of the kept epochs, in dump order, as the encode did
+            on = np.isin(dump_rows["epoch"].astype(np.int64), kept)
+            if not on.all():
+                dump_rows, logits = dump_rows[on], logits[on]
+        n = len(dump_rows)
+        if n == 0:
             continue
         mine = rows[at:at + n]
-        if len(mine) != n or not np.array_equal(mine["image"], rec.rows["image"]):
+        if len(mine) != n or not np.array_equal(mine["image"], dump_rows["image"]):
             raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
                               f"(is this the dump the store was encoded from?)")
         yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
-        acc.add(int(rec.rows["epoch"][0]) if n else 0, torch.from_numpy(rec.logits.astype(np.float32)), yhat)
+        epochs = dump_rows["epoch"].astype(np.int64)
+        y = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        for e in np.unique(epochs):   # per-epoch figures: a file of a dense array spans several epochs
+            sel = torch.from_numpy(np.flatnonzero(epochs == e))
+            acc.add(int(e), y[sel], yhat[sel])
         at += n
     if at != len(rows):
         raise FormatError(f"{src}: the dump has {at} rows, the store {len(rows)}")

@@ -202,3 +202,21 @@ def test_verify_against_the_dump_compares_the_kept_epochs(tmp_path):
     info = sc.store_info(tmp_path / "p.store")
     full = sc.store_info(sc.encode_dump(dump, tmp_path / "f.store", method="global", rank=10, quant="fp32")["path"])
     assert info["dump_fp16_bytes"] == full["dump_fp16_bytes"] and info["source_rows"] == full["rows"]
+
+
+
+def test_verify_against_a_dense_array_compares_the_kept_epochs(tmp_path):
+    # a .npy dump holds every epoch of an image in one file: verify keeps the kept epochs' rows of each,
+    # and reports them per epoch
+    y = head_like_logits(12, 6, 20, d=5, seed=3)
+    np.save(tmp_path / "y.npy", y.numpy().astype(np.float16))
+    sc.encode_dump(tmp_path / "y.npy", tmp_path / "p.store", method="global", rank=10, quant="fp32", keep_epochs=3)
+    kept = sc.LabelStore(str(tmp_path / "p.store")).kept_epochs
+    rep = sc.verify_store(tmp_path / "p.store", against=tmp_path / "y.npy")
+    assert rep["ok"] and sorted(int(e) for e in rep["fidelity"]["per_epoch"]) == sorted(int(e) for e in kept)
+    assert all(d["rows"] == 12 for d in rep["fidelity"]["per_epoch"].values())
+    assert rep["fidelity"]["overall"]["rows"] == 36 and rep["fidelity"]["overall"]["kl_t1"] < 1e-4
+    # every epoch kept: one line per epoch as well, not one line for the whole array
+    sc.encode_dump(tmp_path / "y.npy", tmp_path / "f.store", method="global", rank=10, quant="fp32")
+    rep = sc.verify_store(tmp_path / "f.store", against=tmp_path / "y.npy")
+    assert rep["ok"] and sorted(int(e) for e in rep["fidelity"]["per_epoch"]) == list(range(6))
