@@ -1,7 +1,7 @@
 """Fidelity of a label store against the dump it was encoded from: KL at T = 1 and 20, top-1 agreement."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch
@@ -20,15 +20,25 @@ class FidelityAccumulator:
     def __init__(self) -> None:
         self.per: Dict[int, Dict[str, float]] = {}
 
-    def add(self, epoch: int, y: torch.Tensor, yhat: torch.Tensor) -> None:
-        """y, yhat: (B, C) logits of the same rows (any shift per row)."""
+    def add(self, epoch: Union[int, np.ndarray], y: torch.Tensor, yhat: torch.Tensor) -> None:
+        """y, yhat: (B, C) logits of the same rows (any shift per row); ``epoch``: their label epoch, one for
+        all rows or a (B,) array."""
         y, yhat = y.double(), yhat.double()
-        d = self.per.setdefault(int(epoch), {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0})
-        d["rows"] += y.shape[0]
-        d["agree"] += int((y.argmax(1) == yhat.argmax(1)).sum())
+        per_row = {"agree": (y.argmax(1) == yhat.argmax(1)).double()}
         for t, key in zip(self.TEMPS, ("kl_t1", "kl_t20")):
             lp, lq = torch.log_softmax(y / t, 1), torch.log_softmax(yhat / t, 1)
-            d[key] += float((lp.exp() * (lp - lq)).sum())
+            per_row[key] = (lp.exp() * (lp - lq)).sum(1)
+        epochs = np.broadcast_to(np.asarray(epoch, dtype=np.int64), (y.shape[0],))
+        values, group = np.unique(epochs, return_inverse=True)
+        group = torch.from_numpy(group.reshape(-1).astype(np.int64))
+        sums = {k: torch.zeros(len(values), dtype=torch.float64).index_add_(0, group, v.cpu()) for k, v in per_row.items()}
+        counts = np.bincount(group.numpy(), minlength=len(values))
+        for j, e in enumerate(values.tolist()):
+            d = self.per.setdefault(int(e), {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0})
+            d["rows"] += int(counts[j])
+            d["agree"] += int(round(float(sums["agree"][j])))
+            d["kl_t1"] += float(sums["kl_t1"][j])
+            d["kl_t20"] += float(sums["kl_t20"][j])
 
     @staticmethod
     def _final(d: Dict[str, float]) -> Dict[str, float]:
@@ -72,11 +82,8 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
             raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
                               f"(is this the dump the store was encoded from?)")
         yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
-        epochs = dump_rows["epoch"].astype(np.int64)
-        y = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-        for e in np.unique(epochs):   # per-epoch figures: a file of a dense array spans several epochs
-            sel = torch.from_numpy(np.flatnonzero(epochs == e))
-            acc.add(int(e), y[sel], yhat[sel])
+        # per-epoch figures: a file of a dense array spans several epochs
+        acc.add(dump_rows["epoch"].astype(np.int64), torch.from_numpy(np.asarray(logits, dtype=np.float32)), yhat)
         at += n
     if at != len(rows):
         raise FormatError(f"{src}: the dump has {at} rows, the store {len(rows)}")
