@@ -13,7 +13,6 @@ import sys
 from typing import List, Optional
 
 from .._version import __version__
-from ..store.layout import FORMAT_VERSION
 from .exits import EXIT_STATUS_HELP, run_reporting_errors
 
 __all__ = ["main", "build_parser"]
@@ -39,6 +38,16 @@ EPILOG = """examples:
 """ + EXIT_STATUS_HELP
 
 
+class _Version(argparse.Action):
+    """``--version``: the store format is read only when asked for (importing the store imports torch)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..store.layout import FORMAT_VERSION
+
+        print(f"{parser.prog} {__version__} (writes store format version {FORMAT_VERSION})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="score-codec",
@@ -47,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages to stderr.")
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {__version__} (writes store format version {FORMAT_VERSION})")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="Print the package version and the store format version it writes, and exit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMAND_MODULES:
