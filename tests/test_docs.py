@@ -183,7 +183,8 @@ def _check_compress_cli(r, cwd):
     assert re.search(r"^\s*all\s+10000\s", r.stdout, flags=re.M), r.stdout
     # the plan printed one line per ratio: its kept epochs (10 label epochs in the dump), or why it cannot
     assert all(re.search(rf"^\s*{x}x\s+\d+ of 10\s", r.stdout, flags=re.M) for x in (2, 4)), r.stdout
-    assert re.search(r"^\s*8x\s+n/a \(at most [\d.]+x\)", r.stdout, flags=re.M), r.stdout
+    assert re.search(r"^\s*8x\s+n/a, at most [\d.]+x fits \[1\]$", r.stdout, flags=re.M), r.stdout
+    assert re.search(r"^\[1\] .*ratio 8x leaves", r.stdout, flags=re.M), r.stdout
     orig = sorted(os.listdir(os.path.join(cwd, "sre2l_dump", "epoch_0")))
     assert orig and sorted(os.listdir(os.path.join(cwd, "restored_dump", "epoch_0"))) == orig
     assert np.load(os.path.join(cwd, "dump_logits.npy")).shape == (1000, 10, 10)

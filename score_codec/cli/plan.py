@@ -33,20 +33,26 @@ def _size(n: float) -> str:
 
 
 def plan_table(entries: List[Dict[str, Any]]) -> str:
-    """The plan's entries (:func:`score_codec.plan_dump`) as an aligned text table, one line per ratio; a
-    ratio that cannot be held reads "n/a" with the largest that can, and a numbered note below the table
-    gives the reason (one note for the ratios refused for the same largest ratio)."""
+    """The plan's entries (:func:`score_codec.plan_dump`) as an aligned text table, one line per ratio.
+
+    A ratio that cannot be held reads "n/a" with the largest ratio that can and the number of a note under
+    the table that gives the reason.  Ratios refused for the same largest ratio share one note: the reason
+    at the smallest of them, which names the others (they leave fewer bytes and fail the same way)."""
     head = ("ratio", "kept epochs", "inner ratio", "rank", "probe KL(T=1)", "label bytes", "store")
-    rows, notes, note_of = [], [], {}
+
+    def group(e: Dict[str, Any]) -> Any:
+        return e["max_ratio"] if e["max_ratio"] is not None else e["error"]
+
+    refused: Dict[Any, List[Dict[str, Any]]] = {}
     for e in entries:
         if e["error"] is not None:
-            # ratios past the same largest one fail for the same reason: the first (smallest) states it
-            key = e["max_ratio"] if e["max_ratio"] is not None else ("error", len(notes))
-            if key not in note_of:
-                notes.append(e["error"])
-                note_of[key] = len(notes)
+            refused.setdefault(group(e), []).append(e)
+    number = {key: i for i, key in enumerate(refused, 1)}
+    rows = []
+    for e in entries:
+        if e["error"] is not None:
             most = "" if e["max_ratio"] is None else f", at most {e['max_ratio']:.1f}x fits"
-            rows.append((f"{e['ratio']:g}x", f"n/a{most} [{note_of[key]}]"))
+            rows.append((f"{e['ratio']:g}x", f"n/a{most} [{number[group(e)]}]"))
             continue
         rows.append((f"{e['ratio']:g}x", f"{e['keep_epochs']} of {e['source_epochs']}", f"{e['inner_ratio']:.1f}x",
                      str(e["rank"]), f"{e['kl_t1']:.3g}", _size(e["label_bytes"]), f"{e['predicted_ratio']:.1f}x"))
@@ -57,7 +63,11 @@ def plan_table(entries: List[Dict[str, Any]]) -> str:
             lines.append("  ".join(v.rjust(w) for v, w in zip(r, widths)))
         else:
             lines.append(r[0].rjust(widths[0]) + "  " + r[1])
-    lines.extend(f"[{i}] {text}" for i, text in enumerate(notes, 1))
+    for key, group_entries in refused.items():
+        ratios = sorted({float(e["ratio"]) for e in group_entries})
+        first = min(group_entries, key=lambda e: float(e["ratio"]))
+        also = "" if len(ratios) == 1 else f" (and {', '.join(f'{x:g}x' for x in ratios[1:])}, with fewer bytes)"
+        lines.append(f"[{number[key]}] {first['error']}{also}")
     return "\n".join(lines)
 
 

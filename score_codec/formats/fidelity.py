@@ -65,7 +65,9 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
     at = 0
     # a pooled store holds the kept epochs only: the dump's other epochs have no rows to compare
     kept = getattr(store, "kept_epochs", None)
-    kept = None if kept is None else np.asarray(sorted(kept), dtype=np.int64)
+    # row j of every image of a pooled store is source epoch source_of[j]; other stores keep the dump's numbers
+    source_of = None if kept is None else np.asarray(kept, dtype=np.int64)
+    kept = None if kept is None else np.sort(source_of)
     for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc="verify", unit=reader.unit, enabled=progress):
         dump_rows, logits = rec.rows, rec.logits
         if kept is not None:
@@ -78,12 +80,20 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
         if n == 0:
             continue
         mine = rows[at:at + n]
-        if len(mine) != n or not np.array_equal(mine["image"], dump_rows["image"]):
+        epochs = dump_rows["epoch"].astype(np.int64)
+        if len(mine) == n:
+            mine_epochs = mine["epoch"].astype(np.int64)
+            if source_of is not None:
+                inside = (mine_epochs >= 0) & (mine_epochs < len(source_of))
+                mine_epochs = np.where(inside, source_of[np.where(inside, mine_epochs, 0)], -1)
+        # images alone cannot tell the rows of a one-image file apart: their epochs must line up too
+        if len(mine) != n or not np.array_equal(mine["image"], dump_rows["image"]) or \
+                not np.array_equal(mine_epochs, epochs):
             raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
                               f"(is this the dump the store was encoded from?)")
         yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
         # per-epoch figures: a file of a dense array spans several epochs
-        acc.add(dump_rows["epoch"].astype(np.int64), torch.from_numpy(np.asarray(logits, dtype=np.float32)), yhat)
+        acc.add(epochs, torch.from_numpy(np.asarray(logits, dtype=np.float32)), yhat)
         at += n
     if at != len(rows):
         raise FormatError(f"{src}: the dump has {at} rows, the store {len(rows)}")

@@ -146,3 +146,22 @@ def test_cli_plan(tmp_path, logits, capsys):
     capsys.readouterr()
     assert main(["plan", str(npy), "--ratio", "60", "--device", "bogus", "--quiet"]) == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_plan_table_notes_name_each_reason_once():
+    from score_codec.cli.plan import plan_table
+
+    ok = dict(ratio=10, error=None, max_ratio=None, keep_epochs=5, source_epochs=10, inner_ratio=5.0, rank=3,
+              kl_t1=0.001, label_bytes=2000, predicted_ratio=10.1)
+
+    def refused(x, most, why=None):
+        return dict(ratio=x, max_ratio=most, error=why or f"ratio {x}x leaves too few bytes, at most {most}x")
+
+    lines = plan_table([refused(300, 50.0), ok, refused(100, 50.0), refused(20, None, "rank 0 stores nothing"),
+                        refused(30, None, "rank 0 stores nothing"), refused(70, None, "another reason")]).splitlines()
+    assert lines[1].split() == ["300x", "n/a,", "at", "most", "50.0x", "fits", "[1]"] and "5 of 10" in lines[2]
+    assert lines[3].endswith("fits [1]") and lines[4].endswith("n/a [2]") and lines[5].endswith("n/a [2]")
+    assert lines[6].endswith("n/a [3]")
+    # one note per reason; a shared note gives the smallest ratio's reason and names the others
+    assert lines[7:] == ["[1] ratio 100x leaves too few bytes, at most 50.0x (and 300x, with fewer bytes)",
+                         "[2] rank 0 stores nothing (and 30x, with fewer bytes)", "[3] another reason"]

@@ -220,3 +220,13 @@ def test_verify_against_a_dense_array_compares_the_kept_epochs(tmp_path):
     sc.encode_dump(tmp_path / "y.npy", tmp_path / "f.store", method="global", rank=10, quant="fp32")
     rep = sc.verify_store(tmp_path / "f.store", against=tmp_path / "y.npy")
     assert rep["ok"] and sorted(int(e) for e in rep["fidelity"]["per_epoch"]) == list(range(6))
+    # a one-image file's rows all name the same image: rows whose epochs do not line up are refused
+    from types import SimpleNamespace
+    from score_codec.errors import FormatError
+    from score_codec.formats.fidelity import fidelity
+    st = sc.LabelStore(str(tmp_path / "f.store"))
+    rows = st.aug.rows.copy()
+    rows["epoch"][:6] = rows["epoch"][:6][::-1]
+    shifted = SimpleNamespace(aug=SimpleNamespace(attrs=st.aug.attrs, rows=rows), kept_epochs=None, rows=st.rows)
+    with pytest.raises(FormatError, match="rows do not match"):
+        fidelity(shifted, str(tmp_path / "y.npy"), {})
