@@ -232,7 +232,10 @@ def compare(a: Dict[str, Any], b: Dict[str, Any], alpha: float = 0.05) -> str:
                                    equal_var=False).pvalue)
     if p >= alpha:
         return f"within noise (p = {p:.2f})"
-    return f"{'ahead' if a['top1_mean'] > b['top1_mean'] else 'behind'} ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'})"
+    shown = f"{p:.3f}"
+    if float(shown) >= alpha:   # a p just below alpha keeps the digit that shows it is below
+        shown = f"{p:.4f}"
+    return f"{'ahead' if a['top1_mean'] > b['top1_mean'] else 'behind'} ({'p < 0.001' if p < 0.001 else f'p = {shown}'})"
 
 
 def best_by_target(j: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -688,3 +688,19 @@ def test_topk_source_taken_in_chunks_equals_the_whole_dump(kind, monkeypatch):
     for s in (whole, chunked):
         assert torch.equal(s.idx.long(), idx) and torch.allclose(s.vals.float(), vals.half().float())
         assert s.label_bytes == 7 * 3 * 4 * 5
+
+
+def test_compare_states_the_side_of_alpha_a_p_value_is_on():
+    from benchmarks.storage_vs_accuracy.report import compare
+    from scipy.stats import ttest_ind_from_stats
+
+    def row(mean, std, seeds=5):
+        return {"top1_mean": mean, "top1_std": std, "seeds": seeds}
+
+    lib, lpld = row(0.929186, 0.002459), row(0.925007, 0.003155)   # Welch p = 0.0496
+    p = ttest_ind_from_stats(0.929186, 0.002459, 5, 0.925007, 0.003155, 5, equal_var=False).pvalue
+    assert 0.0495 < p < 0.05
+    assert compare(lib, lpld) == "ahead (p = 0.0496)" and compare(lpld, lib) == "behind (p = 0.0496)"
+    assert compare(row(0.93, 0.002), row(0.92, 0.002)) == "ahead (p < 0.001)"
+    assert compare(row(0.93, 0.01), row(0.92, 0.01)).startswith("within noise (p = 0.")
+    assert compare(row(0.93, 0.01, 1), row(0.92, 0.01)) == "one seed"
