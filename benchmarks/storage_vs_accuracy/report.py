@@ -396,6 +396,8 @@ def render_markdown(j: Dict[str, Any]) -> str:
         md += [f"Run on {prov.get('hardware', 'unrecorded hardware')}"
                + (f", torch {prov['torch']}" if prov.get("torch") else "")
                + (f"; date {prov['date']}" if prov.get("date") else "") + ".", ""]
+    if prov.get("note"):   # what a reader must know that the command does not say (an archived result)
+        md += [f"**Note.** {prov['note']}", ""]
     md += [f"Data `{cfg['data']}` ({j['num_classes']} classes), test `{cfg['test']}`; teacher {teacher}, test top-1 "
            f"**{100 * j['teacher_top1']:.2f}%**. Relabel: K = {j['label_epochs']} epochs of RandomResizedCrop "
            f"(scale {cfg['crop_scale'][0]:g}-1) + flip + CutMix, batch {cfg['batch_size']}"

@@ -69,3 +69,15 @@ def test_welch_statements():
     assert compare(dict(a, top1_mean=0.70), dict(top1_mean=0.80, top1_std=0.001, seeds=3)).startswith("behind")
     assert compare(a, dict(top1_mean=0.899, top1_std=0.02, seeds=3)).startswith("within noise")
     assert compare(a, dict(top1_mean=0.80, top1_std=None, seeds=1)) == "one seed"
+
+
+def test_a_provenance_note_is_rendered_under_the_run_line():
+    from benchmarks.storage_vs_accuracy.report import render_markdown
+
+    j = json.load(open(os.path.join(render.RESULTS_DIR, "glyphs-full.json")))
+    plain = render_markdown(j)
+    assert "**Note.**" not in plain
+    j["provenance"] = dict(j["provenance"], note="Archived result: store format 4.")
+    lines = render_markdown(j).splitlines()
+    run = next(i for i, line in enumerate(lines) if line.startswith("Run on "))
+    assert lines[run + 2] == "**Note.** Archived result: store format 4." and lines[run + 4].startswith("Data ")
