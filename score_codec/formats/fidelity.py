@@ -1,7 +1,7 @@
 """Fidelity of a label store against the dump it was encoded from: KL at T = 1 and 20, top-1 agreement."""
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -30,9 +30,9 @@ class FidelityAccumulator:
             per_row[key] = (lp.exp() * (lp - lq)).sum(1)
         epochs = np.broadcast_to(np.asarray(epoch, dtype=np.int64), (y.shape[0],))
         values, group = np.unique(epochs, return_inverse=True)
-        group = torch.from_numpy(group.reshape(-1).astype(np.int64))
-        sums = {k: torch.zeros(len(values), dtype=torch.float64).index_add_(0, group, v.cpu()) for k, v in per_row.items()}
-        counts = np.bincount(group.numpy(), minlength=len(values))
+        group = group.reshape(-1)
+        counts = np.bincount(group, minlength=len(values))
+        sums = {k: np.bincount(group, weights=v.cpu().numpy(), minlength=len(values)) for k, v in per_row.items()}
         for j, e in enumerate(values.tolist()):
             d = self.per.setdefault(int(e), {"rows": 0, "agree": 0, "kl_t1": 0.0, "kl_t20": 0.0})
             d["rows"] += int(counts[j])
@@ -53,6 +53,16 @@ class FidelityAccumulator:
         return {"per_epoch": {str(e): self._final(d) for e, d in sorted(self.per.items())}, "overall": self._final(tot)}
 
 
+def _source_epochs(stored: np.ndarray, kept: Optional[np.ndarray]) -> np.ndarray:
+    """The dump's epoch numbers of store rows whose metadata epochs are ``stored`` (-1 where a pooled store's
+    row number has no kept epoch)."""
+    stored = stored.astype(np.int64)
+    if kept is None:
+        return stored
+    inside = (stored >= 0) & (stored < len(kept))
+    return np.where(inside, kept[np.where(inside, stored, 0)], -1)
+
+
 def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto", progress: bool = False,
              device: str = "cpu") -> Dict[str, Any]:
     """Compare a store with the dump it was encoded from, file by file (bounded memory)."""
@@ -63,11 +73,10 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
     rows = store.aug.rows
     acc = FidelityAccumulator()
     at = 0
-    # a pooled store holds the kept epochs only: the dump's other epochs have no rows to compare
+    # a pooled store holds the kept epochs only: the dump's other epochs have no rows to compare, and row j of
+    # every image is source epoch kept[j]; other stores keep the dump's epoch numbers
     kept = getattr(store, "kept_epochs", None)
-    # row j of every image of a pooled store is source epoch source_of[j]; other stores keep the dump's numbers
-    source_of = None if kept is None else np.asarray(kept, dtype=np.int64)
-    kept = None if kept is None else np.sort(source_of)
+    kept = None if kept is None else np.asarray(kept, dtype=np.int64)
     for rec in progress_bar(reader.batches(), total=reader.num_files() or None, desc="verify", unit=reader.unit, enabled=progress):
         dump_rows, logits = rec.rows, rec.logits
         if kept is not None:
@@ -81,14 +90,9 @@ def fidelity(store: Any, src: str, reader_opts: Dict[str, Any], fmt: str = "auto
             continue
         mine = rows[at:at + n]
         epochs = dump_rows["epoch"].astype(np.int64)
-        if len(mine) == n:
-            mine_epochs = mine["epoch"].astype(np.int64)
-            if source_of is not None:
-                inside = (mine_epochs >= 0) & (mine_epochs < len(source_of))
-                mine_epochs = np.where(inside, source_of[np.where(inside, mine_epochs, 0)], -1)
         # images alone cannot tell the rows of a one-image file apart: their epochs must line up too
         if len(mine) != n or not np.array_equal(mine["image"], dump_rows["image"]) or \
-                not np.array_equal(mine_epochs, epochs):
+                not np.array_equal(_source_epochs(mine["epoch"], kept), epochs):
             raise FormatError(f"{rec.source}: rows do not match the store's metadata at dump row {at} "
                               f"(is this the dump the store was encoded from?)")
         yhat = store.rows(mine["image"].astype(np.int64), mine["aug"].astype(np.int64), device=device).cpu()
