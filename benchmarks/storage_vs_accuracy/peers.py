@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 log = logging.getLogger(__name__)
 
 __all__ = ["GLOBAL_TAG", "library_vid", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
-           "LazyVariant", "build_peers", "ours", "ours_pooled", "library_default", "storage_variants"]
+           "LazyVariant", "build_peers", "codec_settings", "ours", "ours_pooled", "library_default", "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
@@ -214,6 +214,14 @@ def library_store_name(x: float) -> str:
     return f"library{_fmt('global')}_x{x:g}"
 
 
+def codec_settings(method: str, config: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of a preset's ``codec_config`` that codec ``method`` takes (the library refuses the rest)."""
+    from score_codec import get_codec
+
+    accepted = type(get_codec(method)).settings()
+    return {k: v for k, v in config.items() if k in accepted}
+
+
 def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
     tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
     return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items())) + _fmt(method)
@@ -347,13 +355,16 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     jobs = [(x, m, r) for x in cfg.ratios if x <= fixed_max for m in (cfg.codecs if x <= 10 else high)
             for r in sorted({0, int(cfg.residual) if (m in with_res and x <= res_max) else 0})]
     cc = dict(getattr(cfg, "codec_config", None) or ())
-    ctag = "".join(f"_{k}{v}" for k, v in sorted(cc.items()))
     qtag = "" if cfg.quant == "fp16" else f"_{cfg.quant}"
     for x, m, r in jobs:
-        tag = _ours_tag(m, r, cfg.quant, cc or None)
-        path = os.path.join(store_dir, f"{m}{qtag}{ctag}{_fmt(m)}_res{r}_x{x:g}")
-        out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path: ours(
-            x, m, r, Y, cls, path, cfg.quant, cc or None), name=tag))
+        mcc = codec_settings(m, cc)
+        tag = _ours_tag(m, r, cfg.quant, mcc or None)
+        mtag = "".join(f"_{k}{v}" for k, v in sorted(mcc.items()))
+        path = os.path.join(store_dir, f"{m}{qtag}{mtag}{_fmt(m)}_res{r}_x{x:g}")
+        # students of a codec without the preset's settings were cached under an id that named them anyway
+        legacy = f"{_ours_tag(m, r, cfg.quant, cc)}@{x:g}" if cc and mcc != cc else None
+        out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path, mcc=mcc: ours(
+            x, m, r, Y, cls, path, cfg.quant, mcc or None), name=tag, legacy=legacy))
     pool_codec = getattr(cfg, "pool_codec", None) or cfg.codecs[0]
     peers_at = getattr(cfg, "peers_at", None)
     c = int(Y.shape[-1])
@@ -368,10 +379,12 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
             out.append(LazyVariant(library_vid(x, v), "library", x, lambda x=x, path=path, v=v: library_default(
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
         if getattr(cfg, "pool_inner", None) and cfg.pool_inner < x <= fixed_max:
-            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ctag}{_fmt(pool_codec)}_pool{cfg.pool_inner:g}_x{x:g}")
-            out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, cc or None), "ours+pool", x,
+            pcc = codec_settings(pool_codec, cc)
+            ptag = "".join(f"_{k}{v}" for k, v in sorted(pcc.items()))
+            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ptag}{_fmt(pool_codec)}_pool{cfg.pool_inner:g}_x{x:g}")
+            out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, pcc or None), "ours+pool", x,
                                    lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
-                                                                      cfg.quant, cc or None)))
+                                                                      cfg.quant, pcc or None)))
         lpld_at = getattr(cfg, "lpld_at", None) or peers_at
         lpqld_at = getattr(cfg, "lpqld_at", None) or peers_at
         topk, lpld = peers_at is None or x in peers_at, lpld_at is None or x in lpld_at
@@ -392,7 +405,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
                                    name=_peer_name(family, c, x, split)))
     # the order a time-limited run builds them in: target by target, the comparison the benchmark is for
     # (our first codec, ours + pool, the peers) before our other codecs and residual variants
-    first = {f"{_ours_tag(cfg.codecs[0], 0, cfg.quant, cc or None)}@{x:g}" for x in cfg.ratios}
+    first = {f"{_ours_tag(cfg.codecs[0], 0, cfg.quant, codec_settings(cfg.codecs[0], cc) or None)}@{x:g}"
+             for x in cfg.ratios}
     out.sort(key=lambda v: (0.0, 0) if v.family in ("raw", "fp16+zstd") else
              (v.ratio, 0 if v.family != "ours" or v.vid in first else 1))
     return out

@@ -7,8 +7,9 @@ adding one class here and registering it, nothing more.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Type
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -49,7 +50,36 @@ class Codec:
     scope: ClassVar[str] = "image"
 
     def __init__(self, **config: Any) -> None:
+        type(self).check_settings(config)
         self._config = dict(config)
+
+    @classmethod
+    def settings(cls) -> Tuple[str, ...]:
+        """The configuration keys the constructor accepts: its keyword parameters and, where it passes
+        ``**config`` on, those of the constructors above it (empty for a codec without settings)."""
+        names: List[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if klass is Codec or klass is object:
+                break
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            names += [p.name for p in params if p.name != "self" and p.name not in names
+                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return tuple(names)
+
+    @classmethod
+    def check_settings(cls, config: Dict[str, Any]) -> None:
+        """CodecError naming each key of ``config`` that :meth:`settings` does not list (a misspelt
+        ``codec_config`` key would otherwise be ignored)."""
+        unknown = [k for k in config if k not in cls.settings()]
+        if unknown:
+            accepted = ", ".join(cls.settings()) or "none"
+            raise CodecError(f"codec {cls.codec_id!r}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                             f"accepted: {accepted}")
 
     def factorize(self, y: torch.Tensor, ranks: torch.Tensor) -> Factors:
         """Factorise ``y`` (n, K, C) float32 with per-image ``ranks`` (n,) into :class:`Factors`."""
@@ -108,6 +138,7 @@ def get_codec(codec_id: str, **config: Any) -> Codec:
         cls = _REGISTRY[codec_id]
     except KeyError:
         raise UnknownCodecError(f"unknown codec {codec_id!r}; registered: {', '.join(registered_codecs())}") from None
+    cls.check_settings(config)   # before the constructor: one CodecError for every codec, not a TypeError
     return cls(**config)
 
 

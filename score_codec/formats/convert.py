@@ -154,6 +154,11 @@ def encode_dump(
 
 
 
+def _global_codec(opts: CodecOptions) -> GlobalCodec:
+    """The global codec of ``opts.codec_config``; a bad configuration raises its error here."""
+    return GlobalCodec(**dict(opts.codec_config or {}))
+
+
 def _allocation_inputs(c: Any, opts: CodecOptions, labels: Optional[np.ndarray], one_pass: bool,
                        rowwise: bool = False) -> Tuple[Optional[List[Any]], Dict[str, Any]]:
     """What an encode of dump contents ``c`` fits the global basis on and probes: ``(sample, kwargs)`` with
@@ -165,7 +170,7 @@ def _allocation_inputs(c: Any, opts: CodecOptions, labels: Optional[np.ndarray],
     measured on the probe's rows.  Otherwise (``_encode_gathered``; ``sample`` None): every image's matrix,
     or with ``rowwise`` blocks of rows in dump order, and record sizes on a sample of images."""
     if one_pass:
-        sample = c.spread_sample(GlobalCodec(**dict(opts.codec_config or {})).fit_rows)
+        sample = c.spread_sample(_global_codec(opts).fit_rows)
         ks, rows = [len(b) for b in sample], len(c.aug.rows)
         return sample, dict(fit_source=lambda: FitSource(sample, None, ks, c.num_images, rows),
                             probe=lambda: probe_from_rows(sample, min(int(c.ks.max()), PROBE_VIEWS)), records=None)
@@ -223,7 +228,7 @@ def plan_dump(
     ratios = check_ratios(ratios)
     check_plan_method(opts)   # before the dump is read
     if opts.method == "global":
-        GlobalCodec(**dict(opts.codec_config or {}))   # a bad codec_config, before the dump is read
+        _global_codec(opts)   # a bad codec_config, before the dump is read
     scratch = os.path.abspath(os.fspath(scratch_dir) if scratch_dir is not None else os.getcwd())
     if not os.path.isdir(scratch):
         raise InputError(f"{scratch}: the scratch directory " +
@@ -257,7 +262,7 @@ def _encode_one_pass(src: str, dst: str, reader: DumpReader, opts: CodecOptions,
     beside ``dst``; the basis is fitted on (and the allocation probes) files spread over the scratch, whose rows
     are then coded in sequential chunks.  Reading a flat array back costs a fraction of unpickling the dump
     again; the scratch is removed whether the encode succeeds or fails."""
-    GlobalCodec(**dict(opts.codec_config or {}))   # a bad codec_config, before the dump is read
+    _global_codec(opts)   # a bad codec_config, before the dump is read
     scratch = os.path.dirname(os.path.abspath(dst))
     with read_dump(src, reader=reader, scratch_dir=scratch, progress=progress) as c:
         _check_contents(src, c)

@@ -45,6 +45,27 @@ def test_image_codec_options_are_checked(method, config):
         sc.get_codec(method, **config)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_an_unknown_codec_setting_is_refused_with_the_accepted_ones(tmp_path, method):
+    """A misspelt ``codec_config`` key (here ``newton_step``) would otherwise be ignored: the encode would
+    run with the default it meant to change."""
+    y = teacher_like_logits(6, 4, 10, seed=1)
+    with pytest.raises(sc.CodecError, match="'newton_step'") as info:
+        sc.encode(y, tmp_path / "x.store", method=method, rank=2, labels=[i % 2 for i in range(6)],
+                  codec_config={"newton_step": 0})
+    accepted = type(sc.get_codec(method)).settings()
+    assert all(k in str(info.value) for k in accepted) and ("none" in str(info.value) or accepted)
+    assert info.value.exit_code == 2 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_settings_are_the_configuration_a_codec_records(method):
+    codec = sc.get_codec(method)
+    config = codec.get_config()
+    assert set(config) - {"id"} == set(type(codec).settings())
+    assert sc.codec_from_config(config).get_config() == config
+
+
 @pytest.mark.parametrize("method, ratio", [("svd", 5000.0), ("shared", 5000.0), ("global", 150.0), ("two-level", 150.0)])
 def test_a_ratio_that_leaves_rank_zero_everywhere_is_refused(tmp_path, method, ratio):
     y = teacher_like_logits(20, 64, 100, seed=2)
@@ -58,9 +79,6 @@ def test_a_ratio_that_leaves_rank_zero_everywhere_is_refused(tmp_path, method, r
         assert not (tmp_path / "x.store").exists()
 
 
-@pytest.mark.parametrize("args", [["--chunk-images", "0"], ["--workers", "-1"], ["--ratio", "nan"], ["--rank", "0"],
-                                  ["--method", "global", "--rank", "-3"], ["--method", "global", "--energy", "1.5"],
-                                  ["--method", "cur", "--ratio", "inf"]])
 def _run(argv):
     """main()'s exit code, whether it returns it or argparse raises SystemExit."""
     try:
