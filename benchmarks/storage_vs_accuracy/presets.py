@@ -146,7 +146,7 @@ PRESETS: Dict[str, Config] = {
     # schedule, so the SCORE rows are those presets' reference and library students.
     "glyphs-select-1k": Config("glyphs-select-1k", **{**_FULL, **_SELECT, "ipcs": (10,), "sweep_ipc": 10,
                                                       "label_epochs": 100, "cache": "glyphs-full",
-                                                      "codec_config": (("newton_steps", 0),)}),
+                                                      "double_check": True, "codec_config": (("newton_steps", 0),)}),
     "glyphs-select-1k-ipc1": Config("glyphs-select-1k-ipc1", **{
         **_FULL, **_SELECT, "ipcs": (1,), "sweep_ipc": 1, "label_epochs": 300, "train_epochs": 2400,
         "cache": "glyphs-full", "double_check": True, "codec_config": (("newton_steps", 0),)}),
