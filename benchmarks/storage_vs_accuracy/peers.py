@@ -222,6 +222,11 @@ def codec_settings(method: str, config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k in accepted}
 
 
+def _settings_tag(config: Dict[str, Any]) -> str:
+    """A codec's settings in a store's folder name: ``_key value`` per setting, sorted."""
+    return "".join(f"_{k}{v}" for k, v in sorted(config.items()))
+
+
 def _ours_tag(method: str, residual: int, quant: str, codec_config: Optional[dict]) -> str:
     tag = f"{method}{'' if quant == 'fp16' else '-' + quant}{'+res' + str(residual) if residual else ''}"
     return tag + "".join(f"-{k}{v}" for k, v in sorted((codec_config or {}).items())) + _fmt(method)
@@ -359,8 +364,7 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
     for x, m, r in jobs:
         mcc = codec_settings(m, cc)
         tag = _ours_tag(m, r, cfg.quant, mcc or None)
-        mtag = "".join(f"_{k}{v}" for k, v in sorted(mcc.items()))
-        path = os.path.join(store_dir, f"{m}{qtag}{mtag}{_fmt(m)}_res{r}_x{x:g}")
+        path = os.path.join(store_dir, f"{m}{qtag}{_settings_tag(mcc)}{_fmt(m)}_res{r}_x{x:g}")
         # students of a codec without the preset's settings were cached under an id that named them anyway
         legacy = f"{_ours_tag(m, r, cfg.quant, cc)}@{x:g}" if cc and mcc != cc else None
         out.append(LazyVariant(f"{tag}@{x:g}", "ours", x, lambda x=x, m=m, r=r, path=path, mcc=mcc: ours(
@@ -380,8 +384,8 @@ def storage_variants(cfg, Y: torch.Tensor, table: BatchTable, store_dir: str, cl
                 x, Y, cls, path, max_kl=v), name=f"ours: library, max_kl={v:g}"))
         if getattr(cfg, "pool_inner", None) and cfg.pool_inner < x <= fixed_max:
             pcc = codec_settings(pool_codec, cc)
-            ptag = "".join(f"_{k}{v}" for k, v in sorted(pcc.items()))
-            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{ptag}{_fmt(pool_codec)}_pool{cfg.pool_inner:g}_x{x:g}")
+            path = os.path.join(store_dir, f"{pool_codec}_{cfg.quant}{_settings_tag(pcc)}{_fmt(pool_codec)}"
+                                           f"_pool{cfg.pool_inner:g}_x{x:g}")
             out.append(LazyVariant(_pooled_vid(x, pool_codec, cfg.quant, pcc or None), "ours+pool", x,
                                    lambda x=x, path=path: ours_pooled(x, cfg.pool_inner, pool_codec, Y, table, cls, path,
                                                                       cfg.quant, pcc or None)))

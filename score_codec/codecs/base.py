@@ -60,7 +60,7 @@ class Codec:
         names: List[str] = []
         for klass in cls.__mro__:
             init = klass.__dict__.get("__init__")
-            if klass is Codec or klass is object:
+            if klass is Codec:
                 break
             if init is None:
                 continue
@@ -75,9 +75,10 @@ class Codec:
     def check_settings(cls, config: Dict[str, Any]) -> None:
         """CodecError naming each key of ``config`` that :meth:`settings` does not list (a misspelt
         ``codec_config`` key would otherwise be ignored)."""
-        unknown = [k for k in config if k not in cls.settings()]
+        accepted = cls.settings()
+        unknown = [k for k in config if k not in accepted]
         if unknown:
-            accepted = ", ".join(cls.settings()) or "none"
+            accepted = ", ".join(accepted) or "none"
             raise CodecError(f"codec {cls.codec_id!r}: unknown setting(s) {', '.join(map(repr, unknown))}; "
                              f"accepted: {accepted}")
 
