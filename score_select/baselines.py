@@ -48,55 +48,58 @@ def select_random(task: SelectionTask) -> Tuple[torch.Tensor, Optional[torch.Ten
     return interleave(picks), None
 
 
+def _greedy_per_class(task: SelectionTask, pick) -> torch.Tensor:
+    """Run ``pick(x, b) -> local indices`` on each class's normalised features ``x`` (n_c, d) with its
+    budget ``b``; the picks as original indices, interleaved."""
+    picks = []
+    for m, b in zip(class_members(task.labels, len(task.budgets)), task.budgets.tolist()):
+        chosen = pick(_normalised(task, m), b) if b > 0 else []
+        picks.append(m[torch.tensor(chosen, dtype=torch.long)])
+    return interleave(picks)
+
+
+def _herding(x: torch.Tensor, b: int) -> List[int]:
+    mu = x.mean(0)
+    s = torch.zeros_like(mu)
+    sq = x.square().sum(1)
+    free = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    chosen = []
+    for k in range(b):
+        v = (k + 1) * mu - s
+        dist = (sq - 2.0 * (x @ v)).masked_fill(~free, float("inf"))  # ||v - x||^2 - ||v||^2
+        j = int(torch.argmin(dist))
+        chosen.append(j)
+        free[j] = False
+        s = s + x[j]
+    return chosen
+
+
+def _kcenter(x: torch.Tensor, b: int) -> List[int]:
+    sq = x.square().sum(1)
+    j = int(torch.argmin(sq - 2.0 * (x @ x.mean(0))))
+    chosen = [j]
+    min_d = torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
+    for _ in range(b - 1):
+        d = (sq - 2.0 * (x @ x[j]) + sq[j]).clamp_min(0)
+        min_d = torch.minimum(min_d, d)
+        min_d[chosen] = -1.0  # never re-pick a centre (distance 0 ties with duplicates otherwise)
+        j = int(torch.argmax(min_d))
+        chosen.append(j)
+    return chosen
+
+
 @register("herding")
 def select_herding(task: SelectionTask) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Herding (Welling 2009) as greedy mean matching (iCaRL): per class, add the candidate that brings
-    the mean of the picked features closest to the class mean, i.e. ``argmin_x ||k+1)mu - s - x||``."""
-    picks = []
-    for m, b in zip(class_members(task.labels, len(task.budgets)), task.budgets.tolist()):
-        if b == 0:
-            picks.append(m[:0])
-            continue
-        x = _normalised(task, m)
-        mu = x.mean(0)
-        s = torch.zeros_like(mu)
-        sq = x.square().sum(1)
-        free = torch.ones(len(m), dtype=torch.bool, device=x.device)
-        chosen = []
-        for k in range(b):
-            v = (k + 1) * mu - s
-            dist = (sq - 2.0 * (x @ v)).masked_fill(~free, float("inf"))  # ||v - x||^2 - ||v||^2
-            j = int(torch.argmin(dist))
-            chosen.append(j)
-            free[j] = False
-            s = s + x[j]
-        picks.append(m[torch.tensor(chosen, dtype=torch.long)])
-    return interleave(picks), None
+    the mean of the picked features closest to the class mean, i.e. ``argmin_x ||(k+1)mu - s - x||``."""
+    return _greedy_per_class(task, _herding), None
 
 
 @register("kcenter")
 def select_kcenter(task: SelectionTask) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """k-center greedy (Gonzalez farthest-point traversal) per class.  The first centre is the candidate
     nearest the class mean (ours: deterministic, where DeepCore starts at a random point)."""
-    picks = []
-    for m, b in zip(class_members(task.labels, len(task.budgets)), task.budgets.tolist()):
-        if b == 0:
-            picks.append(m[:0])
-            continue
-        x = _normalised(task, m)
-        sq = x.square().sum(1)
-        mu = x.mean(0)
-        j = int(torch.argmin(sq - 2.0 * (x @ mu)))
-        chosen = [j]
-        min_d = torch.full((len(m),), float("inf"), dtype=x.dtype, device=x.device)
-        for _ in range(b - 1):
-            d = (sq - 2.0 * (x @ x[j]) + sq[j]).clamp_min(0)
-            min_d = torch.minimum(min_d, d)
-            min_d[chosen] = -1.0  # never re-pick a centre (distance 0 ties with duplicates otherwise)
-            j = int(torch.argmax(min_d))
-            chosen.append(j)
-        picks.append(m[torch.tensor(chosen, dtype=torch.long)])
-    return interleave(picks), None
+    return _greedy_per_class(task, _kcenter), None
 
 
 @register("rded")
