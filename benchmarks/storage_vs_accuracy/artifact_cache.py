@@ -7,7 +7,9 @@ teacher, the selections, the finished students; together a few MB):
 - ``teacher.safetensors``, ``teacher.json`` (its test top-1), ``select_<method>_ipc<N>.pt`` (image ids);
 - ``students.jsonl``: one finished student per line, keyed like the step cache;
 - ``metrics_<selection>.json``: each label variant's storage and fidelity metrics
-  (:mod:`benchmarks.storage_vs_accuracy.variant_metrics`), so finished variants are reported without encoding them again.
+  (:mod:`benchmarks.storage_vs_accuracy.variant_metrics`), so finished variants are reported without encoding them again;
+- ``encodes_<selection>.json``: the library default's allocation at each ratio (its ``<store>.encode.json``
+  files, keyed by store name), so a selection whose students are all finished is reported without its relabel.
 
 A cache without a teacher is seeded from these when both image hashes match; otherwise a warning names the
 expected and found hashes and nothing is copied.  The relabel dump and the label variants are recomputed from
@@ -31,6 +33,7 @@ __all__ = ["image_hashes", "seed_cache", "save_artifacts"]
 log = logging.getLogger(__name__)
 _FILES = ("teacher.safetensors", "teacher.json")
 _STUDENTS = "students.jsonl"
+_ENCODE = ".encode.json"   # the library default's allocation beside its store
 
 
 def image_hashes(train, test) -> Dict[str, str]:
@@ -66,12 +69,17 @@ def _copy_models(src: str, dst: str) -> None:
 def _merge_metrics(src: str, dst: str, prefer_src: bool = False) -> None:
     """Add ``src``'s variant metrics (JSON dicts keyed by variant id) to ``dst``'s; where both have a variant,
     ``dst``'s entry is kept (``prefer_src``: ``src``'s)."""
+    with open(src) as fh:
+        _merge_dict(json.load(fh), dst, prefer_src)
+
+
+def _merge_dict(add: Dict, dst: str, prefer_src: bool = False) -> None:
+    """Add the entries of ``add`` to JSON dict file ``dst`` (created if missing); where both have a key,
+    ``dst``'s entry is kept (``prefer_src``: ``add``'s)."""
     have = {}
     if os.path.isfile(dst):
         with open(dst) as fh:
             have = json.load(fh)
-    with open(src) as fh:
-        add = json.load(fh)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with open(dst, "w") as fh:
         json.dump({**have, **add} if prefer_src else {**add, **have}, fh, indent=1, sort_keys=True)
@@ -95,13 +103,22 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
     for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
         sel = os.path.basename(path)[len("metrics_"):-len(".json")]
         _merge_metrics(path, os.path.join(cache_dir, "variants", sel, "metrics.json"))
+    for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
+        sel = os.path.basename(path)[len("encodes_"):-len(".json")]
+        with open(path) as fh:
+            for store, stats in json.load(fh).items():
+                info = os.path.join(cache_dir, "variants", sel, store + _ENCODE)
+                if not os.path.isfile(info):
+                    os.makedirs(os.path.dirname(info), exist_ok=True)
+                    with open(info, "w") as out:
+                        json.dump(stats, out)
     log.info("cache %s seeded from %s: teacher, selections; %d finished students", cache_dir, art_dir, len(lines))
     return True
 
 
 def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None:
-    """Write ``cache_dir``'s teacher and selections to ``art_dir``, and its finished students and variant
-    metrics merged with those already there."""
+    """Write ``cache_dir``'s teacher and selections to ``art_dir``, and its finished students, variant
+    metrics and library encodes' allocations merged with those already there."""
     tmp = art_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -116,6 +133,15 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
     for path in glob.glob(os.path.join(cache_dir, "variants", "*", "metrics.json")):
         sel = os.path.basename(os.path.dirname(path))
         _merge_metrics(path, os.path.join(tmp, f"metrics_{sel}.json"), prefer_src=True)
+    for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
+        _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
+    for sel_dir in sorted(glob.glob(os.path.join(cache_dir, "variants", "*"))):
+        found = {}
+        for info in sorted(glob.glob(os.path.join(sel_dir, "*" + _ENCODE))):
+            with open(info) as fh:
+                found[os.path.basename(info)[:-len(_ENCODE)]] = json.load(fh)
+        if found:
+            _merge_dict(found, os.path.join(tmp, f"encodes_{os.path.basename(sel_dir)}.json"), prefer_src=True)
     with open(os.path.join(tmp, "data.json"), "w") as fh:
         json.dump(hashes, fh, indent=1)
     shutil.rmtree(art_dir, ignore_errors=True)

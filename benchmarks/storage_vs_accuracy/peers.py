@@ -37,7 +37,8 @@ from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSourc
 log = logging.getLogger(__name__)
 
 __all__ = ["GLOBAL_TAG", "library_vid", "library_store_name", "lpld_prune_ratio", "topk_k", "lpqld_params", "legacy_lpqld_vid", "fp16_zstd_bytes", "PeerVariant",
-           "LazyVariant", "build_peers", "codec_settings", "ours", "ours_pooled", "library_default", "storage_variants"]
+           "LazyVariant", "build_peers", "codec_settings", "ours", "ours_pooled", "library_allocation", "library_default",
+           "storage_variants"]
 
 #: LPQLD's reproduce scripts prune with this ratio before MR-k.
 LPQLD_PRUNE = 0.9
@@ -283,6 +284,13 @@ def ours_pooled(x: float, inner: float, method: str, Y: torch.Tensor, table: Bat
     return PeerVariant(vid, "ours+pool", x, src, extra=dict(keep_epochs=keep, inner_ratio=float(inner)))
 
 
+def library_allocation(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """A result row's allocation fields (``keep_epochs``, ``inner_ratio``, ``probe_kl_t1``) from the library
+    default's encode stats (the ``<store>.encode.json`` that :func:`library_default` writes)."""
+    return dict(keep_epochs=stats.get("keep_epochs"), inner_ratio=stats.get("inner_ratio"),
+                probe_kl_t1=stats.get("kl_t1"))
+
+
 def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Optional[float] = None) -> PeerVariant:
     """The library's default at ratio ``x``: ``score_codec.encode(Y, path, ratio=x)`` (the global codec, int8,
     with automatic pool-and-code allocation), replayed as the library replays a pooled store
@@ -311,7 +319,7 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
             os.replace(info + ".tmp", info)
     with open(info) as fh:
         st = json.load(fh)
-    extra = dict(keep_epochs=st.get("keep_epochs"), inner_ratio=st.get("inner_ratio"), probe_kl_t1=st.get("kl_t1"))
+    extra = library_allocation(st)
     keep, k = st.get("keep_epochs"), st.get("source_epochs") or int(Y.shape[1])
     label = name + (f" (keeps {keep}/{k} epochs at {st['inner_ratio']:.3g}x)" if keep is not None and keep < k and
                     st.get("inner_ratio") else " (every epoch)")

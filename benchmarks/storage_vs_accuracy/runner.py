@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -94,7 +95,8 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     as several resumable runs that each finish some targets; ``families`` likewise for the storage variants'
     families.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
-    from benchmarks.storage_vs_accuracy.peers import library_default, library_store_name, storage_variants
+    from benchmarks.storage_vs_accuracy.peers import (library_allocation, library_default, library_store_name,
+                                                      library_vid, storage_variants)
     from benchmarks.storage_vs_accuracy.report import write_report
 
     t_start = time.time()
@@ -210,6 +212,21 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         if not compressed and not (trains[1] and pipe.missing(sel_key, k_only, sel_seeds)):
             # raw labels only and nothing to train: the cached students, without relabelling the selection
             row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
+            continue
+        infos = {x: os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x)) + ".encode.json"
+                 for x in cfg.select_ratios}
+        if not is_sweep and not pipe.relabelled(f"{method}_ipc{ipc}", ks) and \
+                all(os.path.isfile(p) for p in infos.values()) and \
+                not any(pipe.missing(k, k_only, sel_seeds) for k in
+                        [sel_key] + [f"{sel_key}|{library_vid(x)}" for x in cfg.select_ratios]):
+            # every student finished and every encode's allocation kept (e.g. seeded from the artifacts): the
+            # rows come from the cache, without a relabel (a 1M-row one takes about 20 min on one core)
+            row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
+            for r in compressed:
+                with open(infos[r["target_ratio"]]) as fh:
+                    r.update(library_allocation(json.load(fh)))
+                r.update(pipe.students(f"{sel_key}|{library_vid(r['target_ratio'])}", None, None, k_only, sel_seeds,
+                                       train=False))
             continue
         if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either

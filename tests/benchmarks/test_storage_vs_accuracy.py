@@ -635,6 +635,33 @@ def test_targets_pick_the_selection_rows_and_the_sweeps_row_is_the_library_row(s
     assert not [k for k in done if k.startswith(f"select|{cfg.sweep_method}|") and "library@" in k]   # not trained twice
 
 
+def test_a_selection_with_every_student_cached_is_reported_without_its_relabel(smoke, tmp_path):
+    """Artifacts keep each library encode's allocation (``encodes_<selection>.json``): a fresh cache seeded
+    from them reports a finished selection's rows (top-1 and allocation) without relabelling it."""
+    from benchmarks.storage_vs_accuracy import run
+
+    cfg, _, base = smoke
+    cache, art = tmp_path / "cache", tmp_path / "art"
+    _linked_cache(base, cache)
+    x = 1.2   # a ratio the smoke's tiny stores can hold
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2, double_check=False, hard_labels=False, seeds=(0,), ratios=(x,),
+                                select_ratios=(x,))
+    first = run(other, cache_dir=str(cache), out_dir=str(tmp_path / "a"), artifacts=str(art), save_artifacts=True)
+    others = [m for m in cfg.select_methods if m != cfg.sweep_method]
+    for m in others:
+        saved = json.load(open(art / f"encodes_{m}_ipc{cfg.sweep_ipc}.json"))
+        assert saved and all(v["keep_epochs"] >= 1 for v in saved.values())
+    fresh = tmp_path / "fresh"
+    again = run(other, cache_dir=str(fresh), out_dir=str(tmp_path / "b"), artifacts=str(art))
+    for m in others:
+        assert not (fresh / "relabel" / f"{m}_ipc{cfg.sweep_ipc}_K{cfg.label_epochs}").exists()
+    pick = lambda rows: {(r["method"], float(r["target_ratio"])): (r["top1"], r.get("keep_epochs"), r.get("inner_ratio"))
+                         for r in rows if r["experiment"] == "selection"}
+    assert pick(again) == pick(first)
+    assert all(v[0] for v in pick(again).values())
+    assert (fresh / "students.jsonl").read_text().splitlines() == (art / "students.jsonl").read_text().splitlines()
+
+
 def test_a_run_sees_the_students_another_run_sharing_its_cache_finished(tmp_path):
     """Two resumable runs may share a step cache (e.g. split by --select-methods): each re-reads
     students.jsonl before it trains, so neither trains what the other finished; a line still being
