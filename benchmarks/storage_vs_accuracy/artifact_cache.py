@@ -28,12 +28,12 @@ from typing import Dict, List
 
 import numpy as np
 
-__all__ = ["image_hashes", "seed_cache", "save_artifacts"]
+__all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts"]
 
 log = logging.getLogger(__name__)
 _FILES = ("teacher.safetensors", "teacher.json")
 _STUDENTS = "students.jsonl"
-_ENCODE = ".encode.json"   # the library default's allocation beside its store
+ENCODE_INFO = ".encode.json"   # suffix of the library default's allocation file beside its store
 
 
 def image_hashes(train, test) -> Dict[str, str]:
@@ -107,7 +107,7 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
         sel = os.path.basename(path)[len("encodes_"):-len(".json")]
         with open(path) as fh:
             for store, stats in json.load(fh).items():
-                info = os.path.join(cache_dir, "variants", sel, store + _ENCODE)
+                info = os.path.join(cache_dir, "variants", sel, store + ENCODE_INFO)
                 if not os.path.isfile(info):
                     os.makedirs(os.path.dirname(info), exist_ok=True)
                     with open(info, "w") as out:
@@ -137,9 +137,9 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
         _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
     for sel_dir in sorted(glob.glob(os.path.join(cache_dir, "variants", "*"))):
         found = {}
-        for info in sorted(glob.glob(os.path.join(sel_dir, "*" + _ENCODE))):
+        for info in sorted(glob.glob(os.path.join(sel_dir, "*" + ENCODE_INFO))):
             with open(info) as fh:
-                found[os.path.basename(info)[:-len(_ENCODE)]] = json.load(fh)
+                found[os.path.basename(info)[:-len(ENCODE_INFO)]] = json.load(fh)
         if found:
             _merge_dict(found, os.path.join(tmp, f"encodes_{os.path.basename(sel_dir)}.json"), prefer_src=True)
     with open(os.path.join(tmp, "data.json"), "w") as fh:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO
 from benchmarks.storage_vs_accuracy.claims import exclusive
 from benchmarks.storage_vs_accuracy.label_sources import (BatchTable, LabelSource, LogitSource, PooledStoreSource,
                                                           PoolSource, StoreSource, TopKSource)
@@ -304,7 +305,7 @@ def library_default(x: float, Y: torch.Tensor, labels, path: str, max_kl: Option
     vid = library_vid(x, max_kl)
     name = "ours: library default" if max_kl is None else f"ours: library, max_kl={max_kl:g}"
     tuned = {} if max_kl is None else {"max_kl": float(max_kl)}
-    info = path + ".encode.json"
+    info = path + ENCODE_INFO
     with exclusive(path + ".build"):   # another run sharing the cache may be writing the same store
         if not (os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isfile(info)):
             try:

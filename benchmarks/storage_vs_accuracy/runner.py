@@ -95,6 +95,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     as several resumable runs that each finish some targets; ``families`` likewise for the storage variants'
     families.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
+    from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO
     from benchmarks.storage_vs_accuracy.peers import (library_allocation, library_default, library_store_name,
                                                       library_vid, storage_variants)
     from benchmarks.storage_vs_accuracy.report import write_report
@@ -213,8 +214,9 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
             # raw labels only and nothing to train: the cached students, without relabelling the selection
             row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
             continue
-        infos = {x: os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x)) + ".encode.json"
-                 for x in cfg.select_ratios}
+        stores = {x: os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x))
+                  for x in cfg.select_ratios}
+        infos = {x: p + ENCODE_INFO for x, p in stores.items()}
         if not is_sweep and not pipe.relabelled(f"{method}_ipc{ipc}", ks) and \
                 all(os.path.isfile(p) for p in infos.values()) and \
                 not any(pipe.missing(k, k_only, sel_seeds) for k in
@@ -235,7 +237,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), trains[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
-            path = os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x))
+            path = stores[x]
             os.makedirs(os.path.dirname(path), exist_ok=True)
             var = library_default(x, Ys, pipe.train.targets[idx].tolist(), path)   # seconds; cached on disk
             r.update(var.extra)
