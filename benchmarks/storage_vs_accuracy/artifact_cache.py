@@ -28,12 +28,17 @@ from typing import Dict, List
 
 import numpy as np
 
-__all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts"]
+__all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts", "variants_dir"]
 
 log = logging.getLogger(__name__)
 _FILES = ("teacher.safetensors", "teacher.json")
 _STUDENTS = "students.jsonl"
 ENCODE_INFO = ".encode.json"   # suffix of the library default's allocation file beside its store
+
+
+def variants_dir(cache_dir: str, selection: str) -> str:
+    """The step cache's folder of one selection's label variants (``selection``: ``<method>_ipc<N>``)."""
+    return os.path.join(cache_dir, "variants", selection)
 
 
 def image_hashes(train, test) -> Dict[str, str]:
@@ -102,12 +107,12 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
         fh.writelines(lines)
     for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
         sel = os.path.basename(path)[len("metrics_"):-len(".json")]
-        _merge_metrics(path, os.path.join(cache_dir, "variants", sel, "metrics.json"))
+        _merge_metrics(path, os.path.join(variants_dir(cache_dir, sel), "metrics.json"))
     for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
         sel = os.path.basename(path)[len("encodes_"):-len(".json")]
         with open(path) as fh:
             for store, stats in json.load(fh).items():
-                info = os.path.join(cache_dir, "variants", sel, store + ENCODE_INFO)
+                info = os.path.join(variants_dir(cache_dir, sel), store + ENCODE_INFO)
                 if not os.path.isfile(info):
                     os.makedirs(os.path.dirname(info), exist_ok=True)
                     with open(info, "w") as out:
@@ -130,12 +135,12 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
         fh.writelines(lines)
     for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
         _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
-    for path in glob.glob(os.path.join(cache_dir, "variants", "*", "metrics.json")):
+    for path in glob.glob(os.path.join(variants_dir(cache_dir, "*"), "metrics.json")):
         sel = os.path.basename(os.path.dirname(path))
         _merge_metrics(path, os.path.join(tmp, f"metrics_{sel}.json"), prefer_src=True)
     for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
         _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
-    for sel_dir in sorted(glob.glob(os.path.join(cache_dir, "variants", "*"))):
+    for sel_dir in sorted(glob.glob(variants_dir(cache_dir, "*"))):
         found = {}
         for info in sorted(glob.glob(os.path.join(sel_dir, "*" + ENCODE_INFO))):
             with open(info) as fh:

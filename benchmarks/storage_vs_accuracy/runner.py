@@ -95,7 +95,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     as several resumable runs that each finish some targets; ``families`` likewise for the storage variants'
     families.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
-    from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO
+    from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO, variants_dir
     from benchmarks.storage_vs_accuracy.peers import (library_allocation, library_default, library_store_name,
                                                       library_vid, storage_variants)
     from benchmarks.storage_vs_accuracy.report import write_report
@@ -119,7 +119,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     store, Y, table = pipe.relabel(teacher, key, sweep_idx, cfg.label_epochs)
     views = load_views(store, pipe.train, sweep_idx)
     classes = pipe.train.targets[sweep_idx]
-    variants = storage_variants(cfg, Y, table, os.path.join(cache_dir, "variants", key), classes)
+    variants = storage_variants(cfg, Y, table, variants_dir(cache_dir, key), classes)
     ref_key = f"select|{cfg.sweep_method}|ipc{cfg.sweep_ipc}|K{cfg.label_epochs}"
 
     def storage_key(stored: str) -> str:   # the students' cache id of a storage variant
@@ -138,7 +138,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         hard = HardLabelSource(classes, table, pipe.C, int(views[0].shape[-1]))
         rows.append(dict(experiment="hard", name="hard labels", **pipe.students(f"hard|{key}|K{cfg.label_epochs}", hard,
                                                                                views, table, first, optional=True)))
-    metrics = MetricsCache(os.path.join(cache_dir, "variants", key, "metrics.json"))
+    metrics = MetricsCache(os.path.join(variants_dir(cache_dir, key), "metrics.json"))
     for var in variants:
         row = dict(experiment="storage", vid=var.vid, family=var.family, name=var.name, target=var.ratio,
                    rows=int(Y.shape[0] * Y.shape[1]), C=pipe.C)
@@ -210,14 +210,15 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         compressed = [dict(row, target_ratio=x, top1=[]) for x in cfg.select_ratios]
         rows.extend(compressed)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
+        name = f"{method}_ipc{ipc}"   # the selection's relabel and variants folder
         if not compressed and not (trains[1] and pipe.missing(sel_key, k_only, sel_seeds)):
             # raw labels only and nothing to train: the cached students, without relabelling the selection
             row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
             continue
-        stores = {x: os.path.join(cache_dir, "variants", f"{method}_ipc{ipc}", library_store_name(x))
+        stores = {x: os.path.join(variants_dir(cache_dir, name), library_store_name(x))
                   for x in cfg.select_ratios}
         infos = {x: p + ENCODE_INFO for x, p in stores.items()}
-        if not is_sweep and not pipe.relabelled(f"{method}_ipc{ipc}", ks) and \
+        if not is_sweep and not pipe.relabelled(name, ks) and \
                 all(os.path.isfile(p) for p in infos.values()) and \
                 not any(pipe.missing(k, k_only, sel_seeds) for k in
                         [sel_key] + [f"{sel_key}|{library_vid(x)}" for x in cfg.select_ratios]):
@@ -230,10 +231,10 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
                 r.update(pipe.students(f"{sel_key}|{library_vid(r['target_ratio'])}", None, None, k_only, sel_seeds,
                                        train=False))
             continue
-        if pipe.past_deadline() and not pipe.relabelled(f"{method}_ipc{ipc}", ks):
+        if pipe.past_deadline() and not pipe.relabelled(name, ks):
             pipe.skipped += 1   # a 1M-row relabel is not started after the limit either
             continue
-        store, Ys, sel_table = pipe.relabel(teacher, f"{method}_ipc{ipc}", idx, ks)
+        store, Ys, sel_table = pipe.relabel(teacher, name, idx, ks)
         jobs = [] if is_sweep else [(row, sel_key, LogitSource(Ys), trains[1])]
         for r in compressed:   # the library's default encode of this selection's labels at each ratio
             x = r["target_ratio"]
