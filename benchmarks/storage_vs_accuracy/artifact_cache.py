@@ -28,6 +28,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from benchmarks.storage_vs_accuracy.claims import exclusive
+
 __all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts", "variants_dir"]
 
 log = logging.getLogger(__name__)
@@ -123,32 +125,36 @@ def seed_cache(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> bool:
 
 def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None:
     """Write ``cache_dir``'s teacher and selections to ``art_dir``, and its finished students, variant
-    metrics and library encodes' allocations merged with those already there."""
-    tmp = art_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    _copy_models(cache_dir, tmp)
-    # merged with what is committed, never replacing it: a cache that was not seeded from these artifacts
-    # (it had a teacher already) must not drop the students and metrics other machines saved
-    lines = _merged_students(os.path.join(cache_dir, _STUDENTS), os.path.join(art_dir, _STUDENTS))
-    with open(os.path.join(tmp, _STUDENTS), "w") as fh:
-        fh.writelines(lines)
-    for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
-        _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
-    for path in glob.glob(os.path.join(variants_dir(cache_dir, "*"), "metrics.json")):
-        sel = os.path.basename(os.path.dirname(path))
-        _merge_metrics(path, os.path.join(tmp, f"metrics_{sel}.json"), prefer_src=True)
-    for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
-        _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
-    for sel_dir in sorted(glob.glob(variants_dir(cache_dir, "*"))):
-        found = {}
-        for info in sorted(glob.glob(os.path.join(sel_dir, "*" + ENCODE_INFO))):
-            with open(info) as fh:
-                found[os.path.basename(info)[:-len(ENCODE_INFO)]] = json.load(fh)
-        if found:
-            _merge_dict(found, os.path.join(tmp, f"encodes_{os.path.basename(sel_dir)}.json"), prefer_src=True)
-    with open(os.path.join(tmp, "data.json"), "w") as fh:
-        json.dump(hashes, fh, indent=1)
-    shutil.rmtree(art_dir, ignore_errors=True)
-    os.replace(tmp, art_dir)
+    metrics and library encodes' allocations merged with those already there.  Runs saving to the same
+    ``art_dir`` at once take turns (``<art_dir>.save.lock``)."""
+    # runs sharing a cache save after each of their students: one at a time, or one's rmtree of the
+    # shared temporary folder (or of the artifacts) lands in the middle of another's write
+    with exclusive(art_dir.rstrip("/") + ".save"):
+        tmp = art_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _copy_models(cache_dir, tmp)
+        # merged with what is committed, never replacing it: a cache that was not seeded from these artifacts
+        # (it had a teacher already) must not drop the students and metrics other machines saved
+        lines = _merged_students(os.path.join(cache_dir, _STUDENTS), os.path.join(art_dir, _STUDENTS))
+        with open(os.path.join(tmp, _STUDENTS), "w") as fh:
+            fh.writelines(lines)
+        for path in glob.glob(os.path.join(art_dir, "metrics_*.json")):
+            _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
+        for path in glob.glob(os.path.join(variants_dir(cache_dir, "*"), "metrics.json")):
+            sel = os.path.basename(os.path.dirname(path))
+            _merge_metrics(path, os.path.join(tmp, f"metrics_{sel}.json"), prefer_src=True)
+        for path in glob.glob(os.path.join(art_dir, "encodes_*.json")):
+            _merge_metrics(path, os.path.join(tmp, os.path.basename(path)))
+        for sel_dir in sorted(glob.glob(variants_dir(cache_dir, "*"))):
+            found = {}
+            for info in sorted(glob.glob(os.path.join(sel_dir, "*" + ENCODE_INFO))):
+                with open(info) as fh:
+                    found[os.path.basename(info)[:-len(ENCODE_INFO)]] = json.load(fh)
+            if found:
+                _merge_dict(found, os.path.join(tmp, f"encodes_{os.path.basename(sel_dir)}.json"), prefer_src=True)
+        with open(os.path.join(tmp, "data.json"), "w") as fh:
+            json.dump(hashes, fh, indent=1)
+        shutil.rmtree(art_dir, ignore_errors=True)
+        os.replace(tmp, art_dir)
     log.info("artifacts written to %s", art_dir)

@@ -731,3 +731,41 @@ def test_compare_states_the_side_of_alpha_a_p_value_is_on():
     assert compare(row(0.93, 0.002), row(0.92, 0.002)) == "ahead (p < 0.001)"
     assert compare(row(0.93, 0.01), row(0.92, 0.01)).startswith("within noise (p = 0.")
     assert compare(row(0.93, 0.01, 1), row(0.92, 0.01)) == "one seed"
+
+
+def test_runs_saving_artifacts_at_once_take_turns(tmp_path):
+    """Two runs sharing a cache save after each student: concurrent saves neither fail nor lose the folder."""
+    import threading
+
+    from benchmarks.storage_vs_accuracy.artifact_cache import save_artifacts, variants_dir
+
+    cache, art = tmp_path / "cache", tmp_path / "art"
+    cache.mkdir()
+    (cache / "teacher.safetensors").write_bytes(b"w" * 4096)
+    (cache / "teacher.json").write_text('{"test_top1": 0.5}')
+    (cache / "select_score_ipc1.pt").write_bytes(b"i" * 64)
+    students = "".join(json.dumps({"key": f"k{i}", "top1": i / 100}) + "\n" for i in range(200))
+    (cache / "students.jsonl").write_text(students)
+    os.makedirs(variants_dir(str(cache), "score_ipc1"))
+    with open(os.path.join(variants_dir(str(cache), "score_ipc1"), "metrics.json"), "w") as fh:
+        json.dump({"raw": {"label_bytes": 1}}, fh)
+    hashes = {"train": "a" * 64, "test": "b" * 64}
+    errors = []
+
+    def saver():
+        try:
+            for _ in range(30):
+                save_artifacts(str(cache), str(art), hashes)
+        except Exception as exc:   # recorded: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert (art / "students.jsonl").read_text() == students
+    assert json.load(open(art / "metrics_score_ipc1.json")) == {"raw": {"label_bytes": 1}}
+    assert json.load(open(art / "data.json")) == hashes
+    assert not (tmp_path / "art.tmp").exists() and not (tmp_path / "art.save.lock").exists()
