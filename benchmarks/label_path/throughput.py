@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.shared import CACHE_DIR, replay_epochs
+from benchmarks.storage_vs_accuracy.artifact_cache import selection_name
 from benchmarks.storage_vs_accuracy.pipeline import Pipeline
 from benchmarks.storage_vs_accuracy.presets import PRESETS
 
@@ -59,7 +60,7 @@ def measure(preset: str = "quick", workers: int = 2, epochs: int = 0) -> List[st
     t = time.perf_counter()
     sels = pipe.selections(teacher)
     idx = sels[(cfg.sweep_method, cfg.sweep_ipc)]
-    store, Y, table = pipe.relabel(teacher, f"{cfg.sweep_method}_ipc{cfg.sweep_ipc}", idx, cfg.label_epochs)
+    store, Y, table = pipe.relabel(teacher, selection_name(cfg.sweep_method, cfg.sweep_ipc), idx, cfg.label_epochs)
     raw_dir = os.path.join(os.path.dirname(store), "sre2l")
     images = TensorImages(pipe.train.images[idx], np.asarray(pipe.train.targets)[idx], pipe.train.classes)
     enc_dir = os.path.join(CACHE_DIR, cfg.name, "throughput")

@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.storage_vs_accuracy.claims import exclusive
 
-__all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts", "variants_dir"]
+__all__ = ["ENCODE_INFO", "image_hashes", "seed_cache", "save_artifacts", "selection_name", "variants_dir"]
 
 log = logging.getLogger(__name__)
 _FILES = ("teacher.safetensors", "teacher.json")
@@ -38,8 +38,14 @@ _STUDENTS = "students.jsonl"
 ENCODE_INFO = ".encode.json"   # suffix of the library default's allocation file beside its store
 
 
+def selection_name(method: str, ipc: int) -> str:
+    """The name of one selection in the step cache and the artifacts: ``<method>_ipc<N>`` (its relabel, its
+    variants folder, its ``select_<name>.pt``, ``metrics_<name>.json`` and ``encodes_<name>.json``)."""
+    return f"{method}_ipc{ipc}"
+
+
 def variants_dir(cache_dir: str, selection: str) -> str:
-    """The step cache's folder of one selection's label variants (``selection``: ``<method>_ipc<N>``)."""
+    """The step cache's folder of one selection's label variants (``selection``: :func:`selection_name`)."""
     return os.path.join(cache_dir, "variants", selection)
 
 

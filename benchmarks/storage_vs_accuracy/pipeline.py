@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from benchmarks.storage_vs_accuracy.artifact_cache import image_hashes, seed_cache, selection_name
 from benchmarks.storage_vs_accuracy.claims import StudentClaims, exclusive
 from benchmarks.storage_vs_accuracy.label_sources import BatchTable, LabelSource
 from benchmarks.storage_vs_accuracy.presets import Config
@@ -67,8 +68,6 @@ class Pipeline:
 
     def __init__(self, cfg: Config, cache_dir: str, deadline: Optional[float] = None,
                  artifacts: Optional[str] = None) -> None:
-        from benchmarks.storage_vs_accuracy.artifact_cache import seed_cache
-
         self.cfg, self.dir, self.deadline = cfg, cache_dir, deadline
         self.skipped = 0
         os.makedirs(cache_dir, exist_ok=True)
@@ -106,8 +105,6 @@ class Pipeline:
     def hashes(self) -> Dict[str, str]:
         """sha256 of the train and test images (computed on first use: only artifacts need it)."""
         if self._hashes is None:
-            from benchmarks.storage_vs_accuracy.artifact_cache import image_hashes
-
             self._hashes = image_hashes(self.train, self.test)
         return self._hashes
 
@@ -147,7 +144,7 @@ class Pipeline:
         from score_select.features import extract
 
         path = os.path.join(self.dir, "features.pt")
-        wanted = {(m, ipc): os.path.join(self.dir, f"select_{m}_ipc{ipc}.pt")
+        wanted = {(m, ipc): os.path.join(self.dir, f"select_{selection_name(m, ipc)}.pt")
                   for m in self.cfg.select_methods for ipc in self.cfg.ipcs}
         if all(os.path.isfile(p) for p in wanted.values()):   # e.g. seeded from artifacts: no features needed
             return {k: torch.load(p).numpy() for k, p in wanted.items()}

@@ -95,7 +95,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     as several resumable runs that each finish some targets; ``families`` likewise for the storage variants'
     families.  ``command``: the command line recorded in the
     result's provenance (default: the preset's plain command)."""
-    from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO, variants_dir
+    from benchmarks.storage_vs_accuracy.artifact_cache import ENCODE_INFO, selection_name, variants_dir
     from benchmarks.storage_vs_accuracy.peers import (library_allocation, library_default, library_store_name,
                                                       library_vid, storage_variants)
     from benchmarks.storage_vs_accuracy.report import write_report
@@ -114,7 +114,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
     sels = pipe.selections(teacher)
     first = cfg.seeds[:1] if cfg.extra_seeds_for_best else cfg.seeds
     rows: List[Dict[str, Any]] = []
-    key = f"{cfg.sweep_method}_ipc{cfg.sweep_ipc}"
+    key = selection_name(cfg.sweep_method, cfg.sweep_ipc)
     sweep_idx = sels[(cfg.sweep_method, cfg.sweep_ipc)]
     store, Y, table = pipe.relabel(teacher, key, sweep_idx, cfg.label_epochs)
     views = load_views(store, pipe.train, sweep_idx)
@@ -210,7 +210,7 @@ def run(cfg: Config, cache_dir: Optional[str] = None, out_dir: Optional[str] = N
         compressed = [dict(row, target_ratio=x, top1=[]) for x in cfg.select_ratios]
         rows.extend(compressed)
         sel_key = f"select|{method}|ipc{ipc}|K{ks}"
-        name = f"{method}_ipc{ipc}"   # the selection's relabel and variants folder
+        name = selection_name(method, ipc)   # the selection's relabel and variants folder
         if not compressed and not (trains[1] and pipe.missing(sel_key, k_only, sel_seeds)):
             # raw labels only and nothing to train: the cached students, without relabelling the selection
             row.update(pipe.students(sel_key, None, None, k_only, sel_seeds, train=False))
