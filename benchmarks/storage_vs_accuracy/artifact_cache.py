@@ -135,8 +135,9 @@ def save_artifacts(cache_dir: str, art_dir: str, hashes: Dict[str, str]) -> None
     ``art_dir`` at once take turns (``<art_dir>.save.lock``)."""
     # runs sharing a cache save after each of their students: one at a time, or one's rmtree of the
     # shared temporary folder (or of the artifacts) lands in the middle of another's write
-    with exclusive(art_dir.rstrip("/") + ".save"):
-        tmp = art_dir.rstrip("/") + ".tmp"
+    base = art_dir.rstrip("/")
+    with exclusive(base + ".save"):
+        tmp = base + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         _copy_models(cache_dir, tmp)
